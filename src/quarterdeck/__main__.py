@@ -1,0 +1,5 @@
+"""Allow ``python -m quarterdeck``."""
+
+from quarterdeck.cli import main
+
+raise SystemExit(main())

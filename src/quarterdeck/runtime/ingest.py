@@ -1,0 +1,138 @@
+"""Ingest: validate inputs, record every one of them as a receipt, answer one result each.
+
+No input, however malformed or oversized, raises out of :meth:`Ingestor.ingest` or is dropped:
+invalid inputs become rejected receipts holding their raw bytes and every reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from quarterdeck.domain.canonical import canonical_json, sha256_hex
+from quarterdeck.domain.clock import Clock, format_instant, utc_now
+from quarterdeck.domain.envelope import Envelope, FieldError, Rejection, parse_envelope
+from quarterdeck.domain.ids import new_id
+from quarterdeck.runtime.metrics import Metrics
+from quarterdeck.store.receipts import (
+    UNKNOWN_WORKSPACE,
+    IngestResult,
+    ReceiptDraft,
+    store_receipts,
+)
+from quarterdeck.store.writer import Writer, WriteTxn
+
+MAX_RAW_STORED = 16 * 1024 * 1024
+"""Raw bytes kept for a rejected input; beyond this the head is kept with the full size."""
+
+RawInput = bytes | str | Mapping[str, Any]
+
+
+def _raw_bytes(raw: object) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, str):
+        return raw.encode("utf-8", "surrogatepass")
+    try:
+        return canonical_json(raw)
+    except (TypeError, ValueError):
+        return repr(raw).encode("utf-8", "backslashreplace")
+
+
+def draft_for(raw: object, now: str) -> ReceiptDraft:
+    """Turn one input, received at ``now``, into a receipt draft (accepted or rejected).
+
+    Never raises. An envelope without an ``id`` gets its receipt's id.
+    """
+    receipt_id = new_id()
+    try:
+        if isinstance(raw, bytes | str | Mapping):
+            parsed: Envelope | Rejection = parse_envelope(raw, now, receipt_id)
+        else:
+            parsed = Rejection(
+                (FieldError("$", f"must be a JSON object, got {type(raw).__name__}"),)
+            )
+    except Exception as exc:  # a validator bug must not lose the input
+        parsed = Rejection(
+            (FieldError("$", f"could not be validated: {type(exc).__name__}: {exc}"),)
+        )
+    if isinstance(parsed, Envelope):
+        return ReceiptDraft(
+            receipt_id,
+            parsed.workspace,
+            "key:" + parsed.idempotency_key,
+            parsed.content_digest(),
+            "accepted",
+            now,
+            parsed.id,
+            parsed.idempotency_key,
+            parsed.correlation_id,
+            parsed.causation_id,
+            parsed.schema_version,
+            parsed.kind,
+            parsed.payload_json,
+            parsed.submitted_at,
+            "[]",
+            None,
+            None,
+            None,
+            None,
+            1,
+        )
+    data = _raw_bytes(raw)
+    digest = sha256_hex(data)
+    return ReceiptDraft(
+        id=receipt_id,
+        workspace=parsed.workspace or UNKNOWN_WORKSPACE,
+        dedupe_key="raw:" + digest,
+        digest=digest,
+        status="rejected",
+        received_at=now,
+        envelope_id=None,
+        idempotency_key=parsed.idempotency_key,
+        correlation_id=None,
+        causation_id=None,
+        schema_version=None,
+        kind=parsed.kind,
+        payload=None,
+        submitted_at=None,
+        errors=json.dumps([str(e) for e in parsed.errors], ensure_ascii=False),
+        raw=data[:MAX_RAW_STORED],
+        raw_size=len(data),
+        produced_type=None,
+        produced_id=None,
+        version=1,
+    )
+
+
+class Ingestor:
+    """The public ingest API: a batch in, one result per input out, in order."""
+
+    def __init__(
+        self, writer: Writer, clock: Clock = utc_now, metrics: Metrics | None = None
+    ) -> None:
+        self.writer = writer
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+
+    async def ingest(self, inputs: Sequence[RawInput]) -> list[IngestResult]:
+        """Record every input durably and return its result once committed.
+
+        Args:
+            inputs: JSON texts (bytes or str, one envelope each) or decoded objects.
+
+        Returns:
+            One result per input, in input order: accepted, duplicate or rejected.
+        """
+        if not inputs:
+            return []
+        now = format_instant(self.clock())
+        drafts = [draft_for(raw, now) for raw in inputs]
+
+        def op(txn: WriteTxn) -> list[IngestResult]:
+            return store_receipts(txn, drafts)
+
+        results = await self.writer.submit(op)
+        self.metrics.ingested.update(result.status for result in results)
+        return results

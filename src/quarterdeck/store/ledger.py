@@ -1,0 +1,255 @@
+"""Ledger persistence: appending inside a write transaction, reading, verifying, exporting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from quarterdeck.domain.ledger import ChainVerifier, LedgerEntry, VerifyResult, make_entry
+from quarterdeck.store.database import Database
+from quarterdeck.store.tables import LedgerHeadRow, LedgerRow, table_of
+
+LEDGER = table_of(LedgerRow)
+HEAD = table_of(LedgerHeadRow)
+_COLUMNS = (
+    "seq",
+    "at",
+    "workspace",
+    "actor",
+    "action",
+    "subject_type",
+    "subject_id",
+    "from_state",
+    "to_state",
+    "payload",
+    "prev_hash",
+    "hash",
+)
+
+
+class LedgerHeadMoved(Exception):
+    """Another writer appended to the ledger since this transaction read the head."""
+
+
+class LedgerAppender:
+    """Appends entries within one write transaction; the head row is read once and written once.
+
+    Entries are buffered and inserted by :meth:`flush` just before commit. ``mark`` and
+    ``rollback_to`` let the writer drop the entries of one failed operation.
+    """
+
+    def __init__(self, conn: Connection, head_seq: int, head_hash: str) -> None:
+        self._conn = conn
+        self._start_seq = head_seq
+        self.head_seq = head_seq
+        self.head_hash = head_hash
+        self._pending: list[LedgerEntry] = []
+
+    @classmethod
+    def open(cls, conn: Connection, known_head: tuple[int, str] | None = None) -> LedgerAppender:
+        """Start appending inside the caller's write transaction.
+
+        On SQLite the write transaction already excludes every other writer, so a head
+        remembered from this process's previous commit may be passed as ``known_head``; if
+        another process appended since, :meth:`flush` raises :class:`LedgerHeadMoved` and the
+        caller retries. Elsewhere the head row is read and locked here.
+        """
+        if known_head is not None and conn.dialect.name == "sqlite":
+            return cls(conn, *known_head)
+        row = conn.execute(
+            select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
+        ).one()
+        return cls(conn, int(row.seq), str(row.hash))
+
+    def append(
+        self,
+        *,
+        at: str,
+        workspace: str,
+        actor: str,
+        action: str,
+        subject_type: str,
+        subject_id: str,
+        from_state: str | None = None,
+        to_state: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> LedgerEntry:
+        """Chain one entry onto the head; it is written with the transaction."""
+        entry = make_entry(
+            seq=self.head_seq + 1,
+            prev_hash=self.head_hash,
+            at=at,
+            workspace=workspace,
+            actor=actor,
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            from_state=from_state,
+            to_state=to_state,
+            payload=payload,
+        )
+        self._pending.append(entry)
+        self.head_seq = entry.seq
+        self.head_hash = entry.hash
+        return entry
+
+    def mark(self) -> tuple[int, int, str]:
+        """A point to roll the buffer back to."""
+        return (len(self._pending), self.head_seq, self.head_hash)
+
+    def rollback_to(self, mark: tuple[int, int, str]) -> None:
+        """Forget entries appended after ``mark``."""
+        del self._pending[mark[0] :]
+        self.head_seq, self.head_hash = mark[1], mark[2]
+
+    @property
+    def pending(self) -> list[LedgerEntry]:
+        """Entries appended in this transaction and not yet rolled back."""
+        return list(self._pending)
+
+    def flush(self) -> None:
+        """Move the head row (compare-and-set on its previous seq), then insert the entries.
+
+        Raises:
+            LedgerHeadMoved: another writer appended since the head was read.
+        """
+        if not self._pending:
+            return
+        moved = self._conn.execute(
+            update(HEAD)
+            .where(HEAD.c.id == 1, HEAD.c.seq == self._start_seq)
+            .values(seq=self.head_seq, hash=self.head_hash)
+        )
+        if moved.rowcount != 1:
+            raise LedgerHeadMoved("the ledger head moved; the transaction must be retried")
+        self._conn.execute(
+            insert(LEDGER),
+            [
+                {
+                    "seq": e.seq,
+                    "at": e.at,
+                    "workspace": e.workspace,
+                    "actor": e.actor,
+                    "action": e.action,
+                    "subject_type": e.subject_type,
+                    "subject_id": e.subject_id,
+                    "from_state": e.from_state,
+                    "to_state": e.to_state,
+                    "payload": e.payload_json,
+                    "prev_hash": e.prev_hash,
+                    "hash": e.hash,
+                }
+                for e in self._pending
+            ],
+        )
+        self._pending.clear()
+        self._start_seq = self.head_seq
+
+
+async def ledger_head(conn: AsyncConnection) -> tuple[int, str]:
+    """The recorded head ``(seq, hash)``."""
+    row = (await conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1))).one()
+    return int(row.seq), str(row.hash)
+
+
+async def verify_ledger(db: Database, block: int = 20_000) -> VerifyResult:
+    """Verify the whole chain as stored, against the recorded head, in one read snapshot.
+
+    Runs in a worker thread on a plain driver connection (the loop stays responsive) and
+    streams rows in blocks. Text damaged into invalid UTF-8 is re-read leniently so that it
+    is reported at its seq rather than raised.
+    """
+    return await asyncio.to_thread(db.run_read_sync, lambda conn: _verify_sync(conn, block))
+
+
+_SQL_BODY = (
+    "'{\"action\":' || json_quote(action) || ',\"actor\":' || json_quote(actor)"
+    " || ',\"at\":' || json_quote(at) || ',\"from_state\":' || json_quote(from_state)"
+    " || ',\"payload\":' || payload || ',\"seq\":' || seq"
+    " || ',\"subject_id\":' || json_quote(subject_id)"
+    " || ',\"subject_type\":' || json_quote(subject_type)"
+    " || ',\"to_state\":' || json_quote(to_state) || ',\"workspace\":' || json_quote(workspace)"
+    " || '}'"
+)
+"""An entry's canonical body built by SQLite (``json_quote`` escapes exactly as Python's
+``ensure_ascii=False`` encoder does; a property test holds it to that), so verification reads
+one string per entry instead of ten."""
+
+_SELECT_BODIES = f"SELECT seq, {_SQL_BODY}, prev_hash, hash FROM ledger ORDER BY seq"
+_SELECT_FROM = f"SELECT {', '.join(_COLUMNS)} FROM ledger WHERE seq >= ? ORDER BY seq"
+
+
+def _verify_sync(conn: Connection, block: int) -> VerifyResult:
+    verifier = ChainVerifier()
+    head_row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
+    head = (int(head_row.seq), str(head_row.hash)) if head_row is not None else None
+    driver: Any = conn.connection.driver_connection
+    cursor = driver.execute(_SELECT_BODIES)
+    try:
+        while True:
+            try:
+                rows = cursor.fetchmany(block)
+            except sqlite3.OperationalError:
+                rows = None  # text damaged into invalid UTF-8
+            if rows is not None and not rows:
+                break
+            if rows is None or verifier.feed_bodies(rows) is not None:
+                # Re-check from the first unverified entry, column by column: this names the
+                # precise fault, and reads damaged text instead of failing on it.
+                return _verify_rest_leniently(driver, verifier, block) or verifier.finish(head)
+    finally:
+        cursor.close()
+    return verifier.finish(head)
+
+
+def _verify_rest_leniently(driver: Any, verifier: ChainVerifier, block: int) -> VerifyResult | None:
+    """Check from the first unverified seq to the end using the stored columns, decoding text
+    with surrogate escapes so that damaged bytes surface as a failure at their seq."""
+    previous = driver.text_factory
+    driver.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
+    try:
+        cursor = driver.execute(_SELECT_FROM, (verifier.expected,))
+        while rows := cursor.fetchmany(block):
+            failure = verifier.feed(rows)
+            if failure is not None:
+                return failure
+        return None
+    finally:
+        driver.text_factory = previous
+
+
+async def iter_entries(
+    db: Database, *, since: int = 0, workspace: str | None = None, block: int = 5_000
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield entries with ``seq > since`` in seq order, as export dicts, paging by seq."""
+    last = since
+    while True:
+        query = select(LEDGER).where(LEDGER.c.seq > last).order_by(LEDGER.c.seq).limit(block)
+        if workspace is not None:
+            query = query.where(LEDGER.c.workspace == workspace)
+        async with db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        if not rows:
+            return
+        for row in rows:
+            yield {
+                "seq": row.seq,
+                "at": row.at,
+                "workspace": row.workspace,
+                "actor": row.actor,
+                "action": row.action,
+                "subject_type": row.subject_type,
+                "subject_id": row.subject_id,
+                "from_state": row.from_state,
+                "to_state": row.to_state,
+                "payload": json.loads(row.payload),
+                "prev_hash": row.prev_hash,
+                "hash": row.hash,
+            }
+        last = rows[-1].seq

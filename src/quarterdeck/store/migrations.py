@@ -1,0 +1,230 @@
+"""Schema migrations: an ordered list of (version, up, down) steps with a version record.
+
+Each step holds its own frozen copy of the tables it touches (never the live models, which
+move on), so that an old step always builds the schema it built when it was written. The
+applied versions are recorded in ``schema_migrations``; the highest one is the schema version.
+Steps are written with SQLAlchemy Core DDL so that they run on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    inspect,
+    select,
+)
+from sqlalchemy import func as sql_func
+
+from quarterdeck.domain.clock import format_instant, utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step and its inverse."""
+
+    version: int
+    name: str
+    up: Callable[[Connection], None]
+    down: Callable[[Connection], None]
+
+
+class MigrationError(Exception):
+    """The database's schema version is unknown to this build, or a step failed."""
+
+
+def _tables_v1(metadata: MetaData) -> list[Table]:
+    receipts = Table(
+        "receipts",
+        metadata,
+        Column("id", String, primary_key=True),
+        Column("workspace", String, nullable=False),
+        Column("dedupe_key", String, nullable=False),
+        Column("envelope_id", String),
+        Column("idempotency_key", String),
+        Column("correlation_id", String),
+        Column("causation_id", String),
+        Column("schema_version", Integer),
+        Column("kind", String),
+        Column("payload", Text),
+        Column("digest", String, nullable=False),
+        Column("submitted_at", String),
+        Column("received_at", String, nullable=False),
+        Column("status", String, nullable=False),
+        Column("errors", Text, nullable=False),
+        Column("raw", LargeBinary),
+        Column("raw_size", Integer),
+        Column("produced_type", String),
+        Column("produced_id", String),
+        Column("version", Integer, nullable=False),
+        Index("ux_receipts_dedupe", "workspace", "dedupe_key", unique=True),
+        Index("ix_receipts_status", "workspace", "status"),
+    )
+    ledger = Table(
+        "ledger",
+        metadata,
+        Column("seq", Integer, primary_key=True, autoincrement=False),
+        Column("at", String, nullable=False),
+        Column("workspace", String, nullable=False),
+        Column("actor", String, nullable=False),
+        Column("action", String, nullable=False),
+        Column("subject_type", String, nullable=False),
+        Column("subject_id", String, nullable=False),
+        Column("from_state", String),
+        Column("to_state", String),
+        Column("payload", Text, nullable=False),
+        Column("prev_hash", String, nullable=False),
+        Column("hash", String, nullable=False),
+        Index("ix_ledger_subject", "subject_type", "subject_id"),
+        Index("ix_ledger_workspace", "workspace", "seq"),
+    )
+    counters = Table(
+        "receipt_counters",
+        metadata,
+        Column("workspace", String, primary_key=True),
+        Column("duplicates", Integer, nullable=False),
+    )
+    head = Table(
+        "ledger_head",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("seq", Integer, nullable=False),
+        Column("hash", String, nullable=False),
+    )
+    return [receipts, counters, ledger, head]
+
+
+def _up_v1(conn: Connection) -> None:
+    metadata = MetaData()
+    tables = _tables_v1(metadata)
+    metadata.create_all(conn)
+    conn.execute(insert(tables[3]).values(id=1, seq=0, hash="0" * 64))
+
+
+def _down_v1(conn: Connection) -> None:
+    metadata = MetaData()
+    _tables_v1(metadata)
+    metadata.drop_all(conn)
+
+
+_STATEFUL_EXTRA: dict[str, list[str]] = {
+    "turns": ["receipt_id", "lane", "lease_owner", "lease_expires_at"],
+    "missions": ["turn_id", "lane", "lease_owner", "lease_expires_at"],
+    "sessions": [
+        "lane",
+        "lease_owner",
+        "lease_expires_at",
+        "heartbeat_at",
+        "last_error",
+        "workdir",
+    ],
+    "approvals": ["turn_id", "action_id"],
+    "alerts": ["alert_type", "severity"],
+}
+
+
+def _tables_v2(metadata: MetaData) -> list[Table]:
+    tables = []
+    for name, extra in _STATEFUL_EXTRA.items():
+        tables.append(
+            Table(
+                name,
+                metadata,
+                Column("id", String, primary_key=True),
+                Column("workspace", String, nullable=False),
+                Column("state", String, nullable=False),
+                Column("version", Integer, nullable=False),
+                Column("attempt", Integer, nullable=False),
+                Column("created_at", String, nullable=False),
+                Column("updated_at", String, nullable=False),
+                Column("data", String, nullable=False),
+                *(Column(column, String) for column in extra),
+                Index(f"ix_{name}_state", "workspace", "state"),
+            )
+        )
+    return tables
+
+
+def _up_v2(conn: Connection) -> None:
+    metadata = MetaData()
+    _tables_v2(metadata)
+    metadata.create_all(conn)
+
+
+def _down_v2(conn: Connection) -> None:
+    metadata = MetaData()
+    _tables_v2(metadata)
+    metadata.drop_all(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "receipts and ledger", _up_v1, _down_v1),
+    Migration(2, "turns, missions, sessions, approvals, alerts", _up_v2, _down_v2),
+)
+HEAD_VERSION = MIGRATIONS[-1].version
+
+_record_metadata = MetaData()
+_record = Table(
+    "schema_migrations",
+    _record_metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String, nullable=False),
+    Column("applied_at", String, nullable=False),
+)
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version recorded in the database (0 for an empty database)."""
+    if not inspect(conn).has_table("schema_migrations"):
+        return 0
+    version = conn.execute(select(sql_func.max(_record.c.version))).scalar()
+    return int(version or 0)
+
+
+def migrate(conn: Connection, target: int = HEAD_VERSION) -> list[int]:
+    """Move the schema up or down to ``target``, one recorded step at a time.
+
+    Runs inside the caller's transaction, so a failed step leaves the schema as it was.
+
+    Returns:
+        The versions applied (upwards) or reverted (downwards), in order.
+
+    Raises:
+        MigrationError: ``target`` or the database's version is unknown to this build.
+    """
+    known = {m.version for m in MIGRATIONS}
+    if target != 0 and target not in known:
+        raise MigrationError(f"unknown schema version {target} (this build knows 0-{HEAD_VERSION})")
+    _record_metadata.create_all(conn)
+    version = current_version(conn)
+    if version > HEAD_VERSION:
+        raise MigrationError(
+            f"the database is at schema version {version}, newer than this build ({HEAD_VERSION})"
+        )
+    done: list[int] = []
+    for step in MIGRATIONS:
+        if version < step.version <= target:
+            step.up(conn)
+            conn.execute(
+                insert(_record).values(
+                    version=step.version, name=step.name, applied_at=format_instant(utc_now())
+                )
+            )
+            done.append(step.version)
+    for step in reversed(MIGRATIONS):
+        if target < step.version <= version:
+            step.down(conn)
+            conn.execute(_record.delete().where(_record.c.version == step.version))
+            done.append(step.version)
+    return done

@@ -1,0 +1,167 @@
+"""Receipt persistence: the batched, database-deduplicated insert behind ingest.
+
+Deduplication is the unique index ``(workspace, dedupe_key)``: rows go in with
+``ON CONFLICT DO NOTHING``, and whatever did not land under its own fresh id is a duplicate of
+the receipt that holds the key. Accepted receipts are keyed ``key:<idempotency_key>``; rejected
+ones ``raw:<sha256 of the raw bytes>``, so an identical bad input is one receipt however often
+it is sent, while a corrected envelope with the same idempotency key is still accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+from quarterdeck.domain.ids import new_id
+from quarterdeck.store.tables import ReceiptRow, table_of
+from quarterdeck.store.writer import WriteTxn
+
+RECEIPTS = table_of(ReceiptRow)
+UNKNOWN_WORKSPACE = "_unknown"
+"""Workspace of a rejected receipt whose workspace could not be read (never a valid slug)."""
+
+ReceiptStatus = Literal["accepted", "rejected"]
+Outcome = Literal["accepted", "duplicate", "rejected"]
+
+
+class ReceiptDraft(NamedTuple):
+    """A receipt ready to insert: exactly the table's columns, in insert order.
+
+    ``id`` is fresh and stands only if the key is new; ``errors`` is a JSON array of reasons.
+    """
+
+    id: str
+    workspace: str
+    dedupe_key: str
+    digest: str
+    status: ReceiptStatus
+    received_at: str
+    envelope_id: str | None
+    idempotency_key: str | None
+    correlation_id: str | None
+    causation_id: str | None
+    schema_version: int | None
+    kind: str | None
+    payload: str | None
+    submitted_at: str | None
+    errors: str
+    raw: bytes | None
+    raw_size: int | None
+    produced_type: str | None
+    produced_id: str | None
+    version: int
+
+
+class IngestResult(NamedTuple):
+    """The answer for one input: what happened and the receipt that now stands for it."""
+
+    status: Outcome
+    receipt: str
+    errors: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``status``, ``receipt``, ``errors``."""
+        return {"status": self.status, "receipt": self.receipt, "errors": list(self.errors)}
+
+
+_SELECT_OURS = "SELECT id FROM receipts WHERE id IN (SELECT value FROM json_each(?))"
+"""Which of the given receipt ids (a JSON array) exist: the drafts that landed."""
+
+_SELECT_HOLDERS = """
+SELECT id, workspace, dedupe_key, status, digest, errors FROM receipts
+WHERE workspace = ? AND dedupe_key IN (SELECT value FROM json_each(?))
+"""
+"""The receipts holding the given dedupe keys (a JSON array) in one workspace."""
+
+_COUNT_DUPLICATES = """
+INSERT INTO receipt_counters (workspace, duplicates) VALUES (?, ?)
+ON CONFLICT (workspace) DO UPDATE SET duplicates = receipt_counters.duplicates + excluded.duplicates
+"""
+"""Add to a workspace's count of acknowledged duplicate deliveries."""
+
+
+INSERT_SQL = (
+    f"INSERT INTO receipts ({', '.join(ReceiptDraft._fields)}) "
+    f"VALUES ({', '.join('?' for _ in ReceiptDraft._fields)}) "
+    "ON CONFLICT (workspace, dedupe_key) DO NOTHING"
+)
+"""Insert-or-ignore of one draft; drafts are handed to executemany as they are."""
+
+
+def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[IngestResult]:
+    """Insert every new draft, acknowledge every duplicate, and put the batch on the ledger.
+
+    The unique index decides: each row is inserted with ``ON CONFLICT DO NOTHING`` (in input
+    order, so the first of several equal keys in a batch wins); the rows that now carry our
+    fresh ids are the new receipts, and every other draft is a duplicate of the receipt that
+    holds its key (counted per workspace in ``receipt_counters``; a re-sent rejected input is
+    answered as rejected again, with its original receipt and reasons).
+
+    Returns:
+        One :class:`IngestResult` per draft, in the drafts' order.
+    """
+    if not drafts:
+        return []
+    conn = txn.conn
+    written = conn.exec_driver_sql(INSERT_SQL, drafts).rowcount
+
+    inserted: set[str]
+    if written == len(drafts):
+        inserted = {d.id for d in drafts}  # SQLite counts executemany's rows exactly
+    elif written == 0:
+        inserted = set()
+    else:
+        ids = json.dumps([d.id for d in drafts])
+        inserted = set(conn.exec_driver_sql(_SELECT_OURS, (ids,)).scalars())
+
+    duplicates: dict[str, dict[str, None]] = {}
+    for draft in drafts:
+        if draft.id not in inserted:
+            duplicates.setdefault(draft.workspace, {})[draft.dedupe_key] = None
+    holders: dict[tuple[str, str], Any] = {}
+    for workspace, keys in duplicates.items():
+        found = conn.exec_driver_sql(_SELECT_HOLDERS, (workspace, json.dumps(list(keys)))).all()
+        for holder in found:
+            holders[(holder.workspace, holder.dedupe_key)] = holder
+
+    results: list[IngestResult] = []
+    summaries: dict[str, dict[str, list[str]]] = {}
+    for draft in drafts:
+        summary = summaries.setdefault(
+            draft.workspace, {"accepted": [], "rejected": [], "duplicate": []}
+        )
+        if draft.id in inserted:
+            reasons = () if draft.status == "accepted" else tuple(json.loads(draft.errors))
+            results.append(IngestResult(draft.status, draft.id, reasons))
+            summary[draft.status].append(draft.id)
+        else:
+            holder = holders[(draft.workspace, draft.dedupe_key)]
+            result = _duplicate(draft, holder)
+            results.append(result)
+            if result.status == "duplicate":
+                summary["duplicate"].append(holder.id)
+    acknowledged = [(w, len(s["duplicate"])) for w, s in summaries.items() if s["duplicate"]]
+    if acknowledged:
+        conn.exec_driver_sql(_COUNT_DUPLICATES, acknowledged)
+
+    for workspace, summary in summaries.items():
+        txn.ledger.append(
+            at=txn.at,
+            workspace=workspace,
+            actor="ingest",
+            action="receipts.recorded",
+            subject_type="receipt_batch",
+            subject_id=new_id(),
+            payload={name: ids for name, ids in summary.items() if ids},
+        )
+    return results
+
+
+def _duplicate(draft: ReceiptDraft, holder: Any) -> IngestResult:
+    if holder.status == "rejected":
+        return IngestResult("rejected", holder.id, tuple(json.loads(holder.errors)))
+    if holder.digest != draft.digest:
+        note = "idempotency_key: already used for different content; the original receipt stands"
+        return IngestResult("duplicate", holder.id, (note,))
+    return IngestResult("duplicate", holder.id, ())

@@ -1,0 +1,179 @@
+"""SQLModel tables. They mirror the schema the migrations build (a test checks it).
+
+Tables are kept apart from domain types: repositories translate between them.
+JSON columns hold canonical JSON text; instants are fixed-width ISO-8601 UTC text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, LargeBinary, Table, Text
+from sqlmodel import Field, SQLModel
+
+
+class ReceiptRow(SQLModel, table=True):
+    """The durable record of one inbound envelope, valid or not."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (
+        Index("ux_receipts_dedupe", "workspace", "dedupe_key", unique=True),
+        Index("ix_receipts_status", "workspace", "status"),
+    )
+
+    id: str = Field(primary_key=True)
+    workspace: str
+    dedupe_key: str
+    envelope_id: str | None = None
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    schema_version: int | None = None
+    kind: str | None = None
+    payload: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    digest: str
+    submitted_at: str | None = None
+    received_at: str
+    status: str
+    errors: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    raw_size: int | None = None
+    produced_type: str | None = None
+    produced_id: str | None = None
+    version: int = 1
+
+
+class ReceiptCounterRow(SQLModel, table=True):
+    """Per-workspace count of acknowledged duplicate deliveries."""
+
+    __tablename__ = "receipt_counters"
+
+    workspace: str = Field(primary_key=True)
+    duplicates: int = 0
+
+
+class _StatefulColumns(SQLModel):
+    id: str = Field(primary_key=True)
+    workspace: str = Field(index=False)
+    state: str
+    version: int = 1
+    attempt: int = 0
+    created_at: str
+    updated_at: str
+    data: str = Field(default="{}", sa_column_kwargs={"nullable": False})
+
+
+class TurnRow(_StatefulColumns, table=True):
+    """One unit of agent work triggered by a receipt."""
+
+    __tablename__ = "turns"
+    __table_args__ = (Index("ix_turns_state", "workspace", "state"),)
+
+    receipt_id: str | None = None
+    lane: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: str | None = None
+
+
+class MissionRow(_StatefulColumns, table=True):
+    """One dispatch of a turn's work onto a lane."""
+
+    __tablename__ = "missions"
+    __table_args__ = (Index("ix_missions_state", "workspace", "state"),)
+
+    turn_id: str | None = None
+    lane: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: str | None = None
+
+
+class SessionRow(_StatefulColumns, table=True):
+    """A lane's durable worker identity."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_state", "workspace", "state"),)
+
+    lane: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: str | None = None
+    heartbeat_at: str | None = None
+    last_error: str | None = None
+    workdir: str | None = None
+
+
+class ApprovalRow(_StatefulColumns, table=True):
+    """A pending or decided human decision."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (Index("ix_approvals_state", "workspace", "state"),)
+
+    turn_id: str | None = None
+    action_id: str | None = None
+
+
+class AlertRow(_StatefulColumns, table=True):
+    """Something that moved off baseline."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_state", "workspace", "state"),)
+
+    alert_type: str | None = None
+    severity: str | None = None
+
+
+class LedgerRow(SQLModel, table=True):
+    """One hash-chained ledger entry; ``seq`` is gap-free in commit order."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (
+        Index("ix_ledger_subject", "subject_type", "subject_id"),
+        Index("ix_ledger_workspace", "workspace", "seq"),
+    )
+
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: str
+    workspace: str
+    actor: str
+    action: str
+    subject_type: str
+    subject_id: str
+    from_state: str | None = None
+    to_state: str | None = None
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    prev_hash: str
+    hash: str
+
+
+class LedgerHeadRow(SQLModel, table=True):
+    """The chain's head: the last entry's seq and hash. One row, ``id = 1``."""
+
+    __tablename__ = "ledger_head"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int
+    hash: str
+
+
+class SchemaMigrationRow(SQLModel, table=True):
+    """One applied schema migration; the highest version is the schema's version."""
+
+    __tablename__ = "schema_migrations"
+
+    version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    name: str
+    applied_at: str
+
+
+STATEFUL_TABLES: dict[str, type[_StatefulColumns]] = {
+    "turn": TurnRow,
+    "mission": MissionRow,
+    "session": SessionRow,
+    "approval": ApprovalRow,
+    "alert": AlertRow,
+}
+"""Machine kind -> its table model."""
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table behind a SQLModel class."""
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table

@@ -1,0 +1,217 @@
+"""The single writer: one task that applies write operations in group commits.
+
+An operation is a plain synchronous function of a :class:`WriteTxn`; callers hand it in and
+await its result. The writer takes whatever operations are queued, runs them in one
+transaction (each in its own savepoint when there are several), appends their ledger entries,
+commits once, then answers every caller. A failing operation rolls back alone (its savepoint
+and its ledger entries); the others still commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from quarterdeck.domain.clock import Clock, format_instant, utc_now
+from quarterdeck.store.database import Database
+from quarterdeck.store.ledger import LedgerAppender, LedgerHeadMoved
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+MAX_OPS_PER_COMMIT = 256
+RETRIES = 60
+"""Retries of a group commit that met a lock or a moved ledger head (backoff to 1 s)."""
+
+
+@dataclass
+class WriteTxn:
+    """What an operation gets: the connection, the transaction's time and the ledger."""
+
+    conn: Connection
+    now: datetime
+    ledger: LedgerAppender
+    at: str = ""
+    """The transaction's time as ledger text."""
+
+    def __post_init__(self) -> None:
+        self.at = format_instant(self.now)
+
+
+WriteOp = Callable[[WriteTxn], T]
+
+
+@dataclass
+class _Pending(Generic[T]):
+    op: WriteOp[T]
+    future: asyncio.Future[T] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _OperationFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class WriterClosed(RuntimeError):
+    """The writer has stopped and takes no more operations."""
+
+
+CommitListener = Callable[[int], None]
+"""Called after each commit with the ledger head seq."""
+
+_Outcome = tuple[bool, Any]
+
+
+class Writer:
+    """Owns all writes of one process to one database, committing in groups."""
+
+    def __init__(self, db: Database, clock: Clock = utc_now) -> None:
+        self.db = db
+        self.clock = clock
+        self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._listeners: list[CommitListener] = []
+        self._head: tuple[int, str] | None = None
+        self.commits = 0
+        self.ops = 0
+
+    async def __aenter__(self) -> Writer:
+        self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    def start(self) -> None:
+        """Start the writer task on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="qd-writer")
+
+    async def stop(self) -> None:
+        """Finish the queued operations, then stop."""
+        if self._task is None:
+            return
+        await self._queue.put(None)
+        await self._task
+        self._task = None
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call ``listener(head_seq)`` after every commit."""
+        self._listeners.append(listener)
+
+    async def submit(self, op: WriteOp[T]) -> T:
+        """Queue ``op`` for the next group commit and wait for its result.
+
+        Raises:
+            WriterClosed: the writer is not running.
+            Exception: whatever ``op`` raised; nothing it did was committed.
+        """
+        if self._task is None or self._task.done():
+            raise WriterClosed("the writer is not running")
+        pending: _Pending[T] = _Pending(op)
+        await self._queue.put(pending)
+        return await pending.future
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch: list[_Pending[Any]] = [first]
+            while len(batch) < MAX_OPS_PER_COMMIT and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._commit_with_retry(batch)
+
+    async def _commit_with_retry(self, batch: list[_Pending[Any]]) -> None:
+        delay = 0.05
+        ops = [pending.op for pending in batch]
+        for attempt in range(RETRIES + 1):
+            try:
+                outcomes, head_seq = await self.db.run_write(lambda conn: self._commit(conn, ops))
+            except _OperationFailed as failed:
+                # A lone operation failed: its transaction rolled back and nothing else ran.
+                outcomes, head_seq = [(False, failed.error)], -1
+            except (OperationalError, IntegrityError, LedgerHeadMoved) as exc:
+                self._head = None
+                retryable = isinstance(exc, LedgerHeadMoved | IntegrityError) or "locked" in str(
+                    exc
+                )
+                if retryable and attempt < RETRIES:
+                    log.info("group commit retried (%s)", type(exc).__name__)
+                    await asyncio.sleep(delay * random.random())
+                    delay = min(delay * 2, 1.0)
+                    continue
+                self._fail(batch, exc)
+                return
+            except Exception as exc:
+                self._head = None
+                self._fail(batch, exc)
+                return
+            break
+        self.commits += 1
+        self.ops += len(batch)
+        for pending, (ok, value) in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if ok:
+                pending.future.set_result(value)
+            else:
+                pending.future.set_exception(value)
+        if head_seq < 0:
+            return
+        for listener in self._listeners:
+            try:
+                listener(head_seq)
+            except Exception:
+                log.exception("commit listener failed")
+
+    def _commit(self, conn: Connection, ops: list[WriteOp[Any]]) -> tuple[list[_Outcome], int]:
+        """Run the operations in the caller's transaction; a lone one needs no savepoint."""
+        outcomes: list[_Outcome] = []
+        ledger = LedgerAppender.open(conn, self._head)
+        txn = WriteTxn(conn=conn, now=self.clock(), ledger=ledger)
+        if len(ops) == 1:
+            try:
+                outcomes.append((True, ops[0](txn)))
+            except (OperationalError, LedgerHeadMoved):
+                raise
+            except Exception as exc:
+                raise _OperationFailed(exc) from exc
+        else:
+            for op in ops:
+                mark = ledger.mark()
+                savepoint = conn.begin_nested()
+                try:
+                    value = op(txn)
+                except Exception as exc:
+                    savepoint.rollback()
+                    ledger.rollback_to(mark)
+                    outcomes.append((False, exc))
+                else:
+                    savepoint.commit()
+                    outcomes.append((True, value))
+        ledger.flush()
+        self._head = (ledger.head_seq, ledger.head_hash)
+        return outcomes, ledger.head_seq
+
+    @staticmethod
+    def _fail(batch: list[_Pending[Any]], exc: BaseException) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
