@@ -163,6 +163,8 @@ def parse_envelope(
             return Rejection(
                 (FieldError("$", f"{size} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"),)
             )
+        if not raw.strip():
+            return Rejection((FieldError("$", "empty line: expected one JSON object"),))
         try:
             data = decode_line(raw)
         except UnicodeDecodeError as exc:
