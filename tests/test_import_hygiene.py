@@ -1,0 +1,57 @@
+"""The runtime and the store must never load textual: headless mode runs without the TUI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+MODULES = [
+    "quarterdeck.domain.envelope",
+    "quarterdeck.domain.states",
+    "quarterdeck.domain.ledger",
+    "quarterdeck.store.database",
+    "quarterdeck.store.writer",
+    "quarterdeck.store.receipts",
+    "quarterdeck.store.items",
+    "quarterdeck.store.queries",
+    "quarterdeck.runtime.ingest",
+    "quarterdeck.runtime.items",
+    "quarterdeck.client",
+    "quarterdeck.cli",
+]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_does_not_import_textual(module: str) -> None:
+    probe = (
+        f"import sys, {module}; "
+        "loaded = sorted(m for m in sys.modules if m == 'textual' or m.startswith('textual.')); "
+        "print(','.join(loaded))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "", f"{module} loaded {result.stdout.strip()}"
+
+
+def test_domain_imports_nothing_above_it() -> None:
+    probe = (
+        "import sys, quarterdeck.domain.envelope, quarterdeck.domain.states, "
+        "quarterdeck.domain.ledger, quarterdeck.domain.canonical, quarterdeck.domain.ids; "
+        "print(','.join(sorted(m for m in sys.modules if m.startswith('quarterdeck.') "
+        "and not m.startswith('quarterdeck.domain'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+    probe_sql = (
+        "import sys, quarterdeck.domain.envelope, quarterdeck.domain.states, quarterdeck.domain.ledger; "
+        "print('sqlalchemy' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe_sql], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,126 @@
+"""The group-commit writer: batching, isolation of failing operations, ledger atomicity."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from tests.conftest import run
+
+from quarterdeck.domain.states import IllegalTransition, Kind
+from quarterdeck.runtime.items import Items
+from quarterdeck.store.database import open_database
+from quarterdeck.store.ledger import verify_ledger
+from quarterdeck.store.writer import Writer, WriterClosed, WriteTxn
+
+
+def test_concurrent_operations_share_commits(db_path: Path) -> None:
+    async def main() -> tuple[int, int, bool]:
+        db = await open_database(str(db_path))
+        async with Writer(db) as writer:
+            items = Items(writer)
+            created = await asyncio.gather(
+                *(items.create(Kind.ALERT, workspace="w", actor="test") for _ in range(200))
+            )
+            assert len({c.id for c in created}) == 200
+            assert sorted(c.ledger_seq for c in created) == list(range(1, 201))
+            commits = writer.commits
+        ok = (await verify_ledger(db)).ok
+        await db.dispose()
+        return commits, len(created), ok
+
+    commits, count, ok = run(main())
+    assert ok
+    assert commits < count
+
+
+def test_failing_operation_rolls_back_alone(db_path: Path) -> None:
+    async def main() -> None:
+        db = await open_database(str(db_path))
+        async with Writer(db) as writer:
+            items = Items(writer)
+            alert = await items.create(Kind.ALERT, workspace="w", actor="t")
+
+            def half_done(txn: WriteTxn) -> None:
+                txn.ledger.append(
+                    at=txn.at,
+                    workspace="w",
+                    actor="t",
+                    action="x",
+                    subject_type="x",
+                    subject_id="x",
+                )
+                txn.conn.execute(text("UPDATE alerts SET state = 'acked'"))
+                raise RuntimeError("boom")
+
+            results = await asyncio.gather(
+                writer.submit(half_done),
+                items.create(Kind.ALERT, workspace="w", actor="t"),
+                items.transition(
+                    Kind.ALERT, alert.id, "open", workspace="w", actor="t", expected_version=1
+                ),
+                return_exceptions=True,
+            )
+            assert isinstance(results[0], RuntimeError)
+            assert not isinstance(results[1], BaseException)
+            assert isinstance(results[2], IllegalTransition)
+        async with db.read() as conn:
+            states = (await conn.execute(text("SELECT state FROM alerts"))).scalars().all()
+            actions = (
+                (await conn.execute(text("SELECT action FROM ledger ORDER BY seq"))).scalars().all()
+            )
+        assert states == ["open", "open"]
+        assert actions == ["alert.created", "alert.created"]
+        assert (await verify_ledger(db)).ok
+        await db.dispose()
+
+    run(main())
+
+
+def test_submit_after_stop_is_refused(db_path: Path) -> None:
+    async def main() -> None:
+        db = await open_database(str(db_path))
+        writer = Writer(db)
+        writer.start()
+        await writer.stop()
+        with pytest.raises(WriterClosed):
+            await writer.submit(lambda txn: None)
+        await db.dispose()
+
+    run(main())
+
+
+def test_two_writers_on_one_file_keep_one_chain(db_path: Path) -> None:
+    """Two writers (as two processes would be) interleave; the head moves under each."""
+
+    async def main() -> None:
+        first_db = await open_database(str(db_path))
+        second_db = await open_database(str(db_path))
+        async with Writer(first_db) as first, Writer(second_db) as second:
+            a, b = Items(first), Items(second)
+            for _ in range(20):
+                await a.create(Kind.ALERT, workspace="w", actor="a")
+                await b.create(Kind.ALERT, workspace="w", actor="b")
+        result = await verify_ledger(first_db)
+        assert result.ok and result.entries == 40
+        await first_db.dispose()
+        await second_db.dispose()
+
+    run(main())
+
+
+def test_commit_listeners_hear_the_head(db_path: Path) -> None:
+    async def main() -> list[int]:
+        db = await open_database(str(db_path))
+        heard: list[int] = []
+        async with Writer(db) as writer:
+            writer.on_commit(heard.append)
+            items = Items(writer)
+            await items.create(Kind.ALERT, workspace="w", actor="t")
+            await items.create(Kind.ALERT, workspace="w", actor="t")
+        await db.dispose()
+        return heard
+
+    assert run(main()) == [1, 2]
