@@ -2,7 +2,8 @@
 
 Usage: python bench/ingest.py [--envelopes N] [--batch B]
 
-Both sides write into a fresh SQLite file with the same schema (built by Quarterdeck's
+Rounds alternate the two sides (medians are reported) so that drift in machine speed hits
+both alike. Both sides write into a fresh SQLite file with the same schema (built by Quarterdeck's
 migrations, so the same unique index) and the same pragmas, in transactions of one batch.
 The raw side inserts already-built row tuples; Quarterdeck's side starts from JSON lines and
 validates, canonicalises, deduplicates and records each batch on the ledger. Prints JSON.
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import json
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -92,16 +94,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envelopes", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; medians reported"
+    )
     args = parser.parse_args(argv)
     lines = make_lines(args.envelopes)
+    raws: list[float] = []
+    fresh_rates: list[float] = []
+    duplicate_rates: list[float] = []
+    verified = True
     with tempfile.TemporaryDirectory() as tmp:
-        raw = raw_executemany(Path(tmp) / "raw.db", lines, args.batch)
-        fresh, duplicate, verified = asyncio.run(
-            through_api(Path(tmp) / "api.db", lines, args.batch)
-        )
+        for round_number in range(args.rounds):
+            raws.append(raw_executemany(Path(tmp) / f"raw-{round_number}.db", lines, args.batch))
+            fresh, duplicate, ok = asyncio.run(
+                through_api(Path(tmp) / f"api-{round_number}.db", lines, args.batch)
+            )
+            fresh_rates.append(fresh)
+            duplicate_rates.append(duplicate)
+            verified = verified and ok
+    raw = statistics.median(raws)
+    fresh = statistics.median(fresh_rates)
+    duplicate = statistics.median(duplicate_rates)
     figures = {
         "envelopes": args.envelopes,
         "batch": args.batch,
+        "rounds": args.rounds,
         "raw_executemany_rows_per_s": round(raw),
         "ingest_envelopes_per_s": round(fresh),
         "ratio_vs_raw": round(fresh / raw, 3),

@@ -1,4 +1,4 @@
-"""Envelope v1: the unit of ingress, its validation and its content digest.
+"""Envelope v1: the unit of ingress, and its validation.
 
 The spec is ``docs/specs/envelope.md``. Validation never raises: it returns
 either an :class:`Envelope` or every problem found, each with its field path.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from quarterdeck.domain.canonical import canonical_text, sha256_hex
+from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant, parse_instant
 from quarterdeck.domain.ids import is_uuid, new_id
 
@@ -74,12 +74,6 @@ class Envelope:
         value: dict[str, Any] = json.loads(self.payload_json)
         return value
 
-    def content_digest(self) -> str:
-        """SHA-256 over the fields a redelivery must repeat (not ``id`` or ``submitted_at``)."""
-        return content_digest(
-            self.workspace, self.idempotency_key, self.kind, self.schema_version, self.payload_json
-        )
-
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict with the payload decoded."""
         return {
@@ -93,24 +87,6 @@ class Envelope:
             "payload": self.payload,
             "submitted_at": self.submitted_at,
         }
-
-
-def content_digest(
-    workspace: str, idempotency_key: str, kind: str, schema_version: int, payload_json: str
-) -> str:
-    """Digest of an envelope's content, used to tell a true redelivery from a reused key."""
-    head = (
-        '{"idempotency_key":'
-        + _quote(idempotency_key)
-        + ',"kind":'
-        + _quote(kind)
-        + ',"schema_version":'
-        + str(schema_version)
-        + ',"workspace":'
-        + _quote(workspace)
-        + "}"
-    )
-    return sha256_hex((head + payload_json).encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)

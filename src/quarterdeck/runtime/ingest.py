@@ -13,7 +13,7 @@ from typing import Any
 from quarterdeck.domain.canonical import canonical_json, sha256_hex
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.envelope import Envelope, FieldError, Rejection, parse_envelope
-from quarterdeck.domain.ids import new_id
+from quarterdeck.domain.ids import new_id, new_ids
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.store.receipts import (
     UNKNOWN_WORKSPACE,
@@ -40,12 +40,13 @@ def _raw_bytes(raw: object) -> bytes:
         return repr(raw).encode("utf-8", "backslashreplace")
 
 
-def draft_for(raw: object, now: str) -> ReceiptDraft:
+def draft_for(raw: object, now: str, receipt_id: str | None = None) -> ReceiptDraft:
     """Turn one input, received at ``now``, into a receipt draft (accepted or rejected).
 
-    Never raises. An envelope without an ``id`` gets its receipt's id.
+    Never raises. The receipt gets ``receipt_id`` (a new id if None); an envelope without an
+    ``id`` gets its receipt's id.
     """
-    receipt_id = new_id()
+    receipt_id = receipt_id or new_id()
     try:
         if isinstance(raw, bytes | str | Mapping):
             parsed: Envelope | Rejection = parse_envelope(raw, now, receipt_id)
@@ -62,7 +63,6 @@ def draft_for(raw: object, now: str) -> ReceiptDraft:
             receipt_id,
             parsed.workspace,
             "key:" + parsed.idempotency_key,
-            parsed.content_digest(),
             "accepted",
             now,
             parsed.id,
@@ -81,12 +81,10 @@ def draft_for(raw: object, now: str) -> ReceiptDraft:
             1,
         )
     data = _raw_bytes(raw)
-    digest = sha256_hex(data)
     return ReceiptDraft(
         id=receipt_id,
         workspace=parsed.workspace or UNKNOWN_WORKSPACE,
-        dedupe_key="raw:" + digest,
-        digest=digest,
+        dedupe_key="raw:" + sha256_hex(data),
         status="rejected",
         received_at=now,
         envelope_id=None,
@@ -128,7 +126,10 @@ class Ingestor:
         if not inputs:
             return []
         now = format_instant(self.clock())
-        drafts = [draft_for(raw, now) for raw in inputs]
+        ids = new_ids(len(inputs))
+        drafts = [
+            draft_for(raw, now, receipt_id) for raw, receipt_id in zip(inputs, ids, strict=True)
+        ]
 
         def op(txn: WriteTxn) -> list[IngestResult]:
             return store_receipts(txn, drafts)

@@ -58,7 +58,6 @@ def _tables_v1(metadata: MetaData) -> list[Table]:
         Column("schema_version", Integer),
         Column("kind", String),
         Column("payload", Text),
-        Column("digest", String, nullable=False),
         Column("submitted_at", String),
         Column("received_at", String, nullable=False),
         Column("status", String, nullable=False),

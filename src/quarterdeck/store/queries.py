@@ -68,7 +68,6 @@ def _receipt_dict(row: Any) -> dict[str, Any]:
             "payload": json.loads(row.payload) if row.payload is not None else None,
             "submitted_at": row.submitted_at,
         },
-        "digest": row.digest,
         "errors": json.loads(row.errors),
         "produced": (
             {"type": row.produced_type, "id": row.produced_id}

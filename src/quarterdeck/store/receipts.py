@@ -34,7 +34,6 @@ class ReceiptDraft(NamedTuple):
     id: str
     workspace: str
     dedupe_key: str
-    digest: str
     status: ReceiptStatus
     received_at: str
     envelope_id: str | None
@@ -69,7 +68,7 @@ _SELECT_OURS = "SELECT id FROM receipts WHERE id IN (SELECT value FROM json_each
 """Which of the given receipt ids (a JSON array) exist: the drafts that landed."""
 
 _SELECT_HOLDERS = """
-SELECT id, workspace, dedupe_key, status, digest, errors FROM receipts
+SELECT id, workspace, dedupe_key, status, errors, kind, schema_version, payload FROM receipts
 WHERE workspace = ? AND dedupe_key IN (SELECT value FROM json_each(?))
 """
 """The receipts holding the given dedupe keys (a JSON array) in one workspace."""
@@ -161,7 +160,11 @@ def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[Ingest
 def _duplicate(draft: ReceiptDraft, holder: Any) -> IngestResult:
     if holder.status == "rejected":
         return IngestResult("rejected", holder.id, tuple(json.loads(holder.errors)))
-    if holder.digest != draft.digest:
+    if (holder.kind, holder.schema_version, holder.payload) != (
+        draft.kind,
+        draft.schema_version,
+        draft.payload,
+    ):
         note = "idempotency_key: already used for different content; the original receipt stands"
         return IngestResult("duplicate", holder.id, (note,))
     return IngestResult("duplicate", holder.id, ())

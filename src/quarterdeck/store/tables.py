@@ -29,7 +29,6 @@ class ReceiptRow(SQLModel, table=True):
     schema_version: int | None = None
     kind: str | None = None
     payload: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    digest: str
     submitted_at: str | None = None
     received_at: str
     status: str
