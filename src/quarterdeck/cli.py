@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from sqlalchemy.exc import OperationalError
+
 from quarterdeck.store.database import Database, DatabaseError, open_database, sqlite_url
 from quarterdeck.store.migrations import HEAD_VERSION, MigrationError
 
@@ -339,6 +341,9 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     except (DatabaseError, MigrationError) as exc:
         sys.stderr.write(f"quarterdeck: error: {exc}\n")
         return 2
+    except OperationalError as exc:
+        sys.stderr.write(f"quarterdeck: database error: {exc.orig or exc}\n")
+        return 1
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ separate engine so readers never take the write lock.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from quarterdeck.store.migrations import HEAD_VERSION, current_version, migrate
@@ -23,6 +26,8 @@ from quarterdeck.store.migrations import HEAD_VERSION, current_version, migrate
 DB_FILENAME = "quarterdeck.db"
 BUSY_TIMEOUT_MS = 10_000
 """Readers' busy timeout (they rarely wait at all under WAL)."""
+LOCK_RETRIES = 60
+"""How often a write that met another process's lock is tried again (backoff up to 1 s)."""
 WRITER_BUSY_TIMEOUT_MS = 200
 """The in-loop writer's busy timeout: short, so the event loop never waits long for a lock."""
 
@@ -135,8 +140,19 @@ class Database:
             return await conn.run_sync(current_version)
 
     async def migrate(self, target: int = HEAD_VERSION) -> list[int]:
-        """Move the schema to ``target`` (default: the newest this build knows)."""
-        return await self.run_write(lambda conn: migrate(conn, target))
+        """Move the schema to ``target`` (default: the newest this build knows).
+
+        Waits (up to about a minute) for a write lock held by another process, for example a
+        second process migrating the same new database at the same moment.
+        """
+        for attempt in range(LOCK_RETRIES):
+            try:
+                return await self.run_write(lambda conn: migrate(conn, target))
+            except OperationalError as exc:
+                if "locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+                    raise
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
+        raise AssertionError("unreachable")
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

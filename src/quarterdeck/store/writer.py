@@ -21,15 +21,14 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
-from quarterdeck.store.database import Database
+from quarterdeck.store.database import LOCK_RETRIES, Database
 from quarterdeck.store.ledger import LedgerAppender, LedgerHeadMoved
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_OPS_PER_COMMIT = 256
-RETRIES = 60
-"""Retries of a group commit that met a lock or a moved ledger head (backoff to 1 s)."""
+RETRIES = LOCK_RETRIES
 
 
 @dataclass
