@@ -167,9 +167,90 @@ def _down_v2(conn: Connection) -> None:
     metadata.drop_all(conn)
 
 
+_V3_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "turns": [
+        ("objective", "TEXT"),
+        ("input", "TEXT"),
+        ("budget", "TEXT"),
+        ("deliverable", "TEXT"),
+        ("error", "TEXT"),
+        ("dead_letter", "VARCHAR"),
+        ("held_until", "VARCHAR"),
+    ],
+    "missions": [
+        ("role", "VARCHAR"),
+        ("number", "INTEGER"),
+        ("not_before", "VARCHAR"),
+        ("routed_lane", "VARCHAR"),
+        ("session_id", "VARCHAR"),
+        ("started_at", "VARCHAR"),
+        ("finished_at", "VARCHAR"),
+        ("result", "TEXT"),
+        ("error", "TEXT"),
+    ],
+}
+_V3_INDEXES = (
+    "CREATE UNIQUE INDEX ux_turns_receipt ON turns (receipt_id)",
+    "CREATE INDEX ix_missions_claim ON missions (state, lane, not_before)",
+    "CREATE INDEX ix_missions_turn ON missions (turn_id)",
+    "CREATE INDEX ix_missions_lease ON missions (state, lease_expires_at)",
+    "CREATE INDEX ix_receipts_unapplied ON receipts (id) "
+    "WHERE status = 'accepted' AND produced_type IS NULL",
+)
+
+
+def _tables_v3(metadata: MetaData) -> list[Table]:
+    flags = Table(
+        "lane_flags",
+        metadata,
+        Column("lane", String, primary_key=True),
+        Column("paused", Integer, nullable=False),
+        Column("shadow", Integer, nullable=False),
+        Column("force_fallback", Integer, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("updated_at", String, nullable=False),
+    )
+    events = Table(
+        "mission_events",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("mission_id", String, nullable=False),
+        Column("turn_id", String, nullable=False),
+        Column("workspace", String, nullable=False),
+        Column("at", String, nullable=False),
+        Column("type", String, nullable=False),
+        Column("data", Text, nullable=False),
+        Index("ix_mission_events_turn", "turn_id", "id"),
+    )
+    return [flags, events]
+
+
+def _up_v3(conn: Connection) -> None:
+    for table, columns in _V3_COLUMNS.items():
+        for name, kind in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    for statement in _V3_INDEXES:
+        conn.exec_driver_sql(statement)
+    metadata = MetaData()
+    _tables_v3(metadata)
+    metadata.create_all(conn)
+
+
+def _down_v3(conn: Connection) -> None:
+    metadata = MetaData()
+    _tables_v3(metadata)
+    metadata.drop_all(conn)
+    for statement in _V3_INDEXES:
+        conn.exec_driver_sql(f"DROP INDEX {statement.split(' ON ')[0].split()[-1]}")
+    for table, columns in _V3_COLUMNS.items():
+        for name, _kind in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {name}")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "receipts and ledger", _up_v1, _down_v1),
     Migration(2, "turns, missions, sessions, approvals, alerts", _up_v2, _down_v2),
+    Migration(3, "work: turn and mission details, lane flags, mission events", _up_v3, _down_v3),
 )
 HEAD_VERSION = MIGRATIONS[-1].version
 

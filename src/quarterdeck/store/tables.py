@@ -6,7 +6,7 @@ JSON columns hold canonical JSON text; instants are fixed-width ISO-8601 UTC tex
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, Table, Text
+from sqlalchemy import Column, Index, LargeBinary, Table, Text, text
 from sqlmodel import Field, SQLModel
 
 
@@ -17,6 +17,12 @@ class ReceiptRow(SQLModel, table=True):
     __table_args__ = (
         Index("ux_receipts_dedupe", "workspace", "dedupe_key", unique=True),
         Index("ix_receipts_status", "workspace", "status"),
+        Index(
+            "ix_receipts_unapplied",
+            "id",
+            sqlite_where=text("status = 'accepted' AND produced_type IS NULL"),
+            postgresql_where=text("status = 'accepted' AND produced_type IS NULL"),
+        ),
     )
 
     id: str = Field(primary_key=True)
@@ -38,6 +44,34 @@ class ReceiptRow(SQLModel, table=True):
     produced_type: str | None = None
     produced_id: str | None = None
     version: int = 1
+
+
+class LaneFlagsRow(SQLModel, table=True):
+    """Supervisor flags of one lane; the row named ``*`` holds the global ones."""
+
+    __tablename__ = "lane_flags"
+
+    lane: str = Field(primary_key=True)
+    paused: int = 0
+    shadow: int = 0
+    force_fallback: int = 0
+    version: int = 1
+    updated_at: str
+
+
+class MissionEventRow(SQLModel, table=True):
+    """A progress, log, action or error event reported while a mission ran."""
+
+    __tablename__ = "mission_events"
+    __table_args__ = (Index("ix_mission_events_turn", "turn_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    mission_id: str
+    turn_id: str
+    workspace: str
+    at: str
+    type: str
+    data: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class ReceiptCounterRow(SQLModel, table=True):
@@ -64,24 +98,52 @@ class TurnRow(_StatefulColumns, table=True):
     """One unit of agent work triggered by a receipt."""
 
     __tablename__ = "turns"
-    __table_args__ = (Index("ix_turns_state", "workspace", "state"),)
+    __table_args__ = (
+        Index("ix_turns_state", "workspace", "state"),
+        Index("ux_turns_receipt", "receipt_id", unique=True),
+    )
 
     receipt_id: str | None = None
     lane: str | None = None
     lease_owner: str | None = None
     lease_expires_at: str | None = None
+    objective: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    input: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    budget: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    deliverable: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    dead_letter: str | None = None
+    """Dead-letter stage: None, ``retryable``, ``held`` or ``dead``."""
+    held_until: str | None = None
 
 
 class MissionRow(_StatefulColumns, table=True):
     """One dispatch of a turn's work onto a lane."""
 
     __tablename__ = "missions"
-    __table_args__ = (Index("ix_missions_state", "workspace", "state"),)
+    __table_args__ = (
+        Index("ix_missions_state", "workspace", "state"),
+        Index("ix_missions_claim", "state", "lane", "not_before"),
+        Index("ix_missions_turn", "turn_id"),
+        Index("ix_missions_lease", "state", "lease_expires_at"),
+    )
 
     turn_id: str | None = None
     lane: str | None = None
     lease_owner: str | None = None
     lease_expires_at: str | None = None
+    role: str | None = None
+    """``primary``, ``fallback`` or ``shadow``."""
+    number: int | None = None
+    """Which try this is on its lane (1, 2, ...)."""
+    not_before: str | None = None
+    routed_lane: str | None = None
+    """The lane that actually ran it, when force fallback routed it elsewhere."""
+    session_id: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class SessionRow(_StatefulColumns, table=True):

@@ -1,0 +1,76 @@
+"""The lane interface shared by every adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+DecisionOutcome = Literal["approved", "rejected", "edited"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The runtime's answer to an action request: what the agent may do, with which arguments."""
+
+    action_id: str
+    outcome: DecisionOutcome
+    args: Mapping[str, Any]
+    reason: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON line sent to a subprocess agent."""
+        return {
+            "type": "decision",
+            "action_id": self.action_id,
+            "outcome": self.outcome,
+            "args": dict(self.args),
+            "reason": self.reason,
+        }
+
+
+class LaneFailure(Exception):
+    """The agent failed; ``reason`` says why (it becomes the mission's error)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+ProgressSink = Callable[[str, Mapping[str, Any]], None]
+"""``emit(type, data)``: record a progress, log or error event for the mission."""
+ActionGate = Callable[[str, str, Mapping[str, Any]], Coroutine[Any, Any, Decision]]
+"""``request_action(action_id, tool, args)``: ask for a decision on a tool call."""
+
+
+@dataclass
+class MissionContext:
+    """What a lane gets to run one mission."""
+
+    mission_id: str
+    turn_id: str
+    workspace: str
+    lane: str
+    attempt: int
+    objective: str
+    input: Mapping[str, Any]
+    workdir: Path
+    emit: ProgressSink
+    request_action: ActionGate
+    budget: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Lane(Protocol):
+    """An adapter that runs missions. ``run`` returns the deliverable or raises
+    :class:`LaneFailure`; cancellation (timeout, take-over, drain) must stop the agent."""
+
+    name: str
+
+    async def run(self, ctx: MissionContext) -> dict[str, Any]:
+        """Run one mission to its deliverable."""
+        ...
+
+    async def close(self) -> None:
+        """Release whatever the lane holds (connections, processes)."""
+        ...
