@@ -15,8 +15,16 @@ def utc_now() -> datetime:
 
 
 def format_instant(instant: datetime) -> str:
-    """Format ``instant`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (always UTC, fixed width)."""
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Format ``instant`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (always UTC, fixed width).
+
+    Raises:
+        OverflowError: the instant in UTC falls outside years 1-9999.
+    """
+    d = instant.astimezone(UTC)
+    return (
+        f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+        f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{d.microsecond:06d}Z"
+    )
 
 
 def parse_instant(text: str) -> datetime:

@@ -156,6 +156,11 @@ def parse_envelope(
     return validate_object(data, now, default_id)
 
 
+def printable(text: str) -> str:
+    """``text`` with any lone surrogate written as a backslash escape, so it can be stored."""
+    return text if _is_unicode(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
@@ -178,7 +183,7 @@ def validate_object(
     errors: list[FieldError] = []
     if not FIELDS.issuperset(data):
         for name in sorted(set(data) - FIELDS, key=str):
-            errors.append(FieldError(str(name), "unknown field"))
+            errors.append(FieldError(printable(str(name)), "unknown field"))
 
     envelope_id = data.get("id")
     if envelope_id is None:
@@ -245,7 +250,7 @@ def validate_object(
     else:
         try:
             submitted_text = format_instant(parse_instant(submitted_at))
-        except ValueError:
+        except (ValueError, OverflowError):
             errors.append(
                 FieldError("submitted_at", "must be an ISO-8601 instant with a time zone")
             )

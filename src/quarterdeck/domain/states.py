@@ -60,7 +60,7 @@ MACHINES: Final[Mapping[Kind, Machine]] = {
         leased=True,
         transitions=_table(
             {
-                "queued": f"leased {_TURN_LIVE_EXITS}",
+                "queued": f"leased failed {_TURN_LIVE_EXITS}",
                 "leased": f"running queued failed timed_out {_TURN_LIVE_EXITS}",
                 "running": f"awaiting_approval queued completed failed timed_out {_TURN_LIVE_EXITS}",
                 "awaiting_approval": f"running failed timed_out {_TURN_LIVE_EXITS}",

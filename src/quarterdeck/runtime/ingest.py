@@ -12,7 +12,7 @@ from typing import Any
 
 from quarterdeck.domain.canonical import canonical_json, sha256_hex
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
-from quarterdeck.domain.envelope import Envelope, FieldError, Rejection, parse_envelope
+from quarterdeck.domain.envelope import Envelope, FieldError, Rejection, parse_envelope, printable
 from quarterdeck.domain.ids import new_id, new_ids
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.store.receipts import (
@@ -36,8 +36,12 @@ def _raw_bytes(raw: object) -> bytes:
         return raw.encode("utf-8", "surrogatepass")
     try:
         return canonical_json(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
         return repr(raw).encode("utf-8", "backslashreplace")
+    except RecursionError:
+        return f"<{type(raw).__name__} nested too deeply to record>".encode()
 
 
 def draft_for(raw: object, now: str, receipt_id: str | None = None) -> ReceiptDraft:
@@ -95,7 +99,7 @@ def draft_for(raw: object, now: str, receipt_id: str | None = None) -> ReceiptDr
         kind=parsed.kind,
         payload=None,
         submitted_at=None,
-        errors=json.dumps([str(e) for e in parsed.errors], ensure_ascii=False),
+        errors=json.dumps([printable(str(e)) for e in parsed.errors], ensure_ascii=False),
         raw=data[:MAX_RAW_STORED],
         raw_size=len(data),
         produced_type=None,

@@ -1,8 +1,9 @@
-"""In-process counters the runtime keeps (exported as metrics by later layers)."""
+"""In-process counters and timings of one runtime node (the durable figures that every node
+and ``quarterdeck status`` share are computed from the store: see ``store/queries.py``)."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 
@@ -16,3 +17,20 @@ class Metrics:
     """Refused transition requests by ``kind:from->to``."""
     stale_writes: Counter[str] = field(default_factory=Counter)
     """Compare-and-set losses by kind."""
+    missions: Counter[str] = field(default_factory=Counter)
+    """Finished missions by ``lane:outcome``."""
+    late_results: int = 0
+    """Results this node produced after losing the lease (rejected, recorded)."""
+    leases_lost: int = 0
+    """Leases this node found lost at a heartbeat."""
+    reclaimed: int = 0
+    """Expired leases this node's sweeper handed back."""
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+    """Recent mission run times in seconds."""
+
+    def observe_mission(self, lane: str, outcome: str, seconds: float, accepted: bool) -> None:
+        """Count one finished mission."""
+        self.missions[f"{lane}:{outcome}"] += 1
+        self.latencies.append(seconds)
+        if not accepted:
+            self.late_results += 1

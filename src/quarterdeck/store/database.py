@@ -54,6 +54,11 @@ def normalize_url(url: str) -> str:
     except Exception as exc:
         raise DatabaseError(f"not a database URL: {url!r} ({exc})") from exc
     if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.query):
+            raise DatabaseError(
+                "in-memory SQLite is not supported: the writer and the readers share one file "
+                "(give a file path)"
+            )
         return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
     raise DatabaseError(
         f"unsupported database {parsed.get_backend_name()!r}: this build supports sqlite"
@@ -122,6 +127,13 @@ class Database:
         """
         with self._writer_engine.begin() as conn:
             return fn(conn)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database file, for SQLite."""
+        if self.dialect != "sqlite":
+            return None
+        return make_url(self.url).database
 
     def run_read_sync(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in one read snapshot on a plain driver connection (call from a thread)."""

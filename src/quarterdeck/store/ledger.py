@@ -187,32 +187,68 @@ _SELECT_FROM = f"SELECT {', '.join(_COLUMNS)} FROM ledger WHERE seq >= ? ORDER B
 
 def _verify_sync(conn: Connection, block: int) -> VerifyResult:
     verifier = ChainVerifier()
-    head_row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).first()
-    head = (int(head_row.seq), str(head_row.hash)) if head_row is not None else None
     driver: Any = conn.connection.driver_connection
-    cursor = driver.execute(_SELECT_BODIES)
+    head, head_damage = _read_head(driver)
+    recheck = False
     try:
-        while True:
+        cursor = driver.execute(_SELECT_BODIES)
+    except sqlite3.Error:
+        cursor, recheck = None, True  # damage the fast query cannot even start on
+    try:
+        while cursor is not None:
             try:
                 rows = cursor.fetchmany(block)
-            except sqlite3.OperationalError:
-                rows = None  # text damaged into invalid UTF-8
-            if rows is not None and not rows:
+            except sqlite3.Error:
+                recheck = True  # text damaged into invalid UTF-8, or retyped
                 break
-            if rows is None or verifier.feed_bodies(rows) is not None:
-                # Re-check from the first unverified entry, column by column: this names the
-                # precise fault, and reads damaged text instead of failing on it.
-                return _verify_rest_leniently(driver, verifier, block) or verifier.finish(head)
+            if not rows:
+                break
+            if verifier.feed_bodies(rows) is not None:
+                recheck = True
+                break
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
+    if recheck:
+        # Re-check from the first unverified entry, column by column: this names the precise
+        # fault, and reads damaged values instead of failing on them.
+        failure = _verify_rest_leniently(driver, verifier, block)
+        if failure is not None:
+            return failure
+    if head_damage is not None:
+        return VerifyResult(False, 0, "", first_bad_seq=verifier.expected - 1, reason=head_damage)
     return verifier.finish(head)
+
+
+def _read_head(driver: Any) -> tuple[tuple[int, str] | None, str | None]:
+    """The recorded head, or why it cannot be trusted (read leniently: it may be damaged)."""
+    previous = driver.text_factory
+    driver.text_factory = _lenient_text
+    try:
+        row = driver.execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchone()
+    finally:
+        driver.text_factory = previous
+    if row is None:
+        return None, None
+    seq, digest = row
+    if type(seq) is not int or not isinstance(digest, str) or len(digest) != 64:
+        return None, f"the recorded head is damaged (seq {seq!r}, hash {digest!r})"
+    try:
+        int(digest, 16)
+    except ValueError:
+        return None, "the recorded head is damaged (hash is not hexadecimal)"
+    return (seq, digest), None
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _verify_rest_leniently(driver: Any, verifier: ChainVerifier, block: int) -> VerifyResult | None:
     """Check from the first unverified seq to the end using the stored columns, decoding text
     with surrogate escapes so that damaged bytes surface as a failure at their seq."""
     previous = driver.text_factory
-    driver.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
+    driver.text_factory = _lenient_text
     try:
         cursor = driver.execute(_SELECT_FROM, (verifier.expected,))
         while rows := cursor.fetchmany(block):

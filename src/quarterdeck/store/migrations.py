@@ -222,7 +222,13 @@ def _tables_v3(metadata: MetaData) -> list[Table]:
         Column("data", Text, nullable=False),
         Index("ix_mission_events_turn", "turn_id", "id"),
     )
-    return [flags, events]
+    counters = Table(
+        "counters",
+        metadata,
+        Column("name", String, primary_key=True),
+        Column("value", Integer, nullable=False),
+    )
+    return [flags, events, counters]
 
 
 def _up_v3(conn: Connection) -> None:

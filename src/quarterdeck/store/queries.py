@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, and_, func, or_, select
 
 from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.store.database import Database
@@ -141,6 +141,16 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
                     break
         if item is None:
             return None
+        mentioned = LEDGER.c.subject_id == item_id
+        if item["type"] == "receipt":
+            # Receipts are recorded by batch: find the batch entries that name this one.
+            mentioned = or_(
+                mentioned,
+                and_(
+                    LEDGER.c.subject_type == "receipt_batch",
+                    LEDGER.c.payload.contains(f'"{item_id}"'),
+                ),
+            )
         history = await conn.execute(
             select(
                 LEDGER.c.seq,
@@ -150,7 +160,7 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
                 LEDGER.c.from_state,
                 LEDGER.c.to_state,
             )
-            .where(LEDGER.c.subject_id == item_id)
+            .where(mentioned)
             .order_by(LEDGER.c.seq)
         )
         item["history"] = [dict(r._mapping) for r in history.all()]

@@ -74,6 +74,15 @@ class MissionEventRow(SQLModel, table=True):
     data: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class CounterRow(SQLModel, table=True):
+    """A named runtime counter kept with the data (late writes rejected, recoveries, ...)."""
+
+    __tablename__ = "counters"
+
+    name: str = Field(primary_key=True)
+    value: int = 0
+
+
 class ReceiptCounterRow(SQLModel, table=True):
     """Per-workspace count of acknowledged duplicate deliveries."""
 

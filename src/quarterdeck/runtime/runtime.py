@@ -1,0 +1,535 @@
+"""The embedded runtime: applies receipts, dispatches missions onto lanes under fenced leases,
+heartbeats them, finishes them, and sweeps what other workers left behind.
+
+One :class:`Runtime` per process (a *node*, with a fresh id per start). Several nodes may share
+one database: every claim and every later write is fenced, so they cannot take work from each
+other except by the lease expiring. All writes go through the node's group-commit writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.clock import Clock, format_instant, utc_now
+from quarterdeck.runtime.config import LaneConfig, RuntimeConfig
+from quarterdeck.runtime.ingest import Ingestor, RawInput
+from quarterdeck.runtime.items import Items
+from quarterdeck.runtime.lanes.base import Decision, Lane, LaneFailure, MissionContext
+from quarterdeck.runtime.metrics import Metrics
+from quarterdeck.store.database import Database
+from quarterdeck.store.receipts import IngestResult
+from quarterdeck.store.work import (
+    Claim,
+    ClaimConflict,
+    Finish,
+    Flags,
+    LanePlan,
+    ReceiptsAlreadyApplied,
+    WorkPlan,
+    add_shadow_mission,
+    apply_command,
+    apply_receipts,
+    bump_counter,
+    claim_missions,
+    finish_mission,
+    heartbeat,
+    read_flags,
+    record_events,
+    start_turns,
+    sweep,
+)
+from quarterdeck.store.writer import Writer, WriteTxn
+
+log = logging.getLogger("quarterdeck.runtime")
+
+MAX_EVENTS_PER_MISSION = 1_000
+WATCH_INTERVAL_S = 0.2
+
+
+def build_lane(config: LaneConfig) -> Lane:
+    """Instantiate the adapter a lane's configuration names.
+
+    Raises:
+        ValueError: the adapter is unknown or its options are unusable.
+    """
+    lane: Lane
+    if config.adapter == "sim":
+        from quarterdeck.runtime.lanes.sim import SimLane
+
+        lane = SimLane(config.name, config.options)
+        return lane
+    if config.adapter == "python":
+        from quarterdeck.runtime.lanes.python import PythonLane
+
+        lane = PythonLane(config.name, config.options)
+        return lane
+    if config.adapter == "command":
+        from quarterdeck.runtime.lanes.command import CommandLane
+
+        lane = CommandLane(config.name, config.options)
+        return lane
+    if config.adapter == "http":
+        from quarterdeck.runtime.lanes.http import HttpLane
+
+        lane = HttpLane(config.name, config.options)
+        return lane
+    raise ValueError(f"unknown adapter {config.adapter!r}")
+
+
+def work_plan(config: RuntimeConfig) -> WorkPlan:
+    """The store's view of the lanes."""
+    return WorkPlan(
+        lanes={
+            name: LanePlan(
+                name, lane.fallback, lane.max_attempts, lane.backoff_initial_s, lane.backoff_max_s
+            )
+            for name, lane in config.lanes.items()
+        },
+        default_lane=config.default_lane,
+        hold_s=config.hold_s,
+    )
+
+
+@dataclass
+class _Running:
+    claim: Claim
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)
+    event_count: int = 0
+
+
+class Runtime:
+    """The runtime of one node."""
+
+    def __init__(
+        self,
+        db: Database,
+        config: RuntimeConfig,
+        *,
+        state_dir: Path | None = None,
+        node_id: str | None = None,
+        clock: Clock = utc_now,
+        lanes: Mapping[str, Lane] | None = None,
+        decide: Callable[[Claim, str, str, Mapping[str, Any]], Decision] | None = None,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.state_dir = state_dir or Path("state")
+        self.node_id = node_id or f"node-{uuid.uuid4()}"
+        self.clock = clock
+        self.metrics = Metrics()
+        self.writer = Writer(db, clock)
+        self.ingestor = Ingestor(self.writer, clock, self.metrics)
+        self.items = Items(self.writer, self.metrics)
+        self.plan = work_plan(config)
+        self.lanes: dict[str, Lane] = dict(lanes or {})
+        for name, lane_config in config.lanes.items():
+            if name not in self.lanes:
+                self.lanes[name] = build_lane(lane_config)
+        self.flags = Flags(frozenset(), frozenset(), frozenset(), config.force_fallback)
+        self._decide = decide
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._claiming = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._events_dirty = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer and the loops; apply configured flag defaults once."""
+        self.writer.start()
+        self.writer.on_commit(lambda _seq: self._wake.set())
+        await self.writer.submit(self._seed_flags)
+        self._claiming = True
+        loop = asyncio.get_running_loop()
+        for coroutine, name in (
+            (self._pump_loop(), "pump"),
+            (self._heartbeat_loop(), "heartbeat"),
+            (self._sweep_loop(), "sweep"),
+            (self._watch_loop(), "watch"),
+            (self._events_loop(), "events"),
+        ):
+            self._tasks.append(loop.create_task(coroutine, name=f"qd-{name}"))
+        log.info("runtime started", extra={"node": self.node_id, "lanes": list(self.lanes)})
+
+    def _seed_flags(self, txn: WriteTxn) -> None:
+        existing = read_flags(txn.conn)
+        rows = txn.conn.exec_driver_sql("SELECT lane FROM lane_flags").scalars().all()
+        known = set(rows)
+        from quarterdeck.store.work import set_flag
+
+        for name, lane in self.config.lanes.items():
+            if name in known:
+                continue
+            for flag, value in (
+                ("paused", lane.paused),
+                ("shadow", lane.shadow),
+                ("force_fallback", lane.force_fallback),
+            ):
+                if value:
+                    set_flag(txn, name, flag, True, actor=self.node_id, workspace="_runtime")
+        if "*" not in known and self.config.force_fallback and not existing.force_all:
+            set_flag(txn, "*", "force_fallback", True, actor=self.node_id, workspace="_runtime")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: stop claiming, let running missions finish for up to ``grace_s``, hand the
+        rest back (their leases released), then stop the loops and the writer."""
+        self._claiming = False
+        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        pending = [r.task for r in self._running.values() if r.task is not None]
+        if pending:
+            _done, still = await asyncio.wait(pending, timeout=grace)
+            leftovers = [r for r in self._running.values() if r.task in still]
+            for running in leftovers:
+                running.lost = True  # its own finish must not run; we release it instead
+                assert running.task is not None
+                running.task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)
+            if leftovers:
+                claims = [r.claim for r in leftovers]
+                await self.writer.submit(lambda txn: self._release(txn, claims))
+        await self._flush_events()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.writer.stop()
+        for lane in self.lanes.values():
+            with contextlib.suppress(Exception):
+                await lane.close()
+        log.info("runtime stopped", extra={"node": self.node_id})
+
+    def _release(self, txn: WriteTxn, claims: Sequence[Claim]) -> None:
+        """Hand claimed missions back: lease cleared, mission and turn queued again."""
+        from sqlalchemy import text
+
+        for claim in claims:
+            changed = txn.conn.execute(
+                text(
+                    "UPDATE missions SET state = 'queued', version = version + 1, "
+                    "lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
+                    "WHERE id = :id AND attempt = :attempt AND version = :version "
+                    "AND lease_owner = :owner AND state IN ('running', 'blocked')"
+                ),
+                {"at": txn.at, "id": claim.mission_id, "attempt": claim.attempt,
+                 "version": claim.version, "owner": claim.owner},
+            ).rowcount  # fmt: skip
+            if changed != 1:
+                continue
+            txn.ledger.append(
+                at=txn.at, workspace=claim.workspace, actor=self.node_id,
+                action="mission.released", subject_type="mission", subject_id=claim.mission_id,
+                from_state="running", to_state="queued",
+                payload={"version": claim.version + 1, "attempt": claim.attempt, "reason": "drain"},
+            )  # fmt: skip
+            if claim.role == "shadow":
+                continue
+            turn = txn.conn.execute(
+                text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
+            ).first()
+            if turn is not None and turn.state in ("leased", "running"):
+                txn.conn.execute(
+                    text(
+                        "UPDATE turns SET state = 'queued', version = version + 1, "
+                        "lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
+                        "WHERE id = :id AND version = :version"
+                    ),
+                    {"at": txn.at, "id": claim.turn_id, "version": turn.version},
+                )
+                txn.ledger.append(
+                    at=txn.at, workspace=claim.workspace, actor=self.node_id,
+                    action="turn.queued", subject_type="turn", subject_id=claim.turn_id,
+                    from_state=turn.state, to_state="queued",
+                    payload={"version": turn.version + 1, "reason": "drain"},
+                )  # fmt: skip
+
+    # --- ingress -----------------------------------------------------------------------------
+
+    async def submit(self, inputs: Sequence[RawInput]) -> list[IngestResult]:
+        """Ingest envelopes and wake the coordinator."""
+        results = await self.ingestor.ingest(inputs)
+        self._wake.set()
+        return results
+
+    async def command(
+        self, workspace: str, payload: Mapping[str, Any], actor: str
+    ) -> dict[str, Any]:
+        """Apply a supervisor command directly (in-process callers; others send envelopes)."""
+        result = await self.writer.submit(
+            lambda txn: apply_command(txn, workspace, payload, self.plan, actor)
+        )
+        self._wake.set()
+        return result
+
+    @property
+    def running(self) -> int:
+        """Missions this node is running now."""
+        return len(self._running)
+
+    # --- the pump: apply receipts, claim, start ------------------------------------------------
+
+    async def _pump_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            self._wake.clear()
+            try:
+                await self._pump()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pump failed; retrying", extra={"node": self.node_id})
+                await asyncio.sleep(0.5)
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                applied = await self.writer.submit(lambda txn: apply_receipts(txn, self.plan))
+            except ReceiptsAlreadyApplied:
+                continue
+            if len(applied) < 500:
+                break
+        if not self._claiming:
+            return
+        try:
+            claims, flags = await self.writer.submit(self._claim_all)
+        except ClaimConflict:
+            self._wake.set()
+            return
+        self.flags = flags
+        if claims:
+            await self.writer.submit(lambda txn: start_turns(txn, claims))
+        for claim in claims:
+            running = _Running(claim)
+            self._running[claim.mission_id] = running
+            running.task = asyncio.get_running_loop().create_task(
+                self._run(running), name=f"qd-mission-{claim.mission_id}"
+            )
+
+    def _claim_all(self, txn: WriteTxn) -> tuple[list[Claim], Flags]:
+        flags = read_flags(txn.conn)
+        claims: list[Claim] = []
+        busy: dict[str, int] = {}
+        for running in self._running.values():
+            busy[running.claim.exec_lane] = busy.get(running.claim.exec_lane, 0) + 1
+        for name, lane in self.config.lanes.items():
+            if name in flags.paused:
+                continue
+            sources = self._sources(name, flags)
+            free = lane.concurrency - busy.get(name, 0)
+            if not sources or free <= 0:
+                continue
+            got = claim_missions(txn, name, sources, free, self.node_id, self.config.lease_s)
+            for claim in got:
+                shadow_on = name in flags.shadow or lane.shadow
+                if claim.role == "primary" and shadow_on and lane.fallback:
+                    add_shadow_mission(txn, claim, lane.fallback)
+                if claim.role == "fallback" or claim.exec_lane != claim.lane:
+                    bump_counter(txn, "fallback_dispatches")
+            claims.extend(got)
+        return claims, flags
+
+    def _sources(self, exec_lane: str, flags: Flags) -> list[str]:
+        """The lanes whose queued missions ``exec_lane`` runs, given force-fallback flags."""
+
+        def forced(name: str) -> bool:
+            fallback = self.config.lanes[name].fallback
+            return fallback is not None and (flags.force_all or name in flags.forced)
+
+        sources = [] if forced(exec_lane) else [exec_lane]
+        for name, lane in self.config.lanes.items():
+            if name != exec_lane and lane.fallback == exec_lane and forced(name):
+                sources.append(name)
+        return sources
+
+    # --- running one mission -------------------------------------------------------------------
+
+    async def _run(self, running: _Running) -> None:
+        claim = running.claim
+        lane_config = self.config.lanes[claim.exec_lane]
+        lane = self.lanes[claim.exec_lane]
+        workdir = self.state_dir / "work" / claim.workspace / claim.turn_id
+        ctx = MissionContext(
+            mission_id=claim.mission_id,
+            turn_id=claim.turn_id,
+            workspace=claim.workspace,
+            lane=claim.exec_lane,
+            attempt=claim.attempt,
+            objective=claim.objective,
+            input=claim.input,
+            workdir=workdir,
+            emit=lambda kind, data: self._emit(running, kind, data),
+            request_action=lambda action_id, tool, args: self._request_action(
+                running, action_id, tool, args
+            ),
+            budget=claim.budget,
+        )
+        outcome: Finish
+        result: dict[str, Any] | None = None
+        error: str | None = None
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await asyncio.wait_for(lane.run(ctx), timeout=lane_config.timeout_s)
+            outcome = "completed"
+        except TimeoutError:
+            outcome, error = "timed_out", f"timed out after {lane_config.timeout_s:g} s"
+        except LaneFailure as exc:
+            outcome, error = "failed", exc.reason
+        except asyncio.CancelledError:
+            if running.lost:
+                self._running.pop(claim.mission_id, None)
+                raise
+            outcome, error = "cancelled", "cancelled"
+        except Exception as exc:
+            outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        if running.lost:
+            self._running.pop(claim.mission_id, None)
+            return
+        elapsed = asyncio.get_running_loop().time() - started
+        await self._flush_events()
+        try:
+            finished = await self.writer.submit(
+                lambda txn: finish_mission(
+                    txn, claim, outcome, self.plan, result=result, error=error
+                )
+            )
+        finally:
+            self._running.pop(claim.mission_id, None)
+        self.metrics.observe_mission(claim.exec_lane, outcome, elapsed, finished.accepted)
+        if not finished.accepted:
+            log.warning(
+                "late result rejected", extra={"node": self.node_id, "mission": claim.mission_id}
+            )
+        self._wake.set()
+
+    def _emit(self, running: _Running, kind: str, data: Mapping[str, Any]) -> None:
+        running.event_count += 1
+        if running.event_count > MAX_EVENTS_PER_MISSION:
+            return
+        claim = running.claim
+        try:
+            text = canonical_text(dict(data))
+        except (TypeError, ValueError):
+            text = canonical_text({"repr": repr(data)})
+        running.events.append(
+            {"mission_id": claim.mission_id, "turn_id": claim.turn_id, "workspace": claim.workspace,
+             "at": format_instant(self.clock()), "type": kind, "data": text}
+        )  # fmt: skip
+        self._events_dirty = True
+
+    async def _request_action(
+        self, running: _Running, action_id: str, tool: str, args: Mapping[str, Any]
+    ) -> Decision:
+        claim = running.claim
+        decision = (
+            self._decide(claim, action_id, tool, args)
+            if self._decide is not None
+            else Decision(action_id, "approved", dict(args), "no policy configured: allowed")
+        )
+
+        def record(txn: WriteTxn) -> None:
+            for action, payload in (
+                ("action.requested", {"action_id": action_id, "tool": tool, "args": dict(args)}),
+                ("action.decided", {"action_id": action_id, "outcome": decision.outcome,
+                                    "args": dict(decision.args), "reason": decision.reason}),
+            ):  # fmt: skip
+                txn.ledger.append(
+                    at=txn.at, workspace=claim.workspace, actor=self.node_id, action=action,
+                    subject_type="mission", subject_id=claim.mission_id, payload=payload,
+                )  # fmt: skip
+
+        await self.writer.submit(record)
+        return decision
+
+    async def _flush_events(self) -> None:
+        batch: list[dict[str, Any]] = []
+        for running in list(self._running.values()):
+            if running.events:
+                batch.extend(running.events)
+                running.events = []
+        self._events_dirty = False
+        if batch:
+            await self.writer.submit(lambda txn: record_events(txn, batch))
+
+    async def _events_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            if self._events_dirty:
+                await self._flush_events()
+
+    # --- heartbeats and sweeping ---------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        period = self.config.lease_s / 3
+        while True:
+            await asyncio.sleep(period * random.uniform(0.8, 1.0))
+            held = [r.claim for r in self._running.values() if not r.lost]
+            if not held:
+                continue
+            try:
+                lost = await self.writer.submit(self._heartbeat_op(held))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat failed", extra={"node": self.node_id})
+                continue
+            for claim in lost:
+                running = self._running.get(claim.mission_id)
+                if running is not None and running.task is not None:
+                    running.lost = True
+                    running.task.cancel()
+                    self.metrics.leases_lost += 1
+
+    def _heartbeat_op(self, held: list[Claim]) -> Callable[[WriteTxn], list[Claim]]:
+        return lambda txn: heartbeat(txn, held, self.config.lease_s)
+
+    async def _sweep_loop(self) -> None:
+        interval = self.config.sweep_interval_s
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+            try:
+                swept = await self.writer.submit(lambda txn: sweep(txn, self.node_id))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed", extra={"node": self.node_id})
+                continue
+            if swept.reclaimed or swept.dead:
+                self.metrics.reclaimed += swept.reclaimed
+                log.info(
+                    "swept",
+                    extra={"node": self.node_id, "reclaimed": swept.reclaimed, "dead": swept.dead},
+                )
+                self._wake.set()
+
+    async def _watch_loop(self) -> None:
+        """Notice commits by other processes (``PRAGMA data_version``) and wake the pump."""
+        path = self.db.sqlite_path
+        if path is None:
+            return
+        conn = sqlite3.connect(path, check_same_thread=False)
+        try:
+            last = conn.execute("PRAGMA data_version").fetchone()[0]
+            while True:
+                await asyncio.sleep(WATCH_INTERVAL_S)
+                current = conn.execute("PRAGMA data_version").fetchone()[0]
+                if current != last:
+                    last = current
+                    self._wake.set()
+        finally:
+            conn.close()

@@ -1,0 +1,1050 @@
+"""The work path in the store: receipts become turns and missions; missions are claimed under
+fenced leases, heartbeated, finished, retried, routed to fallback, dead-lettered and reclaimed.
+
+Every function here runs inside the writer's transaction (a :class:`WriteTxn`) and appends one
+ledger entry per state transition. Writes for claimed work carry ``attempt``, ``version`` and the
+lease owner in their ``WHERE``; a write whose lease was lost changes nothing and is recorded.
+The hot paths are batched (``executemany``) so that a group commit handles many turns at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from sqlalchemy import text
+
+from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.ids import new_ids
+from quarterdeck.domain.states import Kind, check_transition
+from quarterdeck.domain.tasks import (
+    CommandSpec,
+    TaskSpec,
+    backoff_delay,
+    parse_command,
+    parse_task,
+)
+from quarterdeck.store.writer import WriteTxn
+
+Role = Literal["primary", "fallback", "shadow"]
+Finish = Literal["completed", "failed", "timed_out", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class LanePlan:
+    """What the store needs to know of a lane to route and retry its work."""
+
+    name: str
+    fallback: str | None
+    max_attempts: int
+    backoff_initial_s: float
+    backoff_max_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkPlan:
+    """The lanes as the store sees them."""
+
+    lanes: Mapping[str, LanePlan]
+    default_lane: str
+    hold_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A mission this worker holds, with what it needs to run it and to fence its writes."""
+
+    mission_id: str
+    turn_id: str
+    workspace: str
+    lane: str
+    exec_lane: str
+    role: Role
+    number: int
+    attempt: int
+    version: int
+    owner: str
+    objective: str
+    input: Mapping[str, Any]
+    budget: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one receipt produced."""
+
+    receipt_id: str
+    produced_type: str
+    produced_id: str
+
+
+# --- applying receipts -------------------------------------------------------------------------
+
+_UNAPPLIED = text(
+    "SELECT id, workspace, kind, payload FROM receipts "
+    "WHERE status = 'accepted' AND produced_type IS NULL ORDER BY id LIMIT :limit"
+)
+_MARK_PRODUCED = text(
+    "UPDATE receipts SET produced_type = :type, produced_id = :produced, version = version + 1 "
+    "WHERE id = :id AND produced_type IS NULL"
+)
+_INSERT_TURN = text(
+    "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
+    "receipt_id, lane, objective, input, budget, deliverable, error) VALUES (:id, :workspace, "
+    ":state, 1, 0, :at, :at, '{}', :receipt_id, :lane, :objective, :input, :budget, "
+    ":deliverable, :error)"
+)
+_INSERT_MISSION = text(
+    "INSERT INTO missions (id, workspace, state, version, attempt, created_at, updated_at, data, "
+    "turn_id, lane, role, number, not_before) VALUES (:id, :workspace, 'queued', 1, 0, :at, :at, "
+    "'{}', :turn_id, :lane, :role, :number, :not_before)"
+)
+
+
+def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Applied]:
+    """Turn accepted receipts that produced nothing yet into turns (with their first mission),
+    applied commands, or recorded events; each receipt then points at what it produced.
+
+    A task that cannot run (a malformed task payload, an unknown lane) still becomes a turn,
+    failed at once with the reason as its deliverable: every task gets exactly one.
+    """
+    rows = txn.conn.execute(_UNAPPLIED, {"limit": limit}).all()
+    if not rows:
+        return []
+    applied: list[Applied] = []
+    turns: list[dict[str, Any]] = []
+    missions: list[dict[str, Any]] = []
+    marks: list[dict[str, Any]] = []
+    ids = iter(new_ids(2 * len(rows)))
+    for receipt_id, workspace, kind, payload_text in rows:
+        payload = json.loads(payload_text)
+        if kind == "task":
+            turn_id, mission_id = next(ids), next(ids)
+            spec = parse_task(payload)
+            if isinstance(spec, TaskSpec):
+                lane = spec.lane or plan.default_lane
+                problems = [] if lane in plan.lanes else [f"payload.lane: no lane named {lane!r}"]
+            else:
+                lane, problems = payload.get("lane") or plan.default_lane, spec
+            turn = {
+                "id": turn_id,
+                "workspace": workspace,
+                "state": "queued",
+                "at": txn.at,
+                "receipt_id": receipt_id,
+                "lane": str(lane),
+                "objective": spec.objective if isinstance(spec, TaskSpec) else None,
+                "input": canonical_text(dict(spec.input)) if isinstance(spec, TaskSpec) else None,
+                "budget": canonical_text(dict(spec.budget)) if isinstance(spec, TaskSpec) else None,
+                "deliverable": None,
+                "error": None,
+            }
+            _entry(
+                txn,
+                workspace,
+                "coordinator",
+                "turn.created",
+                "turn",
+                turn_id,
+                None,
+                "queued",
+                {"receipt": receipt_id, "lane": str(lane), "version": 1, "attempt": 0},
+            )
+            if problems:
+                reason = "; ".join(problems)
+                turn.update(
+                    state="failed", error=reason, deliverable=canonical_text({"error": reason})
+                )
+                _entry(
+                    txn,
+                    workspace,
+                    "coordinator",
+                    "turn.failed",
+                    "turn",
+                    turn_id,
+                    "queued",
+                    "failed",
+                    {"error": reason, "version": 1, "attempt": 0},
+                )
+            else:
+                missions.append(
+                    _mission_row(txn, mission_id, workspace, turn_id, lane, "primary", 1)
+                )
+            turns.append(turn)
+            applied.append(Applied(receipt_id, "turn", turn_id))
+        elif kind == "command":
+            result = apply_command(txn, workspace, payload, plan, actor=f"receipt:{receipt_id}")
+            applied.append(Applied(receipt_id, "command", canonical_text(result)))
+        else:
+            _entry(
+                txn,
+                workspace,
+                "coordinator",
+                "event.recorded",
+                "receipt",
+                receipt_id,
+                None,
+                None,
+                {"payload": payload},
+            )
+            applied.append(Applied(receipt_id, "event", receipt_id))
+    for item in applied:
+        marks.append(
+            {"type": item.produced_type, "produced": item.produced_id, "id": item.receipt_id}
+        )
+    marked = txn.conn.execute(_MARK_PRODUCED, marks).rowcount
+    if marked != len(marks):
+        # Another writer applied some of these first; nothing here may stand twice.
+        raise ReceiptsAlreadyApplied(f"{len(marks) - marked} receipts were applied elsewhere")
+    if turns:
+        txn.conn.execute(_INSERT_TURN, turns)
+    if missions:
+        txn.conn.execute(_INSERT_MISSION, missions)
+    return applied
+
+
+class ReceiptsAlreadyApplied(Exception):
+    """Another runtime applied some of the same receipts first; the operation rolls back."""
+
+
+def _mission_row(
+    txn: WriteTxn,
+    mission_id: str,
+    workspace: str,
+    turn_id: str,
+    lane: str,
+    role: Role,
+    number: int,
+    not_before: str | None = None,
+) -> dict[str, Any]:
+    _entry(
+        txn,
+        workspace,
+        "coordinator",
+        "mission.created",
+        "mission",
+        mission_id,
+        None,
+        "queued",
+        {
+            "turn": turn_id,
+            "lane": lane,
+            "role": role,
+            "number": number,
+            "not_before": not_before,
+            "version": 1,
+            "attempt": 0,
+        },
+    )
+    return {
+        "id": mission_id,
+        "workspace": workspace,
+        "at": txn.at,
+        "turn_id": turn_id,
+        "lane": lane,
+        "role": role,
+        "number": number,
+        "not_before": not_before,
+    }
+
+
+def _entry(
+    txn: WriteTxn,
+    workspace: str,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    from_state: str | None,
+    to_state: str | None,
+    payload: dict[str, Any],
+) -> None:
+    if from_state is not None and to_state is not None:
+        check_transition(Kind(subject_type), from_state, to_state)
+    txn.ledger.append(
+        at=txn.at,
+        workspace=workspace,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        from_state=from_state,
+        to_state=to_state,
+        payload=payload,
+    )
+
+
+# --- supervisor commands -----------------------------------------------------------------------
+
+
+def apply_command(
+    txn: WriteTxn, workspace: str, payload: Mapping[str, Any], plan: WorkPlan, actor: str
+) -> dict[str, Any]:
+    """Apply one supervisor command; return its result (``ok`` and what happened)."""
+    spec = parse_command(payload)
+    if not isinstance(spec, CommandSpec):
+        _entry(
+            txn, workspace, actor, "command.refused", "command", actor, None, None, {"errors": spec}
+        )
+        return {"ok": False, "errors": spec}
+    name, args = spec.name, spec.args
+    if name.startswith("lane.") or name == "fallback.force":
+        lane = "*" if name == "fallback.force" else str(args["lane"])
+        if lane != "*" and lane not in plan.lanes:
+            errors = [f"payload.lane: no lane named {lane!r}"]
+            _entry(
+                txn,
+                workspace,
+                actor,
+                "command.refused",
+                "command",
+                actor,
+                None,
+                None,
+                {"errors": errors, "command": name},
+            )
+            return {"ok": False, "errors": errors}
+        column, value = {
+            "lane.pause": ("paused", True),
+            "lane.resume": ("paused", False),
+            "lane.force_fallback": ("force_fallback", bool(args.get("on"))),
+            "lane.shadow": ("shadow", bool(args.get("on"))),
+            "fallback.force": ("force_fallback", bool(args.get("on"))),
+        }[name]
+        set_flag(txn, lane, column, value, actor=actor, workspace=workspace)
+        return {"ok": True, "command": name, "lane": lane, column: value}
+    turn_id = str(args["turn_id"])
+    if name == "turn.requeue":
+        return requeue_turn(txn, workspace, turn_id, plan, actor)
+    return cancel_turn(txn, workspace, turn_id, actor)
+
+
+def set_flag(
+    txn: WriteTxn, lane: str, flag: str, value: bool, *, actor: str, workspace: str
+) -> None:
+    """Set one lane flag (``*`` for global) and record it on the ledger."""
+    assert flag in ("paused", "shadow", "force_fallback")
+    txn.conn.execute(
+        text(
+            "INSERT INTO lane_flags (lane, paused, shadow, force_fallback, version, updated_at) "
+            "VALUES (:lane, 0, 0, 0, 1, :at) ON CONFLICT (lane) DO NOTHING"
+        ),
+        {"lane": lane, "at": txn.at},
+    )
+    txn.conn.execute(
+        text(
+            f"UPDATE lane_flags SET {flag} = :value, version = version + 1, updated_at = :at "
+            "WHERE lane = :lane"
+        ),
+        {"value": int(value), "at": txn.at, "lane": lane},
+    )
+    action = {
+        "paused": "lane.paused" if value else "lane.resumed",
+        "shadow": "lane.shadow_on" if value else "lane.shadow_off",
+        "force_fallback": "lane.force_fallback_on" if value else "lane.force_fallback_off",
+    }[flag]
+    _entry(txn, workspace, actor, action, "lane", lane, None, None, {flag: value})
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    """Flags as read: per lane, and the global force-fallback switch."""
+
+    paused: frozenset[str]
+    shadow: frozenset[str]
+    forced: frozenset[str]
+    force_all: bool
+
+
+def read_flags(conn: Any) -> Flags:
+    """Read every lane's flags (works on a sync connection)."""
+    rows = conn.execute(text("SELECT lane, paused, shadow, force_fallback FROM lane_flags")).all()
+    return Flags(
+        paused=frozenset(r.lane for r in rows if r.paused and r.lane != "*"),
+        shadow=frozenset(r.lane for r in rows if r.shadow and r.lane != "*"),
+        forced=frozenset(r.lane for r in rows if r.force_fallback and r.lane != "*"),
+        force_all=any(r.lane == "*" and r.force_fallback for r in rows),
+    )
+
+
+def requeue_turn(
+    txn: WriteTxn, workspace: str, turn_id: str, plan: WorkPlan, actor: str
+) -> dict[str, Any]:
+    """Give a held (dead-lettered) turn a fresh mission on its own lane."""
+    turn = txn.conn.execute(
+        text(
+            "SELECT state, version, lane, dead_letter FROM turns WHERE id = :id AND workspace = :w"
+        ),
+        {"id": turn_id, "w": workspace},
+    ).first()
+    if turn is None or turn.dead_letter != "held":
+        reason = (
+            "no such turn" if turn is None else f"turn is not held (dead_letter={turn.dead_letter})"
+        )
+        _entry(
+            txn,
+            workspace,
+            actor,
+            "command.refused",
+            "turn",
+            turn_id,
+            None,
+            None,
+            {"command": "turn.requeue", "errors": [reason]},
+        )
+        return {"ok": False, "errors": [reason]}
+    txn.conn.execute(
+        text(
+            "UPDATE turns SET dead_letter = NULL, held_until = NULL, version = version + 1, "
+            "updated_at = :at WHERE id = :id"
+        ),
+        {"at": txn.at, "id": turn_id},
+    )
+    _entry(
+        txn,
+        workspace,
+        actor,
+        "turn.requeued",
+        "turn",
+        turn_id,
+        None,
+        None,
+        {"version": turn.version + 1},
+    )
+    mission_id = new_ids(1)[0]
+    row = _mission_row(txn, mission_id, workspace, turn_id, turn.lane, "primary", 1)
+    txn.conn.execute(_INSERT_MISSION, row)
+    return {"ok": True, "command": "turn.requeue", "turn": turn_id, "mission": mission_id}
+
+
+def cancel_turn(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> dict[str, Any]:
+    """Cancel a live turn and its queued missions (running ones are fenced off by the version)."""
+    turn = txn.conn.execute(
+        text("SELECT state, version, attempt FROM turns WHERE id = :id AND workspace = :w"),
+        {"id": turn_id, "w": workspace},
+    ).first()
+    if turn is None or turn.state in ("completed", "failed", "cancelled", "timed_out"):
+        reason = "no such turn" if turn is None else f"turn is already {turn.state}"
+        _entry(
+            txn,
+            workspace,
+            actor,
+            "command.refused",
+            "turn",
+            turn_id,
+            None,
+            None,
+            {"command": "turn.cancel", "errors": [reason]},
+        )
+        return {"ok": False, "errors": [reason]}
+    _move_turn(
+        txn,
+        workspace,
+        turn_id,
+        turn.state,
+        "cancelled",
+        turn.version,
+        actor,
+        deliverable={"cancelled_by": actor},
+    )
+    for mission in txn.conn.execute(
+        text(
+            "SELECT id, state, version FROM missions WHERE turn_id = :t "
+            "AND state IN ('queued', 'running', 'blocked')"
+        ),
+        {"t": turn_id},
+    ).all():
+        _move_mission(
+            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
+        )
+    return {"ok": True, "command": "turn.cancel", "turn": turn_id}
+
+
+def _move_turn(
+    txn: WriteTxn,
+    workspace: str,
+    turn_id: str,
+    from_state: str,
+    to_state: str,
+    version: int,
+    actor: str,
+    *,
+    deliverable: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> bool:
+    check_transition(Kind.TURN, from_state, to_state)
+    changed = txn.conn.execute(
+        text(
+            "UPDATE turns SET state = :to, version = version + 1, updated_at = :at, "
+            "deliverable = COALESCE(:deliverable, deliverable), error = COALESCE(:error, error), "
+            "dead_letter = CASE WHEN :to IN ('completed', 'cancelled') THEN NULL "
+            "ELSE dead_letter END "
+            "WHERE id = :id AND version = :version AND state = :from"
+        ),
+        {
+            "to": to_state,
+            "at": txn.at,
+            "deliverable": canonical_text(dict(deliverable)) if deliverable is not None else None,
+            "error": error,
+            "id": turn_id,
+            "version": version,
+            "from": from_state,
+        },
+    ).rowcount
+    if changed != 1:
+        return False
+    _entry(
+        txn,
+        workspace,
+        actor,
+        f"turn.{to_state}",
+        "turn",
+        turn_id,
+        from_state,
+        to_state,
+        {"version": version + 1, **(extra or {})},
+    )
+    return True
+
+
+def _move_mission(
+    txn: WriteTxn,
+    workspace: str,
+    mission_id: str,
+    from_state: str,
+    to_state: str,
+    version: int,
+    actor: str,
+) -> None:
+    check_transition(Kind.MISSION, from_state, to_state)
+    txn.conn.execute(
+        text(
+            "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, "
+            "lease_owner = NULL, lease_expires_at = NULL, finished_at = :at "
+            "WHERE id = :id AND version = :version"
+        ),
+        {"to": to_state, "at": txn.at, "id": mission_id, "version": version},
+    )
+    _entry(
+        txn,
+        workspace,
+        actor,
+        f"mission.{to_state}",
+        "mission",
+        mission_id,
+        from_state,
+        to_state,
+        {"version": version + 1},
+    )
+
+
+# --- claiming ----------------------------------------------------------------------------------
+
+_CANDIDATES = (
+    "SELECT m.id, m.workspace, m.turn_id, m.lane, m.role, m.number, m.version, m.attempt, "
+    "t.state AS turn_state, t.version AS turn_version, t.attempt AS turn_attempt, "
+    "t.objective, t.input, t.budget FROM missions m JOIN turns t ON t.id = m.turn_id "
+    "WHERE m.state = 'queued' AND m.lane IN ({lanes}) "
+    "AND (m.not_before IS NULL OR m.not_before <= :now) ORDER BY m.id LIMIT :limit"
+)
+_CLAIM_MISSION = text(
+    "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
+    "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
+    "started_at = :at, updated_at = :at WHERE id = :id AND version = :version AND state = 'queued'"
+)
+_LEASE_TURN = text(
+    "UPDATE turns SET state = 'leased', attempt = attempt + 1, version = version + 1, "
+    "lease_owner = :owner, lease_expires_at = :expires, updated_at = :at "
+    "WHERE id = :id AND version = :version AND state = :from"
+)
+
+
+def claim_missions(
+    txn: WriteTxn,
+    exec_lane: str,
+    source_lanes: Sequence[str],
+    limit: int,
+    owner: str,
+    lease_s: float,
+) -> list[Claim]:
+    """Claim up to ``limit`` due missions queued on ``source_lanes`` to run on ``exec_lane``.
+
+    Each claim bumps the mission's ``attempt`` and ``version`` and sets the lease (deadline
+    from the writer's clock); a primary mission's turn moves ``queued -> leased`` with it. A
+    shadow mission leaves its turn alone. Missions whose turn is no longer waiting (cancelled,
+    taken over) are cancelled instead of claimed.
+    """
+    if limit <= 0 or not source_lanes:
+        return []
+    placeholders = ", ".join(f":lane{i}" for i in range(len(source_lanes)))
+    params: dict[str, Any] = {f"lane{i}": lane for i, lane in enumerate(source_lanes)}
+    params.update(now=txn.at, limit=limit)
+    candidates = txn.conn.execute(text(_CANDIDATES.format(lanes=placeholders)), params).all()
+    if not candidates:
+        return []
+    expires = format_instant(txn.now + timedelta(seconds=lease_s))
+    claims: list[Claim] = []
+    mission_rows: list[dict[str, Any]] = []
+    turn_rows: list[dict[str, Any]] = []
+    for row in candidates:
+        shadow = row.role == "shadow"
+        if not shadow and row.turn_state not in ("queued",):
+            _move_mission(txn, row.workspace, row.id, "queued", "cancelled", row.version, owner)
+            continue
+        mission_rows.append(
+            {
+                "owner": owner,
+                "expires": expires,
+                "exec_lane": exec_lane,
+                "at": txn.at,
+                "id": row.id,
+                "version": row.version,
+            }
+        )
+        _entry(
+            txn,
+            row.workspace,
+            owner,
+            "mission.running",
+            "mission",
+            row.id,
+            "queued",
+            "running",
+            {
+                "version": row.version + 1,
+                "attempt": row.attempt + 1,
+                "owner": owner,
+                "lane": exec_lane,
+                "routed_from": row.lane if row.lane != exec_lane else None,
+                "lease_expires_at": expires,
+            },
+        )
+        if not shadow:
+            turn_rows.append(
+                {
+                    "owner": owner,
+                    "expires": expires,
+                    "at": txn.at,
+                    "id": row.turn_id,
+                    "version": row.turn_version,
+                    "from": row.turn_state,
+                }
+            )
+            _entry(
+                txn,
+                row.workspace,
+                owner,
+                "turn.leased",
+                "turn",
+                row.turn_id,
+                row.turn_state,
+                "leased",
+                {
+                    "version": row.turn_version + 1,
+                    "attempt": row.turn_attempt + 1,
+                    "mission": row.id,
+                },
+            )
+        claims.append(
+            Claim(
+                mission_id=row.id,
+                turn_id=row.turn_id,
+                workspace=row.workspace,
+                lane=row.lane,
+                exec_lane=exec_lane,
+                role=row.role,
+                number=row.number,
+                attempt=row.attempt + 1,
+                version=row.version + 1,
+                owner=owner,
+                objective=row.objective or "",
+                input=json.loads(row.input or "{}"),
+                budget=json.loads(row.budget or "{}"),
+            )
+        )
+    if mission_rows:
+        moved = txn.conn.execute(_CLAIM_MISSION, mission_rows).rowcount
+        if moved != len(mission_rows):
+            raise ClaimConflict("missions changed under the claim")
+    if turn_rows:
+        moved = txn.conn.execute(_LEASE_TURN, turn_rows).rowcount
+        if moved != len(turn_rows):
+            raise ClaimConflict("turns changed under the claim")
+    return claims
+
+
+class ClaimConflict(Exception):
+    """Rows changed between reading and claiming them (another writer); the operation rolls back."""
+
+
+_START_TURNS = text(
+    "UPDATE turns SET state = 'running', version = version + 1, updated_at = :at "
+    "WHERE id = :id AND state = 'leased' AND lease_owner = :owner"
+)
+
+
+def start_turns(txn: WriteTxn, claims: Iterable[Claim]) -> None:
+    """Move the turns of freshly started primary missions ``leased -> running``."""
+    rows = []
+    for claim in claims:
+        if claim.role == "shadow":
+            continue
+        turn = txn.conn.execute(
+            text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
+        ).first()
+        if turn is None or turn.state != "leased":
+            continue
+        rows.append({"at": txn.at, "id": claim.turn_id, "owner": claim.owner})
+        _entry(
+            txn,
+            claim.workspace,
+            claim.owner,
+            "turn.running",
+            "turn",
+            claim.turn_id,
+            "leased",
+            "running",
+            {"version": turn.version + 1, "mission": claim.mission_id},
+        )
+    if rows:
+        txn.conn.execute(_START_TURNS, rows)
+
+
+# --- heartbeats --------------------------------------------------------------------------------
+
+_HEARTBEAT = text(
+    "UPDATE missions SET lease_expires_at = :expires WHERE id = :id AND attempt = :attempt "
+    "AND version = :version AND lease_owner = :owner AND state IN ('running', 'blocked')"
+)
+
+
+def heartbeat(txn: WriteTxn, claims: Sequence[Claim], lease_s: float) -> list[Claim]:
+    """Extend the leases of held missions; return the claims whose lease was lost (recorded)."""
+    if not claims:
+        return []
+    expires = format_instant(txn.now + timedelta(seconds=lease_s))
+    lost = []
+    for claim in claims:
+        changed = txn.conn.execute(
+            _HEARTBEAT,
+            {
+                "expires": expires,
+                "id": claim.mission_id,
+                "attempt": claim.attempt,
+                "version": claim.version,
+                "owner": claim.owner,
+            },
+        ).rowcount
+        if changed != 1:
+            lost.append(claim)
+            _record_rejected(txn, claim, "heartbeat")
+    return lost
+
+
+_BUMP = text(
+    "INSERT INTO counters (name, value) VALUES (:name, :n) "
+    "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
+)
+
+
+def bump_counter(txn: WriteTxn, name: str, n: int = 1) -> None:
+    """Add ``n`` to a named counter kept with the data."""
+    txn.conn.execute(_BUMP, {"name": name, "n": n})
+
+
+def _record_rejected(txn: WriteTxn, claim: Claim, what: str) -> None:
+    bump_counter(txn, "late_writes_rejected")
+    _entry(
+        txn,
+        claim.workspace,
+        claim.owner,
+        "mission.late_write_rejected",
+        "mission",
+        claim.mission_id,
+        None,
+        None,
+        {"write": what, "attempt": claim.attempt, "version": claim.version, "owner": claim.owner},
+    )
+
+
+# --- finishing ---------------------------------------------------------------------------------
+
+_FINISH_MISSION = text(
+    "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, finished_at = :at, "
+    "lease_owner = NULL, lease_expires_at = NULL, result = :result, error = :error "
+    "WHERE id = :id AND attempt = :attempt AND version = :version AND lease_owner = :owner "
+    "AND state IN ('running', 'blocked')"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """What finishing a mission did."""
+
+    accepted: bool
+    """False when the lease was lost: nothing changed and the late write was recorded."""
+    turn_state: str | None = None
+    next_mission: str | None = None
+    dead_letter: str | None = None
+
+
+def finish_mission(
+    txn: WriteTxn,
+    claim: Claim,
+    outcome: Finish,
+    plan: WorkPlan,
+    *,
+    result: Mapping[str, Any] | None = None,
+    error: str | None = None,
+) -> Finished:
+    """Record a mission's end (fenced by attempt, version and owner), then move its turn:
+    completed with the deliverable, or retried (backoff), routed to the fallback lane, or
+    dead-lettered (``held``) when every budget is spent. A shadow mission only records."""
+    changed = txn.conn.execute(
+        _FINISH_MISSION,
+        {
+            "to": outcome,
+            "at": txn.at,
+            "result": canonical_text(dict(result)) if result is not None else None,
+            "error": error,
+            "id": claim.mission_id,
+            "attempt": claim.attempt,
+            "version": claim.version,
+            "owner": claim.owner,
+        },
+    ).rowcount
+    if changed != 1:
+        _record_rejected(txn, claim, outcome)
+        return Finished(accepted=False)
+    payload: dict[str, Any] = {
+        "version": claim.version + 1,
+        "attempt": claim.attempt,
+        "lane": claim.exec_lane,
+        "role": claim.role,
+    }
+    if error is not None:
+        payload["error"] = error
+    _entry(
+        txn,
+        claim.workspace,
+        claim.owner,
+        f"mission.{outcome}",
+        "mission",
+        claim.mission_id,
+        "running",
+        outcome,
+        payload,
+    )
+    if claim.role == "shadow":
+        return Finished(accepted=True)
+    turn = txn.conn.execute(
+        text("SELECT state, version, lane FROM turns WHERE id = :id"), {"id": claim.turn_id}
+    ).first()
+    if turn is None or turn.state not in ("leased", "running", "awaiting_approval"):
+        return Finished(accepted=True, turn_state=None if turn is None else turn.state)
+    if outcome == "completed":
+        deliverable = dict(result or {})
+        _move_turn(
+            txn,
+            claim.workspace,
+            claim.turn_id,
+            turn.state,
+            "completed",
+            turn.version,
+            claim.owner,
+            deliverable=deliverable,
+            extra={"mission": claim.mission_id, "lane": claim.exec_lane},
+        )
+        return Finished(accepted=True, turn_state="completed")
+    if outcome == "cancelled":
+        return Finished(accepted=True, turn_state=turn.state)
+    return _retry_or_dead_letter(txn, claim, turn, plan, error or outcome)
+
+
+def _retry_or_dead_letter(
+    txn: WriteTxn, claim: Claim, turn: Any, plan: WorkPlan, reason: str
+) -> Finished:
+    lane = plan.lanes.get(claim.lane)
+    next_lane: str | None = None
+    number = 1
+    role: Role = claim.role
+    delay = 0.0
+    if lane is not None and claim.number < lane.max_attempts:
+        next_lane, number = claim.lane, claim.number + 1
+        delay = backoff_delay(claim.number, lane.backoff_initial_s, lane.backoff_max_s)
+    elif (
+        lane is not None
+        and lane.fallback
+        and claim.role == "primary"
+        and lane.fallback in plan.lanes
+    ):
+        next_lane, role = lane.fallback, "fallback"
+    if next_lane is None:
+        held_until = format_instant(txn.now + timedelta(seconds=plan.hold_s))
+        _move_turn(
+            txn,
+            claim.workspace,
+            claim.turn_id,
+            turn.state,
+            "queued",
+            turn.version,
+            claim.owner,
+            error=reason,
+            extra={"dead_letter": "held", "held_until": held_until, "error": reason},
+        )
+        txn.conn.execute(
+            text("UPDATE turns SET dead_letter = 'held', held_until = :until WHERE id = :id"),
+            {"until": held_until, "id": claim.turn_id},
+        )
+        return Finished(accepted=True, turn_state="queued", dead_letter="held")
+    not_before = format_instant(txn.now + timedelta(seconds=delay)) if delay else None
+    _move_turn(
+        txn,
+        claim.workspace,
+        claim.turn_id,
+        turn.state,
+        "queued",
+        turn.version,
+        claim.owner,
+        error=reason,
+        extra={
+            "dead_letter": "retryable",
+            "retry_lane": next_lane,
+            "not_before": not_before,
+            "error": reason,
+        },
+    )
+    txn.conn.execute(
+        text("UPDATE turns SET dead_letter = 'retryable' WHERE id = :id"), {"id": claim.turn_id}
+    )
+    mission_id = new_ids(1)[0]
+    txn.conn.execute(
+        _INSERT_MISSION,
+        _mission_row(
+            txn, mission_id, claim.workspace, claim.turn_id, next_lane, role, number, not_before
+        ),
+    )
+    return Finished(
+        accepted=True, turn_state="queued", next_mission=mission_id, dead_letter="retryable"
+    )
+
+
+def add_shadow_mission(txn: WriteTxn, claim: Claim, fallback_lane: str) -> str:
+    """Queue a shadow run of a claimed mission's work on ``fallback_lane`` (result recorded only)."""
+    mission_id = new_ids(1)[0]
+    txn.conn.execute(
+        _INSERT_MISSION,
+        _mission_row(txn, mission_id, claim.workspace, claim.turn_id, fallback_lane, "shadow", 1),
+    )
+    return mission_id
+
+
+# --- events ------------------------------------------------------------------------------------
+
+_INSERT_EVENT = text(
+    "INSERT INTO mission_events (mission_id, turn_id, workspace, at, type, data) "
+    "VALUES (:mission_id, :turn_id, :workspace, :at, :type, :data)"
+)
+
+
+def record_events(txn: WriteTxn, events: Sequence[Mapping[str, Any]]) -> None:
+    """Store reported mission events (progress, log, action, error); not ledger entries."""
+    if events:
+        txn.conn.execute(_INSERT_EVENT, [dict(e) for e in events])
+
+
+# --- sweeping ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What one sweep did."""
+
+    reclaimed: int
+    dead: int
+
+
+def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
+    """Hand back missions whose lease expired (``running -> queued``, turn back to ``queued``)
+    and bury held turns whose hold ran out (``held -> dead``, turn ``queued -> failed``)."""
+    expired = txn.conn.execute(
+        text(
+            "SELECT m.id, m.workspace, m.state, m.version, m.attempt, m.lease_owner, m.turn_id, "
+            "m.role FROM missions m WHERE m.state IN ('running', 'blocked') "
+            "AND m.lease_expires_at < :now ORDER BY m.lease_expires_at LIMIT :limit"
+        ),
+        {"now": txn.at, "limit": limit},
+    ).all()
+    for row in expired:
+        check_transition(Kind.MISSION, row.state, "queued")
+        txn.conn.execute(
+            text(
+                "UPDATE missions SET state = 'queued', version = version + 1, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = :at WHERE id = :id AND version = :version"
+            ),
+            {"at": txn.at, "id": row.id, "version": row.version},
+        )
+        _entry(
+            txn,
+            row.workspace,
+            actor,
+            "mission.lease_expired",
+            "mission",
+            row.id,
+            row.state,
+            "queued",
+            {"version": row.version + 1, "attempt": row.attempt, "previous_owner": row.lease_owner},
+        )
+        if row.role == "shadow":
+            continue
+        turn = txn.conn.execute(
+            text("SELECT state, version FROM turns WHERE id = :id"), {"id": row.turn_id}
+        ).first()
+        if turn is not None and turn.state in ("leased", "running", "awaiting_approval"):
+            _move_turn(
+                txn,
+                row.workspace,
+                row.turn_id,
+                turn.state,
+                "queued",
+                turn.version,
+                actor,
+                extra={"recovered_mission": row.id},
+            )
+    held = txn.conn.execute(
+        text(
+            "SELECT id, workspace, state, version, error FROM turns WHERE dead_letter = 'held' "
+            "AND held_until < :now LIMIT :limit"
+        ),
+        {"now": txn.at, "limit": limit},
+    ).all()
+    dead = 0
+    for row in held:
+        if row.state != "queued":
+            continue
+        reason = row.error or "dead-lettered"
+        if _move_turn(
+            txn,
+            row.workspace,
+            row.id,
+            "queued",
+            "failed",
+            row.version,
+            actor,
+            deliverable={"error": reason, "dead_letter": "dead"},
+            extra={"dead_letter": "dead"},
+        ):
+            txn.conn.execute(
+                text("UPDATE turns SET dead_letter = 'dead' WHERE id = :id"), {"id": row.id}
+            )
+            dead += 1
+    if expired:
+        bump_counter(txn, "leases_reclaimed", len(expired))
+    if dead:
+        bump_counter(txn, "dead_letters_dead", dead)
+    return Swept(reclaimed=len(expired), dead=dead)

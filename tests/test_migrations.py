@@ -1,0 +1,581 @@
+"""Schema migrations on real SQLite files: up from anywhere, down and up again with data
+surviving, the head schema equal to the SQLModel tables, refusals, and the ``db`` commands.
+
+Nothing here is written for one particular head version: the schema of every version is taken
+from a database migrated up to it, and going down must give back exactly that schema.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, create_engine, inspect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlmodel import SQLModel
+
+from conftest import envelope, line, quarterdeck, run
+from quarterdeck.domain.ledger import GENESIS_HASH
+from quarterdeck.domain.states import Kind
+from quarterdeck.runtime.ingest import Ingestor
+from quarterdeck.runtime.items import Items
+from quarterdeck.store.database import DB_FILENAME, Database, DatabaseError, open_database
+from quarterdeck.store.ledger import verify_ledger
+from quarterdeck.store.migrations import (
+    HEAD_VERSION,
+    MIGRATIONS,
+    MigrationError,
+    current_version,
+    migrate,
+)
+from quarterdeck.store.tables import STATEFUL_TABLES, table_of
+from quarterdeck.store.writer import Writer
+
+VERSIONS = [0, *(m.version for m in MIGRATIONS)]
+LOWER_VERSIONS = VERSIONS[:-1]
+V1_TABLES = {"receipts", "receipt_counters", "ledger", "ledger_head"}
+V2_TABLES = {table_of(model).name for model in STATEFUL_TABLES.values()}
+
+Schema = dict[str, Any]
+"""``{"tables": {name: ((column, type, notnull, pk), ...)}, "indexes": {(name, table, sql)}}``."""
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def sync_conn(path: Path) -> Iterator[Connection]:
+    """A plain SQLAlchemy connection in one transaction (committed on success)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _normalized(sql: str) -> str:
+    return re.sub(r"\s+", " ", sql).strip().lower()
+
+
+def schema_of(path: Path) -> Schema:
+    """The schema as SQLite reports it: every table's columns, and every named index."""
+    with closing(sqlite3.connect(path)) as conn:
+        names = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        tables = {
+            name: tuple(
+                (column, kind, bool(notnull), pk)
+                for _, column, kind, notnull, _, pk in conn.execute(f"PRAGMA table_info({name})")
+            )
+            for name in names
+        }
+        indexes = {
+            (name, table, _normalized(sql))
+            for name, table, sql in conn.execute(
+                "SELECT name, tbl_name, sql FROM sqlite_master"
+                " WHERE type = 'index' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+    return {"tables": tables, "indexes": indexes}
+
+
+def tables_of(path: Path) -> set[str]:
+    return set(schema_of(path)["tables"])
+
+
+def columns_of(schema: Schema) -> dict[str, list[str]]:
+    return {table: [c[0] for c in columns] for table, columns in schema["tables"].items()}
+
+
+def snapshot(path: Path, columns: dict[str, list[str]]) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows of the given tables, only the given columns, text as raw bytes, sorted."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.text_factory = bytes
+        return {
+            table: sorted(
+                conn.execute(f"SELECT {', '.join(names)} FROM {table}").fetchall(), key=repr
+            )
+            for table, names in sorted(columns.items())
+        }
+
+
+def data_columns(schema: Schema) -> dict[str, list[str]]:
+    """The columns of every table but ``schema_migrations`` (whose times differ on re-apply)."""
+    return {t: c for t, c in columns_of(schema).items() if t != "schema_migrations"}
+
+
+def migration_rows(path: Path) -> list[tuple[int, str, str]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(
+            "SELECT version, name, applied_at FROM schema_migrations ORDER BY version"
+        ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def schemas(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Schema]:
+    """The schema of every version, from an empty database migrated up one step at a time."""
+    path = tmp_path_factory.mktemp("schemas") / "quarterdeck.db"
+    found: dict[int, Schema] = {}
+    for version in VERSIONS:
+        with sync_conn(path) as conn:
+            assert migrate(conn, version) == ([version] if version else [])
+        found[version] = schema_of(path)
+    return found
+
+
+TURN_EXTRAS = {"objective": "write the report", "input": '{"n":1}', "budget": '{"usd":2}'}
+MISSION_EXTRAS = {"role": "primary", "number": 1, "not_before": "2030-01-01T00:00:00.000000Z"}
+
+
+async def add_data(db: Database, schema: Schema, tag: str) -> None:
+    """Write whatever data ``schema`` can hold: receipts (ingest), items of every kind (with
+    the extra item columns it has), and rows of the other tables it has."""
+    tables = columns_of(schema)
+    async with Writer(db) as writer:
+        if "receipts" in tables:
+            ingestor = Ingestor(writer)
+            lines = [line(envelope(i, workspace=f"ws-{tag}")) for i in range(3)]
+            results = await ingestor.ingest([*lines, b"{broken " + tag.encode()])
+            assert [r.status for r in results] == ["accepted"] * 3 + ["rejected"]
+            assert (await ingestor.ingest(lines[:1]))[0].status == "duplicate"
+        if set(tables) >= V2_TABLES:
+            items = Items(writer)
+            for kind in Kind:
+                extras = {"turn": TURN_EXTRAS, "mission": MISSION_EXTRAS}.get(str(kind), {})
+                fields = {k: v for k, v in extras.items() if k in tables[f"{kind}s"]}
+                item = await items.create(
+                    kind, workspace=f"ws-{tag}", actor=tag, data={"tag": tag}, fields=fields
+                )
+                if kind in (Kind.TURN, Kind.ALERT):
+                    await items.transition(
+                        kind,
+                        item.id,
+                        "leased" if kind is Kind.TURN else "acked",
+                        workspace=item.workspace,
+                        actor=tag,
+                        expected_version=1,
+                        expected_attempt=0,
+                        bump_attempt=kind is Kind.TURN,
+                    )
+
+    def others(conn: Connection) -> None:
+        if "lane_flags" in tables:
+            conn.exec_driver_sql(
+                "INSERT INTO lane_flags VALUES (?, 1, 0, 1, 1, '2030-01-01T00:00:00.000000Z')",
+                (f"lane-{tag}",),
+            )
+        if "mission_events" in tables:
+            conn.exec_driver_sql(
+                "INSERT INTO mission_events (mission_id, turn_id, workspace, at, type, data)"
+                " VALUES ('m', 't', ?, '2030-01-01T00:00:00.000000Z', 'log', '{}')",
+                (f"ws-{tag}",),
+            )
+
+    await db.run_write(others)
+
+
+async def assert_ledger_ok(db: Database) -> int:
+    result = await verify_ledger(db)
+    assert result.ok, result
+    return result.entries
+
+
+# --- the versions ------------------------------------------------------------------------------
+
+
+def test_the_versions_this_build_knows(schemas: dict[int, Schema]):
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    assert HEAD_VERSION == MIGRATIONS[-1].version >= 2
+    assert len({m.name for m in MIGRATIONS}) == len(MIGRATIONS)
+    assert set(schemas[0]["tables"]) == {"schema_migrations"}
+    assert schemas[0]["indexes"] == set()
+    assert set(schemas[1]["tables"]) >= V1_TABLES
+    assert set(schemas[2]["tables"]) >= V1_TABLES | V2_TABLES
+    for lower, higher in itertools.pairwise(VERSIONS):
+        assert schemas[lower] != schemas[higher], f"migration {higher} changes nothing"
+        assert set(schemas[lower]["tables"]) <= set(schemas[higher]["tables"])
+
+
+# --- upgrades ----------------------------------------------------------------------------------
+
+
+def test_empty_database_to_head(db_path: Path, schemas: dict[int, Schema]):
+    async def go() -> None:
+        db = await open_database(str(db_path), upgrade=False)
+        try:
+            assert await db.schema_version() == 0
+            assert tables_of(db_path) == set()
+            assert await db.migrate() == list(range(1, HEAD_VERSION + 1))
+            assert await db.schema_version() == HEAD_VERSION
+            assert await db.migrate() == []
+            assert await db.migrate(HEAD_VERSION) == []
+            assert await assert_ledger_ok(db) == 0
+        finally:
+            await db.dispose()
+
+    run(go())
+    assert schema_of(db_path) == schemas[HEAD_VERSION]
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("SELECT id, seq, hash FROM ledger_head").fetchall() == [
+            (1, 0, GENESIS_HASH)
+        ]
+    assert [(v, n) for v, n, _ in migration_rows(db_path)] == [
+        (m.version, m.name) for m in MIGRATIONS
+    ]
+
+
+def test_open_database_creates_at_head(tmp_path: Path, schemas: dict[int, Schema]):
+    path = tmp_path / "deep" / "er" / DB_FILENAME
+
+    async def go() -> int:
+        db = await open_database(str(path))
+        try:
+            return await db.schema_version()
+        finally:
+            await db.dispose()
+
+    assert run(go()) == HEAD_VERSION
+    assert schema_of(path) == schemas[HEAD_VERSION]
+
+
+@pytest.mark.parametrize("start", LOWER_VERSIONS)
+def test_every_earlier_version_to_head(db_path: Path, schemas: dict[int, Schema], start: int):
+    async def at_start() -> None:
+        db = await open_database(str(db_path), upgrade=False)
+        try:
+            assert await db.migrate(start) == list(range(1, start + 1))
+            assert await db.schema_version() == start
+            await add_data(db, schemas[start], "old")
+        finally:
+            await db.dispose()
+
+    run(at_start())
+    assert schema_of(db_path) == schemas[start]
+    kept = data_columns(schemas[start])
+    before = snapshot(db_path, kept)
+
+    async def upgrade() -> None:
+        db = await open_database(str(db_path))  # upgrades on open
+        try:
+            assert await db.schema_version() == HEAD_VERSION
+            assert snapshot(db_path, kept) == before, "rows changed by the upgrade"
+            await assert_ledger_ok(db)
+            await add_data(db, schemas[HEAD_VERSION], "new")  # the new schema takes new data
+            await assert_ledger_ok(db)
+        finally:
+            await db.dispose()
+
+    run(upgrade())
+    assert schema_of(db_path) == schemas[HEAD_VERSION]
+    assert [v for v, _, _ in migration_rows(db_path)] == list(range(1, HEAD_VERSION + 1))
+    assert_schema_matches_models(db_path)
+
+
+def test_migrate_walks_every_path(db_path: Path, schemas: dict[int, Schema]):
+    """Up and down between every pair of versions, in one transaction each."""
+    with sync_conn(db_path) as conn:
+        assert current_version(conn) == 0
+    path = [0]
+    for here, there in itertools.permutations(VERSIONS, 2):
+        path += [here, there]
+    for here, there in itertools.pairwise(path):
+        with sync_conn(db_path) as conn:
+            steps = migrate(conn, there)
+            if there >= here:
+                assert steps == list(range(here + 1, there + 1)), (here, there)
+            else:
+                assert steps == list(range(here, there, -1)), (here, there)
+            assert current_version(conn) == there
+        assert schema_of(db_path) == schemas[there], (here, there)
+
+
+# --- down and up again, with data --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lower", LOWER_VERSIONS)
+def test_downgrade_and_upgrade_keep_data(db_path: Path, schemas: dict[int, Schema], lower: int):
+    """Down to ``lower`` gives back exactly that version's schema; the rows of what it keeps
+    (tables and columns) are unchanged by going down and up again; data written while at the
+    lower version survives the way back up."""
+    head, kept = schemas[HEAD_VERSION], data_columns(schemas[lower])
+
+    async def go() -> None:
+        db = await open_database(str(db_path))
+        try:
+            await add_data(db, head, "head")
+            await assert_ledger_ok(db)
+            before = snapshot(db_path, kept)
+            applied = migration_rows(db_path)
+
+            assert await db.migrate(lower) == list(range(HEAD_VERSION, lower, -1))
+            assert await db.schema_version() == lower
+            assert schema_of(db_path) == schemas[lower]
+            assert snapshot(db_path, kept) == before
+            assert migration_rows(db_path) == applied[:lower]
+
+            await add_data(db, schemas[lower], "low")
+            at_lower = snapshot(db_path, kept)
+            if lower >= 1:
+                assert len(at_lower["receipts"]) > len(before["receipts"])
+                assert await assert_ledger_ok(db) > 0
+
+            assert await db.migrate() == list(range(lower + 1, HEAD_VERSION + 1))
+            assert await db.schema_version() == HEAD_VERSION
+            assert schema_of(db_path) == head
+            assert snapshot(db_path, kept) == at_lower
+            assert migration_rows(db_path)[:lower] == applied[:lower]
+
+            await add_data(db, head, "again")
+            await assert_ledger_ok(db)
+        finally:
+            await db.dispose()
+
+    run(go())
+    assert_schema_matches_models(db_path)
+
+
+def test_downgrade_one_step_at_a_time_then_back(db_path: Path, schemas: dict[int, Schema]):
+    """Each step keeps the rows of what it does not drop, down and up."""
+
+    async def go() -> None:
+        db = await open_database(str(db_path))
+        try:
+            for version in range(HEAD_VERSION, 0, -1):
+                await add_data(db, schemas[version], f"down{version}")
+                kept = data_columns(schemas[version - 1])
+                before = snapshot(db_path, kept)
+                assert await db.migrate(version - 1) == [version]
+                assert schema_of(db_path) == schemas[version - 1]
+                assert snapshot(db_path, kept) == before
+            assert await db.schema_version() == 0
+            for version in range(1, HEAD_VERSION + 1):
+                kept = data_columns(schemas[version - 1])
+                before = snapshot(db_path, kept)
+                assert await db.migrate(version) == [version]
+                assert schema_of(db_path) == schemas[version]
+                assert snapshot(db_path, kept) == before
+                await assert_ledger_ok(db)
+                await add_data(db, schemas[version], f"up{version}")
+                await assert_ledger_ok(db)
+        finally:
+            await db.dispose()
+
+    run(go())
+
+
+# --- the head schema is the models' schema -----------------------------------------------------
+
+
+def _type_name(column_type: Any) -> str:
+    return str(column_type.compile(dialect=sqlite_dialect.dialect()))
+
+
+def assert_schema_matches_models(path: Path) -> None:
+    """The database at ``path`` has the tables of ``SQLModel.metadata``: same tables, column
+    names, types, nullability and primary keys; same index names, columns and uniqueness."""
+    metadata = SQLModel.metadata
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            inspector = inspect(conn)
+            assert set(inspector.get_table_names()) == set(metadata.tables)
+            for name, table in metadata.tables.items():
+                reflected = {c["name"]: c for c in inspector.get_columns(name)}
+                assert set(reflected) == {c.name for c in table.columns}, name
+                for column in table.columns:
+                    found = reflected[column.name]
+                    where = f"{name}.{column.name}"
+                    assert found["nullable"] == column.nullable, where
+                    assert _type_name(found["type"]) == _type_name(column.type), where
+                pk = inspector.get_pk_constraint(name)["constrained_columns"]
+                assert pk == [c.name for c in table.primary_key.columns], name
+                indexes = {
+                    i["name"]: (tuple(i["column_names"]), bool(i["unique"]))
+                    for i in inspector.get_indexes(name)
+                }
+                declared = {
+                    i.name: (tuple(c.name for c in i.columns), bool(i.unique))
+                    for i in table.indexes
+                }
+                assert indexes == declared, name
+                assert inspector.get_foreign_keys(name) == []
+    finally:
+        engine.dispose()
+
+
+def test_head_schema_matches_the_sqlmodel_tables(db_path: Path):
+    with sync_conn(db_path) as conn:
+        migrate(conn)
+    assert_schema_matches_models(db_path)
+
+
+def test_models_create_the_schema_the_migrations_build(tmp_path: Path, schemas: dict[int, Schema]):
+    """``create_all`` of the models and the migrations give the same columns (in any order)
+    and the same indexes, partial-index conditions included."""
+    created = tmp_path / "created.db"
+    engine = create_engine(f"sqlite:///{created}")
+    SQLModel.metadata.create_all(engine)
+    engine.dispose()
+    ours, theirs = schemas[HEAD_VERSION], schema_of(created)
+    assert set(ours["tables"]) == set(theirs["tables"])
+    for table, columns in ours["tables"].items():
+        assert sorted(columns) == sorted(theirs["tables"][table]), table
+
+    def index_parts(indexes: set[tuple[str, str, str]]) -> set[tuple[str, str, str, str]]:
+        parts = set()
+        for name, table, sql in indexes:
+            match = re.fullmatch(r"create (unique )?index (\w+) on (\w+) ?\(([^)]*)\)(.*)", sql)
+            assert match, sql
+            unique, _, _, columns, where = match.groups()
+            parts.add((name, table, f"{unique or ''}{columns.replace(' ', '')}", where.strip()))
+        return parts
+
+    assert index_parts(ours["indexes"]) == index_parts(theirs["indexes"])
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [-1, HEAD_VERSION + 1, 99, 10**9])
+def test_unknown_target_version_raises(db_path: Path, schemas: dict[int, Schema], target: int):
+    with sync_conn(db_path) as conn:
+        migrate(conn, 1)
+    with sync_conn(db_path) as conn, pytest.raises(MigrationError, match="unknown schema version"):
+        migrate(conn, target)
+
+    async def via_database() -> int:
+        db = await open_database(str(db_path), upgrade=False)
+        try:
+            with pytest.raises(MigrationError):
+                await db.migrate(target)
+            return await db.schema_version()
+        finally:
+            await db.dispose()
+
+    assert run(via_database()) == 1
+    assert schema_of(db_path) == schemas[1]
+
+
+@pytest.mark.parametrize("upgrade", [True, False])
+def test_newer_database_is_refused(db_path: Path, schemas: dict[int, Schema], upgrade: bool):
+    async def make() -> None:
+        db = await open_database(str(db_path))
+        await add_data(db, schemas[HEAD_VERSION], "x")
+        await db.dispose()
+
+    run(make())
+    with closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (?, 'from the future', '2099-01-01T00:00:00Z')",
+            (HEAD_VERSION + 1,),
+        )
+        conn.commit()
+    everything = columns_of(schema_of(db_path))
+    before = snapshot(db_path, everything)
+
+    async def reopen() -> None:
+        await open_database(str(db_path), upgrade=upgrade)
+
+    with pytest.raises(DatabaseError, match="newer than this build"):
+        run(reopen())
+    with sync_conn(db_path) as conn, pytest.raises(MigrationError, match="newer"):
+        migrate(conn, HEAD_VERSION)
+    with sync_conn(db_path) as conn, pytest.raises(MigrationError, match="newer"):
+        migrate(conn, 0)
+    assert snapshot(db_path, everything) == before
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def _json(result: Any) -> Any:
+    assert result.returncode == 0, result.stderr.decode()
+    return json.loads(result.stdout)
+
+
+def test_cli_db_commands(tmp_path: Path, schemas: dict[int, Schema]):
+    state = tmp_path / "state"
+    all_steps = list(range(1, HEAD_VERSION + 1))
+    assert _json(quarterdeck("db", "version", state_dir=state)) == {
+        "version": 0,
+        "head": HEAD_VERSION,
+    }
+    assert _json(quarterdeck("db", "upgrade", state_dir=state)) == {
+        "from": 0,
+        "to": HEAD_VERSION,
+        "steps": all_steps,
+    }
+    submitted = quarterdeck(
+        "submit",
+        "-",
+        state_dir=state,
+        stdin=b"\n".join(line(envelope(i)) for i in range(3)) + b"\n",
+    )
+    assert submitted.returncode == 0, submitted.stderr.decode()
+    assert _json(quarterdeck("db", "version", state_dir=state))["version"] == HEAD_VERSION
+
+    assert _json(quarterdeck("db", "downgrade", "--to", "1", state_dir=state)) == {
+        "from": HEAD_VERSION,
+        "to": 1,
+        "steps": all_steps[:0:-1],
+    }
+    assert _json(quarterdeck("db", "version", state_dir=state)) == {
+        "version": 1,
+        "head": HEAD_VERSION,
+    }
+    assert schema_of(state / DB_FILENAME) == schemas[1]
+
+    # Refused: each exits 2 with one line on stderr and leaves the version where it was.
+    for args, message in [
+        (("db", "downgrade", "--to", "2"), b"above the current version"),
+        (("db", "downgrade"), b"--to"),
+        (("db", "upgrade", "--to", "99"), b"unknown schema version 99"),
+        (("db", "upgrade", "--to", "-1"), b"expected a number >= 0"),
+        (("db", "sideways"), b"invalid choice"),
+    ]:
+        refused = quarterdeck(*args, state_dir=state)
+        assert refused.returncode == 2, (args, refused)
+        assert message in refused.stderr, (args, refused.stderr)
+        assert refused.stderr.count(b"\n") == 1, refused.stderr
+    assert _json(quarterdeck("db", "version", state_dir=state))["version"] == 1
+
+    assert _json(quarterdeck("db", "upgrade", state_dir=state)) == {
+        "from": 1,
+        "to": HEAD_VERSION,
+        "steps": all_steps[1:],
+    }
+    assert _json(quarterdeck("db", "upgrade", state_dir=state)) == {
+        "from": HEAD_VERSION,
+        "to": HEAD_VERSION,
+        "steps": [],
+    }
+    assert schema_of(state / DB_FILENAME) == schemas[HEAD_VERSION]
+    assert _json(quarterdeck("ledger", "verify", "--json", state_dir=state))["ok"] is True
+    listed = quarterdeck("ls", "receipts", "--json", "-w", "acme", state_dir=state)
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert len(listed.stdout.splitlines()) == 3
+
+
+def test_cli_refuses_a_newer_database(tmp_path: Path):
+    state = tmp_path / "state"
+    assert _json(quarterdeck("db", "upgrade", state_dir=state))["to"] == HEAD_VERSION
+    with closing(sqlite3.connect(state / DB_FILENAME)) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (99, 'future', 'then')")
+        conn.commit()
+    for args in (("status",), ("db", "version"), ("db", "downgrade", "--to", "0")):
+        refused = quarterdeck(*args, state_dir=state)
+        assert refused.returncode == 2, (args, refused)
+        assert b"newer than this build" in refused.stderr, refused.stderr
