@@ -219,6 +219,18 @@ def test_status_json_has_the_documented_shape(world: World) -> None:
         "approvals",
         "alerts",
         "ledger",
+        "slo",
+    }
+    assert set(scoped["slo"]) == {
+        "mission_latency_p50_s",
+        "mission_latency_p95_s",
+        "fallback_rate",
+        "recovery_success_rate",
+        "orphaned_rate",
+        "retries",
+        "dead_letters",
+        "lease_conflicts",
+        "leases_reclaimed",
     }
     assert set(scoped["receipts"]) == {"accepted", "duplicate", "rejected"}
     assert set(scoped["ledger"]) == {"entries", "head"}

@@ -21,6 +21,7 @@ from typing import IO, Any, NoReturn
 
 from sqlalchemy.exc import OperationalError
 
+from quarterdeck.runtime.config import ConfigError, RuntimeConfig
 from quarterdeck.store.database import Database, DatabaseError, open_database, sqlite_url
 from quarterdeck.store.migrations import HEAD_VERSION, MigrationError
 
@@ -110,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", type=_non_negative, default=0, metavar="SEQ", help="entries after SEQ"
     )
 
+    run = commands.add_parser("run", parents=[common], help="run the runtime")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="quarterdeck.toml (default: ./quarterdeck.toml if present, else built-in)",
+    )
+    run.add_argument(
+        "--headless", action="store_true", help="no screen: run as a daemon until SIGTERM"
+    )
+    run.add_argument(
+        "--metrics-port", type=_non_negative, metavar="N", help="serve Prometheus text on this port"
+    )
+    run.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="HOST", help="(default 127.0.0.1)"
+    )
+    run.add_argument("--node-id", metavar="NAME", help="this node's name (default: a fresh UUID)")
+
     db = commands.add_parser("db", parents=[common], help="schema version and migrations")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
     db_commands.required = True
@@ -197,16 +215,17 @@ async def _submit(db: Database, args: argparse.Namespace, out: IO[str]) -> int:
 
 
 async def _status(db: Database, args: argparse.Namespace, out: IO[str]) -> int:
-    from quarterdeck.store.queries import status
+    from quarterdeck.store.queries import slo, status
 
     result = await status(db, workspace_scope(args))
+    result["slo"] = await slo(db, workspace_scope(args))
     if args.json:
         _print_json(result, out)
         return 0
     scope = workspace_scope(args) or "all workspaces"
     out.write(f"workspace: {scope}\n")
     for kind, counts in result.items():
-        if kind == "ledger":
+        if kind in ("ledger", "slo"):
             continue
         shown = "  ".join(f"{state} {count}" for state, count in counts.items() if count) or "-"
         out.write(f"{kind:<10} {shown}\n")
@@ -311,6 +330,34 @@ async def _db(db: Database, args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def _load_run_config(args: argparse.Namespace) -> tuple[RuntimeConfig, str]:
+    from quarterdeck.runtime.config import load_config
+
+    if args.config:
+        path: Path | None = Path(args.config)
+    elif Path("quarterdeck.toml").is_file():
+        path = Path("quarterdeck.toml")
+    else:
+        path = None
+    return load_config(path), str(path) if path else "built-in"
+
+
+async def _run_command(db: Database, args: argparse.Namespace, out: IO[str]) -> int:
+    from quarterdeck.runtime.daemon import configure_logging, run_headless
+
+    config, source = args.run_config
+    configure_logging()
+    return await run_headless(
+        db,
+        config,
+        state_dir=Path(args.state_dir or os.environ.get("QUARTERDECK_STATE_DIR") or "state"),
+        node_id=args.node_id,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        config_source=source,
+    )
+
+
 _COMMANDS = {
     "submit": _submit,
     "status": _status,
@@ -318,11 +365,18 @@ _COMMANDS = {
     "show": _show,
     "ledger": _ledger,
     "db": _db,
+    "run": _run_command,
 }
 
 
 async def _run(args: argparse.Namespace, out: IO[str]) -> int:
     workspace_scope(args)  # report option conflicts before touching the database
+    if args.command == "run":
+        if not args.headless:
+            raise UsageError("the control center screen is not built yet: use 'run --headless'")
+        args.run_config = _load_run_config(args)
+        if args.run_config[0].database_url and not args.db:
+            args.db = args.run_config[0].database_url
     db = await open_database(database_url(args), upgrade=args.command != "db")
     try:
         return await _COMMANDS[args.command](db, args, out)
@@ -337,6 +391,11 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         return asyncio.run(_run(args, out or sys.stdout))
     except UsageError as exc:
         sys.stderr.write(f"quarterdeck: error: {exc}\n")
+        return 2
+    except ConfigError as exc:
+        sys.stderr.write(f"quarterdeck: error: bad configuration {exc.source}:\n")
+        for problem in exc.problems:
+            sys.stderr.write(f"  {problem}\n")
         return 2
     except (DatabaseError, MigrationError) as exc:
         sys.stderr.write(f"quarterdeck: error: {exc}\n")

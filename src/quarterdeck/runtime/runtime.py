@@ -144,13 +144,14 @@ class Runtime:
         self._claiming = False
         self._tasks: list[asyncio.Task[None]] = []
         self._events_dirty = False
+        self._seen_head = -1
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the writer and the loops; apply configured flag defaults once."""
         self.writer.start()
-        self.writer.on_commit(lambda _seq: self._wake.set())
+        self.writer.on_commit(self._on_commit)
         await self.writer.submit(self._seed_flags)
         self._claiming = True
         loop = asyncio.get_running_loop()
@@ -163,6 +164,12 @@ class Runtime:
         ):
             self._tasks.append(loop.create_task(coroutine, name=f"qd-{name}"))
         log.info("runtime started", extra={"node": self.node_id, "lanes": list(self.lanes)})
+
+    def _on_commit(self, head_seq: int) -> None:
+        """Wake the pump when the ledger moved (an idle commit must not wake it: no busy loop)."""
+        if head_seq != self._seen_head:
+            self._seen_head = head_seq
+            self._wake.set()
 
     def _seed_flags(self, txn: WriteTxn) -> None:
         existing = read_flags(txn.conn)
@@ -300,7 +307,8 @@ class Runtime:
         while True:
             try:
                 applied = await self.writer.submit(lambda txn: apply_receipts(txn, self.plan))
-            except ReceiptsAlreadyApplied:
+            except ReceiptsAlreadyApplied as exc:
+                log.info("receipts applied elsewhere; again", extra={"detail": str(exc)})
                 continue
             if len(applied) < 500:
                 break

@@ -6,8 +6,9 @@ import base64
 import json
 from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy import Table, and_, func, or_, select, text
 
+from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import LEDGER, ledger_head
@@ -85,10 +86,13 @@ def _receipt_dict(row: Any) -> dict[str, Any]:
     return item
 
 
+_JSON_COLUMNS = frozenset({"data", "input", "budget", "deliverable", "result"})
+
+
 def _item_dict(kind: str, row: Any) -> dict[str, Any]:
     item: dict[str, Any] = {"type": kind}
     for key, value in row._mapping.items():
-        item[key] = json.loads(value) if key == "data" else value
+        item[key] = json.loads(value) if key in _JSON_COLUMNS and value is not None else value
     return item
 
 
@@ -141,6 +145,13 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
                     break
         if item is None:
             return None
+        if item["type"] == "turn":
+            missions = ITEM_TABLES["mission"]
+            rows = await conn.execute(
+                select(missions).where(missions.c.turn_id == item_id).order_by(missions.c.id)
+            )
+            item["missions"] = [_item_dict("mission", r) for r in rows.all()]
+            item["attempts"] = len(item["missions"])
         mentioned = LEDGER.c.subject_id == item_id
         if item["type"] == "receipt":
             # Receipts are recorded by batch: find the batch entries that name this one.
@@ -165,3 +176,80 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
         )
         item["history"] = [dict(r._mapping) for r in history.all()]
     return item
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _seconds(start: str, end: str) -> float:
+    return (parse_instant(end) - parse_instant(start)).total_seconds()
+
+
+async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[str, Any]:
+    """SLO figures from the store, shared by every node: mission latency p50/p95 (recent
+    missions), fallback rate, recovery success rate, orphaned rate, retries, dead letters,
+    lease conflicts and reclaimed leases."""
+    where = "" if workspace is None else "WHERE workspace = :w"
+    params = {} if workspace is None else {"w": workspace}
+    async with db.read() as conn:
+        finished = (
+            await conn.execute(
+                text(
+                    "SELECT started_at, finished_at FROM missions "
+                    f"{where + ' AND' if where else 'WHERE'} finished_at IS NOT NULL "
+                    "AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT :n"
+                ),
+                {**params, "n": recent},
+            )
+        ).all()
+        totals = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) AS missions, "
+                    "sum(CASE WHEN role = 'fallback' OR (routed_lane IS NOT NULL "
+                    "AND routed_lane != lane) THEN 1 ELSE 0 END) AS fallback, "
+                    "sum(CASE WHEN number > 1 THEN 1 ELSE 0 END) AS retries, "
+                    "sum(CASE WHEN attempt > 1 AND state IN ('completed', 'failed', 'timed_out') "
+                    "THEN 1 ELSE 0 END) AS recovered_finished, "
+                    "sum(CASE WHEN attempt > 1 AND state = 'completed' THEN 1 ELSE 0 END) "
+                    "AS recovered_completed, "
+                    "sum(CASE WHEN state IN ('running', 'blocked') THEN 1 ELSE 0 END) AS running, "
+                    "sum(CASE WHEN state IN ('running', 'blocked') AND lease_expires_at < :now "
+                    f"THEN 1 ELSE 0 END) AS orphaned FROM missions {where}"
+                ),
+                {**params, "now": format_instant(utc_now())},
+            )
+        ).one()
+        dead = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM turns WHERE dead_letter IN ('held', 'dead')"
+                    + (" AND workspace = :w" if workspace is not None else "")
+                ),
+                params,
+            )
+        ).scalar_one()
+        counter_rows = (await conn.execute(text("SELECT name, value FROM counters"))).all()
+        counters: dict[str, int] = {str(name): int(value) for name, value in counter_rows}
+    latencies = [_seconds(start, end) for start, end in finished]
+    missions = int(totals.missions or 0)
+    recovered = int(totals.recovered_finished or 0)
+    running = int(totals.running or 0)
+    return {
+        "mission_latency_p50_s": round(_percentile(latencies, 0.5), 6),
+        "mission_latency_p95_s": round(_percentile(latencies, 0.95), 6),
+        "fallback_rate": round(int(totals.fallback or 0) / missions, 6) if missions else 0.0,
+        "recovery_success_rate": (
+            round(int(totals.recovered_completed or 0) / recovered, 6) if recovered else 1.0
+        ),
+        "orphaned_rate": round(int(totals.orphaned or 0) / running, 6) if running else 0.0,
+        "retries": int(totals.retries or 0),
+        "dead_letters": int(dead),
+        "lease_conflicts": int(counters.get("late_writes_rejected", 0)),
+        "leases_reclaimed": int(counters.get("leases_reclaimed", 0)),
+    }

@@ -482,6 +482,10 @@ def _move_turn(
         text(
             "UPDATE turns SET state = :to, version = version + 1, updated_at = :at, "
             "deliverable = COALESCE(:deliverable, deliverable), error = COALESCE(:error, error), "
+            "lease_owner = CASE WHEN :to IN ('leased', 'running', 'awaiting_approval') "
+            "THEN lease_owner END, "
+            "lease_expires_at = CASE WHEN :to IN ('leased', 'running', 'awaiting_approval') "
+            "THEN lease_expires_at END, "
             "dead_letter = CASE WHEN :to IN ('completed', 'cancelled') THEN NULL "
             "ELSE dead_letter END "
             "WHERE id = :id AND version = :version AND state = :from"
