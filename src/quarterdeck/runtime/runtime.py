@@ -145,6 +145,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._events_dirty = False
         self._seen_head = -1
+        self._stopped = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -209,6 +210,7 @@ class Runtime:
                 claims = [r.claim for r in leftovers]
                 await self.writer.submit(lambda txn: self._release(txn, claims))
         await self._flush_events()
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -291,9 +293,12 @@ class Runtime:
     # --- the pump: apply receipts, claim, start ------------------------------------------------
 
     async def _pump_loop(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the awaited event fires, and the loop would then never stop.
+        while not self._stopped:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._pump()
@@ -392,7 +397,8 @@ class Runtime:
         error: str | None = None
         started = asyncio.get_running_loop().time()
         try:
-            result = await asyncio.wait_for(lane.run(ctx), timeout=lane_config.timeout_s)
+            async with asyncio.timeout(lane_config.timeout_s):
+                result = await lane.run(ctx)
             outcome = "completed"
         except TimeoutError:
             outcome, error = "timed_out", f"timed out after {lane_config.timeout_s:g} s"
@@ -475,7 +481,7 @@ class Runtime:
             await self.writer.submit(lambda txn: record_events(txn, batch))
 
     async def _events_loop(self) -> None:
-        while True:
+        while not self._stopped:
             await asyncio.sleep(0.25)
             if self._events_dirty:
                 await self._flush_events()
@@ -484,7 +490,7 @@ class Runtime:
 
     async def _heartbeat_loop(self) -> None:
         period = self.config.lease_s / 3
-        while True:
+        while not self._stopped:
             await asyncio.sleep(period * random.uniform(0.8, 1.0))
             held = [r.claim for r in self._running.values() if not r.lost]
             if not held:
@@ -508,7 +514,7 @@ class Runtime:
 
     async def _sweep_loop(self) -> None:
         interval = self.config.sweep_interval_s
-        while True:
+        while not self._stopped:
             await asyncio.sleep(interval * random.uniform(0.5, 1.0))
             try:
                 swept = await self.writer.submit(lambda txn: sweep(txn, self.node_id))
@@ -533,7 +539,7 @@ class Runtime:
         conn = sqlite3.connect(path, check_same_thread=False)
         try:
             last = conn.execute("PRAGMA data_version").fetchone()[0]
-            while True:
+            while not self._stopped:
                 await asyncio.sleep(WATCH_INTERVAL_S)
                 current = conn.execute("PRAGMA data_version").fetchone()[0]
                 if current != last:
