@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
@@ -31,7 +31,9 @@ from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.work import (
     Claim,
     ClaimConflict,
+    Ending,
     Finish,
+    Finished,
     Flags,
     LanePlan,
     ReceiptsAlreadyApplied,
@@ -41,11 +43,10 @@ from quarterdeck.store.work import (
     apply_receipts,
     bump_counter,
     claim_missions,
-    finish_mission,
+    finish_missions,
     heartbeat,
     read_flags,
     record_events,
-    start_turns,
     sweep,
 )
 from quarterdeck.store.writer import Writer, WriteTxn
@@ -100,6 +101,58 @@ def work_plan(config: RuntimeConfig) -> WorkPlan:
     )
 
 
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+class Batch(Generic[ItemT, ResultT]):
+    """Gathers items from many tasks and applies them in one writer operation: while the
+    writer commits, new items accumulate, and the next operation takes them all."""
+
+    def __init__(self, writer: Writer, apply: Callable[[WriteTxn, list[ItemT]], list[ResultT]]) -> None:
+        self._writer = writer
+        self._apply = apply
+        self._items: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
+        self._scheduled = False
+
+    async def submit(self, item: ItemT) -> ResultT:
+        """Queue ``item``; return its result once the operation holding it committed."""
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        self._items.append((item, future))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        taken: list[tuple[ItemT, asyncio.Future[ResultT]]] | None = None
+
+        def op(txn: WriteTxn) -> list[ResultT]:
+            nonlocal taken
+            if taken is None:  # the first run takes the items; a retried run reuses them
+                taken, self._items, self._scheduled = self._items, [], False
+            return self._apply(txn, [item for item, _ in taken])
+
+        try:
+            results = await self._writer.submit(op)
+        except BaseException as exc:
+            pending = taken if taken is not None else self._items
+            if taken is None:
+                self._items, self._scheduled = [], False
+            for _item, future in pending:
+                if not future.done():
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+                    )
+            if not isinstance(exc, Exception):
+                raise
+            return
+        assert taken is not None
+        for (_item, future), result in zip(taken, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
 @dataclass
 class _Running:
     claim: Claim
@@ -146,6 +199,9 @@ class Runtime:
         self._events_dirty = False
         self._seen_head = -1
         self._stopped = False
+        self._finisher: Batch[Ending, Finished] = Batch(
+            self.writer, lambda txn, endings: finish_missions(txn, endings, self.plan)
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -325,8 +381,6 @@ class Runtime:
             self._wake.set()
             return
         self.flags = flags
-        if claims:
-            await self.writer.submit(lambda txn: start_turns(txn, claims))
         for claim in claims:
             running = _Running(claim)
             self._running[claim.mission_id] = running
@@ -417,11 +471,7 @@ class Runtime:
         elapsed = asyncio.get_running_loop().time() - started
         await self._flush_events()
         try:
-            finished = await self.writer.submit(
-                lambda txn: finish_mission(
-                    txn, claim, outcome, self.plan, result=result, error=error
-                )
-            )
+            finished = await self._finisher.submit(Ending(claim, outcome, result, error))
         finally:
             self._running.pop(claim.mission_id, None)
         self.metrics.observe_mission(claim.exec_lane, outcome, elapsed, finished.accepted)

@@ -10,12 +10,12 @@ The hot paths are batched (``executemany``) so that a group commit handles many 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
@@ -562,10 +562,12 @@ _CLAIM_MISSION = text(
     "started_at = :at, updated_at = :at WHERE id = :id AND version = :version AND state = 'queued'"
 )
 _LEASE_TURN = text(
-    "UPDATE turns SET state = 'leased', attempt = attempt + 1, version = version + 1, "
+    "UPDATE turns SET state = 'running', attempt = attempt + 1, version = version + 2, "
     "lease_owner = :owner, lease_expires_at = :expires, updated_at = :at "
     "WHERE id = :id AND version = :version AND state = :from"
 )
+"""A claimed turn is leased and, the worker starting at once, running: two transitions, two
+ledger entries, one row update."""
 
 
 def claim_missions(
@@ -579,8 +581,8 @@ def claim_missions(
     """Claim up to ``limit`` due missions queued on ``source_lanes`` to run on ``exec_lane``.
 
     Each claim bumps the mission's ``attempt`` and ``version`` and sets the lease (deadline
-    from the writer's clock); a primary mission's turn moves ``queued -> leased`` with it. A
-    shadow mission leaves its turn alone. Missions whose turn is no longer waiting (cancelled,
+    from the writer's clock); a primary mission's turn moves ``queued -> leased -> running``
+    with it (the worker starts at once). A shadow mission leaves its turn alone. Missions whose turn is no longer waiting (cancelled,
     taken over) are cancelled instead of claimed.
     """
     if limit <= 0 or not source_lanes:
@@ -654,6 +656,17 @@ def claim_missions(
                     "mission": row.id,
                 },
             )
+            _entry(
+                txn,
+                row.workspace,
+                owner,
+                "turn.running",
+                "turn",
+                row.turn_id,
+                "leased",
+                "running",
+                {"version": row.turn_version + 2, "mission": row.id},
+            )
         claims.append(
             Claim(
                 mission_id=row.id,
@@ -684,39 +697,6 @@ def claim_missions(
 
 class ClaimConflict(Exception):
     """Rows changed between reading and claiming them (another writer); the operation rolls back."""
-
-
-_START_TURNS = text(
-    "UPDATE turns SET state = 'running', version = version + 1, updated_at = :at "
-    "WHERE id = :id AND state = 'leased' AND lease_owner = :owner"
-)
-
-
-def start_turns(txn: WriteTxn, claims: Iterable[Claim]) -> None:
-    """Move the turns of freshly started primary missions ``leased -> running``."""
-    rows = []
-    for claim in claims:
-        if claim.role == "shadow":
-            continue
-        turn = txn.conn.execute(
-            text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
-        ).first()
-        if turn is None or turn.state != "leased":
-            continue
-        rows.append({"at": txn.at, "id": claim.turn_id, "owner": claim.owner})
-        _entry(
-            txn,
-            claim.workspace,
-            claim.owner,
-            "turn.running",
-            "turn",
-            claim.turn_id,
-            "leased",
-            "running",
-            {"version": turn.version + 1, "mission": claim.mission_id},
-        )
-    if rows:
-        txn.conn.execute(_START_TURNS, rows)
 
 
 # --- heartbeats --------------------------------------------------------------------------------
@@ -868,6 +848,99 @@ def finish_mission(
     if outcome == "cancelled":
         return Finished(accepted=True, turn_state=turn.state)
     return _retry_or_dead_letter(txn, claim, turn, plan, error or outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How one claimed mission ended, as reported by the worker."""
+
+    claim: Claim
+    outcome: Finish
+    result: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+_HOLDERS = text(
+    "SELECT id, attempt, version, lease_owner, state FROM missions WHERE id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+_LIVE_TURNS = text("SELECT id, state, version FROM turns WHERE id IN :ids").bindparams(
+    bindparam("ids", expanding=True)
+)
+_COMPLETE_TURN = text(
+    "UPDATE turns SET state = 'completed', version = version + 1, updated_at = :at, "
+    "deliverable = :deliverable, dead_letter = NULL, lease_owner = NULL, "
+    "lease_expires_at = NULL WHERE id = :id AND version = :version AND state = :from"
+)
+
+
+def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) -> list[Finished]:
+    """:func:`finish_mission` for many missions at once, in order.
+
+    The common case — a completed primary or fallback mission whose lease still holds and
+    whose turn is live — is done with one fenced ``executemany`` for the missions and one for
+    their turns; every other ending goes through :func:`finish_mission` one by one.
+    """
+    if not endings:
+        return []
+    held = {
+        row.id: row
+        for row in txn.conn.execute(_HOLDERS, {"ids": [e.claim.mission_id for e in endings]})
+    }
+    turns = {
+        row.id: row
+        for row in txn.conn.execute(_LIVE_TURNS, {"ids": list({e.claim.turn_id for e in endings})})
+    }
+    fast: list[Ending] = []
+    for ending in endings:
+        claim, row = ending.claim, held.get(ending.claim.mission_id)
+        turn = turns.get(claim.turn_id)
+        if (
+            ending.outcome == "completed"
+            and claim.role != "shadow"
+            and row is not None
+            and (row.attempt, row.version, row.lease_owner)
+            == (claim.attempt, claim.version, claim.owner)
+            and row.state in ("running", "blocked")
+            and turn is not None
+            and turn.state in ("leased", "running", "awaiting_approval")
+            and sum(1 for e in fast if e.claim.turn_id == claim.turn_id) == 0
+        ):
+            fast.append(ending)
+    results: dict[str, Finished] = {}
+    if fast:
+        mission_rows, turn_rows = [], []
+        for ending in fast:
+            claim = ending.claim
+            result = canonical_text(dict(ending.result or {}))
+            mission_rows.append(
+                {"to": "completed", "at": txn.at, "result": result, "error": None,
+                 "id": claim.mission_id, "attempt": claim.attempt, "version": claim.version,
+                 "owner": claim.owner}
+            )  # fmt: skip
+            _entry(txn, claim.workspace, claim.owner, "mission.completed", "mission",
+                   claim.mission_id, "running", "completed",
+                   {"version": claim.version + 1, "attempt": claim.attempt,
+                    "lane": claim.exec_lane, "role": claim.role})  # fmt: skip
+            turn = turns[claim.turn_id]
+            turn_rows.append({"at": txn.at, "deliverable": result, "id": claim.turn_id,
+                              "version": turn.version, "from": turn.state})  # fmt: skip
+            _entry(txn, claim.workspace, claim.owner, "turn.completed", "turn", claim.turn_id,
+                   turn.state, "completed",
+                   {"version": turn.version + 1, "mission": claim.mission_id,
+                    "lane": claim.exec_lane})  # fmt: skip
+            results[claim.mission_id] = Finished(accepted=True, turn_state="completed")
+        if txn.conn.execute(_FINISH_MISSION, mission_rows).rowcount != len(mission_rows):
+            raise ClaimConflict("missions changed while being finished")
+        if txn.conn.execute(_COMPLETE_TURN, turn_rows).rowcount != len(turn_rows):
+            raise ClaimConflict("turns changed while being finished")
+    finished = []
+    for ending in endings:
+        done = results.get(ending.claim.mission_id)
+        if done is None:
+            done = finish_mission(txn, ending.claim, ending.outcome, plan, result=ending.result,
+                                  error=ending.error)  # fmt: skip
+        finished.append(done)
+    return finished
 
 
 def _retry_or_dead_letter(
