@@ -109,7 +109,9 @@ class Batch(Generic[ItemT, ResultT]):
     """Gathers items from many tasks and applies them in one writer operation: while the
     writer commits, new items accumulate, and the next operation takes them all."""
 
-    def __init__(self, writer: Writer, apply: Callable[[WriteTxn, list[ItemT]], list[ResultT]]) -> None:
+    def __init__(
+        self, writer: Writer, apply: Callable[[WriteTxn, list[ItemT]], list[ResultT]]
+    ) -> None:
         self._writer = writer
         self._apply = apply
         self._items: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
@@ -193,6 +195,7 @@ class Runtime:
         self.flags = Flags(frozenset(), frozenset(), frozenset(), config.force_fallback)
         self._decide = decide
         self._running: dict[str, _Running] = {}
+        self._pending_events: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._claiming = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -469,7 +472,10 @@ class Runtime:
             self._running.pop(claim.mission_id, None)
             return
         elapsed = asyncio.get_running_loop().time() - started
-        await self._flush_events()
+        if running.events:
+            self._pending_events.extend(running.events)
+            running.events = []
+            self._events_dirty = True
         try:
             finished = await self._finisher.submit(Ending(claim, outcome, result, error))
         finally:
@@ -520,13 +526,15 @@ class Runtime:
         await self.writer.submit(record)
         return decision
 
-    async def _flush_events(self) -> None:
-        batch: list[dict[str, Any]] = []
-        for running in list(self._running.values()):
-            if running.events:
-                batch.extend(running.events)
-                running.events = []
+    async def _flush_events(self, running: _Running | None = None) -> None:
+        """Store reported events: one mission's (at its end), or every mission's."""
+        sources = [running] if running is not None else list(self._running.values())
+        for source in sources:
+            if source.events:
+                self._pending_events.extend(source.events)
+                source.events = []
         self._events_dirty = False
+        batch, self._pending_events = self._pending_events, []
         if batch:
             await self.writer.submit(lambda txn: record_events(txn, batch))
 

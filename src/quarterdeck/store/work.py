@@ -891,6 +891,7 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
         for row in txn.conn.execute(_LIVE_TURNS, {"ids": list({e.claim.turn_id for e in endings})})
     }
     fast: list[Ending] = []
+    fast_turns: set[str] = set()
     for ending in endings:
         claim, row = ending.claim, held.get(ending.claim.mission_id)
         turn = turns.get(claim.turn_id)
@@ -903,9 +904,10 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
             and row.state in ("running", "blocked")
             and turn is not None
             and turn.state in ("leased", "running", "awaiting_approval")
-            and sum(1 for e in fast if e.claim.turn_id == claim.turn_id) == 0
+            and claim.turn_id not in fast_turns
         ):
             fast.append(ending)
+            fast_turns.add(claim.turn_id)
     results: dict[str, Finished] = {}
     if fast:
         mission_rows, turn_rows = [], []
