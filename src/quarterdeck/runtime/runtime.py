@@ -28,6 +28,15 @@ from quarterdeck.runtime.lanes.base import Decision, Lane, LaneFailure, MissionC
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.store.database import Database
 from quarterdeck.store.receipts import IngestResult
+from quarterdeck.store.sessions import (
+    HeldSession,
+    acquire_sessions,
+    heartbeat_sessions,
+    release_sessions,
+    retire_sessions,
+    set_session_state,
+    sweep_sessions,
+)
 from quarterdeck.store.work import (
     Claim,
     ClaimConflict,
@@ -54,6 +63,8 @@ from quarterdeck.store.writer import Writer, WriteTxn
 log = logging.getLogger("quarterdeck.runtime")
 
 MAX_EVENTS_PER_MISSION = 1_000
+SESSION_DEGRADED_AFTER = 3
+"""Missions failed in a row on one session before it is marked degraded."""
 WATCH_INTERVAL_S = 0.2
 
 
@@ -195,6 +206,10 @@ class Runtime:
         self.flags = Flags(frozenset(), frozenset(), frozenset(), config.force_fallback)
         self._decide = decide
         self._running: dict[str, _Running] = {}
+        self._sessions: dict[str, dict[str, HeldSession]] = {}
+        self._free_sessions: dict[str, list[str]] = {}
+        self._session_failures: dict[str, int] = {}
+        self._paused_lanes: frozenset[str] = frozenset()
         self._pending_events: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._claiming = False
@@ -213,6 +228,7 @@ class Runtime:
         self.writer.start()
         self.writer.on_commit(self._on_commit)
         await self.writer.submit(self._seed_flags)
+        await self.writer.submit(self._acquire_sessions)
         self._claiming = True
         loop = asyncio.get_running_loop()
         for coroutine, name in (
@@ -230,6 +246,15 @@ class Runtime:
         if head_seq != self._seen_head:
             self._seen_head = head_seq
             self._wake.set()
+
+    def _acquire_sessions(self, txn: WriteTxn) -> None:
+        retire_sessions(txn, list(self.config.lanes), self.node_id)
+        for name, lane in self.config.lanes.items():
+            held = acquire_sessions(
+                txn, name, lane.concurrency, self.node_id, self.config.lease_s, self.state_dir
+            )
+            self._sessions[name] = {session.id: session for session in held}
+            self._free_sessions[name] = [session.id for session in held]
 
     def _seed_flags(self, txn: WriteTxn) -> None:
         existing = read_flags(txn.conn)
@@ -269,6 +294,9 @@ class Runtime:
                 claims = [r.claim for r in leftovers]
                 await self.writer.submit(lambda txn: self._release(txn, claims))
         await self._flush_events()
+        sessions = [s for lane in self._sessions.values() for s in lane.values()]
+        if sessions:
+            await self.writer.submit(lambda txn: release_sessions(txn, sessions))
         self._stopped = True
         for task in self._tasks:
             task.cancel()
@@ -385,6 +413,8 @@ class Runtime:
             return
         self.flags = flags
         for claim in claims:
+            if claim.session_id is not None:
+                self._free_sessions[claim.exec_lane].remove(claim.session_id)
             running = _Running(claim)
             self._running[claim.mission_id] = running
             running.task = asyncio.get_running_loop().create_task(
@@ -394,17 +424,17 @@ class Runtime:
     def _claim_all(self, txn: WriteTxn) -> tuple[list[Claim], Flags]:
         flags = read_flags(txn.conn)
         claims: list[Claim] = []
-        busy: dict[str, int] = {}
-        for running in self._running.values():
-            busy[running.claim.exec_lane] = busy.get(running.claim.exec_lane, 0) + 1
+        self._pause_sessions(txn, flags.paused)
         for name, lane in self.config.lanes.items():
             if name in flags.paused:
                 continue
             sources = self._sources(name, flags)
-            free = lane.concurrency - busy.get(name, 0)
-            if not sources or free <= 0:
+            free = self._free_sessions.get(name, [])
+            if not sources or not free:
                 continue
-            got = claim_missions(txn, name, sources, free, self.node_id, self.config.lease_s)
+            got = claim_missions(
+                txn, name, sources, len(free), self.node_id, self.config.lease_s, sessions=free
+            )
             for claim in got:
                 shadow_on = name in flags.shadow or lane.shadow
                 if claim.role == "primary" and shadow_on and lane.fallback:
@@ -413,6 +443,16 @@ class Runtime:
                     bump_counter(txn, "fallback_dispatches")
             claims.extend(got)
         return claims, flags
+
+    def _pause_sessions(self, txn: WriteTxn, paused: frozenset[str]) -> None:
+        """Mirror lane pauses on this node's sessions of those lanes."""
+        if paused == self._paused_lanes:
+            return
+        for lane in paused ^ self._paused_lanes:
+            target = "paused" if lane in paused else "active"
+            for session in self._sessions.get(lane, {}).values():
+                set_session_state(txn, session, target)
+        self._paused_lanes = paused
 
     def _sources(self, exec_lane: str, flags: Flags) -> list[str]:
         """The lanes whose queued missions ``exec_lane`` runs, given force-fallback flags."""
@@ -433,7 +473,12 @@ class Runtime:
         claim = running.claim
         lane_config = self.config.lanes[claim.exec_lane]
         lane = self.lanes[claim.exec_lane]
-        workdir = self.state_dir / "work" / claim.workspace / claim.turn_id
+        session = self._sessions.get(claim.exec_lane, {}).get(claim.session_id or "")
+        workdir = (
+            Path(session.workdir)
+            if session is not None
+            else self.state_dir / "work" / claim.workspace / claim.turn_id
+        )
         ctx = MissionContext(
             mission_id=claim.mission_id,
             turn_id=claim.turn_id,
@@ -464,12 +509,14 @@ class Runtime:
         except asyncio.CancelledError:
             if running.lost:
                 self._running.pop(claim.mission_id, None)
+                self._free_session(claim)
                 raise
             outcome, error = "cancelled", "cancelled"
         except Exception as exc:
             outcome, error = "failed", f"{type(exc).__name__}: {exc}"
         if running.lost:
             self._running.pop(claim.mission_id, None)
+            await self._return_session(claim, None)
             return
         elapsed = asyncio.get_running_loop().time() - started
         if running.events:
@@ -480,12 +527,37 @@ class Runtime:
             finished = await self._finisher.submit(Ending(claim, outcome, result, error))
         finally:
             self._running.pop(claim.mission_id, None)
+            await self._return_session(claim, outcome)
         self.metrics.observe_mission(claim.exec_lane, outcome, elapsed, finished.accepted)
         if not finished.accepted:
             log.warning(
                 "late result rejected", extra={"node": self.node_id, "mission": claim.mission_id}
             )
         self._wake.set()
+
+    def _free_session(self, claim: Claim) -> HeldSession | None:
+        session = self._sessions.get(claim.exec_lane, {}).get(claim.session_id or "")
+        if session is not None and session.id not in self._free_sessions[claim.exec_lane]:
+            self._free_sessions[claim.exec_lane].append(session.id)
+        return session
+
+    async def _return_session(self, claim: Claim, outcome: str | None) -> None:
+        """Give the mission's session back; three failures in a row mark it degraded, and a
+        success makes a degraded session active again."""
+        session = self._free_session(claim)
+        if session is None or outcome is None or self._stopped:
+            return
+        failures = 0 if outcome == "completed" else self._session_failures.get(session.id, 0) + 1
+        before = self._session_failures.get(session.id, 0)
+        self._session_failures[session.id] = failures
+        if failures == SESSION_DEGRADED_AFTER or (
+            before >= SESSION_DEGRADED_AFTER and failures == 0
+        ):
+            target = "degraded" if failures else "active"
+            with contextlib.suppress(Exception):
+                await self.writer.submit(
+                    lambda txn: set_session_state(txn, session, target, error=outcome)
+                )
 
     def _emit(self, running: _Running, kind: str, data: Mapping[str, Any]) -> None:
         running.event_count += 1
@@ -550,6 +622,10 @@ class Runtime:
         period = self.config.lease_s / 3
         while not self._stopped:
             await asyncio.sleep(period * random.uniform(0.8, 1.0))
+            sessions = [s for lane in self._sessions.values() for s in lane.values()]
+            if sessions:
+                with contextlib.suppress(Exception):
+                    await self.writer.submit(self._session_heartbeat_op(sessions))
             held = [r.claim for r in self._running.values() if not r.lost]
             if not held:
                 continue
@@ -567,6 +643,9 @@ class Runtime:
                     running.task.cancel()
                     self.metrics.leases_lost += 1
 
+    def _session_heartbeat_op(self, held: list[HeldSession]) -> Callable[[WriteTxn], int]:
+        return lambda txn: heartbeat_sessions(txn, held, self.config.lease_s)
+
     def _heartbeat_op(self, held: list[Claim]) -> Callable[[WriteTxn], list[Claim]]:
         return lambda txn: heartbeat(txn, held, self.config.lease_s)
 
@@ -576,6 +655,7 @@ class Runtime:
             await asyncio.sleep(interval * random.uniform(0.5, 1.0))
             try:
                 swept = await self.writer.submit(lambda txn: sweep(txn, self.node_id))
+                await self.writer.submit(lambda txn: sweep_sessions(txn, self.node_id))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -71,6 +71,7 @@ class Claim:
     objective: str
     input: Mapping[str, Any]
     budget: Mapping[str, Any]
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,7 +560,8 @@ _CANDIDATES = (
 _CLAIM_MISSION = text(
     "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
     "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
-    "started_at = :at, updated_at = :at WHERE id = :id AND version = :version AND state = 'queued'"
+    "session_id = :session, started_at = :at, updated_at = :at "
+    "WHERE id = :id AND version = :version AND state = 'queued'"
 )
 _LEASE_TURN = text(
     "UPDATE turns SET state = 'running', attempt = attempt + 1, version = version + 2, "
@@ -577,14 +579,18 @@ def claim_missions(
     limit: int,
     owner: str,
     lease_s: float,
+    sessions: Sequence[str] = (),
 ) -> list[Claim]:
-    """Claim up to ``limit`` due missions queued on ``source_lanes`` to run on ``exec_lane``.
+    """Claim up to ``limit`` due missions queued on ``source_lanes`` to run on ``exec_lane``,
+    assigning them the given ``sessions`` in order (as many claims as sessions, when given).
 
     Each claim bumps the mission's ``attempt`` and ``version`` and sets the lease (deadline
     from the writer's clock); a primary mission's turn moves ``queued -> leased -> running``
-    with it (the worker starts at once). A shadow mission leaves its turn alone. Missions whose turn is no longer waiting (cancelled,
-    taken over) are cancelled instead of claimed.
+    with it (the worker starts at once). A shadow mission leaves its turn alone. Missions whose
+    turn is no longer waiting (cancelled, taken over) are cancelled instead of claimed.
     """
+    if sessions:
+        limit = min(limit, len(sessions))
     if limit <= 0 or not source_lanes:
         return []
     placeholders = ", ".join(f":lane{i}" for i in range(len(source_lanes)))
@@ -602,11 +608,13 @@ def claim_missions(
         if not shadow and row.turn_state not in ("queued",):
             _move_mission(txn, row.workspace, row.id, "queued", "cancelled", row.version, owner)
             continue
+        session = sessions[len(mission_rows)] if sessions else None
         mission_rows.append(
             {
                 "owner": owner,
                 "expires": expires,
                 "exec_lane": exec_lane,
+                "session": session,
                 "at": txn.at,
                 "id": row.id,
                 "version": row.version,
@@ -628,6 +636,7 @@ def claim_missions(
                 "lane": exec_lane,
                 "routed_from": row.lane if row.lane != exec_lane else None,
                 "lease_expires_at": expires,
+                "session": session,
             },
         )
         if not shadow:
@@ -682,6 +691,7 @@ def claim_missions(
                 objective=row.objective or "",
                 input=json.loads(row.input or "{}"),
                 budget=json.loads(row.budget or "{}"),
+                session_id=session,
             )
         )
     if mission_rows:

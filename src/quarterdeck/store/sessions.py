@@ -1,0 +1,276 @@
+"""Sessions: each lane's durable worker identities, leased by runtime nodes.
+
+A node holds up to its lane's concurrency in sessions; each mission it runs is assigned one of
+them (``missions.session_id``) and runs in that session's workspace directory. Sessions outlive
+nodes: when a node dies, its sessions' leases expire, the sweep marks them ``recovering``, and the
+next node to start takes them over (oldest first, so the same identities come back in the same
+order) and makes them ``active`` again. A drained node hands its sessions back ``idle``.
+
+States: ``idle`` (not held), ``active`` (held by a live node), ``paused`` (its lane is paused),
+``degraded`` (several missions in a row failed on it), ``recovering`` (its holder vanished),
+``retired`` (its lane is gone from the configuration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.ids import new_ids
+from quarterdeck.domain.states import Kind, check_transition
+from quarterdeck.store.work import bump_counter
+from quarterdeck.store.writer import WriteTxn
+
+SESSION_WORKSPACE = "_runtime"
+"""Sessions belong to the runtime, not to a tenant workspace."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeldSession:
+    """A session this node holds, and what fences its writes."""
+
+    id: str
+    lane: str
+    workdir: str
+    attempt: int
+    owner: str
+
+
+def _move(
+    txn: WriteTxn,
+    session_id: str,
+    from_state: str,
+    to_state: str,
+    version: int,
+    actor: str,
+    **payload: object,
+) -> None:
+    check_transition(Kind.SESSION, from_state, to_state)
+    txn.ledger.append(
+        at=txn.at,
+        workspace=SESSION_WORKSPACE,
+        actor=actor,
+        action=f"session.{to_state}",
+        subject_type="session",
+        subject_id=session_id,
+        from_state=from_state,
+        to_state=to_state,
+        payload={"version": version, **payload},
+    )
+
+
+def acquire_sessions(
+    txn: WriteTxn, lane: str, count: int, owner: str, lease_s: float, state_dir: Path
+) -> list[HeldSession]:
+    """Lease ``count`` sessions of ``lane`` for ``owner``: free ones first (oldest first),
+    recovering the sessions of vanished holders, then new ones."""
+    expires = format_instant(txn.now + timedelta(seconds=lease_s))
+    free = txn.conn.execute(
+        text(
+            "SELECT id, state, version, attempt, workdir, lease_owner FROM sessions "
+            "WHERE lane = :lane AND state != 'retired' "
+            "AND (lease_owner IS NULL OR lease_expires_at < :now) ORDER BY id LIMIT :n"
+        ),
+        {"lane": lane, "now": txn.at, "n": count},
+    ).all()
+    held: list[HeldSession] = []
+    for row in free:
+        state, version = row.state, row.version
+        if row.lease_owner is not None and state != "recovering":
+            _move(
+                txn, row.id, state, "recovering", version + 1, owner, previous_owner=row.lease_owner
+            )
+            state, version = "recovering", version + 1
+        _move(txn, row.id, state, "active", version + 1, owner, attempt=row.attempt + 1)
+        txn.conn.execute(
+            text(
+                "UPDATE sessions SET state = 'active', version = :version, attempt = attempt + 1, "
+                "lease_owner = :owner, lease_expires_at = :expires, heartbeat_at = :at, "
+                "updated_at = :at WHERE id = :id AND version = :old"
+            ),
+            {
+                "version": version + 1,
+                "owner": owner,
+                "expires": expires,
+                "at": txn.at,
+                "id": row.id,
+                "old": row.version,
+            },
+        )
+        held.append(HeldSession(row.id, lane, row.workdir, row.attempt + 1, owner))
+    for session_id in new_ids(count - len(held)):
+        workdir = str(state_dir / "sessions" / session_id)
+        txn.conn.execute(
+            text(
+                "INSERT INTO sessions (id, workspace, state, version, attempt, created_at, "
+                "updated_at, data, lane, lease_owner, lease_expires_at, heartbeat_at, workdir) "
+                "VALUES (:id, :ws, 'active', 2, 1, :at, :at, '{}', :lane, :owner, :expires, "
+                ":at, :workdir)"
+            ),
+            {
+                "id": session_id,
+                "ws": SESSION_WORKSPACE,
+                "at": txn.at,
+                "lane": lane,
+                "owner": owner,
+                "expires": expires,
+                "workdir": workdir,
+            },
+        )
+        txn.ledger.append(
+            at=txn.at,
+            workspace=SESSION_WORKSPACE,
+            actor=owner,
+            action="session.created",
+            subject_type="session",
+            subject_id=session_id,
+            from_state=None,
+            to_state="idle",
+            payload={"version": 1, "lane": lane, "workdir": workdir},
+        )
+        _move(txn, session_id, "idle", "active", 2, owner, attempt=1)
+        held.append(HeldSession(session_id, lane, workdir, 1, owner))
+    return held
+
+
+def heartbeat_sessions(txn: WriteTxn, sessions: Sequence[HeldSession], lease_s: float) -> int:
+    """Extend the leases of held sessions; return how many still held (the rest were lost)."""
+    if not sessions:
+        return 0
+    expires = format_instant(txn.now + timedelta(seconds=lease_s))
+    return int(
+        txn.conn.execute(
+            text(
+                "UPDATE sessions SET lease_expires_at = :expires, heartbeat_at = :at "
+                "WHERE id = :id AND lease_owner = :owner AND attempt = :attempt"
+            ),
+            [
+                {
+                    "expires": expires,
+                    "at": txn.at,
+                    "id": s.id,
+                    "owner": s.owner,
+                    "attempt": s.attempt,
+                }
+                for s in sessions
+            ],
+        ).rowcount
+    )
+
+
+def set_session_state(
+    txn: WriteTxn, session: HeldSession, to_state: str, *, error: str | None = None
+) -> bool:
+    """Move a held session (``active``/``paused``/``degraded``) to ``to_state``, fenced."""
+    row = txn.conn.execute(
+        text(
+            "SELECT state, version FROM sessions WHERE id = :id AND lease_owner = :owner "
+            "AND attempt = :attempt"
+        ),
+        {"id": session.id, "owner": session.owner, "attempt": session.attempt},
+    ).first()
+    if row is None or row.state == to_state:
+        return False
+    _move(txn, session.id, row.state, to_state, row.version + 1, session.owner, error=error)
+    txn.conn.execute(
+        text(
+            "UPDATE sessions SET state = :to, version = version + 1, updated_at = :at, "
+            "last_error = COALESCE(:error, last_error) WHERE id = :id AND version = :version"
+        ),
+        {"to": to_state, "at": txn.at, "error": error, "id": session.id, "version": row.version},
+    )
+    return True
+
+
+def release_sessions(txn: WriteTxn, sessions: Sequence[HeldSession]) -> None:
+    """Hand held sessions back ``idle`` (a drained node)."""
+    for session in sessions:
+        row = txn.conn.execute(
+            text(
+                "SELECT state, version FROM sessions WHERE id = :id AND lease_owner = :owner "
+                "AND attempt = :attempt"
+            ),
+            {"id": session.id, "owner": session.owner, "attempt": session.attempt},
+        ).first()
+        if row is None:
+            continue
+        if row.state != "idle":
+            _move(
+                txn,
+                session.id,
+                row.state,
+                "idle",
+                row.version + 1,
+                session.owner,
+                reason="released",
+            )
+        txn.conn.execute(
+            text(
+                "UPDATE sessions SET state = 'idle', version = :version, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = :at WHERE id = :id"
+            ),
+            {"version": row.version + (row.state != "idle"), "at": txn.at, "id": session.id},
+        )
+
+
+def sweep_sessions(txn: WriteTxn, actor: str) -> int:
+    """Mark sessions whose holder vanished (lease expired) ``recovering``; return how many."""
+    stale = txn.conn.execute(
+        text(
+            "SELECT id, state, version, lease_owner FROM sessions WHERE lease_owner IS NOT NULL "
+            "AND lease_expires_at < :now AND state NOT IN ('recovering', 'retired', 'idle')"
+        ),
+        {"now": txn.at},
+    ).all()
+    for row in stale:
+        _move(
+            txn,
+            row.id,
+            row.state,
+            "recovering",
+            row.version + 1,
+            actor,
+            previous_owner=row.lease_owner,
+        )
+        txn.conn.execute(
+            text(
+                "UPDATE sessions SET state = 'recovering', version = version + 1, "
+                "updated_at = :at WHERE id = :id AND version = :version"
+            ),
+            {"at": txn.at, "id": row.id, "version": row.version},
+        )
+    if stale:
+        bump_counter(txn, "sessions_orphaned", len(stale))
+    return len(stale)
+
+
+def retire_sessions(txn: WriteTxn, lanes: Sequence[str], actor: str) -> int:
+    """Retire unheld sessions of lanes that are no longer configured."""
+    if not lanes:
+        return 0
+    rows = txn.conn.execute(
+        text(
+            "SELECT id, state, version, lane FROM sessions WHERE state != 'retired' "
+            "AND (lease_owner IS NULL OR lease_expires_at < :now)"
+        ),
+        {"now": txn.at},
+    ).all()
+    retired = 0
+    for row in rows:
+        if row.lane in lanes:
+            continue
+        _move(txn, row.id, row.state, "retired", row.version + 1, actor, reason="lane removed")
+        txn.conn.execute(
+            text(
+                "UPDATE sessions SET state = 'retired', version = version + 1, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = :at WHERE id = :id"
+            ),
+            {"at": txn.at, "id": row.id},
+        )
+        retired += 1
+    return retired
