@@ -161,6 +161,9 @@ def parse_config(data: Mapping[str, Any], source: str = "configuration") -> Runt
         value = data.get(key)
         if isinstance(value, int | float) and _typed(value, (int, float)) and value <= 0:
             problems.append(f"{key}: must be greater than 0")
+    for lane in lanes.values():
+        if not any(p.startswith(f"lanes.{lane.name}.") for p in problems):
+            problems.extend(f"lanes.{lane.name}.options.{p}" for p in _adapter_refusals(lane))
     if problems:
         raise ConfigError(source, problems)
     defaults = RuntimeConfig(lanes={}, default_lane="")
@@ -207,6 +210,7 @@ def _parse_lane(name: str, raw: object, problems: list[str]) -> LaneConfig | Non
     if len(problems) > before:
         return None
     defaults = LaneConfig(name, str(adapter))
+    # (the adapter's own refusals are checked once every lane is known: _adapter_refusals)
     return LaneConfig(
         name=name,
         adapter=str(adapter),
@@ -245,4 +249,23 @@ def _adapter_problems(adapter: str, options: Mapping[str, Any]) -> list[str]:
         seed = options.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             problems.append("seed: must be an integer")
+        for key in ("failure_rate", "action_rate"):
+            rate = options.get(key, 0.0)
+            if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+                problems.append(f"{key}: must be a number from 0 to 1")
+        latency = options.get("max_latency_ms", 400)
+        if not isinstance(latency, int) or isinstance(latency, bool) or latency < 20:
+            problems.append("max_latency_ms: must be an integer of at least 20")
     return problems
+
+
+def _adapter_refusals(lane: LaneConfig) -> list[str]:
+    """What the lane's adapter itself refuses in its options (it is built once, then dropped)."""
+    from quarterdeck.runtime.runtime import build_lane
+
+    try:
+        build_lane(lane)
+    except (ValueError, TypeError, KeyError) as exc:
+        message = str(exc).removeprefix(f"lane {lane.name!r}: ").removeprefix("options.")
+        return [message]
+    return []

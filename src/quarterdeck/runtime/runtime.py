@@ -217,6 +217,7 @@ class Runtime:
         self._events_dirty = False
         self._seen_head = -1
         self._stopped = False
+        self._claim_lock = asyncio.Lock()
         self._finisher: Batch[Ending, Finished] = Batch(
             self.writer, lambda txn, endings: finish_missions(txn, endings, self.plan)
         )
@@ -277,8 +278,13 @@ class Runtime:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: stop claiming, let running missions finish for up to ``grace_s``, hand the
-        rest back (their leases released), then stop the loops and the writer."""
+        rest back (their leases released), then stop the loops and the writer. Stopping a
+        stopped runtime does nothing."""
+        if self._stopped or (not self._claiming and not self._tasks):
+            return
         self._claiming = False
+        async with self._claim_lock:
+            pass  # a claim already under way has started its missions: they drain below
         grace = self.config.drain_grace_s if grace_s is None else grace_s
         pending = [r.task for r in self._running.values() if r.task is not None]
         if pending:
@@ -404,13 +410,17 @@ class Runtime:
                 continue
             if len(applied) < 500:
                 break
-        if not self._claiming:
-            return
-        try:
-            claims, flags = await self.writer.submit(self._claim_all)
-        except ClaimConflict:
-            self._wake.set()
-            return
+        async with self._claim_lock:
+            if not self._claiming:
+                return
+            try:
+                claims, flags = await self.writer.submit(self._claim_all)
+            except ClaimConflict:
+                self._wake.set()
+                return
+            self._start_missions(claims, flags)
+
+    def _start_missions(self, claims: list[Claim], flags: Flags) -> None:
         self.flags = flags
         for claim in claims:
             if claim.session_id is not None:
@@ -436,8 +446,9 @@ class Runtime:
                 txn, name, sources, len(free), self.node_id, self.config.lease_s, sessions=free
             )
             for claim in got:
-                shadow_on = name in flags.shadow or lane.shadow
-                if claim.role == "primary" and shadow_on and lane.fallback:
+                # The configuration's shadow setting seeded the flag at first start; from
+                # then on the flag alone decides, so a supervisor can turn it off.
+                if claim.role == "primary" and name in flags.shadow and lane.fallback:
                     add_shadow_mission(txn, claim, lane.fallback)
                 if claim.role == "fallback" or claim.exec_lane != claim.lane:
                     bump_counter(txn, "fallback_dispatches")

@@ -918,7 +918,9 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
         ):
             fast.append(ending)
             fast_turns.add(claim.turn_id)
-    results: dict[str, Finished] = {}
+    results: dict[int, Finished] = {}
+    """Keyed by the ending itself, not its mission: two endings may name one mission (a stale
+    owner's and the current owner's); only the one that holds the lease takes the fast path."""
     if fast:
         mission_rows, turn_rows = [], []
         for ending in fast:
@@ -940,14 +942,14 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
                    turn.state, "completed",
                    {"version": turn.version + 1, "mission": claim.mission_id,
                     "lane": claim.exec_lane})  # fmt: skip
-            results[claim.mission_id] = Finished(accepted=True, turn_state="completed")
+            results[id(ending)] = Finished(accepted=True, turn_state="completed")
         if txn.conn.execute(_FINISH_MISSION, mission_rows).rowcount != len(mission_rows):
             raise ClaimConflict("missions changed while being finished")
         if txn.conn.execute(_COMPLETE_TURN, turn_rows).rowcount != len(turn_rows):
             raise ClaimConflict("turns changed while being finished")
     finished = []
     for ending in endings:
-        done = results.get(ending.claim.mission_id)
+        done = results.get(id(ending))
         if done is None:
             done = finish_mission(txn, ending.claim, ending.outcome, plan, result=ending.result,
                                   error=ending.error)  # fmt: skip
