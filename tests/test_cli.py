@@ -227,6 +227,8 @@ def test_status_json_has_the_documented_shape(world: World) -> None:
         "fallback_rate",
         "recovery_success_rate",
         "orphaned_rate",
+        "orphaned_session_rate",
+        "sessions_orphaned",
         "retries",
         "dead_letters",
         "lease_conflicts",

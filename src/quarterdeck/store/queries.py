@@ -192,7 +192,8 @@ def _seconds(start: str, end: str) -> float:
 
 async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[str, Any]:
     """SLO figures from the store, shared by every node: mission latency p50/p95 (recent
-    missions), fallback rate, recovery success rate, orphaned rate, retries, dead letters,
+    missions), fallback rate, recovery success rate, orphaned missions (running past their
+    lease, unswept) and orphaned sessions (recovering now; ever), retries, dead letters,
     lease conflicts and reclaimed leases."""
     where = "" if workspace is None else "WHERE workspace = :w"
     params = {} if workspace is None else {"w": workspace}
@@ -234,6 +235,14 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
                 params,
             )
         ).scalar_one()
+        sessions = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) AS total, sum(CASE WHEN state = 'recovering' THEN 1 ELSE 0 "
+                    "END) AS recovering FROM sessions WHERE state != 'retired'"
+                )
+            )
+        ).one()
         counter_rows = (await conn.execute(text("SELECT name, value FROM counters"))).all()
         counters: dict[str, int] = {str(name): int(value) for name, value in counter_rows}
     latencies = [_seconds(start, end) for start, end in finished]
@@ -248,6 +257,10 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
             round(int(totals.recovered_completed or 0) / recovered, 6) if recovered else 1.0
         ),
         "orphaned_rate": round(int(totals.orphaned or 0) / running, 6) if running else 0.0,
+        "orphaned_session_rate": (
+            round(int(sessions.recovering or 0) / int(sessions.total), 6) if sessions.total else 0.0
+        ),
+        "sessions_orphaned": int(counters.get("sessions_orphaned", 0)),
         "retries": int(totals.retries or 0),
         "dead_letters": int(dead),
         "lease_conflicts": int(counters.get("late_writes_rejected", 0)),
