@@ -56,6 +56,8 @@ from quarterdeck.store.work import (
     heartbeat,
     read_flags,
     record_events,
+    release_missions,
+    seed_flags,
     sweep,
 )
 from quarterdeck.store.writer import Writer, WriteTxn
@@ -258,23 +260,15 @@ class Runtime:
             self._free_sessions[name] = [session.id for session in held]
 
     def _seed_flags(self, txn: WriteTxn) -> None:
-        existing = read_flags(txn.conn)
-        rows = txn.conn.exec_driver_sql("SELECT lane FROM lane_flags").scalars().all()
-        known = set(rows)
-        from quarterdeck.store.work import set_flag
-
-        for name, lane in self.config.lanes.items():
-            if name in known:
-                continue
-            for flag, value in (
-                ("paused", lane.paused),
-                ("shadow", lane.shadow),
-                ("force_fallback", lane.force_fallback),
-            ):
-                if value:
-                    set_flag(txn, name, flag, True, actor=self.node_id, workspace="_runtime")
-        if "*" not in known and self.config.force_fallback and not existing.force_all:
-            set_flag(txn, "*", "force_fallback", True, actor=self.node_id, workspace="_runtime")
+        defaults = {
+            name: {
+                "paused": lane.paused,
+                "shadow": lane.shadow,
+                "force_fallback": lane.force_fallback,
+            }
+            for name, lane in self.config.lanes.items()
+        }
+        seed_flags(txn, defaults, self.config.force_fallback, actor=self.node_id)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: stop claiming, let running missions finish for up to ``grace_s``, hand the
@@ -298,7 +292,7 @@ class Runtime:
                 await asyncio.wait(still, timeout=5)
             if leftovers:
                 claims = [r.claim for r in leftovers]
-                await self.writer.submit(lambda txn: self._release(txn, claims))
+                await self.writer.submit(lambda txn: release_missions(txn, claims, self.node_id))
         await self._flush_events()
         sessions = [s for lane in self._sessions.values() for s in lane.values()]
         if sessions:
@@ -315,50 +309,6 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await lane.close()
         log.info("runtime stopped", extra={"node": self.node_id})
-
-    def _release(self, txn: WriteTxn, claims: Sequence[Claim]) -> None:
-        """Hand claimed missions back: lease cleared, mission and turn queued again."""
-        from sqlalchemy import text
-
-        for claim in claims:
-            changed = txn.conn.execute(
-                text(
-                    "UPDATE missions SET state = 'queued', version = version + 1, "
-                    "lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
-                    "WHERE id = :id AND attempt = :attempt AND version = :version "
-                    "AND lease_owner = :owner AND state IN ('running', 'blocked')"
-                ),
-                {"at": txn.at, "id": claim.mission_id, "attempt": claim.attempt,
-                 "version": claim.version, "owner": claim.owner},
-            ).rowcount  # fmt: skip
-            if changed != 1:
-                continue
-            txn.ledger.append(
-                at=txn.at, workspace=claim.workspace, actor=self.node_id,
-                action="mission.released", subject_type="mission", subject_id=claim.mission_id,
-                from_state="running", to_state="queued",
-                payload={"version": claim.version + 1, "attempt": claim.attempt, "reason": "drain"},
-            )  # fmt: skip
-            if claim.role == "shadow":
-                continue
-            turn = txn.conn.execute(
-                text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
-            ).first()
-            if turn is not None and turn.state in ("leased", "running"):
-                txn.conn.execute(
-                    text(
-                        "UPDATE turns SET state = 'queued', version = version + 1, "
-                        "lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
-                        "WHERE id = :id AND version = :version"
-                    ),
-                    {"at": txn.at, "id": claim.turn_id, "version": turn.version},
-                )
-                txn.ledger.append(
-                    at=txn.at, workspace=claim.workspace, actor=self.node_id,
-                    action="turn.queued", subject_type="turn", subject_id=claim.turn_id,
-                    from_state=turn.state, to_state="queued",
-                    payload={"version": turn.version + 1, "reason": "drain"},
-                )  # fmt: skip
 
     # --- ingress -----------------------------------------------------------------------------
 

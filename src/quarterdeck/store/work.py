@@ -927,21 +927,54 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
             claim = ending.claim
             result = canonical_text(dict(ending.result or {}))
             mission_rows.append(
-                {"to": "completed", "at": txn.at, "result": result, "error": None,
-                 "id": claim.mission_id, "attempt": claim.attempt, "version": claim.version,
-                 "owner": claim.owner}
-            )  # fmt: skip
-            _entry(txn, claim.workspace, claim.owner, "mission.completed", "mission",
-                   claim.mission_id, "running", "completed",
-                   {"version": claim.version + 1, "attempt": claim.attempt,
-                    "lane": claim.exec_lane, "role": claim.role})  # fmt: skip
+                {
+                    "to": "completed",
+                    "at": txn.at,
+                    "result": result,
+                    "error": None,
+                    "id": claim.mission_id,
+                    "attempt": claim.attempt,
+                    "version": claim.version,
+                    "owner": claim.owner,
+                }
+            )
+            _entry(
+                txn,
+                claim.workspace,
+                claim.owner,
+                "mission.completed",
+                "mission",
+                claim.mission_id,
+                "running",
+                "completed",
+                {
+                    "version": claim.version + 1,
+                    "attempt": claim.attempt,
+                    "lane": claim.exec_lane,
+                    "role": claim.role,
+                },
+            )
             turn = turns[claim.turn_id]
-            turn_rows.append({"at": txn.at, "deliverable": result, "id": claim.turn_id,
-                              "version": turn.version, "from": turn.state})  # fmt: skip
-            _entry(txn, claim.workspace, claim.owner, "turn.completed", "turn", claim.turn_id,
-                   turn.state, "completed",
-                   {"version": turn.version + 1, "mission": claim.mission_id,
-                    "lane": claim.exec_lane})  # fmt: skip
+            turn_rows.append(
+                {
+                    "at": txn.at,
+                    "deliverable": result,
+                    "id": claim.turn_id,
+                    "version": turn.version,
+                    "from": turn.state,
+                }
+            )
+            _entry(
+                txn,
+                claim.workspace,
+                claim.owner,
+                "turn.completed",
+                "turn",
+                claim.turn_id,
+                turn.state,
+                "completed",
+                {"version": turn.version + 1, "mission": claim.mission_id, "lane": claim.exec_lane},
+            )
             results[id(ending)] = Finished(accepted=True, turn_state="completed")
         if txn.conn.execute(_FINISH_MISSION, mission_rows).rowcount != len(mission_rows):
             raise ClaimConflict("missions changed while being finished")
@@ -951,8 +984,9 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
     for ending in endings:
         done = results.get(id(ending))
         if done is None:
-            done = finish_mission(txn, ending.claim, ending.outcome, plan, result=ending.result,
-                                  error=ending.error)  # fmt: skip
+            done = finish_mission(
+                txn, ending.claim, ending.outcome, plan, result=ending.result, error=ending.error
+            )
         finished.append(done)
     return finished
 
@@ -1033,6 +1067,73 @@ def add_shadow_mission(txn: WriteTxn, claim: Claim, fallback_lane: str) -> str:
         _mission_row(txn, mission_id, claim.workspace, claim.turn_id, fallback_lane, "shadow", 1),
     )
     return mission_id
+
+
+def release_missions(txn: WriteTxn, claims: Sequence[Claim], actor: str) -> None:
+    """Hand claimed missions back (a drain): lease cleared, mission and turn queued again,
+    fenced like every write for claimed work."""
+    for claim in claims:
+        changed = txn.conn.execute(
+            text(
+                "UPDATE missions SET state = 'queued', version = version + 1, "
+                "lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
+                "WHERE id = :id AND attempt = :attempt AND version = :version "
+                "AND lease_owner = :owner AND state IN ('running', 'blocked')"
+            ),
+            {
+                "at": txn.at,
+                "id": claim.mission_id,
+                "attempt": claim.attempt,
+                "version": claim.version,
+                "owner": claim.owner,
+            },
+        ).rowcount
+        if changed != 1:
+            continue
+        _entry(
+            txn,
+            claim.workspace,
+            actor,
+            "mission.released",
+            "mission",
+            claim.mission_id,
+            "running",
+            "queued",
+            {"version": claim.version + 1, "attempt": claim.attempt, "reason": "drain"},
+        )
+        if claim.role == "shadow":
+            continue
+        turn = txn.conn.execute(
+            text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
+        ).first()
+        if turn is not None and turn.state in ("leased", "running"):
+            _move_turn(
+                txn,
+                claim.workspace,
+                claim.turn_id,
+                turn.state,
+                "queued",
+                turn.version,
+                actor,
+                extra={"reason": "drain"},
+            )
+
+
+def seed_flags(
+    txn: WriteTxn, defaults: Mapping[str, Mapping[str, bool]], force_all: bool, actor: str
+) -> None:
+    """Give lanes seen for the first time their configured flags (later, only commands change
+    them), and the global force-fallback switch its configured default."""
+    existing = read_flags(txn.conn)
+    known = set(txn.conn.execute(text("SELECT lane FROM lane_flags")).scalars().all())
+    for lane, flags in defaults.items():
+        if lane in known:
+            continue
+        for flag, value in flags.items():
+            if value:
+                set_flag(txn, lane, flag, True, actor=actor, workspace="_runtime")
+    if "*" not in known and force_all and not existing.force_all:
+        set_flag(txn, "*", "force_fallback", True, actor=actor, workspace="_runtime")
 
 
 # --- events ------------------------------------------------------------------------------------
