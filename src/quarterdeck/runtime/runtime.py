@@ -173,6 +173,7 @@ class _Running:
     claim: Claim
     task: asyncio.Task[None] | None = None
     lost: bool = False
+    finishing: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
     event_count: int = 0
 
@@ -484,6 +485,7 @@ class Runtime:
             self._pending_events.extend(running.events)
             running.events = []
             self._events_dirty = True
+        running.finishing = True
         try:
             finished = await self._finisher.submit(Ending(claim, outcome, result, error))
         finally:
@@ -587,7 +589,7 @@ class Runtime:
             if sessions:
                 with contextlib.suppress(Exception):
                     await self.writer.submit(self._session_heartbeat_op(sessions))
-            held = [r.claim for r in self._running.values() if not r.lost]
+            held = [r.claim for r in self._running.values() if not r.lost and not r.finishing]
             if not held:
                 continue
             try:

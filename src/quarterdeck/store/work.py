@@ -718,7 +718,11 @@ _HEARTBEAT = text(
 
 
 def heartbeat(txn: WriteTxn, claims: Sequence[Claim], lease_s: float) -> list[Claim]:
-    """Extend the leases of held missions; return the claims whose lease was lost (recorded)."""
+    """Extend the leases of held missions; return the claims whose lease was lost (recorded).
+
+    A heartbeat that finds its mission already finished at the same attempt (the worker's own
+    finish committed first) is not a lost lease and records nothing.
+    """
     if not claims:
         return []
     expires = format_instant(txn.now + timedelta(seconds=lease_s))
@@ -734,9 +738,19 @@ def heartbeat(txn: WriteTxn, claims: Sequence[Claim], lease_s: float) -> list[Cl
                 "owner": claim.owner,
             },
         ).rowcount
-        if changed != 1:
-            lost.append(claim)
-            _record_rejected(txn, claim, "heartbeat")
+        if changed == 1:
+            continue
+        row = txn.conn.execute(
+            text("SELECT state, attempt FROM missions WHERE id = :id"), {"id": claim.mission_id}
+        ).first()
+        if (
+            row is not None
+            and row.attempt == claim.attempt
+            and row.state in ("completed", "failed", "timed_out")
+        ):
+            continue
+        lost.append(claim)
+        _record_rejected(txn, claim, "heartbeat")
     return lost
 
 
