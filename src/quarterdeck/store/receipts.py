@@ -118,10 +118,13 @@ def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[Ingest
     for draft in drafts:
         if draft.id not in inserted:
             duplicates.setdefault(draft.workspace, {})[draft.dedupe_key] = None
-    holders: dict[tuple[str, str], Any] = {}
+    holders: dict[tuple[str, str], _Holder] = {}
     for workspace, keys in duplicates.items():
-        found = conn.exec_driver_sql(_SELECT_HOLDERS, (workspace, json.dumps(list(keys)))).all()
-        for holder in found:
+        # The driver's own cursor: plain tuples, no result-row machinery on this hot path.
+        cursor = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            _SELECT_HOLDERS, (workspace, json.dumps(list(keys)))
+        )
+        for holder in map(_Holder._make, cursor.fetchall()):
             holders[(holder.workspace, holder.dedupe_key)] = holder
 
     results: list[IngestResult] = []
@@ -157,7 +160,20 @@ def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[Ingest
     return results
 
 
-def _duplicate(draft: ReceiptDraft, holder: Any) -> IngestResult:
+class _Holder(NamedTuple):
+    """The receipt that holds a dedupe key (the columns of ``_SELECT_HOLDERS``, in order)."""
+
+    id: str
+    workspace: str
+    dedupe_key: str
+    status: str
+    errors: str
+    kind: str | None
+    schema_version: int | None
+    payload: str | None
+
+
+def _duplicate(draft: ReceiptDraft, holder: _Holder) -> IngestResult:
     if holder.status == "rejected":
         return IngestResult("rejected", holder.id, tuple(json.loads(holder.errors)))
     if (holder.kind, holder.schema_version, holder.payload) != (
