@@ -282,33 +282,34 @@ def _entry(
 # --- supervisor commands -----------------------------------------------------------------------
 
 
+def _refuse(
+    txn: WriteTxn,
+    workspace: str,
+    actor: str,
+    subject_type: str,
+    subject_id: str,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """Record a refused command (nothing else changes) and return its result."""
+    _entry(txn, workspace, actor, "command.refused", subject_type, subject_id, None, None, details)
+    return {"ok": False, "errors": details["errors"]}
+
+
 def apply_command(
     txn: WriteTxn, workspace: str, payload: Mapping[str, Any], plan: WorkPlan, actor: str
 ) -> dict[str, Any]:
     """Apply one supervisor command; return its result (``ok`` and what happened)."""
     spec = parse_command(payload)
     if not isinstance(spec, CommandSpec):
-        _entry(
-            txn, workspace, actor, "command.refused", "command", actor, None, None, {"errors": spec}
-        )
-        return {"ok": False, "errors": spec}
+        return _refuse(txn, workspace, actor, "command", actor, {"errors": spec})
     name, args = spec.name, spec.args
     if name.startswith("lane.") or name == "fallback.force":
         lane = "*" if name == "fallback.force" else str(args["lane"])
         if lane != "*" and lane not in plan.lanes:
             errors = [f"payload.lane: no lane named {lane!r}"]
-            _entry(
-                txn,
-                workspace,
-                actor,
-                "command.refused",
-                "command",
-                actor,
-                None,
-                None,
-                {"errors": errors, "command": name},
+            return _refuse(
+                txn, workspace, actor, "command", actor, {"errors": errors, "command": name}
             )
-            return {"ok": False, "errors": errors}
         column, value = {
             "lane.pause": ("paused", True),
             "lane.resume": ("paused", False),
@@ -386,18 +387,9 @@ def requeue_turn(
         reason = (
             "no such turn" if turn is None else f"turn is not held (dead_letter={turn.dead_letter})"
         )
-        _entry(
-            txn,
-            workspace,
-            actor,
-            "command.refused",
-            "turn",
-            turn_id,
-            None,
-            None,
-            {"command": "turn.requeue", "errors": [reason]},
+        return _refuse(
+            txn, workspace, actor, "turn", turn_id, {"command": "turn.requeue", "errors": [reason]}
         )
-        return {"ok": False, "errors": [reason]}
     txn.conn.execute(
         text(
             "UPDATE turns SET dead_letter = NULL, held_until = NULL, version = version + 1, "
@@ -430,18 +422,9 @@ def cancel_turn(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> dict
     ).first()
     if turn is None or turn.state in ("completed", "failed", "cancelled", "timed_out"):
         reason = "no such turn" if turn is None else f"turn is already {turn.state}"
-        _entry(
-            txn,
-            workspace,
-            actor,
-            "command.refused",
-            "turn",
-            turn_id,
-            None,
-            None,
-            {"command": "turn.cancel", "errors": [reason]},
+        return _refuse(
+            txn, workspace, actor, "turn", turn_id, {"command": "turn.cancel", "errors": [reason]}
         )
-        return {"ok": False, "errors": [reason]}
     _move_turn(
         txn,
         workspace,
