@@ -48,3 +48,10 @@ async def blocking(ctx: MissionContext) -> dict[str, Any]:
         time.sleep(0.05)  # deliberately blocking: no await
     BLOCK["unblocked_at"] = time.monotonic()
     return {"by": "blocked", "pid": os.getpid(), "attempt": ctx.attempt}
+
+
+def sync_agent(ctx: MissionContext) -> dict[str, Any]:
+    """A plain function: runs in a worker thread, reports progress and asks for an action."""
+    ctx.emit("progress", {"message": "working in a thread"})
+    decision = ctx.request_action("sync-1", "write_file", {"path": "notes.txt"})
+    return {"workdir": str(ctx.workdir), "decision": decision.outcome, "args": dict(decision.args)}

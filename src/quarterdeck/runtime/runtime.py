@@ -455,6 +455,7 @@ class Runtime:
                 running, action_id, tool, args
             ),
             budget=claim.budget,
+            number=claim.number,
         )
         outcome: Finish
         result: dict[str, Any] | None = None

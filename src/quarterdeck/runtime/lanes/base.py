@@ -59,6 +59,8 @@ class MissionContext:
     emit: ProgressSink
     request_action: ActionGate
     budget: Mapping[str, Any] = field(default_factory=dict)
+    number: int = 1
+    """Which try on its lane this mission is (1, 2, ...); ``attempt`` counts its leases."""
 
 
 class Lane(Protocol):

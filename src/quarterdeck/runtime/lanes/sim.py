@@ -1,7 +1,7 @@
 """The ``sim`` lane: a seeded simulated agent for the demo and most tests.
 
-Deterministic for a given seed and mission: the same (seed, mission id) always draws the same
-latency, outcome and actions. A task steers it through optional knobs in ``input.sim``:
+Deterministic for a given seed: the same (seed, turn, lane, try on that lane, lease attempt)
+always draws the same latency, outcome and actions, while a retry (the next try) draws anew. A task steers it through optional knobs in ``input.sim``:
 
 - ``latency_ms``: how long the agent works (default: drawn, 20-400 ms);
 - ``outcome``: ``complete`` | ``fail`` | ``hang`` (default: drawn, mostly complete);
@@ -34,7 +34,8 @@ class SimLane:
         self.max_latency_ms = int(options.get("max_latency_ms", 400))
 
     def _rng(self, ctx: MissionContext) -> random.Random:
-        digest = hashlib.sha256(f"{self.seed}:{ctx.turn_id}:{ctx.attempt}".encode()).digest()
+        key = f"{self.seed}:{ctx.turn_id}:{ctx.lane}:{ctx.number}:{ctx.attempt}"
+        digest = hashlib.sha256(key.encode()).digest()
         return random.Random(int.from_bytes(digest[:8], "big"))
 
     async def run(self, ctx: MissionContext) -> dict[str, Any]:
@@ -77,7 +78,7 @@ class SimLane:
         if outcome == "hang":
             await asyncio.Event().wait()
         if outcome == "fail":
-            raise LaneFailure(f"simulated failure (seed {self.seed}, attempt {ctx.attempt})")
+            raise LaneFailure(f"simulated failure (seed {self.seed}, try {ctx.number})")
         return {
             "summary": f"done: {ctx.objective}" if ctx.objective else "done",
             "lane": self.name,
