@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-host", default="127.0.0.1", metavar="HOST", help="(default 127.0.0.1)"
     )
     run.add_argument("--node-id", metavar="NAME", help="this node's name (default: a fresh UUID)")
+    run.add_argument(
+        "--until-idle", action="store_true", help="with --headless: exit once no work is left"
+    )
 
     db = commands.add_parser("db", parents=[common], help="schema version and migrations")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
@@ -355,6 +358,7 @@ async def _run_command(db: Database, args: argparse.Namespace, out: IO[str]) -> 
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         config_source=source,
+        until_idle=args.until_idle,
     )
 
 

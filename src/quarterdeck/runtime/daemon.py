@@ -83,6 +83,17 @@ async def serve_metrics(runtime: Runtime, host: str, port: int) -> asyncio.Serve
     return await asyncio.start_server(handle, host, port)
 
 
+async def _stop_when_idle(db: Database, stop: asyncio.Event, poll_s: float = 0.25) -> None:
+    """Set ``stop`` once no receipt waits to be applied and no mission is queued or running
+    (dead-lettered turns waiting for an operator do not count as work)."""
+    from quarterdeck.store.queries import pending_work
+
+    while not stop.is_set():
+        await asyncio.sleep(poll_s)
+        if await pending_work(db) == 0:
+            stop.set()
+
+
 async def run_headless(
     db: Database,
     config: RuntimeConfig,
@@ -92,8 +103,10 @@ async def run_headless(
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
     config_source: str = "built-in",
+    until_idle: bool = False,
 ) -> int:
-    """Run until SIGTERM/SIGINT, then drain. Returns the exit code."""
+    """Run until SIGTERM/SIGINT (or, with ``until_idle``, until no work is left), then drain.
+    Returns the exit code."""
     log = logging.getLogger("quarterdeck.daemon")
     runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id)
     stop = asyncio.Event()
@@ -111,7 +124,11 @@ async def run_headless(
         extra={"node": runtime.node_id, "config": config_source, "database": db.url,
                "lanes": sorted(config.lanes)},
     )  # fmt: skip
+    if until_idle:
+        watcher = loop.create_task(_stop_when_idle(db, stop))
     await stop.wait()
+    if until_idle:
+        watcher.cancel()
     log.info("draining", extra={"node": runtime.node_id, "running": runtime.running,
                                 "grace_s": config.drain_grace_s})  # fmt: skip
     if server is not None:

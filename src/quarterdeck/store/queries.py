@@ -266,3 +266,24 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
         "lease_conflicts": int(counters.get("late_writes_rejected", 0)),
         "leases_reclaimed": int(counters.get("leases_reclaimed", 0)),
     }
+
+
+async def pending_work(db: Database) -> int:
+    """Receipts not yet applied plus missions queued, running or blocked, in every workspace."""
+    async with db.read() as conn:
+        receipts = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM receipts "
+                    "WHERE status = 'accepted' AND produced_type IS NULL"
+                )
+            )
+        ).scalar_one()
+        missions = (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM missions WHERE state IN ('queued', 'running', 'blocked')"
+                )
+            )
+        ).scalar_one()
+    return int(receipts) + int(missions)
