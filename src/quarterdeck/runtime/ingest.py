@@ -18,6 +18,7 @@ from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.store.receipts import (
     UNKNOWN_WORKSPACE,
     IngestResult,
+    KnownKeys,
     ReceiptDraft,
     store_receipts,
 )
@@ -117,6 +118,7 @@ class Ingestor:
         self.writer = writer
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.known = KnownKeys()
 
     async def ingest(self, inputs: Sequence[RawInput]) -> list[IngestResult]:
         """Record every input durably and return its result once committed.
@@ -135,9 +137,13 @@ class Ingestor:
             draft_for(raw, now, receipt_id) for raw, receipt_id in zip(inputs, ids, strict=True)
         ]
 
+        learned: dict[tuple[str, str], Any] = {}
+
         def op(txn: WriteTxn) -> list[IngestResult]:
-            return store_receipts(txn, drafts)
+            learned.clear()  # a retried commit starts over
+            return store_receipts(txn, drafts, self.known, learned)
 
         results = await self.writer.submit(op)
+        self.known.learn(learned)  # only now: the operation committed
         self.metrics.ingested.update(result.status for result in results)
         return results

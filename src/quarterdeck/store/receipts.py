@@ -10,7 +10,8 @@ it is sent, while a corrected envelope with the same idempotency key is still ac
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from quarterdeck.domain.ids import new_id
@@ -88,14 +89,65 @@ INSERT_SQL = (
 """Insert-or-ignore of one draft; drafts are handed to executemany as they are."""
 
 
-def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[IngestResult]:
+class _Holder(NamedTuple):
+    """The receipt that holds a dedupe key (the columns of ``_SELECT_HOLDERS``, in order)."""
+
+    id: str
+    workspace: str
+    dedupe_key: str
+    status: str
+    errors: str
+    kind: str | None
+    schema_version: int | None
+    payload: str | None
+
+
+Holder = _Holder | ReceiptDraft
+"""A receipt holding a dedupe key: read back from the store, or a draft this process stored."""
+
+
+class KnownKeys:
+    """Dedupe keys this process has seen committed, with the receipt holding each (an LRU).
+
+    Receipts are never deleted and never change the columns kept here, so a key found here is
+    certainly a duplicate: its drafts skip the insert attempt. Every key not found here still
+    goes through the database's unique index, which alone decides what is new. Entries are
+    learned only from committed operations (see :func:`store_receipts`' ``learned``).
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, str], Holder] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Holder | None:
+        """The holder of ``key``, if known."""
+        holder = self._items.get(key)
+        if holder is not None:
+            self._items.move_to_end(key)
+        return holder
+
+    def learn(self, holders: Mapping[tuple[str, str], Holder]) -> None:
+        """Remember holders from a committed operation, forgetting the least recent."""
+        self._items.update(holders)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+
+def store_receipts(
+    txn: WriteTxn,
+    drafts: Sequence[ReceiptDraft],
+    known: KnownKeys | None = None,
+    learned: dict[tuple[str, str], Holder] | None = None,
+) -> list[IngestResult]:
     """Insert every new draft, acknowledge every duplicate, and put the batch on the ledger.
 
     The unique index decides: each row is inserted with ``ON CONFLICT DO NOTHING`` (in input
     order, so the first of several equal keys in a batch wins); the rows that now carry our
     fresh ids are the new receipts, and every other draft is a duplicate of the receipt that
     holds its key (counted per workspace in ``receipt_counters``; a re-sent rejected input is
-    answered as rejected again, with its original receipt and reasons).
+    answered as rejected again, with its original receipt and reasons). Drafts whose key is in
+    ``known`` are duplicates without an insert attempt. The holders this operation met are put
+    in ``learned``, for the caller to pass to ``known`` once the transaction committed.
 
     Returns:
         One :class:`IngestResult` per draft, in the drafts' order.
@@ -103,22 +155,30 @@ def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[Ingest
     if not drafts:
         return []
     conn = txn.conn
-    written = conn.exec_driver_sql(INSERT_SQL, drafts).rowcount
+    holders: dict[tuple[str, str], Holder] = {}
+    fresh: list[ReceiptDraft] = []
+    for draft in drafts:
+        key = (draft.workspace, draft.dedupe_key)
+        holder = known.get(key) if known is not None else None
+        if holder is None:
+            fresh.append(draft)
+        else:
+            holders[key] = holder
 
-    inserted: set[str]
-    if written == len(drafts):
-        inserted = {d.id for d in drafts}  # SQLite counts executemany's rows exactly
-    elif written == 0:
-        inserted = set()
-    else:
-        ids = json.dumps([d.id for d in drafts])
-        inserted = set(conn.exec_driver_sql(_SELECT_OURS, (ids,)).scalars())
+    inserted: set[str] = set()
+    if fresh:
+        written = conn.exec_driver_sql(INSERT_SQL, fresh).rowcount
+        if written == len(fresh):
+            inserted = {d.id for d in fresh}  # SQLite counts executemany's rows exactly
+        elif written:
+            ids = json.dumps([d.id for d in fresh])
+            inserted = set(conn.exec_driver_sql(_SELECT_OURS, (ids,)).scalars())
 
     duplicates: dict[str, dict[str, None]] = {}
-    for draft in drafts:
-        if draft.id not in inserted:
+    for draft in fresh:
+        key = (draft.workspace, draft.dedupe_key)
+        if draft.id not in inserted and key not in holders:
             duplicates.setdefault(draft.workspace, {})[draft.dedupe_key] = None
-    holders: dict[tuple[str, str], _Holder] = {}
     for workspace, keys in duplicates.items():
         # The driver's own cursor: plain tuples, no result-row machinery on this hot path.
         cursor = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
@@ -137,6 +197,9 @@ def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[Ingest
             reasons = () if draft.status == "accepted" else tuple(json.loads(draft.errors))
             results.append(IngestResult(draft.status, draft.id, reasons))
             summary[draft.status].append(draft.id)
+            holders[(draft.workspace, draft.dedupe_key)] = (
+                draft  # a draft that landed holds its key
+            )
         else:
             holder = holders[(draft.workspace, draft.dedupe_key)]
             result = _duplicate(draft, holder)
@@ -157,23 +220,12 @@ def store_receipts(txn: WriteTxn, drafts: Sequence[ReceiptDraft]) -> list[Ingest
             subject_id=new_id(),
             payload={name: ids for name, ids in summary.items() if ids},
         )
+    if learned is not None:
+        learned.update(holders)
     return results
 
 
-class _Holder(NamedTuple):
-    """The receipt that holds a dedupe key (the columns of ``_SELECT_HOLDERS``, in order)."""
-
-    id: str
-    workspace: str
-    dedupe_key: str
-    status: str
-    errors: str
-    kind: str | None
-    schema_version: int | None
-    payload: str | None
-
-
-def _duplicate(draft: ReceiptDraft, holder: _Holder) -> IngestResult:
+def _duplicate(draft: ReceiptDraft, holder: Holder) -> IngestResult:
     if holder.status == "rejected":
         return IngestResult("rejected", holder.id, tuple(json.loads(holder.errors)))
     if (holder.kind, holder.schema_version, holder.payload) != (
