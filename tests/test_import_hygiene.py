@@ -18,6 +18,10 @@ MODULES = [
     "quarterdeck.store.queries",
     "quarterdeck.runtime.ingest",
     "quarterdeck.runtime.items",
+    "quarterdeck.runtime.runtime",
+    "quarterdeck.runtime.daemon",
+    "quarterdeck.store.work",
+    "quarterdeck.store.sessions",
     "quarterdeck.client",
     "quarterdeck.cli",
 ]
@@ -39,7 +43,8 @@ def test_module_does_not_import_textual(module: str) -> None:
 def test_domain_imports_nothing_above_it() -> None:
     probe = (
         "import sys, quarterdeck.domain.envelope, quarterdeck.domain.states, "
-        "quarterdeck.domain.ledger, quarterdeck.domain.canonical, quarterdeck.domain.ids; "
+        "quarterdeck.domain.ledger, quarterdeck.domain.canonical, quarterdeck.domain.ids, "
+        "quarterdeck.domain.tasks, quarterdeck.domain.policy, quarterdeck.domain.clock; "
         "print(','.join(sorted(m for m in sys.modules if m.startswith('quarterdeck.') "
         "and not m.startswith('quarterdeck.domain'))))"
     )
