@@ -4,7 +4,6 @@ transition function. Both append their ledger entry in the caller's write transa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,9 +164,3 @@ def transition(
         payload={"version": version + 1, "attempt": new_attempt, **(payload or {})},
     )
     return ItemState(kind, item_id, workspace, to_state, version + 1, new_attempt, entry.seq)
-
-
-def decode_data(text: str) -> dict[str, Any]:
-    """An item's ``data`` column as a dict."""
-    value: dict[str, Any] = json.loads(text)
-    return value
