@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -163,17 +164,22 @@ def heartbeat_sessions(txn: WriteTxn, sessions: Sequence[HeldSession], lease_s: 
     )
 
 
-def set_session_state(
-    txn: WriteTxn, session: HeldSession, to_state: str, *, error: str | None = None
-) -> bool:
-    """Move a held session (``active``/``paused``/``degraded``) to ``to_state``, fenced."""
-    row = txn.conn.execute(
+def _held_row(txn: WriteTxn, session: HeldSession) -> Any:
+    """The session's state and version, if this holder still holds it (else None)."""
+    return txn.conn.execute(
         text(
             "SELECT state, version FROM sessions WHERE id = :id AND lease_owner = :owner "
             "AND attempt = :attempt"
         ),
         {"id": session.id, "owner": session.owner, "attempt": session.attempt},
     ).first()
+
+
+def set_session_state(
+    txn: WriteTxn, session: HeldSession, to_state: str, *, error: str | None = None
+) -> bool:
+    """Move a held session (``active``/``paused``/``degraded``) to ``to_state``, fenced."""
+    row = _held_row(txn, session)
     if row is None or row.state == to_state:
         return False
     _move(txn, session.id, row.state, to_state, row.version + 1, session.owner, error=error)
@@ -190,13 +196,7 @@ def set_session_state(
 def release_sessions(txn: WriteTxn, sessions: Sequence[HeldSession]) -> None:
     """Hand held sessions back ``idle`` (a drained node)."""
     for session in sessions:
-        row = txn.conn.execute(
-            text(
-                "SELECT state, version FROM sessions WHERE id = :id AND lease_owner = :owner "
-                "AND attempt = :attempt"
-            ),
-            {"id": session.id, "owner": session.owner, "attempt": session.attempt},
-        ).first()
+        row = _held_row(txn, session)
         if row is None:
             continue
         if row.state != "idle":

@@ -460,7 +460,11 @@ def _move_turn(
     deliverable: Mapping[str, Any] | None = None,
     error: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    dead_letter: str | None = None,
+    held_until: str | None = None,
 ) -> bool:
+    """One fenced turn transition and its ledger entry. ``dead_letter`` (with ``held_until``)
+    sets the dead-letter stage in the same update; a completed or cancelled turn has none."""
     check_transition(Kind.TURN, from_state, to_state)
     changed = txn.conn.execute(
         text(
@@ -470,8 +474,10 @@ def _move_turn(
             "THEN lease_owner END, "
             "lease_expires_at = CASE WHEN :to IN ('leased', 'running', 'awaiting_approval') "
             "THEN lease_expires_at END, "
-            "dead_letter = CASE WHEN :to IN ('completed', 'cancelled') THEN NULL "
-            "ELSE dead_letter END "
+            "dead_letter = CASE WHEN :dead_letter IS NOT NULL THEN :dead_letter "
+            "WHEN :to IN ('completed', 'cancelled') THEN NULL ELSE dead_letter END, "
+            "held_until = CASE WHEN :dead_letter IS NOT NULL THEN :held_until "
+            "ELSE held_until END "
             "WHERE id = :id AND version = :version AND state = :from"
         ),
         {
@@ -479,6 +485,8 @@ def _move_turn(
             "at": txn.at,
             "deliverable": canonical_text(dict(deliverable)) if deliverable is not None else None,
             "error": error,
+            "dead_letter": dead_letter,
+            "held_until": held_until,
             "id": turn_id,
             "version": version,
             "from": from_state,
@@ -1018,10 +1026,8 @@ def _retry_or_dead_letter(
             claim.owner,
             error=reason,
             extra={"dead_letter": "held", "held_until": held_until, "error": reason},
-        )
-        txn.conn.execute(
-            text("UPDATE turns SET dead_letter = 'held', held_until = :until WHERE id = :id"),
-            {"until": held_until, "id": claim.turn_id},
+            dead_letter="held",
+            held_until=held_until,
         )
         return Finished(accepted=True, turn_state="queued", dead_letter="held")
     not_before = format_instant(txn.now + timedelta(seconds=delay)) if delay else None
@@ -1040,9 +1046,7 @@ def _retry_or_dead_letter(
             "not_before": not_before,
             "error": reason,
         },
-    )
-    txn.conn.execute(
-        text("UPDATE turns SET dead_letter = 'retryable' WHERE id = :id"), {"id": claim.turn_id}
+        dead_letter="retryable",
     )
     mission_id = new_ids(1)[0]
     txn.conn.execute(
@@ -1227,10 +1231,8 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
             actor,
             deliverable={"error": reason, "dead_letter": "dead"},
             extra={"dead_letter": "dead"},
+            dead_letter="dead",
         ):
-            txn.conn.execute(
-                text("UPDATE turns SET dead_letter = 'dead' WHERE id = :id"), {"id": row.id}
-            )
             dead += 1
     if expired:
         bump_counter(txn, "leases_reclaimed", len(expired))
