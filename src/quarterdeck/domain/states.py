@@ -60,12 +60,12 @@ MACHINES: Final[Mapping[Kind, Machine]] = {
         leased=True,
         transitions=_table(
             {
-                "queued": f"leased failed {_TURN_LIVE_EXITS}",
+                "queued": f"leased awaiting_approval failed {_TURN_LIVE_EXITS}",
                 "leased": f"running queued failed timed_out {_TURN_LIVE_EXITS}",
                 "running": f"awaiting_approval queued completed failed timed_out {_TURN_LIVE_EXITS}",
-                "awaiting_approval": f"running failed timed_out {_TURN_LIVE_EXITS}",
+                "awaiting_approval": f"running queued failed timed_out {_TURN_LIVE_EXITS}",
                 "escalated": "running awaiting_approval queued failed timed_out taken_over cancelled",
-                "taken_over": "running completed cancelled",
+                "taken_over": "queued running completed cancelled",
                 "completed": "",
                 "failed": "",
                 "cancelled": "",
@@ -81,7 +81,7 @@ MACHINES: Final[Mapping[Kind, Machine]] = {
             {
                 "queued": "running cancelled failed",
                 "running": "blocked queued completed failed cancelled timed_out",
-                "blocked": "running failed cancelled timed_out",
+                "blocked": "running queued failed cancelled timed_out",
                 "completed": "",
                 "failed": "",
                 "cancelled": "",

@@ -40,6 +40,38 @@ class LaneConfig:
     shadow: bool = False
     paused: bool = False
     force_fallback: bool = False
+    attest: tuple[Path, ...] = ()
+    """Files (prompts, agent configs) hashed at baseline and watched for drift."""
+    on_drift: str = "warn"
+    """``warn`` (an alert only) or ``pause`` (the lane is paused until re-baselined)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SloThresholds:
+    """Service-level thresholds; a breach opens a drift alert, recovery resolves it."""
+
+    window_s: float = 300.0
+    failure_rate: float | None = 0.5
+    fallback_rate: float | None = 0.5
+    p95_latency_s: float | None = 120.0
+    receipt_wait_s: float | None = 60.0
+    cost_per_window: float | None = None
+    check_interval_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where notifications go: a URL, the payload format, and which events it wants."""
+
+    name: str
+    url: str
+    format: str = "json"
+    """``json`` (the generic payload) or ``slack`` (an incoming-webhook message)."""
+    events: tuple[str, ...] = ("*",)
+    max_attempts: int = 8
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +87,12 @@ class RuntimeConfig:
     """How long a dead-lettered item waits in ``held`` for an operator before it is ``dead``."""
     drain_grace_s: float = 10.0
     database_url: str | None = None
+    policy: Path | None = None
+    """The policy file (None: the built-in policy, which allows everything)."""
+    claim_s: float = 120.0
+    """How long a supervisor's claim on an approval holds."""
+    slo: SloThresholds = field(default_factory=SloThresholds)
+    webhooks: tuple[Webhook, ...] = ()
 
 
 _Expected = type | tuple[type, ...]
@@ -70,6 +108,8 @@ _LANE_KEYS: Final[dict[str, _Expected]] = {
     "shadow": bool,
     "paused": bool,
     "force_fallback": bool,
+    "attest": list,
+    "on_drift": str,
 }
 _TOP_KEYS: Final[dict[str, _Expected]] = {
     "default_lane": str,
@@ -80,6 +120,29 @@ _TOP_KEYS: Final[dict[str, _Expected]] = {
     "hold_s": (int, float),
     "drain_grace_s": (int, float),
     "database_url": str,
+    "policy": str,
+    "claim_s": (int, float),
+    "slo": dict,
+    "webhooks": list,
+}
+_SLO_KEYS: Final = (
+    "window_s",
+    "failure_rate",
+    "fallback_rate",
+    "p95_latency_s",
+    "receipt_wait_s",
+    "cost_per_window",
+    "check_interval_s",
+)
+_WEBHOOK_KEYS: Final[dict[str, _Expected]] = {
+    "name": str,
+    "url": str,
+    "format": str,
+    "events": list,
+    "max_attempts": int,
+    "backoff_initial_s": (int, float),
+    "backoff_max_s": (int, float),
+    "timeout_s": (int, float),
 }
 
 
@@ -108,7 +171,7 @@ def load_config(path: Path | None) -> RuntimeConfig:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"not TOML: {exc}"]) from exc
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), base=path.parent)
 
 
 def _typed(value: object, expected: _Expected) -> bool:
@@ -128,8 +191,12 @@ def _type_name(expected: _Expected) -> str:
     return names.get(expected, expected.__name__)
 
 
-def parse_config(data: Mapping[str, Any], source: str = "configuration") -> RuntimeConfig:
-    """Validate decoded TOML; raise :class:`ConfigError` listing every problem."""
+def parse_config(
+    data: Mapping[str, Any], source: str = "configuration", base: Path | None = None
+) -> RuntimeConfig:
+    """Validate decoded TOML; raise :class:`ConfigError` listing every problem. Relative paths
+    (the policy file, attested files) are taken from ``base`` (the config file's folder)."""
+    base = base or Path(".")
     problems: list[str] = []
     for key, value in data.items():
         expected = _TOP_KEYS.get(key)
@@ -143,7 +210,7 @@ def parse_config(data: Mapping[str, Any], source: str = "configuration") -> Runt
         if not raw_lanes:
             problems.append("lanes: at least one lane is required")
         for name, raw in raw_lanes.items():
-            lane = _parse_lane(name, raw, problems)
+            lane = _parse_lane(name, raw, problems, base)
             if lane is not None:
                 lanes[name] = lane
     for lane in lanes.values():
@@ -157,7 +224,9 @@ def parse_config(data: Mapping[str, Any], source: str = "configuration") -> Runt
         default_lane = "sim" if "sim" in lanes else next(iter(lanes), "")
     if isinstance(default_lane, str) and lanes and default_lane not in lanes:
         problems.append(f"default_lane: no lane named {default_lane!r}")
-    for key in ("lease_s", "sweep_interval_s", "hold_s", "drain_grace_s"):
+    slo = _parse_slo(data.get("slo", {}), problems)
+    webhooks = _parse_webhooks(data.get("webhooks", []), problems)
+    for key in ("lease_s", "sweep_interval_s", "hold_s", "drain_grace_s", "claim_s"):
         value = data.get(key)
         if isinstance(value, int | float) and _typed(value, (int, float)) and value <= 0:
             problems.append(f"{key}: must be greater than 0")
@@ -176,10 +245,85 @@ def parse_config(data: Mapping[str, Any], source: str = "configuration") -> Runt
         hold_s=float(data.get("hold_s", defaults.hold_s)),
         drain_grace_s=float(data.get("drain_grace_s", defaults.drain_grace_s)),
         database_url=data.get("database_url"),
+        policy=base / data["policy"] if isinstance(data.get("policy"), str) else None,
+        claim_s=float(data.get("claim_s", defaults.claim_s)),
+        slo=slo,
+        webhooks=webhooks,
     )
 
 
-def _parse_lane(name: str, raw: object, problems: list[str]) -> LaneConfig | None:
+def _parse_slo(raw: object, problems: list[str]) -> SloThresholds:
+    if not isinstance(raw, dict):
+        return SloThresholds()
+    values: dict[str, float | None] = {}
+    for key, value in raw.items():
+        if key not in _SLO_KEYS:
+            problems.append(f"slo.{key}: unknown setting")
+        elif not _typed(value, (int, float)) or value < 0:
+            problems.append(f"slo.{key}: must be a number of at least 0")
+        else:
+            values[key] = float(value)
+    for key in ("window_s", "check_interval_s"):
+        if values.get(key) == 0:
+            problems.append(f"slo.{key}: must be greater than 0")
+    defaults = SloThresholds()
+    merged = {key: values.get(key, getattr(defaults, key)) for key in _SLO_KEYS}
+    return SloThresholds(**merged)  # type: ignore[arg-type]
+
+
+def _parse_webhooks(raw: object, problems: list[str]) -> tuple[Webhook, ...]:
+    if not isinstance(raw, list):
+        return ()
+    hooks: list[Webhook] = []
+    for index, item in enumerate(raw):
+        where = f"webhooks[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        before = len(problems)
+        for key, value in item.items():
+            expected = _WEBHOOK_KEYS.get(key)
+            if expected is None:
+                problems.append(f"{where}.{key}: unknown setting")
+            elif not _typed(value, expected):
+                problems.append(f"{where}.{key}: must be {_type_name(expected)}")
+        for key in ("name", "url"):
+            if not isinstance(item.get(key), str) or not item.get(key):
+                problems.append(f"{where}.{key}: is required")
+        url = item.get("url")
+        if isinstance(url, str) and not url.startswith(("http://", "https://")):
+            problems.append(f"{where}.url: must start with http:// or https://")
+        if item.get("format", "json") not in ("json", "slack"):
+            problems.append(f"{where}.format: must be json or slack")
+        events = item.get("events", ["*"])
+        if not isinstance(events, list) or not all(isinstance(e, str) and e for e in events):
+            problems.append(f"{where}.events: must be a list of event globs")
+        if isinstance(item.get("max_attempts"), int) and item["max_attempts"] < 1:
+            problems.append(f"{where}.max_attempts: must be at least 1")
+        if len(problems) > before:
+            continue
+        defaults = Webhook("", "")
+        hooks.append(
+            Webhook(
+                name=item["name"],
+                url=item["url"],
+                format=item.get("format", "json"),
+                events=tuple(events),
+                max_attempts=int(item.get("max_attempts", defaults.max_attempts)),
+                backoff_initial_s=float(
+                    item.get("backoff_initial_s", defaults.backoff_initial_s)
+                ),
+                backoff_max_s=float(item.get("backoff_max_s", defaults.backoff_max_s)),
+                timeout_s=float(item.get("timeout_s", defaults.timeout_s)),
+            )
+        )
+    names = [hook.name for hook in hooks]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"webhooks: duplicate name {name!r}")
+    return tuple(hooks)
+
+
+def _parse_lane(name: str, raw: object, problems: list[str], base: Path) -> LaneConfig | None:
     where = f"lanes.{name}"
     if not isinstance(raw, dict):
         problems.append(f"{where}: must be a table")
@@ -204,6 +348,11 @@ def _parse_lane(name: str, raw: object, problems: list[str]) -> LaneConfig | Non
         value = raw.get(key)
         if isinstance(value, int) and _typed(value, int) and value < 1:
             problems.append(f"{where}.{key}: must be at least 1")
+    attest = raw.get("attest", [])
+    if isinstance(attest, list) and not all(isinstance(p, str) and p for p in attest):
+        problems.append(f"{where}.attest: must be a list of file paths")
+    if raw.get("on_drift", "warn") not in ("warn", "pause"):
+        problems.append(f"{where}.on_drift: must be warn or pause")
     options = raw.get("options", {})
     if isinstance(adapter, str) and isinstance(options, dict):
         problems.extend(f"{where}.options.{p}" for p in _adapter_problems(adapter, options))
@@ -224,6 +373,8 @@ def _parse_lane(name: str, raw: object, problems: list[str]) -> LaneConfig | Non
         shadow=bool(raw.get("shadow", False)),
         paused=bool(raw.get("paused", False)),
         force_fallback=bool(raw.get("force_fallback", False)),
+        attest=tuple(base / p for p in attest),
+        on_drift=str(raw.get("on_drift", "warn")),
     )
 
 

@@ -153,6 +153,8 @@ class MissionRow(_StatefulColumns, table=True):
     finished_at: str | None = None
     result: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    decision_id: str | None = None
+    """The persisted decision that allowed this mission's dispatch."""
 
 
 class SessionRow(_StatefulColumns, table=True):
@@ -173,20 +175,153 @@ class ApprovalRow(_StatefulColumns, table=True):
     """A pending or decided human decision."""
 
     __tablename__ = "approvals"
-    __table_args__ = (Index("ix_approvals_state", "workspace", "state"),)
+    __table_args__ = (
+        Index("ix_approvals_state", "workspace", "state"),
+        Index("ux_approvals_action", "workspace", "action_key", unique=True),
+        Index("ix_approvals_turn", "turn_id"),
+    )
 
     turn_id: str | None = None
     action_id: str | None = None
+    mission_id: str | None = None
+    decision_id: str | None = None
+    action_key: str | None = None
+    """The stable action id, scoped: ``turn:<turn>:<action>`` or ``sdk:<action>``."""
+    kind: str | None = None
+    """``dispatch`` (a mission waiting to start), ``action`` (an agent's tool call) or ``sdk``."""
+    lane: str | None = None
+    tool: str | None = None
+    args: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    edited_args: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    approver: str | None = None
+    level: int | None = None
+    ladder: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    on_expiry: str | None = None
+    deadline_s: int | None = None
+    deadline_at: str | None = None
+    snoozed_until: str | None = None
+    claimed_by: str | None = None
+    claim_expires_at: str | None = None
+    reason_code: str | None = None
+    reason_text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    decided_by: str | None = None
+    decided_at: str | None = None
+    requested_by: str | None = None
+    estimated_cost: float | None = None
 
 
 class AlertRow(_StatefulColumns, table=True):
     """Something that moved off baseline."""
 
     __tablename__ = "alerts"
-    __table_args__ = (Index("ix_alerts_state", "workspace", "state"),)
+    __table_args__ = (
+        Index("ix_alerts_state", "workspace", "state"),
+        Index(
+            "ux_alerts_open",
+            "workspace",
+            "dedupe",
+            unique=True,
+            sqlite_where=text("state != 'resolved'"),
+            postgresql_where=text("state != 'resolved'"),
+        ),
+    )
 
     alert_type: str | None = None
     severity: str | None = None
+    subject_type: str | None = None
+    subject_id: str | None = None
+    dedupe: str | None = None
+    """At most one unresolved alert per workspace and dedupe key."""
+    message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    acked_by: str | None = None
+    resolved_by: str | None = None
+
+
+class DecisionRow(SQLModel, table=True):
+    """A persisted policy decision on a dispatch or an action, with its rule trace."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        Index("ix_decisions_mission", "mission_id", "action_key"),
+        Index("ix_decisions_tool", "tool", "at"),
+        Index("ix_decisions_lane", "lane", "at"),
+        Index("ix_decisions_workspace", "workspace", "at"),
+    )
+
+    id: str = Field(primary_key=True)
+    workspace: str
+    at: str
+    kind: str
+    """``dispatch``, ``action`` or ``sdk``."""
+    turn_id: str | None = None
+    mission_id: str | None = None
+    action_key: str | None = None
+    lane: str | None = None
+    tool: str
+    args: str = Field(sa_column=Column(Text, nullable=False))
+    estimated_cost: float | None = None
+    outcome: str
+    """What the policy said: ``allow``, ``deny`` or ``require_approval``."""
+    verdict: str
+    """Where it stands: ``allow``, ``deny`` or ``pending`` (an approval is open)."""
+    rule: str | None = None
+    trace: str = Field(sa_column=Column(Text, nullable=False))
+    policy_hash: str
+    approval_id: str | None = None
+    decided_by: str | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class ActionReleaseRow(SQLModel, table=True):
+    """An action handed to its agent, with the arguments it received."""
+
+    __tablename__ = "action_releases"
+    __table_args__ = (Index("ix_action_releases_mission", "mission_id"),)
+
+    id: str = Field(primary_key=True)
+    workspace: str
+    at: str
+    turn_id: str | None = None
+    mission_id: str | None = None
+    action_key: str
+    decision_id: str
+    args: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class OutboxRow(SQLModel, table=True):
+    """A notification to deliver, written in the same transaction as the change it announces."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+
+    id: str = Field(primary_key=True)
+    workspace: str
+    created_at: str
+    event: str
+    subject_type: str
+    subject_id: str
+    webhook: str
+    url: str
+    format: str
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    state: str
+    """``pending``, ``delivered`` or ``dead``."""
+    attempts: int
+    next_attempt_at: str
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    delivered_at: str | None = None
+
+
+class AttestationRow(SQLModel, table=True):
+    """A lane's attested file and its baseline hash."""
+
+    __tablename__ = "attestations"
+
+    lane: str = Field(primary_key=True)
+    path: str = Field(primary_key=True)
+    sha256: str
+    baselined_at: str
+    baselined_by: str
 
 
 class LedgerRow(SQLModel, table=True):
