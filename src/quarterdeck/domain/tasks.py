@@ -47,11 +47,35 @@ COMMANDS: Final = {
     "lane.resume": ("lane",),
     "lane.force_fallback": ("lane", "on"),
     "lane.shadow": ("lane", "on"),
+    "lane.rebaseline": ("lane",),
     "fallback.force": ("on",),
     "turn.requeue": ("turn_id",),
     "turn.cancel": ("turn_id",),
+    "turn.takeover": ("turn_id",),
+    "turn.release": ("turn_id",),
+    "turn.complete": ("turn_id", "deliverable"),
+    "approval.approve": ("approval_id",),
+    "approval.reject": ("approval_id", "reason_code"),
+    "approval.escalate": ("approval_id",),
+    "approval.snooze": ("approval_id", "for_s"),
+    "approval.claim": ("approval_id",),
+    "approval.unclaim": ("approval_id",),
+    "approval.bulk": ("decision",),
+    "approval.request": ("action_id", "tool"),
+    "alert.ack": ("alert_id",),
+    "alert.resolve": ("alert_id",),
 }
-"""Supervisor commands the runtime applies, with their required payload fields."""
+"""Supervisor commands the runtime applies, with their required payload fields. Every command
+may also carry ``actor`` (who gave it); see ``docs/specs/supervision.md`` for the optional
+fields of each."""
+
+_TYPED_FIELDS: Final = {
+    "on": (bool, "true or false"),
+    "for_s": ((int, float), "a number of seconds greater than 0"),
+    "deliverable": (Mapping, "an object"),
+    "args": (Mapping, "an object"),
+    "filter": (Mapping, "an object"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +94,23 @@ def parse_command(payload: Mapping[str, Any]) -> CommandSpec | list[str]:
     problems = []
     for required in COMMANDS[name]:
         value = payload.get(required)
-        if required == "on":
-            if not isinstance(value, bool):
-                problems.append("payload.on: must be true or false")
-        elif not isinstance(value, str) or not value:
+        if required in _TYPED_FIELDS:
+            continue
+        if not isinstance(value, str) or not value:
             problems.append(f"payload.{required}: is required")
+    for field_name, (kind, wanted) in _TYPED_FIELDS.items():
+        if field_name not in payload and field_name not in COMMANDS[name]:
+            continue
+        value = payload.get(field_name)
+        if (
+            not isinstance(value, kind)
+            or (kind is not bool and isinstance(value, bool))
+            or (field_name == "for_s" and not 0 < value < 10**9)
+        ):
+            problems.append(f"payload.{field_name}: must be {wanted}")
+    actor = payload.get("actor")
+    if actor is not None and (not isinstance(actor, str) or not actor):
+        problems.append("payload.actor: must be a non-empty string")
     if problems:
         return problems
     return CommandSpec(str(name), {k: v for k, v in payload.items() if k != "command"})

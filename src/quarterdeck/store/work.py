@@ -10,7 +10,7 @@ The hot paths are batched (``executemany``) so that a group commit handles many 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
+from quarterdeck.domain.policy import Policy
 from quarterdeck.domain.states import Kind, check_transition
 from quarterdeck.domain.tasks import (
     CommandSpec,
@@ -28,6 +29,7 @@ from quarterdeck.domain.tasks import (
     parse_command,
     parse_task,
 )
+from quarterdeck.store.outbox import Target
 from quarterdeck.store.writer import WriteTxn
 
 Role = Literal["primary", "fallback", "shadow"]
@@ -47,11 +49,19 @@ class LanePlan:
 
 @dataclass(frozen=True, slots=True)
 class WorkPlan:
-    """The lanes as the store sees them."""
+    """The lanes as the store sees them, and what supervision needs: the policy in force,
+    where notifications go, how long a claim on an approval holds."""
 
     lanes: Mapping[str, LanePlan]
     default_lane: str
     hold_s: float
+    policy: Policy | None = None
+    """None: every dispatch and action is allowed (recorded as such)."""
+    targets: tuple[Target, ...] = ()
+    claim_s: float = 120.0
+    attested: Callable[[str], Mapping[str, str]] | None = None
+    """``attested(lane)``: the current SHA-256 of each of the lane's attested files (for
+    re-baselining); supplied by the runtime, which reads the files."""
 
 
 @dataclass(frozen=True, slots=True)
