@@ -69,7 +69,7 @@ COMMANDS: Final = {
 may also carry ``actor`` (who gave it); see ``docs/specs/supervision.md`` for the optional
 fields of each."""
 
-_TYPED_FIELDS: Final = {
+_TYPED_FIELDS: Final[dict[str, tuple[type | tuple[type, ...], str]]] = {
     "on": (bool, "true or false"),
     "for_s": ((int, float), "a number of seconds greater than 0"),
     "deliverable": (Mapping, "an object"),
@@ -105,7 +105,9 @@ def parse_command(payload: Mapping[str, Any]) -> CommandSpec | list[str]:
         if (
             not isinstance(value, kind)
             or (kind is not bool and isinstance(value, bool))
-            or (field_name == "for_s" and not 0 < value < 10**9)
+            or (
+                field_name == "for_s" and not (isinstance(value, int | float) and 0 < value < 10**9)
+            )
         ):
             problems.append(f"payload.{field_name}: must be {wanted}")
     actor = payload.get("actor")

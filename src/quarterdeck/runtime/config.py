@@ -268,7 +268,7 @@ def _parse_slo(raw: object, problems: list[str]) -> SloThresholds:
             problems.append(f"slo.{key}: must be greater than 0")
     defaults = SloThresholds()
     merged = {key: values.get(key, getattr(defaults, key)) for key in _SLO_KEYS}
-    return SloThresholds(**merged)  # type: ignore[arg-type]
+    return SloThresholds(**merged)
 
 
 def _parse_webhooks(raw: object, problems: list[str]) -> tuple[Webhook, ...]:
@@ -310,9 +310,7 @@ def _parse_webhooks(raw: object, problems: list[str]) -> tuple[Webhook, ...]:
                 format=item.get("format", "json"),
                 events=tuple(events),
                 max_attempts=int(item.get("max_attempts", defaults.max_attempts)),
-                backoff_initial_s=float(
-                    item.get("backoff_initial_s", defaults.backoff_initial_s)
-                ),
+                backoff_initial_s=float(item.get("backoff_initial_s", defaults.backoff_initial_s)),
                 backoff_max_s=float(item.get("backoff_max_s", defaults.backoff_max_s)),
                 timeout_s=float(item.get("timeout_s", defaults.timeout_s)),
             )

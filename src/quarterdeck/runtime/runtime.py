@@ -15,18 +15,31 @@ import random
 import sqlite3
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import bindparam, text
+
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
+from quarterdeck.domain.policy import Policy
 from quarterdeck.runtime.config import LaneConfig, RuntimeConfig
+from quarterdeck.runtime.drift import hash_file
 from quarterdeck.runtime.ingest import Ingestor, RawInput
 from quarterdeck.runtime.items import Items
-from quarterdeck.runtime.lanes.base import Decision, Lane, LaneFailure, MissionContext
+from quarterdeck.runtime.lanes.base import (
+    Decision,
+    DecisionOutcome,
+    Lane,
+    LaneFailure,
+    MissionContext,
+)
 from quarterdeck.runtime.metrics import Metrics
+from quarterdeck.store.approvals import Gate, expire_due
 from quarterdeck.store.database import Database
+from quarterdeck.store.gate import request_action, resume_action
+from quarterdeck.store.outbox import Target
 from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sessions import (
     HeldSession,
@@ -67,7 +80,8 @@ log = logging.getLogger("quarterdeck.runtime")
 MAX_EVENTS_PER_MISSION = 1_000
 SESSION_DEGRADED_AFTER = 3
 """Missions failed in a row on one session before it is marked degraded."""
-WATCH_INTERVAL_S = 0.2
+WATCH_INTERVAL_S = 0.05
+SUPERVISION_INTERVAL_S = 0.1
 
 
 def build_lane(config: LaneConfig) -> Lane:
@@ -172,10 +186,13 @@ class Batch(Generic[ItemT, ResultT]):
 class _Running:
     claim: Claim
     task: asyncio.Task[None] | None = None
+    scope: asyncio.Timeout | None = None
+    """The mission's timeout; it stops while the mission waits for a person."""
     lost: bool = False
     finishing: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)
     event_count: int = 0
+    last_gate: Gate | None = None
 
 
 class Runtime:
@@ -190,7 +207,7 @@ class Runtime:
         node_id: str | None = None,
         clock: Clock = utc_now,
         lanes: Mapping[str, Lane] | None = None,
-        decide: Callable[[Claim, str, str, Mapping[str, Any]], Decision] | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.db = db
         self.config = config
@@ -201,13 +218,19 @@ class Runtime:
         self.writer = Writer(db, clock)
         self.ingestor = Ingestor(self.writer, clock, self.metrics)
         self.items = Items(self.writer, self.metrics)
-        self.plan = work_plan(config)
+        self.plan = replace(
+            work_plan(config),
+            policy=policy,
+            targets=tuple(Target(w.name, w.url, w.format, w.events) for w in config.webhooks),
+            claim_s=config.claim_s,
+            attested=self.attested_hashes,
+        )
         self.lanes: dict[str, Lane] = dict(lanes or {})
         for name, lane_config in config.lanes.items():
             if name not in self.lanes:
                 self.lanes[name] = build_lane(lane_config)
         self.flags = Flags(frozenset(), frozenset(), frozenset(), config.force_fallback)
-        self._decide = decide
+        self._waiters: dict[str, asyncio.Future[None]] = {}
         self._running: dict[str, _Running] = {}
         self._sessions: dict[str, dict[str, HeldSession]] = {}
         self._free_sessions: dict[str, list[str]] = {}
@@ -215,6 +238,7 @@ class Runtime:
         self._paused_lanes: frozenset[str] = frozenset()
         self._pending_events: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
+        self._wake_supervision = asyncio.Event()
         self._claiming = False
         self._tasks: list[asyncio.Task[None]] = []
         self._events_dirty = False
@@ -241,6 +265,7 @@ class Runtime:
             (self._sweep_loop(), "sweep"),
             (self._watch_loop(), "watch"),
             (self._events_loop(), "events"),
+            (self._supervision_loop(), "supervision"),
         ):
             self._tasks.append(loop.create_task(coroutine, name=f"qd-{name}"))
         log.info("runtime started", extra={"node": self.node_id, "lanes": list(self.lanes)})
@@ -250,6 +275,8 @@ class Runtime:
         if head_seq != self._seen_head:
             self._seen_head = head_seq
             self._wake.set()
+            if self._waiters:
+                self._wake_supervision.set()
 
     def _acquire_sessions(self, txn: WriteTxn) -> None:
         retire_sessions(txn, list(self.config.lanes), self.node_id)
@@ -394,8 +421,9 @@ class Runtime:
             if not sources or not free:
                 continue
             got = claim_missions(
-                txn, name, sources, len(free), self.node_id, self.config.lease_s, sessions=free
-            )
+                txn, name, sources, len(free), self.node_id, self.config.lease_s, sessions=free,
+                plan=self.plan,
+            )  # fmt: skip
             for claim in got:
                 # The configuration's shadow setting seeded the flag at first start; from
                 # then on the flag alone decides, so a supervisor can turn it off.
@@ -462,7 +490,8 @@ class Runtime:
         error: str | None = None
         started = asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(lane_config.timeout_s):
+            async with asyncio.timeout(lane_config.timeout_s) as scope:
+                running.scope = scope
                 result = await lane.run(ctx)
             outcome = "completed"
         except TimeoutError:
@@ -541,26 +570,126 @@ class Runtime:
     async def _request_action(
         self, running: _Running, action_id: str, tool: str, args: Mapping[str, Any]
     ) -> Decision:
-        claim = running.claim
-        decision = (
-            self._decide(claim, action_id, tool, args)
-            if self._decide is not None
-            else Decision(action_id, "approved", dict(args), "no policy configured: allowed")
+        """An agent asks to run a tool: the gate decides (and persists) at once, or the mission
+        waits for a person, its timeout stopped meanwhile."""
+        gate = await self.writer.submit(
+            lambda txn: request_action(txn, self.plan, running.claim, action_id, tool, args)
         )
+        if gate.status == "waiting" and gate.approval_id is not None:
+            await self._await_approval(running, gate.approval_id, gate.decision_id)
+            gate = running.last_gate or Gate("rejected", args, "rejected", "the lease is gone")
+        outcome: DecisionOutcome = (
+            "rejected" if gate.status != "released" else "edited" if gate.outcome == "edited"
+            else "approved"
+        )  # fmt: skip
+        return Decision(action_id, outcome, dict(gate.args), gate.reason)
 
-        def record(txn: WriteTxn) -> None:
-            for action, payload in (
-                ("action.requested", {"action_id": action_id, "tool": tool, "args": dict(args)}),
-                ("action.decided", {"action_id": action_id, "outcome": decision.outcome,
-                                    "args": dict(decision.args), "reason": decision.reason}),
-            ):  # fmt: skip
-                txn.ledger.append(
-                    at=txn.at, workspace=claim.workspace, actor=self.node_id, action=action,
-                    subject_type="mission", subject_id=claim.mission_id, payload=payload,
-                )  # fmt: skip
+    async def _await_approval(
+        self, running: _Running, approval_id: str, decision_id: str | None
+    ) -> None:
+        """Wait until the approval is decided (or expires), then resume the mission."""
+        loop = asyncio.get_running_loop()
+        scope = running.scope
+        remaining = None
+        if scope is not None and scope.when() is not None:
+            remaining = max(0.0, (scope.when() or 0.0) - loop.time())
+            scope.reschedule(None)
+        running.last_gate = None
+        try:
+            while True:
+                future = self._waiters.get(approval_id)
+                if future is None or future.done():
+                    future = loop.create_future()
+                    self._waiters[approval_id] = future
+                self._wake_supervision.set()
+                await asyncio.shield(future)
+                gate, version = await self.writer.submit(
+                    self._resume_op(running.claim, approval_id, decision_id)
+                )
+                if gate.status == "waiting":
+                    continue
+                if version is not None:
+                    running.claim = replace(running.claim, version=version)
+                running.last_gate = gate
+                return
+        finally:
+            self._waiters.pop(approval_id, None)
+            if scope is not None and remaining is not None:
+                scope.reschedule(loop.time() + remaining)
 
-        await self.writer.submit(record)
-        return decision
+    def _resume_op(
+        self, claim: Claim, approval_id: str, decision_id: str | None
+    ) -> Callable[[WriteTxn], tuple[Gate, int | None]]:
+        return lambda txn: resume_action(txn, self.plan, claim, approval_id, decision_id)
+
+    async def _supervision_loop(self) -> None:
+        """Walk approval ladders past their deadlines, wake missions whose approvals were
+        decided, and stop missions whose lease was revoked (a person took the turn over)."""
+        tick = 0
+        while not self._stopped:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SUPERVISION_INTERVAL_S):
+                    await self._wake_supervision.wait()
+            self._wake_supervision.clear()
+            tick += 1
+            try:
+                if tick % 5 == 0 or not self._waiters:
+                    await self.writer.submit(
+                        lambda txn: expire_due(txn, self.plan, f"{self.node_id}:ladder")
+                    )
+                await self._resolve_waiters()
+                if tick % 5 == 0:
+                    await self._stop_revoked()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("supervision pass failed", extra={"node": self.node_id})
+
+    async def _resolve_waiters(self) -> None:
+        waiting = [key for key, future in self._waiters.items() if not future.done()]
+        if not waiting:
+            return
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT id FROM approvals WHERE id IN :ids AND state NOT IN "
+                         "('pending', 'escalated')").bindparams(bindparam("ids", expanding=True)),
+                    {"ids": waiting},
+                )
+            ).all()  # fmt: skip
+        for row in rows:
+            future = self._waiters.get(row.id)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def _stop_revoked(self) -> None:
+        """Cancel the agents of missions that are no longer theirs (taken over, cancelled)."""
+        held = {r.claim.mission_id: r for r in self._running.values() if not r.finishing}
+        if not held:
+            return
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT id, attempt, lease_owner, state FROM missions WHERE id IN :ids")
+                    .bindparams(bindparam("ids", expanding=True)),
+                    {"ids": list(held)},
+                )
+            ).all()  # fmt: skip
+        for row in rows:
+            running = held[row.id]
+            if (row.attempt, row.lease_owner) == (running.claim.attempt, running.claim.owner):
+                continue
+            if running.task is not None and not running.lost:
+                running.lost = True
+                running.task.cancel()
+                self.metrics.leases_lost += 1
+
+    def attested_hashes(self, lane: str) -> Mapping[str, str]:
+        """The current SHA-256 of each of ``lane``'s attested files."""
+        config = self.config.lanes.get(lane)
+        if config is None:
+            return {}
+        return {str(path): hash_file(path) for path in config.attest}
 
     async def _flush_events(self, running: _Running | None = None) -> None:
         """Store reported events: one mission's (at its end), or every mission's."""
@@ -647,5 +776,7 @@ class Runtime:
                 if current != last:
                     last = current
                     self._wake.set()
+                    if self._waiters:
+                        self._wake_supervision.set()
         finally:
             conn.close()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.ids import new_ids
@@ -122,3 +122,146 @@ def enqueue(
         )
     txn.conn.execute(_INSERT, rows)
     return ids
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A pending notification whose next attempt is due."""
+
+    id: str
+    workspace: str
+    event: str
+    subject_type: str
+    subject_id: str
+    webhook: str
+    url: str
+    format: str
+    payload: str
+    """The body to send, as stored (JSON text)."""
+    attempts: int
+    """Attempts made so far."""
+
+
+_DUE = text(
+    "SELECT id, workspace, event, subject_type, subject_id, webhook, url, format, payload, "
+    "attempts FROM outbox WHERE state = 'pending' AND next_attempt_at <= :at "
+    "ORDER BY created_at, id LIMIT :limit"
+)
+_PENDING_ROW = text(
+    "SELECT workspace, webhook, event FROM outbox WHERE id = :id AND state = 'pending'"
+)
+
+
+def due(txn: WriteTxn, limit: int = 100) -> list[Due]:
+    """Pending notifications whose next attempt is at or before the transaction's time,
+    oldest first, at most ``limit``."""
+    rows = txn.conn.execute(_DUE, {"at": txn.at, "limit": limit}).mappings()
+    return [
+        Due(
+            id=row["id"],
+            workspace=row["workspace"],
+            event=row["event"],
+            subject_type=row["subject_type"],
+            subject_id=row["subject_id"],
+            webhook=row["webhook"],
+            url=row["url"],
+            format=row["format"],
+            payload=row["payload"],
+            attempts=int(row["attempts"]),
+        )
+        for row in rows
+    ]
+
+
+def mark_delivered(
+    txn: WriteTxn, notification_id: str, attempts: int, *, actor: str = "relay"
+) -> bool:
+    """Record a pending notification as delivered after ``attempts`` attempts (this one
+    included) and append ``notification.delivered`` to the ledger.
+
+    Returns False, changing nothing, when the notification is not pending.
+    """
+    row = txn.conn.execute(_PENDING_ROW, {"id": notification_id}).one_or_none()
+    if row is None:
+        return False
+    txn.conn.execute(
+        text(
+            "UPDATE outbox SET state = 'delivered', delivered_at = :at, attempts = :attempts "
+            "WHERE id = :id"
+        ),
+        {"at": txn.at, "attempts": attempts, "id": notification_id},
+    )
+    txn.ledger.append(
+        at=txn.at,
+        workspace=row.workspace,
+        actor=actor,
+        action="notification.delivered",
+        subject_type="notification",
+        subject_id=notification_id,
+        from_state="pending",
+        to_state="delivered",
+        payload={"webhook": row.webhook, "event": row.event, "attempts": attempts},
+    )
+    return True
+
+
+def mark_failed(
+    txn: WriteTxn,
+    notification_id: str,
+    attempts: int,
+    error: str,
+    next_attempt_at: str,
+    dead: bool,
+    *,
+    actor: str = "relay",
+) -> bool:
+    """Record a failed attempt of a pending notification: ``attempts`` is the count with this
+    attempt included, ``error`` what went wrong.
+
+    A retry stays pending until ``next_attempt_at`` and writes no ledger entry (the count
+    and the last error are on the row). When ``dead`` the notification is dead-lettered and
+    ``notification.dead`` is appended to the ledger. Returns False, changing nothing, when
+    the notification is not pending.
+    """
+    row = txn.conn.execute(_PENDING_ROW, {"id": notification_id}).one_or_none()
+    if row is None:
+        return False
+    txn.conn.execute(
+        text(
+            "UPDATE outbox SET state = :state, attempts = :attempts, last_error = :error, "
+            "next_attempt_at = :next WHERE id = :id"
+        ),
+        {
+            "state": "dead" if dead else "pending",
+            "attempts": attempts,
+            "error": error,
+            "next": next_attempt_at,
+            "id": notification_id,
+        },
+    )
+    if dead:
+        txn.ledger.append(
+            at=txn.at,
+            workspace=row.workspace,
+            actor=actor,
+            action="notification.dead",
+            subject_type="notification",
+            subject_id=notification_id,
+            from_state="pending",
+            to_state="dead",
+            payload={
+                "webhook": row.webhook,
+                "event": row.event,
+                "attempts": attempts,
+                "error": error,
+            },
+        )
+    return True
+
+
+def outbox_counts(conn: Connection) -> dict[str, int]:
+    """Notifications by state; ``pending``, ``delivered`` and ``dead`` are always present."""
+    counts = {"pending": 0, "delivered": 0, "dead": 0}
+    for state, count in conn.execute(text("SELECT state, COUNT(*) FROM outbox GROUP BY state")):
+        counts[str(state)] = int(count)
+    return counts

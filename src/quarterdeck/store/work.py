@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.policy import Policy
+from quarterdeck.domain.policy import ActionRequest, Policy
 from quarterdeck.domain.states import Kind, check_transition
 from quarterdeck.domain.tasks import (
     CommandSpec,
@@ -305,6 +305,12 @@ def _refuse(
     return {"ok": False, "errors": details["errors"]}
 
 
+_FLAG_AND_TURN_COMMANDS = frozenset(
+    {"lane.pause", "lane.resume", "lane.force_fallback", "lane.shadow", "fallback.force",
+     "turn.requeue", "turn.cancel"}
+)  # fmt: skip
+
+
 def apply_command(
     txn: WriteTxn, workspace: str, payload: Mapping[str, Any], plan: WorkPlan, actor: str
 ) -> dict[str, Any]:
@@ -313,6 +319,12 @@ def apply_command(
     if not isinstance(spec, CommandSpec):
         return _refuse(txn, workspace, actor, "command", actor, {"errors": spec})
     name, args = spec.name, spec.args
+    if isinstance(args.get("actor"), str):
+        actor = str(args["actor"])
+    if name not in _FLAG_AND_TURN_COMMANDS:
+        from quarterdeck.store.commands import apply_supervision  # commands builds on this module
+
+        return apply_supervision(txn, workspace, spec, plan, actor)
     if name.startswith("lane.") or name == "fallback.force":
         lane = "*" if name == "fallback.force" else str(args["lane"])
         if lane != "*" and lane not in plan.lanes:
@@ -554,14 +566,16 @@ def _move_mission(
 _CANDIDATES = (
     "SELECT m.id, m.workspace, m.turn_id, m.lane, m.role, m.number, m.version, m.attempt, "
     "t.state AS turn_state, t.version AS turn_version, t.attempt AS turn_attempt, "
-    "t.objective, t.input, t.budget FROM missions m JOIN turns t ON t.id = m.turn_id "
+    "t.objective, t.input, t.budget, m.decision_id FROM missions m "
+    "JOIN turns t ON t.id = m.turn_id LEFT JOIN decisions d ON d.id = m.decision_id "
     "WHERE m.state = 'queued' AND m.lane IN ({lanes}) "
-    "AND (m.not_before IS NULL OR m.not_before <= :now) ORDER BY m.id LIMIT :limit"
+    "AND (m.not_before IS NULL OR m.not_before <= :now) "
+    "AND (m.decision_id IS NULL OR d.verdict = 'allow') ORDER BY m.id LIMIT :limit"
 )
 _CLAIM_MISSION = text(
     "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
     "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
-    "session_id = :session, started_at = :at, updated_at = :at "
+    "session_id = :session, started_at = :at, updated_at = :at, decision_id = :decision "
     "WHERE id = :id AND version = :version AND state = 'queued'"
 )
 _LEASE_TURN = text(
@@ -581,6 +595,7 @@ def claim_missions(
     owner: str,
     lease_s: float,
     sessions: Sequence[str] = (),
+    plan: WorkPlan | None = None,
 ) -> list[Claim]:
     """Claim up to ``limit`` due missions queued on ``source_lanes`` to run on ``exec_lane``,
     assigning them the given ``sessions`` in order (as many claims as sessions, when given).
@@ -589,7 +604,15 @@ def claim_missions(
     from the writer's clock); a primary mission's turn moves ``queued -> leased -> running``
     with it (the worker starts at once). A shadow mission leaves its turn alone. Missions whose
     turn is no longer waiting (cancelled, taken over) are cancelled instead of claimed.
+
+    No mission starts without a persisted decision that allows it: a mission without one is
+    decided here under ``plan.policy`` (as the tool ``mission.dispatch``, its task input as the
+    arguments). ``deny`` fails it (and its turn); ``require_approval`` opens an approval and
+    the turn waits (``awaiting_approval``) until a person decides. A shadow mission is never
+    held for a person: anything but ``allow`` fails it.
     """
+    from quarterdeck.store import approvals, decisions  # both build on this module
+
     if sessions:
         limit = min(limit, len(sessions))
     if limit <= 0 or not source_lanes:
@@ -604,11 +627,41 @@ def claim_missions(
     claims: list[Claim] = []
     mission_rows: list[dict[str, Any]] = []
     turn_rows: list[dict[str, Any]] = []
+    decided: list[dict[str, Any]] = []
+    tally = decisions.Tally()
+    policy = plan.policy if plan is not None else None
     for row in candidates:
         shadow = row.role == "shadow"
         if not shadow and row.turn_state not in ("queued",):
             _move_mission(txn, row.workspace, row.id, "queued", "cancelled", row.version, owner)
             continue
+        decision_id = row.decision_id
+        if decision_id is None:
+            task_input = json.loads(row.input or "{}")
+            cost = json.loads(row.budget or "{}").get("estimated_cost")
+            request = ActionRequest(
+                row.workspace, exec_lane, decisions.DISPATCH_TOOL, task_input,
+                float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool)
+                else None,
+            )  # fmt: skip
+            verdict = decisions.decide(txn, policy, request, tally)
+            drow = decisions.decision_row(
+                txn, kind="dispatch", request=request, decision=verdict, turn_id=row.turn_id,
+                mission_id=row.id, action_key=f"dispatch:{row.id}",
+            )  # fmt: skip
+            tally.add(request, drow["verdict"] == "allow")
+            if drow["verdict"] == "allow":
+                decided.append(drow)
+                decision_id = drow["id"]
+            elif drow["verdict"] == "deny" or shadow or plan is None:
+                drow.update(verdict="deny", reason=decisions.denial_reason(verdict))
+                decisions.insert_decisions(txn, [drow])
+                _refuse_dispatch(txn, row, drow, owner)
+                continue
+            else:
+                decisions.insert_decisions(txn, [drow])
+                _hold_dispatch(txn, plan, row, request, verdict, drow, approvals)
+                continue
         session = sessions[len(mission_rows)] if sessions else None
         mission_rows.append(
             {
@@ -619,6 +672,7 @@ def claim_missions(
                 "at": txn.at,
                 "id": row.id,
                 "version": row.version,
+                "decision": decision_id,
             }
         )
         _entry(
@@ -638,6 +692,7 @@ def claim_missions(
                 "routed_from": row.lane if row.lane != exec_lane else None,
                 "lease_expires_at": expires,
                 "session": session,
+                "decision": decision_id,
             },
         )
         if not shadow:
@@ -695,6 +750,7 @@ def claim_missions(
                 session_id=session,
             )
         )
+    decisions.insert_decisions(txn, decided)
     if mission_rows:
         moved = txn.conn.execute(_CLAIM_MISSION, mission_rows).rowcount
         if moved != len(mission_rows):
@@ -706,6 +762,62 @@ def claim_missions(
     return claims
 
 
+def _refuse_dispatch(txn: WriteTxn, row: Any, drow: Mapping[str, Any], actor: str) -> None:
+    """The policy denied a dispatch: the mission fails, and so does its turn (not a shadow's)."""
+    txn.conn.execute(
+        text("UPDATE missions SET decision_id = :d WHERE id = :id"), {"d": drow["id"], "id": row.id}
+    )
+    reason = str(drow["reason"])
+    check_transition(Kind.MISSION, "queued", "failed")
+    txn.conn.execute(
+        text(
+            "UPDATE missions SET state = 'failed', version = version + 1, updated_at = :at, "
+            "finished_at = :at, error = :error WHERE id = :id AND version = :version"
+        ),
+        {"at": txn.at, "error": reason, "id": row.id, "version": row.version},
+    )
+    _entry(
+        txn, row.workspace, actor, "mission.failed", "mission", row.id, "queued", "failed",
+        {"version": row.version + 1, "error": reason, "decision": drow["id"]},
+    )  # fmt: skip
+    if row.role != "shadow" and row.turn_state == "queued":
+        _move_turn(
+            txn, row.workspace, row.turn_id, "queued", "failed", row.turn_version, actor,
+            error=reason, deliverable={"error": reason, "decision": drow["id"]},
+        )  # fmt: skip
+
+
+def _hold_dispatch(
+    txn: WriteTxn,
+    plan: WorkPlan,
+    row: Any,
+    request: Any,
+    verdict: Any,
+    drow: Mapping[str, Any],
+    approvals: Any,
+) -> None:
+    """The policy wants a person to approve this dispatch: open the approval, bind the mission
+    to the pending decision, and let the turn wait."""
+    txn.conn.execute(
+        text("UPDATE missions SET decision_id = :d WHERE id = :id"), {"d": drow["id"], "id": row.id}
+    )
+    approvals.create_approval(
+        txn,
+        plan,
+        approvals.NewApproval(
+            workspace=row.workspace, kind="dispatch", action_key=f"dispatch:{row.id}",
+            action_id=row.id, tool=request.tool, args=request.args, lane=request.lane,
+            turn_id=row.turn_id, mission_id=row.id, decision_id=drow["id"],
+            requested_by="coordinator", estimated_cost=request.estimated_cost,
+        ),
+        verdict,
+    )  # fmt: skip
+    _move_turn(
+        txn, row.workspace, row.turn_id, "queued", "awaiting_approval", row.turn_version,
+        "coordinator", extra={"mission": row.id, "decision": drow["id"]},
+    )  # fmt: skip
+
+
 class ClaimConflict(Exception):
     """Rows changed between reading and claiming them (another writer); the operation rolls back."""
 
@@ -714,8 +826,10 @@ class ClaimConflict(Exception):
 
 _HEARTBEAT = text(
     "UPDATE missions SET lease_expires_at = :expires WHERE id = :id AND attempt = :attempt "
-    "AND version = :version AND lease_owner = :owner AND state IN ('running', 'blocked')"
+    "AND lease_owner = :owner AND state IN ('running', 'blocked')"
 )
+"""Fenced by the lease (attempt and owner) and the live states: a heartbeat changes no state,
+so it does not compare the version, which moves when a mission blocks on an approval."""
 
 
 def heartbeat(txn: WriteTxn, claims: Sequence[Claim], lease_s: float) -> list[Claim]:
@@ -735,7 +849,6 @@ def heartbeat(txn: WriteTxn, claims: Sequence[Claim], lease_s: float) -> list[Cl
                 "expires": expires,
                 "id": claim.mission_id,
                 "attempt": claim.attempt,
-                "version": claim.version,
                 "owner": claim.owner,
             },
         ).rowcount

@@ -1,0 +1,470 @@
+"""Alerts (something moved off baseline), attested-file baselines and the SLO figures that
+drift monitoring reads.
+
+Every writing function here runs inside the writer's transaction (a :class:`WriteTxn`) and
+records each state change on the ledger. At most one unresolved alert exists per workspace
+and dedupe key (the ``ux_alerts_open`` index); opening the same condition again returns it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
+from quarterdeck.domain.ids import new_ids
+from quarterdeck.domain.states import Kind, check_transition, machine
+from quarterdeck.store.outbox import Target, enqueue
+from quarterdeck.store.writer import WriteTxn
+
+LATENCY_ROWS = 2_000
+"""How many of the window's most recently finished missions the p95 latency is taken over."""
+
+
+def _entry(
+    txn: WriteTxn,
+    workspace: str,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    from_state: str | None,
+    to_state: str | None,
+    payload: dict[str, Any],
+) -> None:
+    if from_state is not None and to_state is not None:
+        check_transition(Kind(subject_type), from_state, to_state)
+    txn.ledger.append(
+        at=txn.at,
+        workspace=workspace,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        from_state=from_state,
+        to_state=to_state,
+        payload=payload,
+    )
+
+
+def _refuse(
+    txn: WriteTxn, workspace: str, actor: str, alert_id: str, command: str, errors: list[str]
+) -> dict[str, Any]:
+    """Record a refused command (nothing else changes) and return its result."""
+    details = {"command": command, "errors": errors}
+    _entry(txn, workspace, actor, "command.refused", "alert", alert_id, None, None, details)
+    return {"ok": False, "errors": errors}
+
+
+# --- alerts ------------------------------------------------------------------------------------
+
+_OPEN_BY_DEDUPE = text(
+    "SELECT id, state, version, message, data FROM alerts "
+    "WHERE workspace = :w AND dedupe = :dedupe AND state != 'resolved'"
+)
+_INSERT_ALERT = text(
+    "INSERT INTO alerts (id, workspace, state, version, attempt, created_at, updated_at, data, "
+    "alert_type, severity, subject_type, subject_id, dedupe, message) VALUES (:id, :w, 'open', "
+    "1, 0, :at, :at, :data, :type, :severity, :subject_type, :subject_id, :dedupe, :message)"
+)
+
+
+def get_open_alert(conn: Any, workspace: str, dedupe: str) -> dict[str, Any] | None:
+    """The unresolved alert for ``(workspace, dedupe)`` (``data`` decoded), or None."""
+    row = conn.execute(_OPEN_BY_DEDUPE, {"w": workspace, "dedupe": dedupe}).first()
+    if row is None:
+        return None
+    found = dict(row._mapping)
+    found["data"] = json.loads(found["data"])
+    return found
+
+
+def open_alert(
+    txn: WriteTxn,
+    targets: Sequence[Target],
+    *,
+    workspace: str,
+    alert_type: str,
+    severity: str,
+    subject_type: str,
+    subject_id: str,
+    dedupe: str,
+    message: str,
+    data: Mapping[str, Any],
+    actor: str,
+) -> tuple[str, bool]:
+    """Open an alert for a condition unless one is already unresolved; return (id, opened).
+
+    An unresolved alert with the same dedupe key is kept (its message and data are refreshed
+    when the message changed). A new alert is recorded as ``alert.opened`` and announced to
+    every target that wants that event.
+    """
+    existing = get_open_alert(txn.conn, workspace, dedupe)
+    if existing is not None:
+        if existing["message"] != message:
+            txn.conn.execute(
+                text(
+                    "UPDATE alerts SET message = :message, data = :data, updated_at = :at, "
+                    "version = version + 1 WHERE id = :id"
+                ),
+                {
+                    "message": message,
+                    "data": canonical_text(dict(data)),
+                    "at": txn.at,
+                    "id": existing["id"],
+                },
+            )
+        return str(existing["id"]), False
+    alert_id = new_ids(1)[0]
+    txn.conn.execute(
+        _INSERT_ALERT,
+        {
+            "id": alert_id,
+            "w": workspace,
+            "at": txn.at,
+            "data": canonical_text(dict(data)),
+            "type": alert_type,
+            "severity": severity,
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "dedupe": dedupe,
+            "message": message,
+        },
+    )
+    subject = {"type": subject_type, "id": subject_id}
+    _entry(
+        txn,
+        workspace,
+        actor,
+        "alert.opened",
+        "alert",
+        alert_id,
+        None,
+        machine(Kind.ALERT).initial,
+        {
+            "type": alert_type,
+            "severity": severity,
+            "subject": subject,
+            "message": message,
+            "dedupe": dedupe,
+            "version": 1,
+        },
+    )
+    enqueue(
+        txn,
+        targets,
+        workspace=workspace,
+        event="alert.opened",
+        subject_type="alert",
+        subject_id=alert_id,
+        summary=message,
+        data={
+            "alert_id": alert_id,
+            "type": alert_type,
+            "severity": severity,
+            "subject": subject,
+            "dedupe": dedupe,
+            "details": dict(data),
+        },
+    )
+    return alert_id, True
+
+
+def _move(
+    txn: WriteTxn,
+    workspace: str,
+    row: Any,
+    to_state: str,
+    actor: str,
+    extra: Mapping[str, Any] | None = None,
+) -> bool:
+    """Move one alert (compare-and-set on its version); False when it changed underneath."""
+    column = "acked_by" if to_state == "acked" else "resolved_by"
+    changed = txn.conn.execute(
+        text(
+            f"UPDATE alerts SET state = :to, version = version + 1, updated_at = :at, "
+            f"{column} = :actor WHERE id = :id AND version = :version AND state = :from"
+        ),
+        {
+            "to": to_state,
+            "at": txn.at,
+            "actor": actor,
+            "id": row.id,
+            "version": row.version,
+            "from": row.state,
+        },
+    ).rowcount
+    if changed != 1:
+        return False
+    _entry(
+        txn,
+        workspace,
+        actor,
+        f"alert.{to_state}",
+        "alert",
+        row.id,
+        row.state,
+        to_state,
+        {"version": row.version + 1, **(extra or {})},
+    )
+    return True
+
+
+def _change(
+    txn: WriteTxn, workspace: str, alert_id: str, to_state: str, actor: str, command: str
+) -> dict[str, Any]:
+    row = txn.conn.execute(
+        text("SELECT id, state, version FROM alerts WHERE id = :id AND workspace = :w"),
+        {"id": alert_id, "w": workspace},
+    ).first()
+    if row is None:
+        return _refuse(txn, workspace, actor, alert_id, command, ["no such alert"])
+    if to_state == "resolved" and row.state == "resolved":
+        return {"ok": True, "alert_id": alert_id, "state": "resolved", "already": True}
+    if not machine(Kind.ALERT).allows(row.state, to_state):
+        errors = [f"alert is {row.state}: illegal transition {row.state} -> {to_state}"]
+        return _refuse(txn, workspace, actor, alert_id, command, errors)
+    if not _move(txn, workspace, row, to_state, actor):
+        return _refuse(txn, workspace, actor, alert_id, command, ["alert changed meanwhile"])
+    return {"ok": True, "alert_id": alert_id, "state": to_state, "version": row.version + 1}
+
+
+def ack_alert(txn: WriteTxn, workspace: str, alert_id: str, actor: str) -> dict[str, Any]:
+    """Acknowledge an open alert (``open -> acked``); refusals are recorded on the ledger."""
+    return _change(txn, workspace, alert_id, "acked", actor, "alert.ack")
+
+
+def resolve_alert(txn: WriteTxn, workspace: str, alert_id: str, actor: str) -> dict[str, Any]:
+    """Resolve an alert; resolving a resolved alert is a no-op answered with ``already``."""
+    return _change(txn, workspace, alert_id, "resolved", actor, "alert.resolve")
+
+
+def resolve_by_dedupe(txn: WriteTxn, workspace: str, dedupe: str, actor: str, note: str) -> bool:
+    """Resolve the unresolved alert for a condition that cleared; False when none is open."""
+    row = txn.conn.execute(_OPEN_BY_DEDUPE, {"w": workspace, "dedupe": dedupe}).first()
+    if row is None:
+        return False
+    return _move(txn, workspace, row, "resolved", actor, {"note": note, "auto": True})
+
+
+def open_dedupes(conn: Any, workspace: str, prefix: str) -> list[str]:
+    """Dedupe keys of the workspace's unresolved alerts that start with ``prefix``."""
+    rows = conn.execute(
+        text(
+            "SELECT dedupe FROM alerts WHERE workspace = :w AND state != 'resolved' "
+            "AND substr(dedupe, 1, :n) = :prefix ORDER BY id"
+        ),
+        {"w": workspace, "n": len(prefix), "prefix": prefix},
+    )
+    return [str(value) for value in rows.scalars().all()]
+
+
+# --- attested files ----------------------------------------------------------------------------
+
+
+def read_baselines(conn: Any, lane: str) -> dict[str, str]:
+    """The lane's baseline hashes, path -> SHA-256 (works on a sync connection)."""
+    rows = conn.execute(
+        text("SELECT path, sha256 FROM attestations WHERE lane = :lane ORDER BY path"),
+        {"lane": lane},
+    ).all()
+    return {str(row.path): str(row.sha256) for row in rows}
+
+
+_INSERT_BASELINE = text(
+    "INSERT INTO attestations (lane, path, sha256, baselined_at, baselined_by) "
+    "VALUES (:lane, :path, :sha256, :at, :actor) ON CONFLICT (lane, path) DO NOTHING"
+)
+
+
+def _baseline_rows(
+    txn: WriteTxn, lane: str, hashes: Mapping[str, str], actor: str
+) -> list[dict[str, Any]]:
+    return [
+        {"lane": lane, "path": path, "sha256": digest, "at": txn.at, "actor": actor}
+        for path, digest in sorted(hashes.items())
+    ]
+
+
+def set_baselines(
+    txn: WriteTxn,
+    lane: str,
+    hashes: Mapping[str, str],
+    actor: str,
+    *,
+    workspace: str = "default",
+) -> None:
+    """Replace the lane's baselines with ``hashes``; recorded as ``lane.rebaselined``."""
+    txn.conn.execute(text("DELETE FROM attestations WHERE lane = :lane"), {"lane": lane})
+    if hashes:
+        txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, hashes, actor))
+    _entry(
+        txn,
+        workspace,
+        actor,
+        "lane.rebaselined",
+        "lane",
+        lane,
+        None,
+        None,
+        {"hashes": dict(hashes)},
+    )
+
+
+def add_baselines(
+    txn: WriteTxn,
+    lane: str,
+    hashes: Mapping[str, str],
+    actor: str,
+    *,
+    workspace: str = "default",
+) -> dict[str, str]:
+    """Record a baseline for each file that has none yet (first sight); recorded as
+    ``lane.baselined``. Returns the baselines added."""
+    known = read_baselines(txn.conn, lane)
+    added = {path: digest for path, digest in hashes.items() if path not in known}
+    if added:
+        txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, added, actor))
+        _entry(txn, workspace, actor, "lane.baselined", "lane", lane, None, None, {"hashes": added})
+    return added
+
+
+def attest_dedupe(lane: str, path: str) -> str:
+    """The dedupe key of the drift alert for one attested file of a lane."""
+    return f"attest:{lane}:{path}"
+
+
+def paused_by(conn: Any, lane: str) -> str | None:
+    """Who set the lane's pause flag last, when it is set now (None when the lane runs)."""
+    paused = conn.execute(
+        text("SELECT paused FROM lane_flags WHERE lane = :lane"), {"lane": lane}
+    ).scalar()
+    if not paused:
+        return None
+    actor = conn.execute(
+        text(
+            "SELECT actor FROM ledger WHERE subject_type = 'lane' AND subject_id = :lane "
+            "AND action IN ('lane.paused', 'lane.resumed') ORDER BY seq DESC LIMIT 1"
+        ),
+        {"lane": lane},
+    ).scalar()
+    return None if actor is None else str(actor)
+
+
+def rebaseline_lane(
+    txn: WriteTxn,
+    lane: str,
+    hashes: Mapping[str, str],
+    *,
+    actor: str,
+    drift_actor: str,
+    workspace: str = "default",
+) -> dict[str, Any]:
+    """Accept the lane's attested files as they are now: store ``hashes`` as its baselines,
+    resolve its drift alerts, and resume the lane when the drift monitor (``drift_actor``)
+    was the last to pause it."""
+    set_baselines(txn, lane, hashes, actor, workspace=workspace)
+    resolved = [
+        dedupe
+        for dedupe in open_dedupes(txn.conn, workspace, f"attest:{lane}:")
+        if resolve_by_dedupe(txn, workspace, dedupe, actor, "lane re-baselined")
+    ]
+    resumed = paused_by(txn.conn, lane) == drift_actor
+    if resumed:
+        # Imported here: the work module may itself use this module's functions.
+        from quarterdeck.store.work import set_flag
+
+        set_flag(txn, lane, "paused", False, actor=actor, workspace=workspace)
+    return {
+        "ok": True,
+        "lane": lane,
+        "hashes": dict(hashes),
+        "resolved": resolved,
+        "resumed": resumed,
+    }
+
+
+# --- SLO figures -------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def slo_figures(conn: Any, window_start_at: str, now: datetime | None = None) -> dict[str, Any]:
+    """SLO figures over the window that starts at ``window_start_at`` (ledger time text).
+
+    ``failure_rate``: failed and timed-out over finished missions (None without any);
+    ``fallback_rate``: missions run as fallback (or routed off their lane) over started ones
+    (None without any); ``p95_latency_s``: of the window's finished missions (at most the
+    latest :data:`LATENCY_ROWS`; None without any); ``receipt_wait_s``: age of the oldest
+    accepted receipt not yet applied (0 when none); ``cost``: estimated cost of the actions
+    allowed in the window. Shadow missions (result recorded only) are not counted.
+    """
+    now = now or utc_now()
+    params = {"start": window_start_at}
+    finished = conn.execute(
+        text(
+            "SELECT count(*) AS finished, "
+            "sum(CASE WHEN state IN ('failed', 'timed_out') THEN 1 ELSE 0 END) AS failed "
+            "FROM missions WHERE finished_at >= :start AND (role IS NULL OR role != 'shadow')"
+        ),
+        params,
+    ).one()
+    started = conn.execute(
+        text(
+            "SELECT count(*) AS started, sum(CASE WHEN role = 'fallback' OR "
+            "(routed_lane IS NOT NULL AND routed_lane != lane) THEN 1 ELSE 0 END) AS fallback "
+            "FROM missions WHERE started_at >= :start AND (role IS NULL OR role != 'shadow')"
+        ),
+        params,
+    ).one()
+    spans = conn.execute(
+        text(
+            "SELECT started_at, finished_at FROM missions WHERE finished_at >= :start "
+            "AND started_at IS NOT NULL AND (role IS NULL OR role != 'shadow') "
+            "ORDER BY finished_at DESC LIMIT :n"
+        ),
+        {**params, "n": LATENCY_ROWS},
+    ).all()
+    oldest = conn.execute(
+        text(
+            "SELECT min(received_at) FROM receipts "
+            "WHERE status = 'accepted' AND produced_type IS NULL"
+        )
+    ).scalar()
+    cost = conn.execute(
+        text(
+            "SELECT coalesce(sum(estimated_cost), 0) FROM decisions "
+            "WHERE verdict = 'allow' AND at >= :start"
+        ),
+        params,
+    ).scalar()
+    finished_count = int(finished.finished or 0)
+    started_count = int(started.started or 0)
+    latencies = [
+        (parse_instant(end) - parse_instant(begin)).total_seconds() for begin, end in spans
+    ]
+    wait = 0.0 if oldest is None else max(0.0, (now - parse_instant(str(oldest))).total_seconds())
+    return {
+        "window_start_at": window_start_at,
+        "at": format_instant(now),
+        "finished": finished_count,
+        "started": started_count,
+        "failure_rate": (
+            round(int(finished.failed or 0) / finished_count, 6) if finished_count else None
+        ),
+        "fallback_rate": (
+            round(int(started.fallback or 0) / started_count, 6) if started_count else None
+        ),
+        "p95_latency_s": round(_percentile(latencies, 0.95), 6) if latencies else None,
+        "receipt_wait_s": round(wait, 6),
+        "cost": float(cost or 0.0),
+    }

@@ -1,0 +1,210 @@
+"""Supervisor commands beyond lane flags and requeue: approvals, take over, alerts,
+re-baselining, and SDK approval requests. Each runs in the writer's transaction and returns
+its result (``ok`` and what happened); a refused command is recorded and changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import text
+
+from quarterdeck.domain.policy import ActionRequest, Outcome
+from quarterdeck.domain.tasks import CommandSpec
+from quarterdeck.store import alerts
+from quarterdeck.store.approvals import (
+    NewApproval,
+    approval_by_key,
+    approval_view,
+    bulk_decide,
+    claim_approval,
+    create_approval,
+    decide_approval,
+    escalate_approval,
+    snooze_approval,
+)
+from quarterdeck.store.decisions import (
+    decide,
+    decision_row,
+    denial_reason,
+    insert_decisions,
+    release_action,
+)
+from quarterdeck.store.takeover import complete_turn, release_turn, take_over
+from quarterdeck.store.work import WorkPlan, _refuse, set_flag
+from quarterdeck.store.writer import WriteTxn
+
+
+def apply_supervision(
+    txn: WriteTxn, workspace: str, spec: CommandSpec, plan: WorkPlan, actor: str
+) -> dict[str, Any]:
+    """Apply one supervision command (see ``docs/specs/supervision.md``)."""
+    name, args = spec.name, spec.args
+    if name in ("approval.approve", "approval.reject"):
+        edited = args.get("args")
+        return decide_approval(
+            txn, plan, workspace, str(args["approval_id"]),
+            "approve" if name == "approval.approve" else "reject", actor,
+            args=edited if isinstance(edited, Mapping) else None,
+            reason_code=_text(args.get("reason_code")), reason=_text(args.get("reason")),
+            action_key=_text(args.get("action_key")),
+        )  # fmt: skip
+    if name == "approval.escalate":
+        return escalate_approval(txn, plan, workspace, str(args["approval_id"]), actor)
+    if name == "approval.snooze":
+        return snooze_approval(
+            txn, workspace, str(args["approval_id"]), float(args["for_s"]), actor
+        )
+    if name in ("approval.claim", "approval.unclaim"):
+        for_s = args.get("for_s")
+        return claim_approval(
+            txn, plan, workspace, str(args["approval_id"]), actor,
+            float(for_s) if isinstance(for_s, int | float) else None,
+            release=name == "approval.unclaim",
+        )  # fmt: skip
+    if name == "approval.bulk":
+        verdict = args["decision"]
+        if verdict not in ("approve", "reject"):
+            return _refuse(
+                txn, workspace, actor, "command", actor,
+                {"command": name, "errors": ["payload.decision: must be approve or reject"]},
+            )  # fmt: skip
+        selector = args.get("filter", {})
+        return bulk_decide(
+            txn, plan, None if args.get("all_workspaces") else workspace, str(verdict),
+            selector if isinstance(selector, Mapping) else {}, actor,
+            reason_code=_text(args.get("reason_code")), reason=_text(args.get("reason")),
+        )  # fmt: skip
+    if name == "approval.request":
+        return request_approval(txn, plan, workspace, args, actor)
+    if name == "turn.takeover":
+        return take_over(txn, plan, workspace, str(args["turn_id"]), actor)
+    if name == "turn.release":
+        return release_turn(txn, plan, workspace, str(args["turn_id"]), actor)
+    if name == "turn.complete":
+        return complete_turn(txn, workspace, str(args["turn_id"]), args["deliverable"], actor)
+    if name == "alert.ack":
+        return alerts.ack_alert(txn, workspace, str(args["alert_id"]), actor)
+    if name == "alert.resolve":
+        return alerts.resolve_alert(txn, workspace, str(args["alert_id"]), actor)
+    if name == "lane.rebaseline":
+        return rebaseline(txn, plan, workspace, str(args["lane"]), actor)
+    raise ValueError(f"not a supervision command: {name}")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def request_approval(
+    txn: WriteTxn, plan: WorkPlan, workspace: str, args: Mapping[str, Any], actor: str
+) -> dict[str, Any]:
+    """An SDK caller asks to run ``tool`` with ``args``: decided by the policy now, or bound
+    to an approval. Asking again with the same ``action_id`` returns the same answer."""
+    action_id = str(args["action_id"])
+    key = f"sdk:{action_id}"
+    existing = approval_by_key(txn, workspace, key)
+    if existing is not None:
+        return {"ok": True, "verdict": _verdict(existing.state), **approval_view(existing)}
+    prior = txn.conn.execute(
+        text(
+            "SELECT verdict, reason, args FROM decisions WHERE workspace = :w AND action_key = :k "
+            "AND kind = 'sdk' ORDER BY at LIMIT 1"
+        ),
+        {"w": workspace, "k": key},
+    ).first()
+    tool_args = args.get("args", {})
+    if not isinstance(tool_args, Mapping):
+        return _refuse(
+            txn, workspace, actor, "command", actor,
+            {"command": "approval.request", "errors": ["payload.args: must be an object"]},
+        )  # fmt: skip
+    if prior is not None:
+        return {"ok": True, "verdict": prior.verdict, "action_key": key, "reason": prior.reason,
+                "args": dict(tool_args), "effective_args": dict(tool_args), "approval": None}  # fmt: skip
+    cost = args.get("estimated_cost")
+    lane = _text(args.get("lane")) or "sdk"
+    request = ActionRequest(
+        workspace, lane, str(args["tool"]), tool_args,
+        float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
+    )  # fmt: skip
+    decision = decide(txn, plan.policy, request)
+    row = decision_row(
+        txn, kind="sdk", request=request, decision=decision, turn_id=None, mission_id=None,
+        action_key=key,
+    )  # fmt: skip
+    if decision.outcome is Outcome.DENY:
+        row["reason"] = denial_reason(decision)
+    insert_decisions(txn, [row])
+    txn.ledger.append(
+        at=txn.at, workspace=workspace, actor="policy", action="action.decided",
+        subject_type="action", subject_id=key,
+        payload={"action_key": key, "tool": request.tool, "args": dict(tool_args),
+                 "verdict": row["verdict"], "rule": decision.rule,
+                 "policy_hash": decision.policy_hash, "requested_by": actor},
+    )  # fmt: skip
+    base = {"ok": True, "action_key": key, "args": dict(tool_args),
+            "effective_args": dict(tool_args), "rule": decision.rule}  # fmt: skip
+    if decision.outcome is Outcome.ALLOW:
+        release_action(
+            txn, workspace=workspace, turn_id=None, mission_id=None, action_key=key,
+            decision_id=row["id"], args=tool_args, actor=actor,
+        )  # fmt: skip
+        return {**base, "verdict": "allow", "approval": None}
+    if decision.outcome is Outcome.DENY:
+        return {**base, "verdict": "deny", "reason": row["reason"], "approval": None}
+    approval_id = create_approval(
+        txn, plan,
+        NewApproval(
+            workspace=workspace, kind="sdk", action_key=key, action_id=action_id,
+            tool=request.tool, args=tool_args, lane=lane, turn_id=None, mission_id=None,
+            decision_id=row["id"], requested_by=actor, estimated_cost=request.estimated_cost,
+        ),
+        decision,
+    )  # fmt: skip
+    fresh = approval_by_key(txn, workspace, key)
+    return {**base, "verdict": "pending", **approval_view(fresh), "approval": approval_id}
+
+
+def _verdict(state: str) -> str:
+    if state in ("approved", "edited"):
+        return "allow"
+    if state in ("rejected", "expired"):
+        return "deny"
+    return "pending"
+
+
+def rebaseline(
+    txn: WriteTxn, plan: WorkPlan, workspace: str, lane: str, actor: str
+) -> dict[str, Any]:
+    """Accept a lane's attested files as they are now: new baseline hashes, its drift alerts
+    resolved, and the lane resumed when drift had paused it."""
+    if lane not in plan.lanes:
+        return _refuse(
+            txn, workspace, actor, "lane", lane,
+            {"command": "lane.rebaseline", "errors": [f"payload.lane: no lane named {lane!r}"]},
+        )  # fmt: skip
+    hashes = dict(plan.attested(lane)) if plan.attested is not None else {}
+    alerts.set_baselines(txn, lane, hashes, actor)
+    resolved = 0
+    paused_by_drift = False
+    for row in txn.conn.execute(
+        text(
+            "SELECT workspace, dedupe, severity FROM alerts WHERE state != 'resolved' "
+            "AND alert_type = 'attested_file' AND subject_id = :lane"
+        ),
+        {"lane": lane},
+    ).all():
+        if alerts.resolve_by_dedupe(txn, row.workspace, row.dedupe, actor, "re-baselined"):
+            resolved += 1
+            paused_by_drift = paused_by_drift or row.severity == "error"
+    paused = (
+        paused_by_drift
+        and txn.conn.execute(
+            text("SELECT paused FROM lane_flags WHERE lane = :lane"), {"lane": lane}
+        ).scalar()
+    )
+    if paused:
+        set_flag(txn, lane, "paused", False, actor=actor, workspace=workspace)
+    return {"ok": True, "command": "lane.rebaseline", "lane": lane, "files": hashes,
+            "resolved_alerts": resolved, "resumed": bool(paused)}  # fmt: skip

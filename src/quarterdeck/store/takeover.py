@@ -1,0 +1,120 @@
+"""A person takes over a turn: the agent's lease is revoked (its mission cancelled, so every
+later write of the agent is fenced off), the person holds the turn, and either writes the
+deliverable that completes it or releases it back to its lane."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from sqlalchemy import text
+
+from quarterdeck.store.approvals import new_mission_for, reject_open
+from quarterdeck.store.work import _INSERT_MISSION, WorkPlan, _move_mission, _move_turn, _refuse
+from quarterdeck.store.writer import WriteTxn
+
+HUMAN: Final = "human:"
+LIVE: Final = ("queued", "leased", "running", "awaiting_approval", "escalated")
+
+
+def holder_of(actor: str) -> str:
+    """The lease owner recorded for a person holding a turn."""
+    return f"{HUMAN}{actor}"
+
+
+def _turn(txn: WriteTxn, workspace: str, turn_id: str) -> Any:
+    return txn.conn.execute(
+        text(
+            "SELECT state, version, lane, lease_owner FROM turns WHERE id = :id AND workspace = :w"
+        ),
+        {"id": turn_id, "w": workspace},
+    ).first()
+
+
+def take_over(
+    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
+) -> dict[str, Any]:
+    """Take a live turn from its agent: cancel its live missions (fenced), reject its open
+    approvals (``taken_over``), and hold the turn as ``human:<actor>``."""
+    turn = _turn(txn, workspace, turn_id)
+    if turn is None or turn.state not in LIVE:
+        reason = "no such turn" if turn is None else f"turn is {turn.state}"
+        return _refuse(
+            txn, workspace, actor, "turn", turn_id, {"command": "turn.takeover", "errors": [reason]}
+        )
+    missions = txn.conn.execute(
+        text(
+            "SELECT id, state, version, lease_owner FROM missions WHERE turn_id = :t "
+            "AND state IN ('queued', 'running', 'blocked')"
+        ),
+        {"t": turn_id},
+    ).all()
+    for mission in missions:
+        _move_mission(
+            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
+        )
+    rejected = reject_open(txn, plan, turn_id, actor, "taken_over")
+    _move_turn(
+        txn, workspace, turn_id, turn.state, "taken_over", turn.version, actor,
+        extra={"holder": holder_of(actor), "revoked": [m.lease_owner for m in missions
+                                                       if m.lease_owner]},
+    )  # fmt: skip
+    txn.conn.execute(
+        text("UPDATE turns SET lease_owner = :who, lease_expires_at = NULL WHERE id = :id"),
+        {"who": holder_of(actor), "id": turn_id},
+    )
+    return {
+        "ok": True,
+        "command": "turn.takeover",
+        "turn": turn_id,
+        "holder": holder_of(actor),
+        "cancelled_missions": [m.id for m in missions],
+        "rejected_approvals": rejected,
+    }
+
+
+def _held(txn: WriteTxn, workspace: str, turn_id: str, actor: str, command: str) -> Any:
+    turn = _turn(txn, workspace, turn_id)
+    if turn is None:
+        return None, "no such turn"
+    if turn.state != "taken_over":
+        return None, f"turn is {turn.state}, not taken over"
+    if turn.lease_owner != holder_of(actor):
+        return None, f"turn is held by {turn.lease_owner}"
+    return turn, None
+
+
+def release_turn(
+    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
+) -> dict[str, Any]:
+    """Hand a taken-over turn back to its lane: queued again with a fresh mission."""
+    turn, error = _held(txn, workspace, turn_id, actor, "turn.release")
+    if error is not None:
+        return _refuse(
+            txn, workspace, actor, "turn", turn_id, {"command": "turn.release", "errors": [error]}
+        )
+    _move_turn(txn, workspace, turn_id, "taken_over", "queued", turn.version, actor)
+    row = new_mission_for(txn, workspace, turn_id, turn.lane)
+    txn.conn.execute(_INSERT_MISSION, row)
+    return {"ok": True, "command": "turn.release", "turn": turn_id, "mission": row["id"]}
+
+
+def complete_turn(
+    txn: WriteTxn,
+    workspace: str,
+    turn_id: str,
+    deliverable: Mapping[str, Any],
+    actor: str,
+) -> dict[str, Any]:
+    """Complete a taken-over turn with the person's deliverable (the only one it gets)."""
+    turn, error = _held(txn, workspace, turn_id, actor, "turn.complete")
+    if error is not None:
+        return _refuse(
+            txn, workspace, actor, "turn", turn_id, {"command": "turn.complete", "errors": [error]}
+        )
+    _move_turn(
+        txn, workspace, turn_id, "taken_over", "completed", turn.version, actor,
+        deliverable={**dict(deliverable), "completed_by": actor},
+        extra={"by": holder_of(actor)},
+    )  # fmt: skip
+    return {"ok": True, "command": "turn.complete", "turn": turn_id}
