@@ -63,6 +63,11 @@ def _key(path: Path) -> str:
     return os.path.join(os.path.abspath(path.parent), path.name)
 
 
+def _real_key(path: Path) -> str:
+    """The same path with the folder's symbolic links resolved (some platforms report that)."""
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
 ChangeHandler = Callable[[set[Path]], Awaitable[None]]
 
 
@@ -79,6 +84,8 @@ class FileWatch:
         step_ms: int = STEP_MS,
     ) -> None:
         self._files = {_key(path): path for path in paths}
+        self._aliases = {_real_key(path): path for path in self._files.values()}
+        self._aliases.update(self._files)
         self._on_change = on_change
         self._debounce_ms = debounce_ms
         self._step_ms = step_ms
@@ -126,7 +133,7 @@ class FileWatch:
             return
 
         def wanted(_change: Change, path: str) -> bool:
-            return path in self._files
+            return path in self._aliases
 
         try:
             async for changes in awatch(
@@ -137,7 +144,9 @@ class FileWatch:
                 stop_event=stop_event,
                 recursive=False,
             ):
-                changed = {self._files[path] for _change, path in changes if path in self._files}
+                changed = {
+                    self._aliases[path] for _change, path in changes if path in self._aliases
+                }
                 if not changed:
                     continue
                 try:

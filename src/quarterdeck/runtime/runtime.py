@@ -25,7 +25,7 @@ from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.policy import Policy
 from quarterdeck.runtime.config import LaneConfig, RuntimeConfig
-from quarterdeck.runtime.drift import hash_file
+from quarterdeck.runtime.drift import DriftMonitor, PolicySource, SloMonitor
 from quarterdeck.runtime.ingest import Ingestor, RawInput
 from quarterdeck.runtime.items import Items
 from quarterdeck.runtime.lanes.base import (
@@ -36,7 +36,9 @@ from quarterdeck.runtime.lanes.base import (
     MissionContext,
 )
 from quarterdeck.runtime.metrics import Metrics
+from quarterdeck.runtime.relay import Relay
 from quarterdeck.store.approvals import Gate, expire_due
+from quarterdeck.store.commands import DRIFT_ACTOR
 from quarterdeck.store.database import Database
 from quarterdeck.store.gate import request_action, resume_action
 from quarterdeck.store.outbox import Target
@@ -218,12 +220,25 @@ class Runtime:
         self.writer = Writer(db, clock)
         self.ingestor = Ingestor(self.writer, clock, self.metrics)
         self.items = Items(self.writer, self.metrics)
+        targets = tuple(Target(w.name, w.url, w.format, w.events) for w in config.webhooks)
+        self.policy_source = PolicySource(
+            None if policy is not None else config.policy,
+            self.writer,
+            targets,
+            on_change=self._set_policy,
+            actor=f"{self.node_id}:policy",
+        )
+        loaded = policy if policy is not None else self.policy_source.load()
+        self.drift = DriftMonitor(self.writer, config.lanes, targets, actor=DRIFT_ACTOR)
+        self.slo = SloMonitor(self.writer, config.slo, targets, clock)
+        self.relay = Relay(self.writer, config.webhooks, clock, actor=f"{self.node_id}:relay")
+        self._stop_event = asyncio.Event()
         self.plan = replace(
             work_plan(config),
-            policy=policy,
-            targets=tuple(Target(w.name, w.url, w.format, w.events) for w in config.webhooks),
+            policy=loaded,
+            targets=targets,
             claim_s=config.claim_s,
-            attested=self.attested_hashes,
+            attested=self.drift.current_hashes,
         )
         self.lanes: dict[str, Lane] = dict(lanes or {})
         for name, lane_config in config.lanes.items():
@@ -257,6 +272,8 @@ class Runtime:
         self.writer.on_commit(self._on_commit)
         await self.writer.submit(self._seed_flags)
         await self.writer.submit(self._acquire_sessions)
+        await self.policy_source.start()
+        await self.drift.start()
         self._claiming = True
         loop = asyncio.get_running_loop()
         for coroutine, name in (
@@ -266,6 +283,8 @@ class Runtime:
             (self._watch_loop(), "watch"),
             (self._events_loop(), "events"),
             (self._supervision_loop(), "supervision"),
+            (self.slo.run(self._stop_event), "slo"),
+            (self.relay.run(self._stop_event), "relay"),
         ):
             self._tasks.append(loop.create_task(coroutine, name=f"qd-{name}"))
         log.info("runtime started", extra={"node": self.node_id, "lanes": list(self.lanes)})
@@ -277,6 +296,11 @@ class Runtime:
             self._wake.set()
             if self._waiters:
                 self._wake_supervision.set()
+
+    def _set_policy(self, policy: Policy) -> None:
+        """A valid edit of the policy file: new decisions use it from now on."""
+        self.plan = replace(self.plan, policy=policy)
+        log.info("policy loaded", extra={"node": self.node_id, "hash": policy.hash})
 
     def _acquire_sessions(self, txn: WriteTxn) -> None:
         retire_sessions(txn, list(self.config.lanes), self.node_id)
@@ -326,6 +350,10 @@ class Runtime:
         if sessions:
             await self.writer.submit(lambda txn: release_sessions(txn, sessions))
         self._stopped = True
+        self._stop_event.set()
+        for watcher in (self.policy_source, self.drift):
+            with contextlib.suppress(Exception):
+                await watcher.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -333,6 +361,8 @@ class Runtime:
                 await task
         self._tasks.clear()
         await self.writer.stop()
+        with contextlib.suppress(Exception):
+            await self.relay.close()
         for lane in self.lanes.values():
             with contextlib.suppress(Exception):
                 await lane.close()
@@ -517,7 +547,10 @@ class Runtime:
             self._events_dirty = True
         running.finishing = True
         try:
-            finished = await self._finisher.submit(Ending(claim, outcome, result, error))
+            # The claim as it stands now: blocking on an approval moved its version.
+            finished = await self._finisher.submit(
+                Ending(running.claim, outcome, result, error)
+            )
         finally:
             self._running.pop(claim.mission_id, None)
             await self._return_session(claim, outcome)
@@ -683,13 +716,6 @@ class Runtime:
                 running.lost = True
                 running.task.cancel()
                 self.metrics.leases_lost += 1
-
-    def attested_hashes(self, lane: str) -> Mapping[str, str]:
-        """The current SHA-256 of each of ``lane``'s attested files."""
-        config = self.config.lanes.get(lane)
-        if config is None:
-            return {}
-        return {str(path): hash_file(path) for path in config.attest}
 
     async def _flush_events(self, running: _Running | None = None) -> None:
         """Store reported events: one mission's (at its end), or every mission's."""

@@ -31,7 +31,7 @@ from quarterdeck.store.decisions import (
     release_action,
 )
 from quarterdeck.store.takeover import complete_turn, release_turn, take_over
-from quarterdeck.store.work import WorkPlan, _refuse, set_flag
+from quarterdeck.store.work import WorkPlan, _refuse
 from quarterdeck.store.writer import WriteTxn
 
 
@@ -174,6 +174,10 @@ def _verdict(state: str) -> str:
     return "pending"
 
 
+DRIFT_ACTOR = "drift"
+"""The actor the runtime's drift monitor pauses lanes as; re-baselining resumes only those."""
+
+
 def rebaseline(
     txn: WriteTxn, plan: WorkPlan, workspace: str, lane: str, actor: str
 ) -> dict[str, Any]:
@@ -185,26 +189,5 @@ def rebaseline(
             {"command": "lane.rebaseline", "errors": [f"payload.lane: no lane named {lane!r}"]},
         )  # fmt: skip
     hashes = dict(plan.attested(lane)) if plan.attested is not None else {}
-    alerts.set_baselines(txn, lane, hashes, actor)
-    resolved = 0
-    paused_by_drift = False
-    for row in txn.conn.execute(
-        text(
-            "SELECT workspace, dedupe, severity FROM alerts WHERE state != 'resolved' "
-            "AND alert_type = 'attested_file' AND subject_id = :lane"
-        ),
-        {"lane": lane},
-    ).all():
-        if alerts.resolve_by_dedupe(txn, row.workspace, row.dedupe, actor, "re-baselined"):
-            resolved += 1
-            paused_by_drift = paused_by_drift or row.severity == "error"
-    paused = (
-        paused_by_drift
-        and txn.conn.execute(
-            text("SELECT paused FROM lane_flags WHERE lane = :lane"), {"lane": lane}
-        ).scalar()
-    )
-    if paused:
-        set_flag(txn, lane, "paused", False, actor=actor, workspace=workspace)
-    return {"ok": True, "command": "lane.rebaseline", "lane": lane, "files": hashes,
-            "resolved_alerts": resolved, "resumed": bool(paused)}  # fmt: skip
+    result = alerts.rebaseline_lane(txn, lane, hashes, actor=actor, drift_actor=DRIFT_ACTOR)
+    return {**result, "command": "lane.rebaseline"}

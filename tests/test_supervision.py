@@ -1,0 +1,528 @@
+"""Supervision in the embedded runtime, against real SQLite files: persisted decisions for
+every dispatch and action (and the database refusing anything without one), approvals on
+dispatches and on agents' tool calls (approve, edit, reject with reason codes, claims, snooze,
+escalation ladders ending in the default-safe action, bulk), and take over / release /
+complete with the agent fenced off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import run
+from tests.test_runtime import (
+    Store,
+    assert_ledger_ok,
+    command,
+    config,
+    runtime,
+    submit_one,
+    task,
+    turn_in,
+    turn_of,
+    wait_until,
+)
+
+from quarterdeck.domain.policy import Policy, parse_policy
+
+POLICY = """
+[defaults]
+outcome = "allow"
+reject_reasons = ["unsafe", "wrong_target", "other"]
+
+[[rules]]
+name = "no-rm"
+tool = "rm*"
+outcome = "deny"
+
+[[rules]]
+name = "deploys"
+tool = "deploy"
+outcome = "require_approval"
+approver = "release-lead"
+deadline_s = 600
+
+[[rules]]
+name = "risky-dispatch"
+tool = "mission.dispatch"
+args = { risky = true }
+outcome = "require_approval"
+approver = "supervisor"
+
+[[rules]]
+name = "forbidden-dispatch"
+tool = "mission.dispatch"
+args = { forbidden = true }
+outcome = "deny"
+
+[[rules]]
+name = "ladder"
+tool = "page_everyone"
+outcome = "require_approval"
+approver = "supervisor"
+deadline_s = 1
+ladder = ["oncall"]
+on_expiry = "pause_lane"
+"""
+
+
+def policy(text: str = POLICY) -> Policy:
+    parsed = parse_policy(text)
+    assert isinstance(parsed, Policy), parsed
+    return parsed
+
+
+def acting(key: str, *actions: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A task whose simulated agent asks for ``actions`` (and then completes)."""
+    envelope = task(key, latency_ms=10, **extra)
+    envelope["payload"]["input"]["sim"]["actions"] = list(actions)
+    return envelope
+
+
+async def approval_of(store: Store, turn_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    row: dict[str, Any] = await wait_until(
+        lambda: store.one(
+            "SELECT * FROM approvals WHERE turn_id = ? AND state IN ('pending', 'escalated')",
+            turn_id,
+        ),
+        timeout,
+        f"an open approval on turn {turn_id}",
+    )
+    return row
+
+
+async def command_result(store: Store, receipt: str) -> dict[str, Any]:
+    produced = await wait_until(lambda: store.produced(receipt)[1], 5, f"command {receipt}")
+    result: dict[str, Any] = json.loads(produced)
+    return result
+
+
+def deliverable(store: Store, turn_id: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(store.turn(turn_id)["deliverable"])
+    return value
+
+
+# --- no bypass -----------------------------------------------------------------------------------
+
+
+def test_the_database_refuses_dispatch_and_release_without_an_allowing_decision(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, acting("ok", {"tool": "read"})))
+            await turn_in(store, turn, "completed")
+            await rt.command("w", {"command": "lane.pause", "lane": "sim"}, actor="t")
+            queued = await turn_of(store, await submit_one(rt, task("held")))
+        [mission] = store.missions(queued)
+        assert mission["state"] == "queued" and mission["decision_id"] is None
+        conn = sqlite3.connect(store.path)
+        try:
+            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
+                conn.execute("UPDATE missions SET state = 'running' WHERE id = ?", (mission["id"],))
+            # A denying decision is no better than none.
+            conn.execute(
+                "INSERT INTO decisions (id, workspace, at, kind, mission_id, tool, args, "
+                "outcome, verdict, trace, policy_hash) VALUES ('d-deny', 'w', '2026', "
+                "'dispatch', ?, 'mission.dispatch', '{}', 'deny', 'deny', '[]', 'x')",
+                (mission["id"],),
+            )
+            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
+                conn.execute(
+                    "UPDATE missions SET state = 'running', decision_id = 'd-deny' WHERE id = ?",
+                    (mission["id"],),
+                )
+            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
+                conn.execute(
+                    "INSERT INTO missions (id, workspace, state, version, attempt, created_at, "
+                    "updated_at, data, turn_id) VALUES ('m-x', 'w', 'running', 1, 1, '', '', "
+                    "'{}', ?)",
+                    (queued,),
+                )
+            allowed = store.one(
+                "SELECT id, action_key, mission_id FROM decisions WHERE kind = 'action' "
+                "AND verdict = 'allow'"
+            )
+            assert allowed is not None
+            for action_key, decision in (
+                ("turn:x:other", allowed["id"]),  # another action's decision
+                (allowed["action_key"], "d-deny"),  # a denial
+                (allowed["action_key"], "missing"),  # nothing at all
+            ):
+                with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
+                    conn.execute(
+                        "INSERT INTO action_releases (id, workspace, at, turn_id, mission_id, "
+                        "action_key, decision_id, args) VALUES ('r', 'w', '', ?, ?, ?, ?, '{}')",
+                        (turn, allowed["mission_id"], action_key, decision),
+                    )
+            conn.execute("UPDATE turns SET state = 'taken_over' WHERE id = ?", (turn,))
+            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
+                conn.execute(
+                    "INSERT INTO action_releases (id, workspace, at, turn_id, mission_id, "
+                    "action_key, decision_id, args) VALUES ('r', 'w', '', ?, ?, ?, ?, '{}')",
+                    (turn, allowed["mission_id"], allowed["action_key"], allowed["id"]),
+                )
+        finally:
+            conn.rollback()
+            conn.close()
+
+    run(main())
+
+
+def test_every_dispatch_and_release_has_its_decision_and_trace(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turns = [
+                await turn_of(store, await submit_one(rt, acting(f"t{i}", {"tool": "search"})))
+                for i in range(5)
+            ]
+            for turn in turns:
+                await turn_in(store, turn, "completed")
+        for turn in turns:
+            for mission in store.missions(turn):
+                decision = store.one("SELECT * FROM decisions WHERE id = ?", mission["decision_id"])
+                assert decision is not None and decision["verdict"] == "allow"
+                assert decision["mission_id"] == mission["id"]
+                assert decision["tool"] == "mission.dispatch"
+                assert decision["policy_hash"] == policy().hash
+                trace = json.loads(decision["trace"])
+                assert [step["rule"] for step in trace if step["kind"] == "rule"] == [
+                    "no-rm", "deploys", "risky-dispatch", "forbidden-dispatch", "ladder",
+                ]  # fmt: skip
+                [release] = store.rows(
+                    "SELECT * FROM action_releases WHERE mission_id = ?", mission["id"]
+                )
+                action = store.one("SELECT * FROM decisions WHERE id = ?", release["decision_id"])
+                assert action is not None and action["verdict"] == "allow"
+                assert action["tool"] == "search"
+            assert deliverable(store, turn)["actions"][0]["outcome"] == "approved"
+
+    run(main())
+
+
+def test_without_a_policy_everything_is_allowed_and_says_so(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, acting("a", {"tool": "rm_rf"})))
+            await turn_in(store, turn, "completed")
+        decisions = store.rows("SELECT * FROM decisions WHERE turn_id = ? ORDER BY kind", turn)
+        assert [(d["kind"], d["verdict"], d["policy_hash"]) for d in decisions] == [
+            ("action", "allow", "none"),
+            ("dispatch", "allow", "none"),
+        ]
+        assert "no policy file" in decisions[0]["trace"]
+
+    run(main())
+
+
+# --- dispatch decisions ----------------------------------------------------------------------------
+
+
+def test_a_denied_dispatch_fails_the_turn_and_never_runs(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("no", forbidden=True)))
+            row = await turn_in(store, turn, "failed")
+        assert "forbidden-dispatch" in row["error"]
+        [mission] = store.missions(turn)
+        assert mission["state"] == "failed" and mission["started_at"] is None
+        assert not store.ledger(action="mission.running", subject=mission["id"])
+        decision = store.one("SELECT * FROM decisions WHERE id = ?", mission["decision_id"])
+        assert decision is not None and decision["verdict"] == "deny"
+        assert decision["rule"] == "forbidden-dispatch"
+
+    run(main())
+
+
+def test_a_dispatch_waits_for_a_person_then_runs_with_edited_input(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("risky", risky=True)))
+            approval = await approval_of(store, turn)
+            assert approval["kind"] == "dispatch" and approval["approver"] == "supervisor"
+            await turn_in(store, turn, "awaiting_approval")
+            await asyncio.sleep(0.3)
+            assert store.missions(turn)[0]["state"] == "queued"  # nothing ran meanwhile
+            edited = dict(json.loads(approval["args"]), risky=False, note="checked")
+            receipt = await submit_one(
+                rt,
+                command("ok", command="approval.approve", approval_id=approval["id"],
+                        args=edited, actor="alice"),
+            )  # fmt: skip
+            result = await command_result(store, receipt)
+            assert result["ok"] and result["state"] == "edited"
+            await turn_in(store, turn, "completed")
+        assert json.loads(store.turn(turn)["input"])["note"] == "checked"
+        decision = store.one("SELECT * FROM decisions WHERE approval_id = ?", approval["id"])
+        assert decision is not None and decision["verdict"] == "allow"
+        assert decision["decided_by"] == "alice"
+
+    run(main())
+
+
+def test_a_rejected_dispatch_fails_the_turn_with_the_reason(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("risky", risky=True)))
+            approval = await approval_of(store, turn)
+            bad = await submit_one(
+                rt, command("bad", command="approval.reject", approval_id=approval["id"],
+                            reason_code="meh"),
+            )  # fmt: skip
+            refused = await command_result(store, bad)
+            assert not refused["ok"]
+            assert "unsafe, wrong_target, other" in refused["errors"][0]
+            good = await submit_one(
+                rt, command("good", command="approval.reject", approval_id=approval["id"],
+                            reason_code="unsafe", reason="too broad", actor="bob"),
+            )  # fmt: skip
+            assert (await command_result(store, good))["state"] == "rejected"
+            row = await turn_in(store, turn, "failed")
+        assert "not approved" in row["error"]
+        assert store.missions(turn)[0]["state"] == "cancelled"
+        [entry] = store.ledger(action="approval.rejected", subject=approval["id"])
+        assert entry["payload"]["reason_code"] == "unsafe"
+        assert entry["payload"]["reason"] == "too broad" and entry["actor"] == "bob"
+        assert store.ledger(action="command.refused", subject=approval["id"])
+
+    run(main())
+
+
+# --- action approvals --------------------------------------------------------------------------
+
+
+def test_an_action_waits_blocked_and_the_agent_gets_the_edited_args(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(
+                store,
+                await submit_one(rt, acting("dep", {"tool": "deploy", "args": {"env": "prod"}})),
+            )
+            approval = await approval_of(store, turn)
+            assert approval["kind"] == "action" and approval["approver"] == "release-lead"
+            assert approval["action_key"].startswith(f"turn:{turn}:")
+            await turn_in(store, turn, "awaiting_approval")
+            assert store.missions(turn)[0]["state"] == "blocked"
+            first = await submit_one(
+                rt, command("e1", command="approval.approve", approval_id=approval["id"],
+                            args={"env": "staging"}, actor="alice"),
+            )  # fmt: skip
+            assert (await command_result(store, first))["state"] == "edited"
+            again = await submit_one(
+                rt, command("e2", command="approval.reject", approval_id=approval["id"],
+                            reason_code="unsafe", actor="bob"),
+            )  # fmt: skip
+            second = await command_result(store, again)
+            assert second["already"] and second["state"] == "edited"
+            assert second["decided_by"] == "alice"
+            await turn_in(store, turn, "completed")
+        actions = deliverable(store, turn)["actions"]
+        assert actions == [{"tool": "deploy", "outcome": "edited", "args": {"env": "staging"}}]
+        [release] = store.rows("SELECT * FROM action_releases WHERE turn_id = ?", turn)
+        assert json.loads(release["args"]) == {"env": "staging"}
+        assert [e["to_state"] for e in store.ledger(subject=store.missions(turn)[0]["id"])
+                if e["to_state"]] == ["queued", "running", "blocked", "running", "completed"]  # fmt: skip
+
+    run(main())
+
+
+def test_a_rejected_or_denied_action_reaches_the_agent_with_the_reason(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(
+                store,
+                await submit_one(
+                    rt, acting("two", {"tool": "rm_all"}, {"tool": "deploy", "args": {"n": 1}})
+                ),
+            )
+            approval = await approval_of(store, turn)
+            await submit_one(
+                rt, command("r", command="approval.reject", approval_id=approval["id"],
+                            reason_code="wrong_target", actor="carol"),
+            )  # fmt: skip
+            await turn_in(store, turn, "completed")
+        actions = deliverable(store, turn)["actions"]
+        assert [(a["tool"], a["outcome"]) for a in actions] == [
+            ("rm_all", "rejected"),
+            ("deploy", "rejected"),
+        ]
+        assert not store.rows("SELECT * FROM action_releases WHERE turn_id = ?", turn)
+        decided = store.ledger(action="action.decided")
+        reasons = [e["payload"]["reason"] for e in decided]
+        assert any("no-rm" in (r or "") for r in reasons)
+
+    run(main())
+
+
+def test_claims_keep_a_second_supervisor_out_and_snooze_defers(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(
+                store, await submit_one(rt, acting("c", {"tool": "deploy", "args": {}}))
+            )
+            approval = await approval_of(store, turn)
+            claim = await rt.command(
+                "w", {"command": "approval.claim", "approval_id": approval["id"]}, actor="alice"
+            )
+            assert claim["ok"] and claim["claimed_by"] == "alice"
+            stolen = await rt.command(
+                "w", {"command": "approval.approve", "approval_id": approval["id"]}, actor="bob"
+            )
+            assert not stolen["ok"] and "claimed by alice" in stolen["errors"][0]
+            snoozed = await rt.command(
+                "w",
+                {"command": "approval.snooze", "approval_id": approval["id"], "for_s": 3600},
+                actor="alice",
+            )
+            assert snoozed["ok"] and snoozed["snoozed_until"] >= snoozed["deadline_at"][:0]
+            assert snoozed["deadline_at"] >= snoozed["snoozed_until"]
+            wrong = await rt.command(
+                "w",
+                {"command": "approval.approve", "approval_id": approval["id"],
+                 "action_key": "turn:other:0"},
+                actor="alice",
+            )  # fmt: skip
+            assert not wrong["ok"] and "not turn:other:0" in wrong["errors"][0]
+            done = await rt.command(
+                "w", {"command": "approval.approve", "approval_id": approval["id"]}, actor="alice"
+            )
+            assert done["ok"] and done["state"] == "approved"
+            await turn_in(store, turn, "completed")
+
+    run(main())
+
+
+def test_the_ladder_escalates_then_expires_into_the_default_safe_action(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(
+                store, await submit_one(rt, acting("p", {"tool": "page_everyone"}))
+            )
+            approval = await approval_of(store, turn)
+            escalated = await wait_until(
+                lambda: store.one(
+                    "SELECT * FROM approvals WHERE id = ? AND state = 'escalated'", approval["id"]
+                ),
+                5,
+                "the approval to escalate",
+            )
+            assert escalated["approver"] == "oncall" and escalated["level"] == 1
+            await wait_until(
+                lambda: store.one(
+                    "SELECT * FROM approvals WHERE id = ? AND state = 'expired'", approval["id"]
+                ),
+                5,
+                "the approval to expire",
+            )
+            await turn_in(store, turn, "completed")
+            paused = store.value("SELECT paused FROM lane_flags WHERE lane = 'sim'")
+            await assert_ledger_ok(rt.db)
+        assert paused == 1
+        assert deliverable(store, turn)["actions"][0]["outcome"] == "rejected"
+        actions = [e["action"] for e in store.ledger(subject=approval["id"])]
+        assert actions == [
+            "approval.requested",
+            "approval.escalated",
+            "approval.expired",
+        ]
+        assert store.ledger(action="lane.paused")
+
+    run(main())
+
+
+def test_bulk_decides_each_matching_approval_on_its_own_entry(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turns = [
+                await turn_of(store, await submit_one(rt, task(f"r{i}", risky=True)))
+                for i in range(3)
+            ]
+            for turn in turns:
+                await approval_of(store, turn)
+            result = await rt.command(
+                "w",
+                {"command": "approval.bulk", "decision": "approve",
+                 "filter": {"tool": "mission.*"}},
+                actor="dana",
+            )  # fmt: skip
+            assert result["ok"] and len(result["decided"]) == 3 and not result["skipped"]
+            for turn in turns:
+                await turn_in(store, turn, "completed")
+        assert len(store.ledger(action="approval.approved")) == 3
+
+    run(main())
+
+
+# --- take over -----------------------------------------------------------------------------------
+
+
+def test_take_over_fences_the_agent_and_the_persons_deliverable_is_the_only_one(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("h", outcome="hang")))
+            await turn_in(store, turn, "running")
+            [mission] = store.missions(turn)
+            taken = await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            assert taken["ok"] and taken["cancelled_missions"] == [mission["id"]]
+            assert store.turn(turn)["lease_owner"] == "human:erin"
+            await wait_until(lambda: rt.running == 0, 5, "the agent to be stopped")
+            other = await rt.command(
+                "w", {"command": "turn.complete", "turn_id": turn, "deliverable": {"x": 1}}, "frank"
+            )
+            assert not other["ok"] and "held by human:erin" in other["errors"][0]
+            done = await rt.command(
+                "w",
+                {"command": "turn.complete", "turn_id": turn, "deliverable": {"answer": 42}},
+                "erin",
+            )
+            assert done["ok"]
+        row = store.turn(turn)
+        assert row["state"] == "completed"
+        assert json.loads(row["deliverable"]) == {"answer": 42, "completed_by": "erin"}
+        assert store.missions(turn)[0]["state"] == "cancelled"
+        assert not store.ledger(action="mission.completed", subject=mission["id"])
+
+    run(main())
+
+
+def test_a_late_agent_result_after_take_over_is_rejected(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("slow", latency_ms=600)))
+            await turn_in(store, turn, "running")
+            # Take over from "another process": straight on the database, so this node
+            # learns of it only when its agent's result is refused.
+            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            await asyncio.sleep(1.0)
+            assert store.turn(turn)["state"] == "taken_over"
+            released = await rt.command("w", {"command": "turn.release", "turn_id": turn}, "erin")
+            assert released["ok"]
+            await turn_in(store, turn, "completed")
+        missions = store.missions(turn)
+        assert [m["state"] for m in missions] == ["cancelled", "completed"]
+
+    run(main())
+
+
+def test_no_action_is_released_while_a_person_holds_the_turn(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(
+                store, await submit_one(rt, acting("d", {"tool": "deploy", "args": {}}))
+            )
+            approval = await approval_of(store, turn)
+            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            row = store.one("SELECT * FROM approvals WHERE id = ?", approval["id"])
+            assert row is not None
+            assert row["state"] == "rejected" and row["reason_code"] == "taken_over"
+            await wait_until(lambda: rt.running == 0, 5, "the agent to be stopped")
+        assert not store.rows("SELECT * FROM action_releases WHERE turn_id = ?", turn)
+        assert store.turn(turn)["state"] == "taken_over"
+
+    run(main())
