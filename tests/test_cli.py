@@ -29,7 +29,7 @@ ITEM_KINDS = {
 }
 MOVED_TO = {
     "turns": "leased",
-    "missions": "running",
+    "missions": "cancelled",
     "sessions": "active",
     "approvals": "approved",
     "alerts": "acked",

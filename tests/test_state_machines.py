@@ -35,6 +35,7 @@ from quarterdeck.domain.states import (
     ItemNotFound,
     Kind,
     Machine,
+    NoDecision,
     StaleWrite,
     TransitionError,
     UnknownState,
@@ -345,6 +346,8 @@ class TransitionRequests(RuleBasedStateMachine):
         ):
             outcome = StaleWrite
             self.stale[str(kind)] += 1
+        elif kind is Kind.MISSION and (item.state, to_state) == ("queued", "running"):
+            outcome = NoDecision  # the model never holds a dispatch decision
         else:
             outcome = None
             item.state = to_state

@@ -526,3 +526,41 @@ def test_no_action_is_released_while_a_person_holds_the_turn(tmp_path: Path) -> 
         assert store.turn(turn)["state"] == "taken_over"
 
     run(main())
+
+
+# --- a real subprocess agent ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decision", ["edit", "reject"])
+def test_a_command_lane_agent_receives_the_persons_decision(tmp_path: Path, decision: str) -> None:
+    from tests.test_lane_command import ACTION_AGENT, agent
+
+    argv = agent(tmp_path, ACTION_AGENT)
+    lanes = {"cmd": {"adapter": "command", "timeout_s": 30, "options": {"argv": argv}}}
+
+    async def main() -> None:
+        data = config(lanes=lanes, default_lane="cmd")
+        async with runtime(tmp_path, data, policy=policy()) as (rt, store):
+            envelope = {"idempotency_key": "c", "workspace": "w", "kind": "task",
+                        "payload": {"objective": "ship it", "lane": "cmd"}}  # fmt: skip
+            turn = await turn_of(store, await submit_one(rt, envelope))
+            approval = await approval_of(store, turn)
+            assert json.loads(approval["args"]) == {"env": "prod", "replicas": 3}
+            payload: dict[str, Any] = {"approval_id": approval["id"], "actor": "gail"}
+            if decision == "edit":
+                payload.update(command="approval.approve", args={"env": "staging", "replicas": 1})
+            else:
+                payload.update(command="approval.reject", reason_code="unsafe", reason="frozen")
+            await submit_one(rt, command("d", **payload))
+            await turn_in(store, turn, "completed", timeout=20)
+        first, second = deliverable(store, turn)["decisions"]
+        if decision == "edit":
+            assert first["outcome"] == "edited"
+            assert first["args"] == {"env": "staging", "replicas": 1}
+        else:
+            assert first["outcome"] == "rejected"
+            assert "unsafe" in first["reason"] and "frozen" in first["reason"]
+            assert "gail" in first["reason"]
+        assert second["outcome"] == "approved" and second["args"] == {"to": "ops"}
+
+    run(main())

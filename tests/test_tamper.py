@@ -71,7 +71,7 @@ async def _build(path: Path) -> None:
 
         await walk(Kind.TURN, "acme", ("leased", True), ("running", False), ("completed", False))
         await ingestor.ingest([line(envelope(i)) for i in range(3)])
-        await walk(Kind.MISSION, "équipe-β", ("running", False), ("blocked", False))
+        await walk(Kind.MISSION, "équipe-β", ("cancelled", False))
         await ingestor.ingest(
             [
                 line(envelope(1)),  # a duplicate

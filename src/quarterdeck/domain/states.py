@@ -183,6 +183,15 @@ class ItemNotFound(TransitionError):
         self.item_id = item_id
 
 
+class NoDecision(TransitionError):
+    """A mission may start (``queued -> running``) only under a persisted decision that allows
+    its dispatch; none was given. Nothing was changed."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(f"mission {item_id}: no dispatch without an allowing decision")
+        self.item_id = item_id
+
+
 class StaleWrite(TransitionError):
     """Compare-and-set lost: the item's version (or lease attempt) moved on; nothing was changed."""
 

@@ -548,9 +548,7 @@ class Runtime:
         running.finishing = True
         try:
             # The claim as it stands now: blocking on an approval moved its version.
-            finished = await self._finisher.submit(
-                Ending(running.claim, outcome, result, error)
-            )
+            finished = await self._finisher.submit(Ending(running.claim, outcome, result, error))
         finally:
             self._running.pop(claim.mission_id, None)
             await self._return_session(claim, outcome)

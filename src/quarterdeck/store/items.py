@@ -7,13 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.ids import new_id
 from quarterdeck.domain.states import (
     ItemNotFound,
     Kind,
+    NoDecision,
     StaleWrite,
     check_transition,
     machine,
@@ -114,6 +115,7 @@ def transition(
         ItemNotFound: no such item in ``workspace``.
         UnknownState, IllegalTransition: the table forbids the move.
         StaleWrite: the version or attempt moved on.
+        NoDecision: a mission would start without a decision allowing its dispatch.
         ValueError: a leased kind without ``expected_attempt``, or unknown fields.
     """
     table = _TABLES[kind]
@@ -135,6 +137,8 @@ def transition(
         expected_attempt is not None and attempt != expected_attempt
     ):
         raise StaleWrite(kind, item_id, (expected_version, expected_attempt), (version, attempt))
+    if kind is Kind.MISSION and (from_state, to_state) == ("queued", "running"):
+        _require_dispatch_decision(txn, item_id, columns.get("decision_id"))
     new_attempt = attempt + 1 if bump_attempt else attempt
     condition = [table.c.id == item_id, table.c.version == expected_version]
     if expected_attempt is not None:
@@ -164,3 +168,17 @@ def transition(
         payload={"version": version + 1, "attempt": new_attempt, **(payload or {})},
     )
     return ItemState(kind, item_id, workspace, to_state, version + 1, new_attempt, entry.seq)
+
+
+def _require_dispatch_decision(txn: WriteTxn, mission_id: str, decision_id: Any) -> None:
+    """Refuse a mission's start without a persisted decision allowing its dispatch (the
+    database's trigger refuses it too; this names the problem with a typed error first)."""
+    allowed = (
+        decision_id is not None
+        and txn.conn.execute(
+            text("SELECT 1 FROM decisions WHERE id = :d AND mission_id = :m AND verdict = 'allow'"),
+            {"d": decision_id, "m": mission_id},
+        ).first()
+    )
+    if not allowed:
+        raise NoDecision(mission_id)
