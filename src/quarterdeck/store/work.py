@@ -892,6 +892,16 @@ def _record_rejected(txn: WriteTxn, claim: Claim, what: str) -> None:
         None,
         {"write": what, "attempt": claim.attempt, "version": claim.version, "owner": claim.owner},
     )
+    from quarterdeck.store.alerts import open_alert  # alerts builds on this module
+
+    open_alert(
+        txn, (), workspace=claim.workspace, alert_type="out_of_sequence", severity="warn",
+        subject_type="mission", subject_id=claim.mission_id,
+        dedupe=f"sequence:{claim.mission_id}",
+        message=f"late {what} from {claim.owner} (attempt {claim.attempt}) was refused",
+        data={"write": what, "attempt": claim.attempt, "owner": claim.owner},
+        actor=claim.owner,
+    )  # fmt: skip
 
 
 # --- finishing ---------------------------------------------------------------------------------
