@@ -419,14 +419,17 @@ def test_marks_apply_only_to_pending_notifications(db_path: Path) -> None:
                 (await writer.submit(notify([target], "task.completed", s, {})))[0]
                 for s in ("t1", "t2")
             ]
-            rows = await writer.submit(due)
+            rows = await writer.submit(lambda t: due(t, lease_s=0))
             assert [row.id for row in rows] == [first, second]
+            # Taking rows leases them (here for 60 s): no other relay gets them meanwhile.
+            again = await writer.submit(lambda t: due(t, lease_s=60))
+            assert [row.id for row in again] == [first, second]
+            assert await writer.submit(due) == []
             assert (rows[0].attempts, rows[0].webhook, rows[0].format) == (0, "hook", "json")
             assert json.loads(rows[0].payload)["subject"] == {"type": "task", "id": "t1"}
 
             far = "9999-01-01T00:00:00.000000Z"
             assert await writer.submit(lambda t: mark_failed(t, first, 1, "HTTP 500", far, False))
-            assert [row.id for row in await writer.submit(due)] == [second]
             assert await writer.submit(lambda t: mark_delivered(t, second, 1))
             assert not await writer.submit(lambda t: mark_delivered(t, second, 2))
             assert not await writer.submit(lambda t: mark_failed(t, second, 2, "late", far, True))

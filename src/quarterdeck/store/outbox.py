@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import Connection, text
 
 from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.store.writer import WriteTxn
 
@@ -152,10 +154,20 @@ _PENDING_ROW = text(
 )
 
 
-def due(txn: WriteTxn, limit: int = 100) -> list[Due]:
+def due(txn: WriteTxn, limit: int = 100, lease_s: float = 60.0) -> list[Due]:
     """Pending notifications whose next attempt is at or before the transaction's time,
-    oldest first, at most ``limit``."""
-    rows = txn.conn.execute(_DUE, {"at": txn.at, "limit": limit}).mappings()
+    oldest first, at most ``limit``. Taking them moves their next attempt ``lease_s`` ahead,
+    so that another node's relay does not send them at the same time; marking them delivered
+    or failed sets it properly."""
+    rows = list(txn.conn.execute(_DUE, {"at": txn.at, "limit": limit}).mappings())
+    if rows:
+        txn.conn.execute(
+            text("UPDATE outbox SET next_attempt_at = :later WHERE id = :id AND state = 'pending'"),
+            [
+                {"later": format_instant(txn.now + timedelta(seconds=lease_s)), "id": row["id"]}
+                for row in rows
+            ],
+        )
     return [
         Due(
             id=row["id"],
