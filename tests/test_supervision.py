@@ -564,3 +564,117 @@ def test_a_command_lane_agent_receives_the_persons_decision(tmp_path: Path, deci
         assert second["outcome"] == "approved" and second["args"] == {"to": "ops"}
 
     run(main())
+
+
+# --- notifications -------------------------------------------------------------------------------
+
+
+def test_approvals_notify_through_the_outbox_in_both_formats(tmp_path: Path) -> None:
+    from tests.test_outbox import Receiver
+
+    async def main() -> None:
+        async with Receiver(lambda _path, _key, nth: 500 if nth == 1 else 200) as receiver:
+            hooks = [
+                {"name": "generic", "url": receiver.url("/json"), "events": ["approval.*"],
+                 "backoff_initial_s": 0.05, "backoff_max_s": 0.1},
+                {"name": "chat", "url": receiver.url("/slack"), "format": "slack",
+                 "events": ["approval.pending"], "backoff_initial_s": 0.05, "backoff_max_s": 0.1},
+            ]  # fmt: skip
+            async with runtime(tmp_path, config(webhooks=hooks), policy=policy()) as (rt, store):
+                turn = await turn_of(
+                    store, await submit_one(rt, acting("n", {"tool": "deploy", "args": {}}))
+                )
+                approval = await approval_of(store, turn)
+                await wait_until(lambda: len(receiver.accepted()) == 2, 10, "two deliveries")
+                await rt.command(
+                    "w", {"command": "approval.escalate", "approval_id": approval["id"]}, "ivy"
+                )
+                await wait_until(lambda: len(receiver.accepted()) == 3, 10, "the escalation")
+        keys = receiver.keys()
+        assert len(keys) == 3 and all(count == 2 for count in keys.values())  # one retry each
+        bodies = {s.path: s.body for s in receiver.seen if s.reply == 200 and s.path == "/slack"}
+        assert "deploy" in bodies["/slack"]["text"]
+        generic = [s.body for s in receiver.seen if s.reply == 200 and s.path == "/json"]
+        assert [b["event"] for b in generic] == ["approval.pending", "approval.escalated"]
+        assert all(b["subject"] == {"type": "approval", "id": approval["id"]} for b in generic)
+        assert len(store.ledger(action="notification.delivered")) == 3
+
+    run(main())
+
+
+# --- drift -----------------------------------------------------------------------------------------
+
+
+def test_drift_on_an_attested_prompt_pauses_the_lane_until_rebaselined(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("You are a careful agent.\n", encoding="utf-8")
+    data = config()
+    data["lanes"]["sim"].update(attest=[str(prompt)], on_drift="pause")
+
+    async def main() -> None:
+        async with runtime(tmp_path, data, policy=policy()) as (rt, store):
+            first = await turn_of(store, await submit_one(rt, task("before")))
+            await turn_in(store, first, "completed")
+            prompt.write_text("You are a reckless agent.\n", encoding="utf-8")
+            alert = await wait_until(
+                lambda: store.one("SELECT * FROM alerts WHERE alert_type = 'attested_file' "
+                                  "AND state = 'open'"),
+                5, "a drift alert",
+            )  # fmt: skip
+            assert alert["severity"] == "error" and alert["subject_id"] == "sim"
+            await wait_until(
+                lambda: store.value("SELECT paused FROM lane_flags WHERE lane = 'sim'") == 1, 5
+            )
+            held = await turn_of(store, await submit_one(rt, task("during")))
+            await asyncio.sleep(0.5)
+            assert store.turn(held)["state"] == "queued"
+            result = await rt.command(
+                "default", {"command": "lane.rebaseline", "lane": "sim"}, "jo"
+            )
+            assert result["ok"] and result["resumed"], result
+            await turn_in(store, held, "completed")
+            assert store.one("SELECT state FROM alerts WHERE id = ?", alert["id"]) == {
+                "state": "resolved"
+            }
+
+    run(main())
+
+
+def test_a_policy_edit_applies_to_the_next_decision_and_a_bad_edit_is_an_alert(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('[defaults]\noutcome = "allow"\n', encoding="utf-8")
+
+    async def main() -> None:
+        async with runtime(tmp_path, config(policy=str(path))) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, acting("a", {"tool": "email"})))
+            await turn_in(store, turn, "completed")
+            assert deliverable(store, turn)["actions"][0]["outcome"] == "approved"
+            strict = '[defaults]\noutcome = "allow"\n\n[[rules]]\nname = "no-email"\n'
+            path.write_text(strict + 'tool = "email"\noutcome = "deny"\n', encoding="utf-8")
+            new_hash = policy(path.read_text(encoding="utf-8")).hash
+            await wait_until(
+                lambda: any(e["payload"].get("hash") == new_hash
+                            for e in store.ledger(action="policy.loaded")),
+                5, "the edit to load",
+            )  # fmt: skip
+            turn = await turn_of(store, await submit_one(rt, acting("b", {"tool": "email"})))
+            await turn_in(store, turn, "completed")
+            assert deliverable(store, turn)["actions"][0]["outcome"] == "rejected"
+            path.write_text('[defaults]\noutcome = "perhaps"\n', encoding="utf-8")
+            alert = await wait_until(
+                lambda: store.one("SELECT * FROM alerts WHERE alert_type = 'policy_invalid' "
+                                  "AND state = 'open'"),
+                5, "a policy alert",
+            )  # fmt: skip
+            assert "defaults.outcome" in alert["message"]
+            turn = await turn_of(store, await submit_one(rt, acting("c", {"tool": "email"})))
+            await turn_in(store, turn, "completed")
+            assert deliverable(store, turn)["actions"][0]["outcome"] == "rejected"  # kept
+        decision = store.one(
+            "SELECT policy_hash FROM decisions WHERE turn_id = ? AND kind = 'action'", turn
+        )
+        assert decision == {"policy_hash": new_hash}
+
+    run(main())
