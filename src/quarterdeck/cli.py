@@ -6,14 +6,22 @@ env ``QUARTERDECK_STATE_DIR``), ``--db URL`` (overrides the state dir), ``--work
 
 Usage errors print one line on stderr and exit 2; a failed check (a broken ledger, an unknown
 id, a rejected line) exits 1.
+
+Supervision commands (``approve``, ``reject``, ``escalate``, ``snooze``, ``claim``,
+``takeover``, ``release``, ``complete``, ``fallback``, ``lane``, ``alert``, ``rebaseline``) each
+send one command envelope and wait (``--wait``, default 10 s) for a running runtime to apply
+it: the result is printed as JSON; exit 0 when it was applied, 1 when it was refused (each
+error on stderr), 3 when no runtime applied it in time (it stays queued).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +36,12 @@ from quarterdeck.store.migrations import HEAD_VERSION, MigrationError
 DEFAULT_WORKSPACE = "default"
 SUBMIT_CHUNK = 1_000
 KINDS = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
+DEFAULT_WAIT_S = 10.0
+EXIT_NOT_APPLIED = 3
+SUPERVISION = (
+    "approve", "reject", "escalate", "snooze", "claim", "takeover", "release", "complete",
+    "fallback", "lane", "alert", "rebaseline",
+)  # fmt: skip
 
 
 class UsageError(Exception):
@@ -131,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--until-idle", action="store_true", help="with --headless: exit once no work is left"
     )
 
+    _supervision_parsers(commands, common)
+
     db = commands.add_parser("db", parents=[common], help="schema version and migrations")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
     db_commands.required = True
@@ -140,6 +156,121 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade = db_commands.add_parser("downgrade", parents=[common], help="migrate down")
     downgrade.add_argument("--to", type=_non_negative, required=True, metavar="N")
     return parser
+
+
+def _supervision_parsers(commands: Any, common: _Parser) -> None:
+    """The supervision commands: each sends one command envelope and waits for its result."""
+    sending = _Parser(add_help=False)
+    sending.add_argument("--actor", help="who gives the command (default: the OS user)")
+    sending.add_argument(
+        "--wait",
+        type=_wait_seconds,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for a runtime to apply it (default {DEFAULT_WAIT_S:g})",
+    )
+    sending.add_argument(
+        "--idempotency-key", metavar="KEY", help="send again as the same envelope (default: fresh)"
+    )
+    parents = [common, sending]
+
+    def add(name: str, text: str) -> _Parser:
+        parser: _Parser = commands.add_parser(name, parents=parents, help=text)
+        return parser
+
+    for verb in ("approve", "reject"):
+        decide = add(verb, f"{verb} an approval, or every open one matching (--all)")
+        decide.add_argument("id", nargs="?", metavar="ID", help="the approval")
+        decide.add_argument(
+            "--all", action="store_true", help="every open approval (filtered by --lane, --tool)"
+        )
+        decide.add_argument("--lane", metavar="GLOB", help="with --all: only on these lanes")
+        decide.add_argument("--tool", metavar="GLOB", help="with --all: only for these tools")
+        decide.add_argument("--note", metavar="TEXT", help="a note recorded with the decision")
+        if verb == "approve":
+            decide.add_argument(
+                "--edit", type=_json_object, metavar="JSON",
+                help="approve with these arguments instead (a JSON object; replaces them)",
+            )  # fmt: skip
+        else:
+            decide.add_argument(
+                "--reason", required=True, metavar="CODE", help="reject reason code (policy's)"
+            )
+    add("escalate", "raise an approval to the next role of its ladder").add_argument("id")
+    snooze = add("snooze", "hide an approval for a while (its deadline moves too)")
+    snooze.add_argument("id")
+    snooze.add_argument(
+        "--for", dest="for_s", type=_duration, required=True, metavar="DURATION",
+        help="e.g. 90s, 10m, 2h",
+    )  # fmt: skip
+    claim = add("claim", "hold an approval so that nobody else decides it meanwhile")
+    claim.add_argument("id")
+    claim.add_argument(
+        "--for", dest="for_s", type=_duration, metavar="DURATION", help="(default: claim_s)"
+    )
+    claim.add_argument("--release", action="store_true", help="let go of the claim")
+    add("takeover", "take a live turn from its agent").add_argument("turn", metavar="TURN")
+    add("release", "hand a taken-over turn back to its lane").add_argument("turn", metavar="TURN")
+    complete = add("complete", "complete a taken-over turn with a deliverable")
+    complete.add_argument("turn", metavar="TURN")
+    complete.add_argument(
+        "--deliverable", required=True, metavar="FILE|-",
+        help="a JSON object, or text (becomes {\"text\": ...})",
+    )  # fmt: skip
+    fallback = add("fallback", "force (or stop forcing) fallback lanes")
+    fallback.add_argument("--force", required=True, choices=("on", "off"))
+    fallback.add_argument("--lane", metavar="L", help="only this lane (default: every lane)")
+    lane = add("lane", "pause or resume a lane")
+    lane.add_argument("action", choices=("pause", "resume"))
+    lane.add_argument("lane", metavar="L")
+    alert = add("alert", "acknowledge or resolve an alert")
+    alert.add_argument("action", choices=("ack", "resolve"))
+    alert.add_argument("id")
+    add("rebaseline", "accept a lane's attested files as they are now").add_argument(
+        "lane", metavar="LANE"
+    )
+    approvals = commands.add_parser(
+        "approvals", parents=[common], help="open approvals, nearest deadline first"
+    )
+    approvals.add_argument("--lane", metavar="GLOB", help="only on these lanes")
+    approvals.add_argument("--tool", metavar="GLOB", help="only for these tools")
+    approvals.add_argument(
+        "--limit", type=_non_negative, default=0, help="at most N (default 0: all)"
+    )
+    approvals.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h`` as seconds (more than 0)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 90s, 10m or 2h, got {text!r}"
+        )
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -269,14 +400,7 @@ async def _ls(db: Database, args: argparse.Namespace, out: IO[str]) -> int:
         return 0
     columns = _TABLE_COLUMNS.get(args.kind, _ITEM_COLUMNS)
     rows = [[_cell(item, c) for c in columns] for item in items]
-    widths = [max([len(c), *(len(r[i][:60]) for r in rows)]) for i, c in enumerate(columns)]
-    out.write(
-        "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n"
-    )
-    for row in rows:
-        out.write(
-            "  ".join(v[:60].ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        )
+    _write_table(columns, rows, out)
     if not rows:
         out.write(f"(no {args.kind})\n")
     return 0
@@ -362,7 +486,169 @@ async def _run_command(db: Database, args: argparse.Namespace, out: IO[str]) -> 
     )
 
 
+def default_actor() -> str:
+    """The OS user's name (``uid:N`` when it cannot be found)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid:{os.getuid()}"
+
+
+def _read_deliverable(source: str) -> dict[str, Any]:
+    """A JSON object file as is; any other content becomes ``{"text": content}``."""
+    try:
+        if source == "-":
+            content = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as stream:
+                content = stream.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read deliverable {source}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"deliverable {source} is not UTF-8 text: {exc}") from exc
+    try:
+        value = json.loads(content)
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"text": content}
+
+
+def _decision_payload(args: argparse.Namespace) -> dict[str, Any]:
+    verb = args.command
+    extra: dict[str, Any] = {}
+    if args.note:
+        extra["reason"] = args.note
+    if verb == "reject":
+        extra["reason_code"] = args.reason
+    if args.all:
+        if args.id is not None:
+            raise UsageError(f"{verb}: give an approval ID or --all, not both")
+        if verb == "approve" and args.edit is not None:
+            raise UsageError("approve --all cannot --edit")
+        selector = {k: v for k, v in (("lane", args.lane), ("tool", args.tool)) if v is not None}
+        payload = {"command": "approval.bulk", "decision": verb, "filter": selector, **extra}
+        if args.all_workspaces:
+            payload["all_workspaces"] = True
+        return payload
+    if args.id is None:
+        raise UsageError(f"{verb}: give an approval ID (or --all)")
+    if args.lane is not None or args.tool is not None:
+        raise UsageError(f"{verb}: --lane and --tool only go with --all")
+    payload = {"command": f"approval.{verb}", "approval_id": args.id, **extra}
+    if verb == "approve" and args.edit is not None:
+        payload["args"] = args.edit
+    return payload
+
+
+def command_payload(args: argparse.Namespace) -> dict[str, Any]:
+    """The command payload (without ``actor``) a supervision command line asks for.
+
+    Raises:
+        UsageError: the options do not make one command.
+    """
+    name = args.command
+    if args.all_workspaces and not (name in ("approve", "reject") and args.all):
+        raise UsageError("--all-workspaces only goes with approve --all / reject --all")
+    if name in ("approve", "reject"):
+        return _decision_payload(args)
+    if name == "escalate":
+        return {"command": "approval.escalate", "approval_id": args.id}
+    if name == "snooze":
+        return {"command": "approval.snooze", "approval_id": args.id, "for_s": args.for_s}
+    if name == "claim":
+        payload = {
+            "command": "approval.unclaim" if args.release else "approval.claim",
+            "approval_id": args.id,
+        }
+        if args.for_s is not None:
+            payload["for_s"] = args.for_s
+        return payload
+    if name in ("takeover", "release"):
+        return {"command": f"turn.{name}", "turn_id": args.turn}
+    if name == "complete":
+        deliverable = _read_deliverable(args.deliverable)
+        return {"command": "turn.complete", "turn_id": args.turn, "deliverable": deliverable}
+    if name == "fallback":
+        on = args.force == "on"
+        if args.lane is not None:
+            return {"command": "lane.force_fallback", "lane": args.lane, "on": on}
+        return {"command": "fallback.force", "on": on}
+    if name == "lane":
+        return {"command": f"lane.{args.action}", "lane": args.lane}
+    if name == "alert":
+        return {"command": f"alert.{args.action}", "alert_id": args.id}
+    if name == "rebaseline":
+        return {"command": "lane.rebaseline", "lane": args.lane}
+    raise AssertionError(f"not a supervision command: {name}")
+
+
+async def _supervise(args: argparse.Namespace, out: IO[str]) -> int:
+    """Send one command envelope and wait for its result (exit 0 ok, 1 refused, 3 not
+    applied in time)."""
+    from quarterdeck.client import Client, CommandRejected, CommandTimeout
+
+    payload = command_payload(args)
+    payload["actor"] = args.actor or default_actor()
+    workspace = str(args.workspace or os.environ.get("QUARTERDECK_WORKSPACE") or DEFAULT_WORKSPACE)
+    async with Client(database_url(args), workspace=workspace) as client:
+        try:
+            sent = await client.send_command(payload, idempotency_key=args.idempotency_key)
+            for note in sent.errors:
+                sys.stderr.write(f"quarterdeck: note: {note}\n")
+            result = await client.command_result(sent.receipt, timeout_s=args.wait)
+        except CommandRejected as exc:
+            raise UsageError("the command envelope is invalid: " + "; ".join(exc.errors)) from exc
+        except CommandTimeout as exc:
+            sys.stderr.write(f"quarterdeck: {exc}\n")
+            return EXIT_NOT_APPLIED
+    _print_json(result, out)
+    if result.get("ok"):
+        return 0
+    for error in result.get("errors") or ["refused"]:
+        sys.stderr.write(f"quarterdeck: refused: {error}\n")
+    return 1
+
+
+def _write_table(columns: Sequence[str], rows: list[list[str]], out: IO[str]) -> None:
+    widths = [max([len(c), *(len(r[i][:60]) for r in rows)]) for i, c in enumerate(columns)]
+    out.write(
+        "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n"
+    )
+    for row in rows:
+        out.write(
+            "  ".join(v[:60].ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
+
+
+async def _approvals(db: Database, args: argparse.Namespace, out: IO[str]) -> int:
+    from quarterdeck.domain.clock import format_instant, utc_now
+    from quarterdeck.store.queries import open_approvals
+
+    scope = workspace_scope(args)
+    items = await open_approvals(
+        db, scope, lane=args.lane, tool=args.tool, limit=args.limit or None
+    )
+    if args.json:
+        for item in items:
+            _print_json(item, out)
+        return 0
+    now = format_instant(utc_now())
+    columns = ["id", "state", "tool", "lane", "approver", "deadline", "claimed_by"]
+    if scope is None:
+        columns.insert(1, "workspace")
+    rows = []
+    for item in items:
+        claimed = item["claimed_by"] if (item["claim_expires_at"] or "") > now else None
+        shown = {**item, "deadline": item["deadline_at"], "claimed_by": claimed}
+        rows.append([_cell(shown, c) for c in columns])
+    _write_table(columns, rows, out)
+    if not rows:
+        out.write("(no open approvals)\n")
+    return 0
+
+
 _COMMANDS = {
+    "approvals": _approvals,
     "submit": _submit,
     "status": _status,
     "ls": _ls,
@@ -375,6 +661,8 @@ _COMMANDS = {
 
 async def _run(args: argparse.Namespace, out: IO[str]) -> int:
     workspace_scope(args)  # report option conflicts before touching the database
+    if args.command in SUPERVISION:
+        return await _supervise(args, out)
     if args.command == "run":
         if not args.headless:
             raise UsageError("the control center screen is not built yet: use 'run --headless'")

@@ -10,8 +10,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from quarterdeck.client.approvals import ApprovalDecision, request_approval
 from quarterdeck.client.errors import CommandRejected, CommandTimeout
 from quarterdeck.client.watch import ChangeWatch
 from quarterdeck.domain.canonical import canonical_json
@@ -19,9 +20,6 @@ from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.store.database import Database, open_database, sqlite_url
 from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.writer import Writer
-
-if TYPE_CHECKING:
-    from quarterdeck.client.approvals import ApprovalDecision
 
 DEFAULT_WORKSPACE = "default"
 
@@ -100,10 +98,11 @@ class Client:
 
     async def send_command(
         self, payload: Mapping[str, Any], *, idempotency_key: str | None = None
-    ) -> str:
+    ) -> IngestResult:
         """Record one command envelope (``payload`` is ``{"command": NAME, ...}``) in this
-        client's workspace; return the id of the receipt that stands for it (the original one
-        when ``idempotency_key`` was used before).
+        client's workspace. The result's ``receipt`` stands for it: the original one, with
+        status ``duplicate``, when ``idempotency_key`` was used before (its ``errors`` then
+        note whether the content differed).
 
         Raises:
             TypeError: the payload is not JSON.
@@ -120,7 +119,7 @@ class Client:
         [result] = await self.submit([envelope])
         if result.status == "rejected":
             raise CommandRejected(list(result.errors), receipt=result.receipt)
-        return result.receipt
+        return result
 
     async def command_result(
         self, receipt: str, *, timeout_s: float | None = None, poll_s: float = 0.05
@@ -163,8 +162,8 @@ class Client:
     ) -> dict[str, Any]:
         """Send one command and wait for a runtime to apply it: :meth:`send_command` then
         :meth:`command_result`. A refused command returns its result (``ok`` false)."""
-        receipt = await self.send_command(payload, idempotency_key=idempotency_key)
-        return await self.command_result(receipt, timeout_s=timeout_s, poll_s=poll_s)
+        sent = await self.send_command(payload, idempotency_key=idempotency_key)
+        return await self.command_result(sent.receipt, timeout_s=timeout_s, poll_s=poll_s)
 
     async def request_approval(
         self,
@@ -182,8 +181,6 @@ class Client:
 
         See :func:`quarterdeck.client.approvals.request_approval`.
         """
-        from quarterdeck.client.approvals import request_approval
-
         return await request_approval(
             self, action, args, action_id=action_id, lane=lane, estimated_cost=estimated_cost,
             actor=actor, timeout_s=timeout_s, poll_s=poll_s,

@@ -476,6 +476,10 @@ def bulk_decide(
     globs, ``kind``), each on its own ledger entry; those claimed by others are skipped."""
     if verdict == "reject" and reason_code not in reason_codes(plan):
         error = f"reason code {reason_code!r} is not one of {', '.join(reason_codes(plan))}"
+        _entry(
+            txn, workspace or "*", actor, "command.refused", "command", actor, None, None,
+            {"command": "approval.bulk", "errors": [error]},
+        )  # fmt: skip
         return {"ok": False, "errors": [error]}
     rows = txn.conn.execute(
         text(

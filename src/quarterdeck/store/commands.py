@@ -4,11 +4,13 @@ its result (``ok`` and what happened); a refused command is recorded and changes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import text
 
+from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.policy import ActionRequest, Outcome
 from quarterdeck.domain.tasks import CommandSpec
 from quarterdeck.store import alerts
@@ -108,8 +110,8 @@ def request_approval(
         return {"ok": True, "verdict": _verdict(existing.state), **approval_view(existing)}
     prior = txn.conn.execute(
         text(
-            "SELECT verdict, reason, args FROM decisions WHERE workspace = :w AND action_key = :k "
-            "AND kind = 'sdk' ORDER BY at LIMIT 1"
+            "SELECT verdict, reason, tool, args FROM decisions WHERE workspace = :w "
+            "AND action_key = :k AND kind = 'sdk' ORDER BY at LIMIT 1"
         ),
         {"w": workspace, "k": key},
     ).first()
@@ -120,8 +122,17 @@ def request_approval(
             {"command": "approval.request", "errors": ["payload.args: must be an object"]},
         )  # fmt: skip
     if prior is not None:
+        if prior.tool != args["tool"] or json.loads(prior.args) != json.loads(
+            canonical_text(dict(tool_args))
+        ):
+            error = f"action {action_id!r} was decided for other tool or arguments"
+            return _refuse(
+                txn, workspace, actor, "action", key,
+                {"command": "approval.request", "errors": [error]},
+            )  # fmt: skip
+        stored = json.loads(prior.args)
         return {"ok": True, "verdict": prior.verdict, "action_key": key, "reason": prior.reason,
-                "args": dict(tool_args), "effective_args": dict(tool_args), "approval": None}  # fmt: skip
+                "args": stored, "effective_args": stored, "approval": None}  # fmt: skip
     cost = args.get("estimated_cost")
     lane = _text(args.get("lane")) or "sdk"
     request = ActionRequest(

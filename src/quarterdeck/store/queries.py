@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import Table, and_, func, or_, select, text
@@ -287,3 +288,48 @@ async def pending_work(db: Database) -> int:
             )
         ).scalar_one()
     return int(receipts) + int(missions)
+
+
+async def open_approvals(
+    db: Database,
+    workspace: str | None,
+    *,
+    lane: str | None = None,
+    tool: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Approvals still waiting for a decision (pending or escalated), oldest deadline first.
+
+    Args:
+        workspace: only this workspace's; None for every workspace.
+        lane, tool: only those whose lane / tool matches this glob (case-sensitive).
+        limit: at most this many; None for all.
+    """
+    where = "state IN ('pending', 'escalated')"
+    params: dict[str, Any] = {}
+    if workspace is not None:
+        where += " AND workspace = :w"
+        params["w"] = workspace
+    async with db.read() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT id, workspace, state, kind, tool, lane, args, approver, level, "
+                    "deadline_at, snoozed_until, claimed_by, claim_expires_at, requested_by, "
+                    f"created_at FROM approvals WHERE {where} ORDER BY deadline_at, id"
+                ),
+                params,
+            )
+        ).all()
+    result: list[dict[str, Any]] = []
+    for row in rows:
+        if lane is not None and not fnmatchcase(row.lane or "", lane):
+            continue
+        if tool is not None and not fnmatchcase(row.tool or "", tool):
+            continue
+        item = dict(row._mapping)
+        item["args"] = json.loads(row.args) if row.args else {}
+        result.append(item)
+        if limit is not None and len(result) >= limit:
+            break
+    return result

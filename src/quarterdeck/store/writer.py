@@ -153,6 +153,10 @@ class Writer:
                 )
                 if retryable and attempt < RETRIES:
                     log.info("group commit retried (%s)", type(exc).__name__)
+                    if attempt == 0 and isinstance(exc, LedgerHeadMoved):
+                        # Another process appended since our cached head: re-read it and go
+                        # again at once (no contention to back off from).
+                        continue
                     await asyncio.sleep(delay * random.random())
                     delay = min(delay * 2, 1.0)
                     continue
