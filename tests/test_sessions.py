@@ -190,7 +190,7 @@ def test_sync_python_agent_runs_in_a_thread_in_its_session_directory(
         actions = [
             a for (a,) in _rows(db_path, "SELECT action FROM ledger WHERE action LIKE 'action.%'")
         ]
-        assert actions == ["action.requested", "action.decided"]
+        assert actions == ["action.requested", "action.decided", "action.released"]
         progress = _rows(db_path, "SELECT type FROM mission_events")
         assert ("progress",) in progress
         await db.dispose()
