@@ -678,3 +678,29 @@ def test_a_policy_edit_applies_to_the_next_decision_and_a_bad_edit_is_an_alert(
         assert decision == {"policy_hash": new_hash}
 
     run(main())
+
+
+def test_an_approval_shows_the_request_its_rule_trace_recent_events_and_cost(
+    tmp_path: Path,
+) -> None:
+    from quarterdeck.store.queries import get_item
+
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(
+                store, await submit_one(rt, acting("v", {"tool": "deploy", "args": {"env": "x"}}))
+            )
+            approval = await approval_of(store, turn)
+            await asyncio.sleep(0.4)  # events are stored in batches
+            item = await get_item(rt.db, approval["id"], workspace="w")
+            assert item is not None and item["tool"] == "deploy"
+            assert json.loads(item["args"]) == {"env": "x"}
+            context = item["context"]
+            assert context["decision"]["rule"] == "deploys"
+            assert context["decision"]["verdict"] == "pending"
+            assert [s["rule"] for s in context["decision"]["trace"]][:2] == ["no-rm", "deploys"]
+            assert any(e["type"] == "progress" for e in context["recent_events"])
+            assert context["turn_cost"] == 0
+            assert [h["action"] for h in item["history"]] == ["approval.requested"]
+
+    run(main())

@@ -127,6 +127,62 @@ async def list_items(
     return [_item_dict(kind.removesuffix("s"), row) for row in rows]
 
 
+APPROVAL_EVENTS = 20
+"""Recent events of the turn shown with an approval."""
+
+
+async def _approval_context(conn: Any, item: dict[str, Any]) -> dict[str, Any]:
+    """What a person needs to decide an approval: the decision that asked (rule, rule trace,
+    policy hash), the turn's recent events and the cost so far."""
+    decision = (
+        await conn.execute(
+            text(
+                "SELECT id, outcome, verdict, rule, trace, policy_hash, estimated_cost "
+                "FROM decisions WHERE id = :d"
+            ),
+            {"d": item.get("decision_id")},
+        )
+    ).first()
+    turn_id = item.get("turn_id")
+    events: list[dict[str, Any]] = []
+    cost = None
+    if turn_id:
+        rows = await conn.execute(
+            text(
+                "SELECT at, type, data FROM mission_events WHERE turn_id = :t "
+                "ORDER BY id DESC LIMIT :n"
+            ),
+            {"t": turn_id, "n": APPROVAL_EVENTS},
+        )
+        events = [
+            {"at": r.at, "type": r.type, "data": json.loads(r.data)} for r in reversed(rows.all())
+        ]
+        cost = (
+            await conn.execute(
+                text(
+                    "SELECT COALESCE(SUM(estimated_cost), 0) FROM decisions "
+                    "WHERE turn_id = :t AND verdict = 'allow'"
+                ),
+                {"t": turn_id},
+            )
+        ).scalar()
+    return {
+        "decision": None
+        if decision is None
+        else {
+            "id": decision.id,
+            "outcome": decision.outcome,
+            "verdict": decision.verdict,
+            "rule": decision.rule,
+            "trace": json.loads(decision.trace),
+            "policy_hash": decision.policy_hash,
+            "estimated_cost": decision.estimated_cost,
+        },
+        "recent_events": events,
+        "turn_cost": cost,
+    }
+
+
 async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict[str, Any] | None:
     """One item of any kind by id, with its ledger history; None if not found in scope."""
     async with db.read() as conn:
@@ -153,6 +209,8 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
             )
             item["missions"] = [_item_dict("mission", r) for r in rows.all()]
             item["attempts"] = len(item["missions"])
+        if item["type"] == "approval":
+            item["context"] = await _approval_context(conn, item)
         mentioned = LEDGER.c.subject_id == item_id
         if item["type"] == "receipt":
             # Receipts are recorded by batch: find the batch entries that name this one.
