@@ -18,38 +18,13 @@ from sqlalchemy import text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.states import Kind, check_transition, machine
+from quarterdeck.domain.states import Kind, machine
 from quarterdeck.store.outbox import Target, enqueue
+from quarterdeck.store.work import _entry, set_flag
 from quarterdeck.store.writer import WriteTxn
 
 LATENCY_ROWS = 2_000
 """How many of the window's most recently finished missions the p95 latency is taken over."""
-
-
-def _entry(
-    txn: WriteTxn,
-    workspace: str,
-    actor: str,
-    action: str,
-    subject_type: str,
-    subject_id: str,
-    from_state: str | None,
-    to_state: str | None,
-    payload: dict[str, Any],
-) -> None:
-    if from_state is not None and to_state is not None:
-        check_transition(Kind(subject_type), from_state, to_state)
-    txn.ledger.append(
-        at=txn.at,
-        workspace=workspace,
-        actor=actor,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        from_state=from_state,
-        to_state=to_state,
-        payload=payload,
-    )
 
 
 def _refuse(
@@ -376,9 +351,6 @@ def rebaseline_lane(
     ]
     resumed = paused_by(txn.conn, lane) == drift_actor
     if resumed:
-        # Imported here: the work module may itself use this module's functions.
-        from quarterdeck.store.work import set_flag
-
         set_flag(txn, lane, "paused", False, actor=actor, workspace=workspace)
     return {
         "ok": True,
