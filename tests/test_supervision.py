@@ -704,3 +704,35 @@ def test_an_approval_shows_the_request_its_rule_trace_recent_events_and_cost(
             assert [h["action"] for h in item["history"]] == ["approval.requested"]
 
     run(main())
+
+
+def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path) -> None:
+    from quarterdeck.store.work import finish_mission
+
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("h", outcome="hang")))
+            await turn_in(store, turn, "running")
+            [held] = [r.claim for r in rt._running.values() if r.claim.turn_id == turn]
+            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            late = await rt.writer.submit(
+                lambda txn: finish_mission(
+                    txn, held, "completed", rt.plan, result={"summary": "the agent's late work"}
+                )
+            )
+            assert not late.accepted
+            await rt.command(
+                "w", {"command": "turn.complete", "turn_id": turn, "deliverable": {"by": "me"}},
+                "erin",
+            )  # fmt: skip
+        assert json.loads(store.turn(turn)["deliverable"]) == {"by": "me", "completed_by": "erin"}
+        assert store.counter("late_writes_rejected") >= 1
+        [rejected] = store.ledger(action="mission.late_write_rejected", subject=held.mission_id)
+        assert rejected["payload"]["write"] == "completed"
+        alert = store.one("SELECT * FROM alerts WHERE alert_type = 'out_of_sequence'")
+        assert alert is not None and alert["subject_id"] == held.mission_id
+        assert store.rows("SELECT result FROM missions WHERE turn_id = ?", turn) == [
+            {"result": None}
+        ]
+
+    run(main())
