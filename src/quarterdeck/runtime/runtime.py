@@ -664,7 +664,7 @@ class Runtime:
             self._wake_supervision.clear()
             tick += 1
             try:
-                if tick % 5 == 0 or not self._waiters:
+                if tick % 5 == 0 and await self._approvals_due():
                     await self.writer.submit(
                         lambda txn: expire_due(txn, self.plan, f"{self.node_id}:ladder")
                     )
@@ -675,6 +675,19 @@ class Runtime:
                 raise
             except Exception:
                 log.exception("supervision pass failed", extra={"node": self.node_id})
+
+    async def _approvals_due(self) -> bool:
+        """Whether an open approval's deadline has passed (a read, so an idle node takes no
+        write transaction for it)."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT 1 FROM approvals WHERE state IN ('pending', 'escalated') "
+                         "AND deadline_at <= :now LIMIT 1"),
+                    {"now": format_instant(self.clock())},
+                )
+            ).first()  # fmt: skip
+        return row is not None
 
     async def _resolve_waiters(self) -> None:
         waiting = [key for key, future in self._waiters.items() if not future.done()]
