@@ -736,3 +736,24 @@ def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path)
         ]
 
     run(main())
+
+
+def test_taking_over_a_turn_waiting_for_dispatch_approval_holds_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("r", risky=True)))
+            approval = await approval_of(store, turn)
+            taken = await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "kim")
+            assert taken["ok"] and taken["rejected_approvals"] == 1
+            row = store.turn(turn)
+            assert (row["state"], row["lease_owner"]) == ("taken_over", "human:kim")
+            released = await rt.command("w", {"command": "turn.release", "turn_id": turn}, "kim")
+            assert released["ok"]
+            # Back in the queue, the new mission is decided afresh: approval again.
+            second = await approval_of(store, turn)
+            assert second["id"] != approval["id"]
+        assert store.one("SELECT state FROM approvals WHERE id = ?", approval["id"]) == {
+            "state": "rejected"
+        }
+
+    run(main())

@@ -53,12 +53,13 @@ def take_over(
         _move_mission(
             txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
         )
-    rejected = reject_open(txn, plan, turn_id, actor, "taken_over")
     _move_turn(
         txn, workspace, turn_id, turn.state, "taken_over", turn.version, actor,
         extra={"holder": holder_of(actor), "revoked": [m.lease_owner for m in missions
                                                        if m.lease_owner]},
     )  # fmt: skip
+    # After the turn is held: rejecting a dispatch approval must not fail the turn.
+    rejected = reject_open(txn, plan, turn_id, actor, "taken_over")
     txn.conn.execute(
         text("UPDATE turns SET lease_owner = :who, lease_expires_at = NULL WHERE id = :id"),
         {"who": holder_of(actor), "id": turn_id},
