@@ -30,7 +30,13 @@ from typing import IO, Any, NoReturn
 from sqlalchemy.exc import OperationalError
 
 from quarterdeck.runtime.config import ConfigError, RuntimeConfig
-from quarterdeck.store.database import Database, DatabaseError, open_database, sqlite_url
+from quarterdeck.store.database import (
+    DB_FILENAME,
+    Database,
+    DatabaseError,
+    open_database,
+    sqlite_url,
+)
 from quarterdeck.store.migrations import HEAD_VERSION, MigrationError
 
 DEFAULT_WORKSPACE = "default"
@@ -143,6 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--node-id", metavar="NAME", help="this node's name (default: a fresh UUID)")
     run.add_argument(
         "--until-idle", action="store_true", help="with --headless: exit once no work is left"
+    )
+
+    run.add_argument("--theme", metavar="NAME", help="the screen's theme (see themes/)")
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="the control center on a simulated fleet (fresh state)"
+    )
+    demo.add_argument("--theme", metavar="NAME", help="the screen's theme (see themes/)")
+
+    attach = commands.add_parser(
+        "attach", parents=[common], help="the control center on a running daemon's state"
+    )
+    attach.add_argument("--read-only", action="store_true", help="show everything, change nothing")
+    attach.add_argument("--theme", metavar="NAME", help="the screen's theme (see themes/)")
+    attach.add_argument(
+        "--config", metavar="FILE", help="the daemon's quarterdeck.toml (lanes, keymap, policy)"
     )
 
     _supervision_parsers(commands, common)
@@ -469,10 +491,72 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RuntimeConfig, str]:
     return load_config(path), str(path) if path else "built-in"
 
 
+async def _demo(args: argparse.Namespace) -> int:
+    """A fresh state directory (unless one is given), the demo fleet, the control center."""
+    import tempfile
+
+    from quarterdeck.runtime.config import load_config
+    from quarterdeck.runtime.demo import prepare_demo
+    from quarterdeck.tui.launch import run_embedded
+
+    if args.state_dir:
+        state_dir = Path(args.state_dir)
+    else:
+        state_dir = Path(tempfile.mkdtemp(prefix="quarterdeck-demo-"))
+    config = load_config(prepare_demo(state_dir))
+    db = await open_database(sqlite_url(state_dir))
+    try:
+        code = await run_embedded(
+            db, config, state_dir=state_dir, theme=args.theme, keymap=config.keymap, demo=True
+        )
+    finally:
+        await db.dispose()
+    sys.stderr.write(f"quarterdeck: the demo's state is in {state_dir}\n")
+    return code
+
+
+async def _attach(args: argparse.Namespace) -> int:
+    """The control center on a running daemon's database, in this process."""
+    from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, Policy, parse_policy
+    from quarterdeck.runtime.config import load_config
+    from quarterdeck.tui.launch import run_attached
+
+    url = database_url(args)
+    state_dir = Path(args.state_dir or os.environ.get("QUARTERDECK_STATE_DIR") or "state")
+    if not args.db and not (state_dir / DB_FILENAME).is_file():
+        raise UsageError(f"no database in {state_dir}: start a daemon there first")
+    config = load_config(Path(args.config)) if args.config else None
+    reasons = tuple(DEFAULT_REJECT_REASONS)
+    if config is not None and config.policy is not None and config.policy.is_file():
+        policy = parse_policy(config.policy.read_text(encoding="utf-8"))
+        if isinstance(policy, Policy):
+            reasons = tuple(policy.reject_reasons)
+    db = await open_database(url, upgrade=False)
+    try:
+        return await run_attached(
+            db, read_only=args.read_only, theme=args.theme, themes_dir=state_dir / "themes",
+            keymap=config.keymap if config else None, reject_reasons=reasons,
+            lanes=tuple(config.lanes) if config else (),
+        )  # fmt: skip
+    finally:
+        await db.dispose()
+
+
 async def _run_command(db: Database, args: argparse.Namespace, out: IO[str]) -> int:
     from quarterdeck.runtime.daemon import configure_logging, run_headless
 
     config, source = args.run_config
+    if not args.headless:
+        from quarterdeck.tui.launch import run_embedded
+
+        return await run_embedded(
+            db,
+            config,
+            state_dir=Path(args.state_dir or os.environ.get("QUARTERDECK_STATE_DIR") or "state"),
+            theme=args.theme,
+            keymap=config.keymap,
+            node_id=args.node_id,
+        )
     configure_logging()
     return await run_headless(
         db,
@@ -663,9 +747,11 @@ async def _run(args: argparse.Namespace, out: IO[str]) -> int:
     workspace_scope(args)  # report option conflicts before touching the database
     if args.command in SUPERVISION:
         return await _supervise(args, out)
+    if args.command == "demo":
+        return await _demo(args)
+    if args.command == "attach":
+        return await _attach(args)
     if args.command == "run":
-        if not args.headless:
-            raise UsageError("the control center screen is not built yet: use 'run --headless'")
         args.run_config = _load_run_config(args)
         if args.run_config[0].database_url and not args.db:
             args.db = args.run_config[0].database_url

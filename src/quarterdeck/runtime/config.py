@@ -93,6 +93,8 @@ class RuntimeConfig:
     """How long a supervisor's claim on an approval holds."""
     slo: SloThresholds = field(default_factory=SloThresholds)
     webhooks: tuple[Webhook, ...] = ()
+    keymap: Mapping[str, str] = field(default_factory=dict)
+    """The control center's key overrides: action name -> key (checked by the TUI)."""
 
 
 _Expected = type | tuple[type, ...]
@@ -124,6 +126,7 @@ _TOP_KEYS: Final[dict[str, _Expected]] = {
     "claim_s": (int, float),
     "slo": dict,
     "webhooks": list,
+    "keymap": dict,
 }
 _SLO_KEYS: Final = (
     "window_s",
@@ -225,6 +228,13 @@ def parse_config(
     if isinstance(default_lane, str) and lanes and default_lane not in lanes:
         problems.append(f"default_lane: no lane named {default_lane!r}")
     slo = _parse_slo(data.get("slo", {}), problems)
+    keymap = data.get("keymap", {})
+    if isinstance(keymap, dict):
+        for action, key in keymap.items():
+            if not isinstance(key, str) or not key:
+                problems.append(f"keymap.{action}: must be a key name such as 'y' or 'ctrl+y'")
+    else:
+        keymap = {}
     webhooks = _parse_webhooks(data.get("webhooks", []), problems)
     for key in ("lease_s", "sweep_interval_s", "hold_s", "drain_grace_s", "claim_s"):
         value = data.get(key)
@@ -249,6 +259,7 @@ def parse_config(
         claim_s=float(data.get("claim_s", defaults.claim_s)),
         slo=slo,
         webhooks=webhooks,
+        keymap=keymap,
     )
 
 

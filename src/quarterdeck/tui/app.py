@@ -1,0 +1,686 @@
+"""The control center: one app over a :class:`~quarterdeck.client.console.Console`, built by
+:func:`create_app` for the CLI, the demo and the tests alike.
+
+The screen refreshes from the console's change feed on a coalescing loop (at most four
+snapshots a second, never overlapping); panes diff by key and touch only what changed. Every
+action is a binding (with an id a keymap can rebind) and a command-palette entry; actions that
+change the runtime run as workers, so input never waits on the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widgets import ContentSwitcher, Footer, Input, Static
+
+from quarterdeck.client.console import Console, ReadOnly, Snapshot
+from quarterdeck.domain.clock import Clock, utc_now
+from quarterdeck.tui.keymap import ACTIONS, BY_NAME, KeyAction
+from quarterdeck.tui.panes import (
+    AlertsPane,
+    ApprovalsPane,
+    LedgerPane,
+    LivePane,
+    MissionsPane,
+    TurnsPane,
+    short,
+)
+from quarterdeck.tui.screens import (
+    ConfirmScreen,
+    DetailScreen,
+    HelpScreen,
+    JsonEditScreen,
+    ReasonScreen,
+    TextEditScreen,
+)
+
+PANES = ("approvals", "turns", "missions", "alerts", "ledger")
+MIN_REFRESH_S = 0.25
+IDLE_REFRESH_S = 1.0
+SNOOZE_S = 600
+
+
+class StatusHeader(Static):
+    """The runtime's state: what this is attached to, flags (FORCE FALLBACK stands out),
+    counts and SLO figures."""
+
+    def show(self, snapshot: Snapshot | None, error: str | None = None) -> None:
+        """Render the header for a snapshot (or the last one, with an error)."""
+        text = Text()
+        text.append(" QUARTERDECK ", style="bold reverse")
+        if snapshot is None:
+            text.append(" connecting…")
+            if error:
+                text.append(f"  {error}", style="bold red")
+            self.update(text)
+            return
+        head = snapshot.header
+        text.append(f" {head.target}")
+        if head.alive is not None:
+            text.append(
+                " ● daemon alive" if head.alive else " ○ daemon not running",
+                style="green" if head.alive else "bold red",
+            )
+        if head.read_only:
+            text.append("  READ-ONLY", style="bold yellow")
+        if head.force_all:
+            text.append("  FORCE FALLBACK: ALL LANES ", style="bold white on red")
+        elif head.forced:
+            text.append(f"  FORCE FALLBACK: {', '.join(head.forced)} ", style="bold white on red")
+        if head.paused:
+            text.append(f"  paused: {', '.join(head.paused)}", style="yellow")
+        text.append("\n")
+        counts = head.turns
+        text.append(
+            f" turns {sum(counts.values())}: "
+            f"{counts.get('running', 0)} running · {counts.get('queued', 0)} queued · "
+            f"{counts.get('awaiting_approval', 0)} waiting · {counts.get('completed', 0)} done · "
+            f"{counts.get('failed', 0) + counts.get('timed_out', 0)} failed"
+        )
+        text.append(
+            f"  │ approvals {head.approvals_open}", style="bold" if head.approvals_open else ""
+        )
+        text.append(f"  │ alerts {head.alerts_open}", style="bold red" if head.alerts_open else "")
+        slo = head.slo
+        p95 = slo.get("p95_latency_s")
+        failure = slo.get("failure_rate")
+        text.append(
+            f"  │ p95 {p95:.2f}s" if isinstance(p95, int | float) else "  │ p95 -",
+        )
+        text.append(
+            f" fail {failure:.0%}" if isinstance(failure, int | float) else " fail -",
+        )
+        text.append(f"  │ ledger {head.head_seq}")
+        if error:
+            text.append(f"\n {error}", style="bold red")
+        self.update(text)
+
+
+class FilterBar(Input):
+    """``/``: filter the current pane (a substring of any column); escape clears it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "clear", "Clear filter")]
+
+    def action_clear(self) -> None:
+        """Clear the filter and hide the bar."""
+        self.value = ""
+        self.post_message(self.Submitted(self, ""))
+
+
+def _bindings() -> list[BindingType]:
+    bindings: list[BindingType] = [
+        Binding(action.key, action.name, action.description, id=action.name,
+                show=action.name not in ("next_pane", "detail", "filter"))
+        for action in ACTIONS
+    ]  # fmt: skip
+    bindings.append(Binding("ctrl+q", "quit", "Quit", show=False, priority=True))
+    return bindings
+
+
+class QuarterdeckApp(App[None]):
+    """The Quarterdeck control center."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "Quarterdeck"
+    BINDINGS: ClassVar[list[BindingType]] = _bindings()
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        clock: Clock = utc_now,
+        theme: Theme | None = None,
+        theme_problem: str | None = None,
+        keymap: Mapping[str, str] | None = None,
+        live: bool = True,
+        on_exit: Callable[[], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = console
+        self.clock = clock
+        self.snapshot: Snapshot | None = None
+        self.error: str | None = None
+        self.current = "approvals"
+        self.live = live
+        self.seen_approvals: set[str] | None = None
+        self._theme = theme
+        self._theme_problem = theme_problem
+        self._keymap = dict(keymap or {})
+        self._on_exit = on_exit
+        self._refreshing = asyncio.Lock()
+        self.sent: list[dict[str, Any]] = []
+        """Every command this app sent, with its result (for the record and for tests)."""
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        """Header, the pane switcher, the filter bar, the footer."""
+        yield StatusHeader(id="status")
+        with ContentSwitcher(initial="approvals", id="panes"):
+            yield ApprovalsPane(id="approvals")
+            yield TurnsPane(id="turns")
+            yield MissionsPane(id="missions")
+            yield AlertsPane(id="alerts")
+            yield LedgerPane(id="ledger")
+        yield FilterBar(placeholder="filter (enter applies, escape clears)", id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Theme and keymap, the main screen, the first refresh, then the live loop."""
+        if self._theme is not None:
+            self.register_theme(self._theme)
+            self.theme = self._theme.name
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        self.query_one("#ledger", LedgerPane).loader = self._load_ledger
+        self.query_one("#filter", FilterBar).display = False
+        if self._theme_problem:
+            self.notify(self._theme_problem, title="theme", severity="warning", timeout=8)
+        self.call_after_refresh(self._start)
+
+    async def _start(self) -> None:
+        await self.refresh_now()
+        self._focus_pane()
+        if self.live:
+            self._follow()
+
+    @work(exclusive=True, group="follow")
+    async def _follow(self) -> None:
+        """Refresh when the console reports a change (at most four times a second), and at
+        least once a second so that countdowns move."""
+        while True:
+            await self.source.wait_change(IDLE_REFRESH_S)
+            await self.refresh_now()
+            await asyncio.sleep(MIN_REFRESH_S)
+
+    async def refresh_now(self) -> None:
+        """Read a snapshot and show it (one at a time; errors shown in the header)."""
+        if self._refreshing.locked():
+            return
+        async with self._refreshing:
+            try:
+                snapshot = await self.source.snapshot()
+                self.error = None
+            except Exception as exc:
+                self.error = f"cannot read the store: {type(exc).__name__}: {exc}"
+                self.query_one("#status", StatusHeader).show(self.snapshot, self.error)
+                return
+            self.snapshot = snapshot
+            self._show(snapshot)
+            ledger = self.query_one("#ledger", LedgerPane)
+            if ledger.following:
+                ledger.show(await self.source.ledger_page(None), self.clock())
+
+    def _show(self, snapshot: Snapshot) -> None:
+        now = self.clock()
+        with self.batch_update():
+            self.query_one("#status", StatusHeader).show(snapshot, self.error)
+            self.query_one("#approvals", ApprovalsPane).show(snapshot.approvals, now)
+            self.query_one("#turns", TurnsPane).show(snapshot.turns, now)
+            self.query_one("#missions", MissionsPane).show(snapshot.missions, now)
+            self.query_one("#alerts", AlertsPane).show(snapshot.alerts, now)
+        ids = {line.id for line in snapshot.approvals}
+        if self.seen_approvals is not None:
+            new = ids - self.seen_approvals
+            if new:
+                self.bell()
+                first = next(line for line in snapshot.approvals if line.id in new)
+                self.notify(
+                    f"{first.tool} on {first.lane} needs {first.approver}"
+                    + (f" (+{len(new) - 1} more)" if len(new) > 1 else ""),
+                    title="new approval",
+                )
+        self.seen_approvals = ids
+
+    def _load_ledger(self, before: int | None) -> None:
+        self._ledger_page(before)
+
+    @work(exclusive=True, group="ledger")
+    async def _ledger_page(self, before: int | None) -> None:
+        lines = await self.source.ledger_page(before)
+        ledger = self.query_one("#ledger", LedgerPane)
+        if before is not None and not lines:
+            return
+        ledger.show(lines, self.clock())
+        ledger.move_cursor(row=0, animate=False)
+
+    async def on_unmount(self) -> None:
+        """Let the console go."""
+        await self.source.close()
+        if self._on_exit is not None:
+            result = self._on_exit()
+            if asyncio.iscoroutine(result):
+                await result
+
+    # --- panes and keys ----------------------------------------------------------------------------
+
+    def pane(self) -> LivePane[Any]:
+        """The pane in view."""
+        widget = self.query_one(f"#{self.current}")
+        assert isinstance(widget, LivePane)
+        return widget
+
+    def _focus_pane(self) -> None:
+        self.query_one("#panes", ContentSwitcher).current = self.current
+        self.pane().focus()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer only the actions that apply to the pane in view (the footer follows)."""
+        spec = BY_NAME.get(action)
+        if spec is None:
+            return True
+        return spec.applies_to(self.current)
+
+    def _show_pane(self, name: str) -> None:
+        self.current = name
+        self._focus_pane()
+
+    def action_pane_approvals(self) -> None:
+        """Show the Approvals pane."""
+        self._show_pane("approvals")
+
+    def action_pane_turns(self) -> None:
+        """Show the Turns pane."""
+        self._show_pane("turns")
+
+    def action_pane_missions(self) -> None:
+        """Show the Missions pane."""
+        self._show_pane("missions")
+
+    def action_pane_alerts(self) -> None:
+        """Show the Alerts pane."""
+        self._show_pane("alerts")
+
+    def action_pane_ledger(self) -> None:
+        """Show the Ledger pane."""
+        self._show_pane("ledger")
+
+    def action_next_pane(self) -> None:
+        """Cycle through the panes."""
+        self._show_pane(PANES[(PANES.index(self.current) + 1) % len(PANES)])
+
+    def action_help(self) -> None:
+        """Show the keys."""
+        rows = [
+            (self._key_of(action), action.description,
+             "everywhere" if "*" in action.panes else ", ".join(action.panes))
+            for action in ACTIONS
+        ]  # fmt: skip
+        self.push_screen(HelpScreen(rows))
+
+    def _key_of(self, action: KeyAction) -> str:
+        return self._keymap.get(action.name, action.key)
+
+    def action_filter(self) -> None:
+        """Open the filter bar for the current pane."""
+        bar = self.query_one("#filter", FilterBar)
+        bar.display = True
+        bar.value = self.pane().filter_text
+        bar.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Apply the filter to the current pane."""
+        if not isinstance(event.input, FilterBar):
+            return
+        pane = self.pane()
+        pane.filter_text = event.value.strip()
+        event.input.display = False
+        if self.snapshot is not None:
+            self._show(self.snapshot)
+        pane.focus()
+
+    def action_detail(self) -> None:
+        """Open the selected item's detail view (an approval is claimed while open)."""
+        key = self._selected_id()
+        if key is not None:
+            self._open_detail(key)
+
+    @work(group="detail")
+    async def _open_detail(self, item_id: str) -> None:
+        if self.current == "approvals" and not self.source.read_only:
+            claim = await self._command({"command": "approval.claim", "approval_id": item_id})
+            if claim is not None and not claim.get("ok"):
+                self.notify("; ".join(claim.get("errors", [])), severity="warning")
+        item = await self.source.detail(item_id)
+        if item is None:
+            self.notify(f"{item_id} is gone", severity="warning")
+            return
+        await self.push_screen(DetailScreen(item))
+
+    def _selected_id(self) -> str | None:
+        pane = self.pane()
+        line = pane.selected()
+        if line is None:
+            return None
+        if isinstance(pane, LedgerPane):
+            return str(line.subject_id)
+        return str(line.id)
+
+    def _selected_turn(self) -> str | None:
+        line = self.pane().selected()
+        if line is None:
+            return None
+        if self.current == "turns":
+            return str(line.id)
+        turn = getattr(line, "turn_id", None)
+        return str(turn) if turn else None
+
+    def _selected_lane(self) -> str | None:
+        line = self.pane().selected()
+        lane = getattr(line, "lane", None) or getattr(line, "subject_id", None)
+        return str(lane) if lane else None
+
+    # --- commands ------------------------------------------------------------------------------
+
+    async def _command(self, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+        try:
+            result = await self.source.command(payload)
+        except ReadOnly as exc:
+            self.notify(str(exc), title="read-only", severity="error")
+            return None
+        except Exception as exc:
+            self.notify(f"{type(exc).__name__}: {exc}", title="not sent", severity="error")
+            return None
+        self.sent.append({"payload": dict(payload), "result": result})
+        return dict(result)
+
+    @work(group="commands")
+    async def send(self, payload: dict[str, Any], done: str) -> None:
+        """Send a command and report how it went; refresh afterwards."""
+        result = await self._command(payload)
+        if result is None:
+            return
+        if result.get("ok"):
+            self.notify(done + (" (already decided)" if result.get("already") else ""))
+        else:
+            self.notify("; ".join(result.get("errors", ["refused"])), title="refused",
+                        severity="error")  # fmt: skip
+        await self.refresh_now()
+
+    def _writable(self) -> bool:
+        if self.source.read_only:
+            self.notify(
+                "read-only console: actions are refused (attached with --read-only)",
+                title="read-only", severity="error",
+            )  # fmt: skip
+            return False
+        return True
+
+    def _approval(self) -> Any:
+        line = self.query_one("#approvals", ApprovalsPane).selected()
+        if line is None:
+            self.notify("no approval selected", severity="warning")
+        return line
+
+    def action_approve(self) -> None:
+        """Approve the selected approval."""
+        line = self._approval()
+        if line is not None and self._writable():
+            self.send({"command": "approval.approve", "approval_id": line.id,
+                       "action_key": line.action_key, "workspace": line.workspace},
+                      f"approved {line.tool} ({short(line.id)})")  # fmt: skip
+
+    def action_edit_approve(self) -> None:
+        """Edit the arguments (validated JSON), then approve with them."""
+        line = self._approval()
+        if line is None or not self._writable():
+            return
+
+        def sent(value: dict[str, Any] | None) -> None:
+            if value is not None:
+                self.send({"command": "approval.approve", "approval_id": line.id,
+                           "action_key": line.action_key, "args": value,
+                           "workspace": line.workspace},
+                          f"approved {line.tool} with edits")  # fmt: skip
+
+        self.push_screen(JsonEditScreen(f"Edit {line.tool} arguments", json.loads(line.args)), sent)
+
+    def action_reject(self) -> None:
+        """Reject with a reason code picked by one key."""
+        line = self._approval()
+        if line is None or not self._writable():
+            return
+        codes = (self.snapshot.reject_reasons if self.snapshot else ()) or (
+            "unsafe", "wrong_target", "needs_context", "policy", "other",
+        )  # fmt: skip
+
+        def sent(choice: tuple[str, str] | None) -> None:
+            if choice is not None:
+                code, note = choice
+                payload = {"command": "approval.reject", "approval_id": line.id,
+                           "action_key": line.action_key, "reason_code": code,
+                           "workspace": line.workspace}  # fmt: skip
+                if note:
+                    payload["reason"] = note
+                self.send(payload, f"rejected {line.tool}: {code}")
+
+        self.push_screen(ReasonScreen(codes), sent)
+
+    def action_escalate(self) -> None:
+        """Escalate the selected approval."""
+        line = self._approval()
+        if line is not None and self._writable():
+            self.send({"command": "approval.escalate", "approval_id": line.id,
+                       "workspace": line.workspace}, f"escalated {line.tool}")  # fmt: skip
+
+    def action_snooze(self) -> None:
+        """Snooze the selected approval for ten minutes."""
+        line = self._approval()
+        if line is not None and self._writable():
+            self.send({"command": "approval.snooze", "approval_id": line.id, "for_s": SNOOZE_S,
+                       "workspace": line.workspace}, f"snoozed {line.tool} for 10m")  # fmt: skip
+
+    def action_approve_all(self) -> None:
+        """Approve every approval shown (after confirmation), each on its own record."""
+        pane = self.query_one("#approvals", ApprovalsPane)
+        lines = list(pane.lines.values())
+        if not lines or not self._writable():
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._approve_each([line.id for line in lines])
+
+        self.push_screen(
+            ConfirmScreen(f"Approve all {len(lines)} approvals shown?", "Approve all"), confirmed
+        )
+
+    @work(group="commands")
+    async def _approve_each(self, ids: list[str]) -> None:
+        done = 0
+        for approval_id in ids:
+            result = await self._command(
+                {"command": "approval.approve", "approval_id": approval_id}
+            )
+            done += bool(result and result.get("ok") and not result.get("already"))
+        self.notify(f"approved {done} of {len(ids)}")
+        await self.refresh_now()
+
+    def action_takeover(self) -> None:
+        """Take the selected turn over (after confirmation), then write its deliverable."""
+        turn = self._selected_turn()
+        if turn is None or not self._writable():
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self._take_over(turn)
+
+        self.push_screen(
+            ConfirmScreen(f"Take over turn {short(turn)}? Its agent is stopped.", "Take over"),
+            confirmed,
+        )
+
+    @work(group="commands")
+    async def _take_over(self, turn: str) -> None:
+        result = await self._command({"command": "turn.takeover", "turn_id": turn})
+        if result is None:
+            return
+        if not result.get("ok"):
+            self.notify("; ".join(result.get("errors", [])), title="refused", severity="error")
+            return
+        self.notify(f"you hold turn {short(turn)}")
+        await self.refresh_now()
+        self._write_deliverable(turn)
+
+    def _write_deliverable(self, turn: str) -> None:
+        def written(text: str | None) -> None:
+            if text is not None:
+                self.send({"command": "turn.complete", "turn_id": turn,
+                           "deliverable": {"text": text}}, f"completed turn {short(turn)}")  # fmt: skip
+
+        self.push_screen(TextEditScreen(f"Deliverable for turn {short(turn)}"), written)
+
+    def action_complete(self) -> None:
+        """Write the deliverable for a turn you hold."""
+        turn = self._selected_turn()
+        if turn is not None and self._writable():
+            self._write_deliverable(turn)
+
+    def action_release(self) -> None:
+        """Hand a turn you hold back to its lane."""
+        turn = self._selected_turn()
+        if turn is not None and self._writable():
+            self.send({"command": "turn.release", "turn_id": turn}, f"released {short(turn)}")
+
+    def action_pause_lane(self) -> None:
+        """Pause the selected item's lane, or resume it when paused."""
+        lane = self._selected_lane()
+        if lane is None or not self._writable():
+            return
+        paused = self.snapshot is not None and lane in self.snapshot.header.paused
+        command = "lane.resume" if paused else "lane.pause"
+        self.send({"command": command, "lane": lane}, f"{command.split('.')[1]}d lane {lane}")
+
+    def action_fallback_lane(self) -> None:
+        """Force (or stop forcing) fallback for the selected item's lane, after confirmation."""
+        lane = self._selected_lane()
+        if lane is None or not self._writable():
+            return
+        on = not (self.snapshot is not None and lane in self.snapshot.header.forced)
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.send({"command": "lane.force_fallback", "lane": lane, "on": on},
+                          f"force fallback {'on' if on else 'off'} for {lane}")  # fmt: skip
+
+        verb = "Force" if on else "Stop forcing"
+        self.push_screen(ConfirmScreen(f"{verb} fallback for lane {lane}?", verb), confirmed)
+
+    def action_fallback_all(self) -> None:
+        """Force (or stop forcing) fallback on every lane, after confirmation."""
+        if not self._writable():
+            return
+        on = not (self.snapshot is not None and self.snapshot.header.force_all)
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.send({"command": "fallback.force", "on": on},
+                          f"force fallback {'on' if on else 'off'} for every lane")  # fmt: skip
+
+        verb = "Force" if on else "Stop forcing"
+        self.push_screen(ConfirmScreen(f"{verb} fallback on EVERY lane?", verb), confirmed)
+
+    def _alert(self) -> Any:
+        line = self.query_one("#alerts", AlertsPane).selected()
+        if line is None:
+            self.notify("no alert selected", severity="warning")
+        return line
+
+    def action_ack(self) -> None:
+        """Acknowledge the selected alert."""
+        line = self._alert()
+        if line is not None and self._writable():
+            self.send({"command": "alert.ack", "alert_id": line.id, "workspace": line.workspace},
+                      f"acknowledged {line.alert_type}")  # fmt: skip
+
+    def action_resolve(self) -> None:
+        """Resolve the selected alert."""
+        line = self._alert()
+        if line is not None and self._writable():
+            self.send({"command": "alert.resolve", "alert_id": line.id,
+                       "workspace": line.workspace}, f"resolved {line.alert_type}")  # fmt: skip
+
+    def action_rebaseline(self) -> None:
+        """Accept the selected alert's lane's attested files as they are now."""
+        line = self._alert()
+        if line is None or not self._writable():
+            return
+        lane = line.subject_id
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.send({"command": "lane.rebaseline", "lane": lane}, f"rebaselined {lane}")
+
+        self.push_screen(
+            ConfirmScreen(f"Accept lane {lane}'s attested files as they are now?", "Rebaseline"),
+            confirmed,
+        )
+
+    @work(group="verify")
+    async def action_verify(self) -> None:
+        """Verify the ledger's chain."""
+        self.notify("verifying the ledger…")
+        result = await self.source.verify_ledger()
+        if result["ok"]:
+            self.notify(f"ledger ok: {result['entries']} entries", title="ledger")
+        else:
+            self.notify(f"ledger broken at seq {result['first_bad_seq']}: {result['reason']}",
+                        title="ledger", severity="error", timeout=30)  # fmt: skip
+
+    # --- the command palette ---------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Every action, in the palette too."""
+        yield from super().get_system_commands(screen)
+        for action in ACTIONS:
+            if action.name in ("filter", "next_pane"):
+                continue
+            where = "" if "*" in action.panes else f" ({', '.join(action.panes)})"
+            yield SystemCommand(
+                action.description,
+                f"key {self._key_of(action)}{where}",
+                self._palette_runner(action),
+            )
+
+    def _palette_runner(self, action: KeyAction) -> Callable[[], Any]:
+        async def run() -> None:
+            if not action.applies_to(self.current):
+                self._show_pane(action.panes[0])
+            await self.run_action(action.name)
+
+        return run
+
+
+def create_app(
+    console: Console,
+    *,
+    clock: Clock = utc_now,
+    theme: Theme | None = None,
+    theme_problem: str | None = None,
+    keymap: Mapping[str, str] | None = None,
+    live: bool = True,
+    on_exit: Callable[[], Any] | None = None,
+) -> QuarterdeckApp:
+    """The one factory the CLI, the demo and the tests build the app with."""
+    return QuarterdeckApp(
+        console, clock=clock, theme=theme, theme_problem=theme_problem, keymap=keymap,
+        live=live, on_exit=on_exit,
+    )  # fmt: skip
+
+
+def fixed_clock(at: datetime) -> Clock:
+    """A clock that always says ``at`` (tests and snapshots)."""
+    return lambda: at

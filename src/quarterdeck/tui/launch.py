@@ -1,0 +1,86 @@
+"""Starting the control center: on an embedded runtime (``run``, ``demo``) or attached to a
+running daemon's database (``attach``). The runtime's logs go to a file in the state
+directory while the screen is up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from quarterdeck.client.console import AttachedConsole, EmbeddedConsole
+from quarterdeck.runtime.config import RuntimeConfig
+from quarterdeck.runtime.runtime import Runtime
+from quarterdeck.store.database import Database
+from quarterdeck.tui.app import create_app
+from quarterdeck.tui.themes import resolve_theme
+
+LOG_FILE = "quarterdeck.log"
+
+
+def log_to_file(state_dir: Path) -> Path:
+    """Send the runtime's logs to ``<state_dir>/quarterdeck.log`` (the screen owns the
+    terminal)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOG_FILE
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
+async def run_embedded(
+    db: Database,
+    config: RuntimeConfig,
+    *,
+    state_dir: Path,
+    theme: str | None = None,
+    keymap: Mapping[str, str] | None = None,
+    demo: bool = False,
+    node_id: str | None = None,
+) -> int:
+    """The control center on a runtime in this process; the runtime drains when it quits."""
+    log_to_file(state_dir)
+    runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id)
+    await runtime.start()
+    stop = asyncio.Event()
+    feeder: asyncio.Task[None] | None = None
+    if demo:
+        from quarterdeck.runtime.demo import DemoFeeder
+
+        feeder = asyncio.get_running_loop().create_task(DemoFeeder(runtime.submit).run(stop))
+    chosen, problem = resolve_theme(theme, state_dir / "themes")
+    app = create_app(EmbeddedConsole(runtime), theme=chosen, theme_problem=problem, keymap=keymap)
+    try:
+        await app.run_async()
+    finally:
+        stop.set()
+        if feeder is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(feeder, 5)
+        await runtime.stop(grace_s=1.0)
+    return 0
+
+
+async def run_attached(
+    db: Database,
+    *,
+    read_only: bool,
+    theme: str | None = None,
+    themes_dir: Path | None = None,
+    keymap: Mapping[str, str] | None = None,
+    reject_reasons: tuple[str, ...] = (),
+    lanes: tuple[str, ...] = (),
+) -> int:
+    """The control center on another process's runtime, through its database."""
+    chosen, problem = resolve_theme(theme, themes_dir)
+    console = AttachedConsole(db, read_only=read_only, reject_reasons=reject_reasons, lanes=lanes)
+    app = create_app(console, theme=chosen, theme_problem=problem, keymap=keymap)
+    await app.run_async()
+    return 0
