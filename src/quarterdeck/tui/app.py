@@ -347,6 +347,11 @@ class QuarterdeckApp(App[None]):
         if key is not None:
             self._open_detail(key)
 
+    def on_data_table_row_selected(self, event: Any) -> None:
+        """Enter on a row (the table takes the key) opens its detail view."""
+        event.stop()
+        self.action_detail()
+
     @work(group="detail")
     async def _open_detail(self, item_id: str) -> None:
         if self.current == "approvals" and not self.source.read_only:

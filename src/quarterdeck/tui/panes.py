@@ -34,11 +34,13 @@ class Column:
     width: int
 
 
-def short(identifier: str | None, keep: int = 8) -> str:
-    """The distinguishing tail of a uuid7 id (its head is a timestamp shared by neighbours)."""
+def short(identifier: str | None) -> str:
+    """Eight characters that tell neighbouring ids apart: a uuid7 from one batch shares its
+    timestamp and random base, and differs in the trailing counter."""
     if not identifier:
         return "-"
-    return identifier.replace("-", "")[-keep:]
+    digits = identifier.replace("-", "")
+    return digits[-12:-8] + digits[-4:] if len(digits) >= 12 else digits
 
 
 def countdown(seconds: float | None) -> Text:
@@ -142,7 +144,7 @@ class LivePane(DataTable[Any], Generic[LineT]):
             self.clear()
             for key in order:
                 self.add_row(*cells[key], key=key)
-            if selected is not None and selected in cells:
+            if self.keeps_selection and selected is not None and selected in cells:
                 self.move_cursor(row=order.index(selected), animate=False)
         self._order = order
         self._cells = cells
@@ -151,6 +153,11 @@ class LivePane(DataTable[Any], Generic[LineT]):
             if order
             else self.EMPTY
         )
+
+    @property
+    def keeps_selection(self) -> bool:
+        """Whether a refresh keeps the cursor on the same item (else it stays in place)."""
+        return True
 
     def selected_key(self) -> str | None:
         """The id of the item under the cursor."""
@@ -337,6 +344,11 @@ class LedgerPane(LivePane[LedgerLine]):
             move,
             line.actor[-16:],
         )
+
+    @property
+    def keeps_selection(self) -> bool:
+        """Following the tail, the cursor stays on the newest entry."""
+        return not self.following
 
     @property
     def following(self) -> bool:
