@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -120,7 +121,8 @@ class FilterBar(Input):
 def _bindings() -> list[BindingType]:
     bindings: list[BindingType] = [
         Binding(action.key, action.name, action.description, id=action.name,
-                show=action.name not in ("next_pane", "detail", "filter"))
+                show=action.name not in ("next_pane", "detail", "filter"),
+                priority=action.name == "next_pane")  # else the screen's tab moves the focus
         for action in ACTIONS
     ]  # fmt: skip
     bindings.append(Binding("ctrl+q", "quit", "Quit", show=False, priority=True))
@@ -159,6 +161,7 @@ class QuarterdeckApp(App[None]):
         self._keymap = dict(keymap or {})
         self._on_exit = on_exit
         self._refreshing = asyncio.Lock()
+        self._again = False
         self.sent: list[dict[str, Any]] = []
         """Every command this app sent, with its result (for the record and for tests)."""
 
@@ -207,8 +210,10 @@ class QuarterdeckApp(App[None]):
     async def refresh_now(self) -> None:
         """Read a snapshot and show it (one at a time; errors shown in the header)."""
         if self._refreshing.locked():
+            self._again = True  # the refresh under way may have read before this change
             return
         async with self._refreshing:
+            self._again = False
             try:
                 snapshot = await self.source.snapshot()
                 self.error = None
@@ -221,6 +226,9 @@ class QuarterdeckApp(App[None]):
             ledger = self.query_one("#ledger", LedgerPane)
             if ledger.following:
                 ledger.show(await self.source.ledger_page(None), self.clock())
+        if self._again:
+            self._again = False
+            await self.refresh_now()
 
     def _show(self, snapshot: Snapshot) -> None:
         now = self.clock()
@@ -281,6 +289,8 @@ class QuarterdeckApp(App[None]):
         spec = BY_NAME.get(action)
         if spec is None:
             return True
+        if action == "next_pane" and (self.screen.is_modal or isinstance(self.focused, Input)):
+            return False  # a dialog's or the filter bar's tab (next_pane is a priority binding)
         return spec.applies_to(self.current)
 
     def _show_pane(self, name: str) -> None:
@@ -345,7 +355,8 @@ class QuarterdeckApp(App[None]):
         """Open the selected item's detail view (an approval is claimed while open)."""
         key = self._selected_id()
         if key is not None:
-            self._open_detail(key)
+            workspace = getattr(self.pane().selected(), "workspace", None) or "default"
+            self._open_detail(key, workspace)
 
     def on_data_table_row_selected(self, event: Any) -> None:
         """Enter on a row (the table takes the key) opens its detail view."""
@@ -353,9 +364,11 @@ class QuarterdeckApp(App[None]):
         self.action_detail()
 
     @work(group="detail")
-    async def _open_detail(self, item_id: str) -> None:
+    async def _open_detail(self, item_id: str, workspace: str) -> None:
         if self.current == "approvals" and not self.source.read_only:
-            claim = await self._command({"command": "approval.claim", "approval_id": item_id})
+            claim = await self._command(
+                {"command": "approval.claim", "approval_id": item_id, "workspace": workspace}
+            )
             if claim is not None and not claim.get("ok"):
                 self.notify("; ".join(claim.get("errors", [])), severity="warning")
         item = await self.source.detail(item_id)
@@ -381,6 +394,15 @@ class QuarterdeckApp(App[None]):
             return str(line.id)
         turn = getattr(line, "turn_id", None)
         return str(turn) if turn else None
+
+    def _turn_workspace(self, turn: str) -> str:
+        """The workspace of the selected item's turn (turn commands are applied in it): the
+        line's own, else (a mission) its turn's as last read."""
+        workspace = getattr(self.pane().selected(), "workspace", None)
+        if workspace:
+            return str(workspace)
+        turns = self.snapshot.turns if self.snapshot is not None else ()
+        return next((line.workspace for line in turns if line.id == turn), "default")
 
     def _selected_lane(self) -> str | None:
         line = self.pane().selected()
@@ -408,11 +430,23 @@ class QuarterdeckApp(App[None]):
         if result is None:
             return
         if result.get("ok"):
+            self._settled(result)
             self.notify(done + (" (already decided)" if result.get("already") else ""))
         else:
             self.notify("; ".join(result.get("errors", ["refused"])), title="refused",
                         severity="error")  # fmt: skip
         await self.refresh_now()
+
+    def _settled(self, result: Mapping[str, Any]) -> None:
+        """Show a decided approval as decided at once (the runtime committed it; the next
+        snapshot agrees)."""
+        approval = result.get("approval")
+        if self.snapshot is None or not approval or result.get("state") in ("pending", "escalated"):
+            return
+        remaining = tuple(line for line in self.snapshot.approvals if line.id != approval)
+        if len(remaining) != len(self.snapshot.approvals):
+            self.snapshot = replace(self.snapshot, approvals=remaining)
+            self._show(self.snapshot)
 
     def _writable(self) -> bool:
         if self.source.read_only:
@@ -496,21 +530,22 @@ class QuarterdeckApp(App[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._approve_each([line.id for line in lines])
+                self._approve_each(lines)
 
         self.push_screen(
             ConfirmScreen(f"Approve all {len(lines)} approvals shown?", "Approve all"), confirmed
         )
 
     @work(group="commands")
-    async def _approve_each(self, ids: list[str]) -> None:
+    async def _approve_each(self, lines: list[Any]) -> None:
         done = 0
-        for approval_id in ids:
+        for line in lines:
             result = await self._command(
-                {"command": "approval.approve", "approval_id": approval_id}
-            )
+                {"command": "approval.approve", "approval_id": line.id,
+                 "action_key": line.action_key, "workspace": line.workspace}
+            )  # fmt: skip
             done += bool(result and result.get("ok") and not result.get("already"))
-        self.notify(f"approved {done} of {len(ids)}")
+        self.notify(f"approved {done} of {len(lines)}")
         await self.refresh_now()
 
     def action_takeover(self) -> None:
@@ -518,10 +553,11 @@ class QuarterdeckApp(App[None]):
         turn = self._selected_turn()
         if turn is None or not self._writable():
             return
+        workspace = self._turn_workspace(turn)
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._take_over(turn)
+                self._take_over(turn, workspace)
 
         self.push_screen(
             ConfirmScreen(f"Take over turn {short(turn)}? Its agent is stopped.", "Take over"),
@@ -529,8 +565,10 @@ class QuarterdeckApp(App[None]):
         )
 
     @work(group="commands")
-    async def _take_over(self, turn: str) -> None:
-        result = await self._command({"command": "turn.takeover", "turn_id": turn})
+    async def _take_over(self, turn: str, workspace: str) -> None:
+        result = await self._command(
+            {"command": "turn.takeover", "turn_id": turn, "workspace": workspace}
+        )
         if result is None:
             return
         if not result.get("ok"):
@@ -538,13 +576,14 @@ class QuarterdeckApp(App[None]):
             return
         self.notify(f"you hold turn {short(turn)}")
         await self.refresh_now()
-        self._write_deliverable(turn)
+        self._write_deliverable(turn, workspace)
 
-    def _write_deliverable(self, turn: str) -> None:
+    def _write_deliverable(self, turn: str, workspace: str) -> None:
         def written(text: str | None) -> None:
             if text is not None:
                 self.send({"command": "turn.complete", "turn_id": turn,
-                           "deliverable": {"text": text}}, f"completed turn {short(turn)}")  # fmt: skip
+                           "deliverable": {"text": text}, "workspace": workspace},
+                          f"completed turn {short(turn)}")  # fmt: skip
 
         self.push_screen(TextEditScreen(f"Deliverable for turn {short(turn)}"), written)
 
@@ -552,13 +591,14 @@ class QuarterdeckApp(App[None]):
         """Write the deliverable for a turn you hold."""
         turn = self._selected_turn()
         if turn is not None and self._writable():
-            self._write_deliverable(turn)
+            self._write_deliverable(turn, self._turn_workspace(turn))
 
     def action_release(self) -> None:
         """Hand a turn you hold back to its lane."""
         turn = self._selected_turn()
         if turn is not None and self._writable():
-            self.send({"command": "turn.release", "turn_id": turn}, f"released {short(turn)}")
+            self.send({"command": "turn.release", "turn_id": turn,
+                       "workspace": self._turn_workspace(turn)}, f"released {short(turn)}")  # fmt: skip
 
     def action_pause_lane(self) -> None:
         """Pause the selected item's lane, or resume it when paused."""
