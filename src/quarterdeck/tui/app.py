@@ -224,7 +224,7 @@ class QuarterdeckApp(App[None]):
             self.snapshot = snapshot
             self._show(snapshot)
             ledger = self.query_one("#ledger", LedgerPane)
-            if ledger.following:
+            if ledger.following and self.current == "ledger":
                 ledger.show(await self.source.ledger_page(None), self.clock())
         if self._again:
             self._again = False
@@ -234,10 +234,7 @@ class QuarterdeckApp(App[None]):
         now = self.clock()
         with self.batch_update():
             self.query_one("#status", StatusHeader).show(snapshot, self.error)
-            self.query_one("#approvals", ApprovalsPane).show(snapshot.approvals, now)
-            self.query_one("#turns", TurnsPane).show(snapshot.turns, now)
-            self.query_one("#missions", MissionsPane).show(snapshot.missions, now)
-            self.query_one("#alerts", AlertsPane).show(snapshot.alerts, now)
+            self._show_current(snapshot, now)
         ids = {line.id for line in snapshot.approvals}
         if self.seen_approvals is not None:
             new = ids - self.seen_approvals
@@ -250,6 +247,17 @@ class QuarterdeckApp(App[None]):
                     title="new approval",
                 )
         self.seen_approvals = ids
+
+    def _show_current(self, snapshot: Snapshot, now: datetime) -> None:
+        """Only the pane in view is brought up to date; the others catch up when shown."""
+        lines: dict[str, tuple[Any, ...]] = {
+            "approvals": snapshot.approvals,
+            "turns": snapshot.turns,
+            "missions": snapshot.missions,
+            "alerts": snapshot.alerts,
+        }
+        if self.current in lines:
+            self.pane().show(lines[self.current], now)
 
     def _load_ledger(self, before: int | None) -> None:
         self._ledger_page(before)
@@ -295,6 +303,10 @@ class QuarterdeckApp(App[None]):
 
     def _show_pane(self, name: str) -> None:
         self.current = name
+        if self.snapshot is not None:
+            self._show_current(self.snapshot, self.clock())
+        if name == "ledger" and self.query_one("#ledger", LedgerPane).following:
+            self._ledger_page(None)
         self._focus_pane()
 
     def action_pane_approvals(self) -> None:

@@ -44,14 +44,20 @@ def short(identifier: str | None) -> str:
 
 
 def countdown(seconds: float | None) -> Text:
-    """An SLA countdown coloured by urgency."""
+    """An SLA countdown coloured by urgency: seconds under ten minutes, else minutes (so a far
+    deadline's cell changes once a minute, not every second)."""
     if seconds is None:
         return Text("-")
     if seconds <= 0:
         return Text("overdue", style="bold red")
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    label = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    if hours:
+        label = f"{hours}h{minutes:02d}m"
+    elif minutes >= 10:
+        label = f"{minutes}m"
+    else:
+        label = f"{minutes}m{secs:02d}s"
     style = "bold red" if seconds < 60 else "yellow" if seconds < 300 else "green"
     return Text(label, style=style)
 
@@ -98,9 +104,13 @@ class LivePane(DataTable[Any], Generic[LineT]):
 
     def on_mount(self) -> None:
         """Set up the fixed columns."""
-        for column in self.COLUMNS:
-            self.add_column(column.label, width=column.width, key=column.key)
+        self._ensure_columns()
         self.border_title = self.TITLE
+
+    def _ensure_columns(self) -> None:
+        if not self.columns:
+            for column in self.COLUMNS:
+                self.add_column(column.label, width=column.width, key=column.key)
 
     def key_of(self, line: LineT) -> str:
         """The line's id."""
@@ -121,6 +131,7 @@ class LivePane(DataTable[Any], Generic[LineT]):
     def show(self, lines: Sequence[LineT], now: datetime) -> None:
         """Show ``lines`` (in order): a keyed diff against what is on screen."""
         self.now = now
+        self._ensure_columns()
         shown = [line for line in lines if self.matches(line)]
         order = [self.key_of(line) for line in shown]
         cells = {key: self.cells(line) for key, line in zip(order, shown, strict=True)}
@@ -133,12 +144,18 @@ class LivePane(DataTable[Any], Generic[LineT]):
                     for index, column in enumerate(self.COLUMNS):
                         if index >= len(old) or old[index] != cells[key][index]:
                             self.update_cell(key, column.key, cells[key][index])
-        elif order[: len(self._order)] == self._order:
-            for key in order[: len(self._order)]:
+        elif self._kept_then_appended(order):
+            # The common live case: some rows left (decided, resolved) and new ones arrived at
+            # the end; touch only those rows.
+            gone = set(self._order) - set(cells)
+            for key in gone:
+                self.remove_row(key)
+            kept = [key for key in self._order if key not in gone]
+            for key in kept:
                 if cells[key] != self._cells.get(key):
                     for index, column in enumerate(self.COLUMNS):
                         self.update_cell(key, column.key, cells[key][index])
-            for key in order[len(self._order) :]:
+            for key in order[len(kept) :]:
                 self.add_row(*cells[key], key=key)
         else:
             self.clear()
@@ -158,6 +175,12 @@ class LivePane(DataTable[Any], Generic[LineT]):
     def keeps_selection(self) -> bool:
         """Whether a refresh keeps the cursor on the same item (else it stays in place)."""
         return True
+
+    def _kept_then_appended(self, order: list[str]) -> bool:
+        """Whether ``order`` is the rows on screen minus some, followed by new ones."""
+        present = set(order)
+        kept = [key for key in self._order if key in present]
+        return order[: len(kept)] == kept
 
     def selected_key(self) -> str | None:
         """The id of the item under the cursor."""

@@ -126,6 +126,9 @@ class ReasonScreen(ModalScreen[tuple[str, str] | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel"),
         *(Binding(str(n), f"pick({n})", show=False) for n in range(1, 10)),
+        # The note is the only focusable widget: the screen's own shift+tab (focus the previous
+        # widget) would leave the focus in it, and the digits would go on typing the note.
+        Binding("shift+tab", "codes", "Back to the codes", show=False),
     ]
 
     def __init__(self, codes: Sequence[str]) -> None:
@@ -135,7 +138,9 @@ class ReasonScreen(ModalScreen[tuple[str, str] | None]):
     def compose(self) -> ComposeResult:
         """The numbered codes and a note field."""
         with Vertical(id="dialog", classes="dialog"):
-            yield Label("Reject: pick a reason (1-9) · tab: add a note · escape cancels", id="title")
+            yield Label(
+                "Reject: pick a reason (1-9) · tab: add a note · escape cancels", id="title"
+            )
             for number, code in enumerate(self.codes, start=1):
                 yield Label(f" {number}  {code}", classes="reason")
             yield Input(placeholder="optional note", id="note")
@@ -143,6 +148,10 @@ class ReasonScreen(ModalScreen[tuple[str, str] | None]):
     def on_mount(self) -> None:
         """The codes, not the note, take the keys at first."""
         self.call_after_refresh(self.set_focus, None)
+
+    def action_codes(self) -> None:
+        """Shift+tab: leave the note; the digits pick codes again."""
+        self.set_focus(None)
 
     def action_pick(self, number: int) -> None:
         """A digit picks its code (with the note typed so far)."""
