@@ -86,10 +86,9 @@ def test_demo_in_a_real_terminal_decides_an_approval_from_the_keyboard(
     [(approval, actor, _action)] = decided
     assert actor == getpass.getuser()
     wait_for(lambda: "approved" in screen(name), "the toast confirming it")
-    tmux("send-keys", "-t", name, "5")
-    tmux("send-keys", "-t", name, "/")
-    tmux("send-keys", "-t", name, "-l", "approval.approved")
-    tmux("send-keys", "-t", name, "Enter")
+    for keys in (["5"], ["/"], ["-l", "approval.approved"], ["Enter"]):
+        tmux("send-keys", "-t", name, *keys)
+        time.sleep(0.3)  # a person's pace; the screen handles each key in turn
     wait_for(lambda: "approval.approved" in screen(name), "the filtered ledger pane showing it")
     tmux("send-keys", "-t", name, "C-q")
     wait_for(lambda: "the demo's state is in" in screen(name), "the demo to drain and exit", 30)

@@ -421,10 +421,12 @@ class AttachedConsole(_StoreConsole):
         reject_reasons: tuple[str, ...] = (),
         clock: Clock = utc_now,
         command_timeout_s: float = 10.0,
+        target: str | None = None,
     ) -> None:
+        """``target`` replaces the header's ``attached to <database url>`` description."""
         super().__init__(
-            db, target=f"attached to {db.url}", lanes=lanes, reject_reasons=reject_reasons,
-            read_only=read_only, actor=actor, clock=clock,
+            db, target=target or f"attached to {db.url}", lanes=lanes,
+            reject_reasons=reject_reasons, read_only=read_only, actor=actor, clock=clock,
         )  # fmt: skip
         self.command_timeout_s = command_timeout_s
         self._watch: sqlite3.Connection | None = None
@@ -442,8 +444,9 @@ class AttachedConsole(_StoreConsole):
         from quarterdeck.client.submit import Client
 
         if self._client is None:
-            self._client = Client(self.db.url, workspace=str(payload.get("workspace", "default")))
+            self._client = Client(self.db.url)
             await self._client.__aenter__()
+        self._client.workspace = str(payload.get("workspace", "default"))
         body = {k: v for k, v in payload.items() if k != "workspace"}
         body.setdefault("actor", self.actor)
         result: dict[str, Any] = await self._client.command(body, timeout_s=self.command_timeout_s)

@@ -49,6 +49,8 @@ PANES = ("approvals", "turns", "missions", "alerts", "ledger")
 MIN_REFRESH_S = 0.25
 IDLE_REFRESH_S = 1.0
 SNOOZE_S = 600
+KEY_LABELS = {"slash": "/", "question_mark": "?", "enter": "enter", "tab": "tab"}
+"""How key names read on screen."""
 
 
 class StatusHeader(Static):
@@ -93,14 +95,15 @@ class StatusHeader(Static):
         )
         text.append(f"  │ alerts {head.alerts_open}", style="bold red" if head.alerts_open else "")
         slo = head.slo
-        p95 = slo.get("p95_latency_s")
-        failure = slo.get("failure_rate")
+        p95 = slo.get("mission_latency_p95_s")
+        fallback = slo.get("fallback_rate")
+        text.append(f"  │ p95 {p95:.2f}s" if isinstance(p95, int | float) else "  │ p95 -")
         text.append(
-            f"  │ p95 {p95:.2f}s" if isinstance(p95, int | float) else "  │ p95 -",
+            f" fallback {fallback:.0%}" if isinstance(fallback, int | float) else " fallback -"
         )
-        text.append(
-            f" fail {failure:.0%}" if isinstance(failure, int | float) else " fail -",
-        )
+        dead = slo.get("dead_letters")
+        if dead:
+            text.append(f" dead {dead}", style="bold red")
         text.append(f"  │ ledger {head.head_seq}")
         if error:
             text.append(f"\n {error}", style="bold red")
@@ -343,7 +346,8 @@ class QuarterdeckApp(App[None]):
         self.push_screen(HelpScreen(rows))
 
     def _key_of(self, action: KeyAction) -> str:
-        return self._keymap.get(action.name, action.key)
+        key = self._keymap.get(action.name, action.key)
+        return KEY_LABELS.get(key, key)
 
     def action_filter(self) -> None:
         """Open the filter bar for the current pane."""
@@ -359,7 +363,9 @@ class QuarterdeckApp(App[None]):
         pane = self.pane()
         pane.filter_text = event.value.strip()
         event.input.display = False
-        if self.snapshot is not None:
+        if isinstance(pane, LedgerPane):
+            self._ledger_page(pane.page_before)
+        elif self.snapshot is not None:
             self._show(self.snapshot)
         pane.focus()
 

@@ -338,7 +338,7 @@ class HelpScreen(ModalScreen[None]):
         """One line per key: the key, what it does, where."""
         text = Text("Keys (every action is also in the command palette, ctrl+p)\n\n", style="bold")
         for key, description, where in self.rows:
-            text.append(f"  {key:<10}", style="bold")
+            text.append(f"  {key:<12}", style="bold")
             text.append(f"{description:<40}")
             text.append(f"{where}\n", style="dim")
         with VerticalScroll(id="detail"):
