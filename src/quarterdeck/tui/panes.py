@@ -269,7 +269,7 @@ class TurnsPane(LivePane[TurnLine]):
 
 
 class MissionsPane(LivePane[MissionLine]):
-    """Recent missions with their leases: owner, attempt, time to expiry."""
+    """Recent missions with their leases (owner, attempt, time to expiry) and sessions."""
 
     TITLE = "3 Missions"
     EMPTY = "no missions yet"
@@ -280,6 +280,7 @@ class MissionsPane(LivePane[MissionLine]):
         Column("attempt", "Try", 3),
         Column("owner", "Lease owner", 16),
         Column("expiry", "Expires", 8),
+        Column("session", "Session", 8),
         Column("turn", "Turn", 8),
         Column("id", "Id", 8),
     )
@@ -296,6 +297,7 @@ class MissionsPane(LivePane[MissionLine]):
             str(line.attempt),
             (line.lease_owner or "-")[-16:],
             expiry,
+            short(line.session_id),
             short(line.turn_id),
             short(line.id),
         )
