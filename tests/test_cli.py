@@ -566,3 +566,10 @@ def test_in_memory_database_url_is_refused_cleanly(tmp_path: Path) -> None:
     result = cli(tmp_path / "state", "--db", "sqlite://", "status")
     assert result.returncode == 2, result.stderr.decode()[-300:]
     one_line_error(result)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["run"], ["attach"]])
+def test_the_control_center_without_a_terminal_says_so(tmp_path: Path, command: list[str]) -> None:
+    result = quarterdeck(*command, state_dir=tmp_path / "state", stdin=b"")
+    assert result.returncode == 2
+    assert "needs a terminal" in one_line_error(result)

@@ -491,6 +491,12 @@ def _load_run_config(args: argparse.Namespace) -> tuple[RuntimeConfig, str]:
     return load_config(path), str(path) if path else "built-in"
 
 
+def _need_terminal() -> None:
+    """The control center draws on a terminal; without one, say so instead of hanging."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("the control center needs a terminal (use 'run --headless' without one)")
+
+
 async def _demo(args: argparse.Namespace) -> int:
     """A fresh state directory (unless one is given), the demo fleet, the control center."""
     import tempfile
@@ -747,6 +753,12 @@ async def _run(args: argparse.Namespace, out: IO[str]) -> int:
     workspace_scope(args)  # report option conflicts before touching the database
     if args.command in SUPERVISION:
         return await _supervise(args, out)
+    if args.command == "run" and not args.headless:
+        if args.until_idle:
+            raise UsageError("--until-idle needs --headless")
+        _need_terminal()
+    if args.command in ("demo", "attach"):
+        _need_terminal()
     if args.command == "demo":
         return await _demo(args)
     if args.command == "attach":
