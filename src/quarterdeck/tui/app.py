@@ -302,6 +302,8 @@ class QuarterdeckApp(App[None]):
             return True
         if action == "next_pane" and (self.screen.is_modal or isinstance(self.focused, Input)):
             return False  # a dialog's or the filter bar's tab (next_pane is a priority binding)
+        if self.screen.is_modal and not isinstance(self.screen, DetailScreen):
+            return False  # a dialog's keys are its own (the detail view may act on its item)
         return spec.applies_to(self.current)
 
     def _show_pane(self, name: str) -> None:
