@@ -16,9 +16,11 @@ import contextlib
 import getpass
 import json
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy import text
@@ -33,6 +35,7 @@ TURNS_SHOWN = 200
 MISSIONS_SHOWN = 200
 ALERTS_SHOWN = 200
 LEDGER_PAGE = 200
+SLO_EVERY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +263,7 @@ class _StoreConsole:
         self.read_only = read_only
         self.actor = actor or _os_user()
         self.clock = clock
+        self._slo_cache: tuple[float, Mapping[str, Any]] | None = None
 
     async def snapshot(self) -> Snapshot:
         """Read the live panes' contents in one snapshot transaction."""
@@ -274,7 +278,7 @@ class _StoreConsole:
             head = (await conn.execute(_HEAD)).scalar() or 0
             flags = await conn.run_sync(lambda sync: read_flags(sync))
             alive = await self._alive_async(conn)
-        figures = await slo(self.db, None)
+        figures = await self._slo()
         lanes = self.lanes or tuple(sorted({s.lane for s in sessions if s.lane}))
         header = Header(
             target=self.target,
@@ -319,6 +323,14 @@ class _StoreConsole:
 
     async def _alive_async(self, conn: Any) -> bool | None:
         return None
+
+    async def _slo(self) -> Mapping[str, Any]:
+        """The SLO figures, read at most every few seconds (they summarise thousands of
+        missions and move slowly)."""
+        now = time.monotonic()
+        if self._slo_cache is None or now - self._slo_cache[0] >= SLO_EVERY_S:
+            self._slo_cache = (now, await slo(self.db, None))
+        return self._slo_cache[1]
 
     async def ledger_page(
         self, before_seq: int | None, limit: int = LEDGER_PAGE
@@ -482,13 +494,19 @@ class AttachedConsole(_StoreConsole):
             self._client = None
 
 
+@lru_cache(maxsize=8_192)
+def _instant(text: str) -> datetime:
+    return parse_instant(text)
+
+
 def remaining_s(deadline_at: str | None, now: datetime) -> float | None:
     """Seconds from ``now`` to ``deadline_at`` (negative once past); None without one."""
     if not deadline_at:
         return None
-    return (parse_instant(deadline_at) - now).total_seconds()
+    return (_instant(deadline_at) - now).total_seconds()
 
 
+@lru_cache(maxsize=8_192)
 def args_preview(args: str, width: int = 40) -> str:
     """A one-line preview of JSON arguments."""
     try:

@@ -20,6 +20,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import ContentSwitcher, Footer, Input, Static
@@ -203,15 +204,26 @@ class QuarterdeckApp(App[None]):
 
     @work(exclusive=True, group="follow")
     async def _follow(self) -> None:
-        """Refresh when the console reports a change (at most four times a second), and at
-        least once a second so that countdowns move."""
+        """Refresh when the console reports a change (at most four times a second, less when
+        refreshing is slow), and at least once a second so that countdowns move."""
+        loop = asyncio.get_running_loop()
         while True:
             await self.source.wait_change(IDLE_REFRESH_S)
+            began = loop.time()
             await self.refresh_now()
-            await asyncio.sleep(MIN_REFRESH_S)
+            # Rest at least twice as long as the refresh took: on a busy store, refreshing
+            # never takes more than a third of the loop, and keys stay quick.
+            await asyncio.sleep(max(MIN_REFRESH_S, 2 * (loop.time() - began)))
 
     async def refresh_now(self) -> None:
-        """Read a snapshot and show it (one at a time; errors shown in the header)."""
+        """Read a snapshot and show it (one at a time; errors shown in the header). A refresh
+        that finds the screen gone (the app is closing) stops quietly."""
+        try:
+            await self._refresh_now()
+        except NoMatches:
+            return
+
+    async def _refresh_now(self) -> None:
         if self._refreshing.locked():
             self._again = True  # the refresh under way may have read before this change
             return
@@ -231,7 +243,7 @@ class QuarterdeckApp(App[None]):
                 ledger.show(await self.source.ledger_page(None), self.clock())
         if self._again:
             self._again = False
-            await self.refresh_now()
+            await self._refresh_now()
 
     def _show(self, snapshot: Snapshot) -> None:
         now = self.clock()

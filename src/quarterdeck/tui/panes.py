@@ -101,6 +101,9 @@ class LivePane(DataTable[Any], Generic[LineT]):
         self._cells: dict[str, tuple[Any, ...]] = {}
         self.filter_text = ""
         self.now: datetime | None = None
+        self.now_text = ""
+        self._memo: dict[str, tuple[LineT, str, tuple[Any, ...]]] = {}
+        """Cells of each row as last computed, with the line and time stamp they came from."""
 
     def on_mount(self) -> None:
         """Set up the fixed columns."""
@@ -131,10 +134,22 @@ class LivePane(DataTable[Any], Generic[LineT]):
     def show(self, lines: Sequence[LineT], now: datetime) -> None:
         """Show ``lines`` (in order): a keyed diff against what is on screen."""
         self.now = now
+        self.now_text = format_instant(now)
         self._ensure_columns()
         shown = [line for line in lines if self.matches(line)]
         order = [self.key_of(line) for line in shown]
-        cells = {key: self.cells(line) for key, line in zip(order, shown, strict=True)}
+        stamp = self.stamp(now)
+        cells: dict[str, tuple[Any, ...]] = {}
+        memo: dict[str, tuple[LineT, str, tuple[Any, ...]]] = {}
+        for key, line in zip(order, shown, strict=True):
+            known = self._memo.get(key)
+            if known is not None and known[1] == stamp and known[0] == line:
+                row = known[2]
+            else:
+                row = self.cells(line)
+            cells[key] = row
+            memo[key] = (line, stamp, row)
+        self._memo = memo
         self.lines = dict(zip(order, shown, strict=True))
         selected = self.selected_key()
         if order == self._order:
@@ -176,6 +191,11 @@ class LivePane(DataTable[Any], Generic[LineT]):
         """Whether a refresh keeps the cursor on the same item (else it stays in place)."""
         return True
 
+    def stamp(self, now: datetime) -> str:
+        """What of ``now`` the cells depend on: a row whose line and stamp are unchanged keeps
+        its cells (panes with countdowns stamp by the second; others do not depend on it)."""
+        return ""
+
     def _kept_then_appended(self, order: list[str]) -> bool:
         """Whether ``order`` is the rows on screen minus some, followed by new ones."""
         present = set(order)
@@ -215,12 +235,16 @@ class ApprovalsPane(LivePane[ApprovalLine]):
         Column("id", "Id", 8),
     )
 
+    def stamp(self, now: datetime) -> str:
+        """Countdowns and claims change with the second."""
+        return self.now_text[:19]
+
     def cells(self, line: ApprovalLine) -> tuple[Any, ...]:
         """SLA, tool, lane, approver (level), state, claim, args preview, id."""
         assert self.now is not None
-        snoozed = line.snoozed_until is not None and line.snoozed_until > _iso(self.now)
+        snoozed = line.snoozed_until is not None and line.snoozed_until > self.now_text
         claim = "-"
-        if line.claimed_by and (line.claim_expires_at or "") > _iso(self.now):
+        if line.claimed_by and (line.claim_expires_at or "") > self.now_text:
             claim = line.claimed_by
         sla = (
             Text("snoozed", style="dim")
@@ -284,6 +308,10 @@ class MissionsPane(LivePane[MissionLine]):
         Column("turn", "Turn", 8),
         Column("id", "Id", 8),
     )
+
+    def stamp(self, now: datetime) -> str:
+        """Lease countdowns change with the second."""
+        return self.now_text[:19]
 
     def cells(self, line: MissionLine) -> tuple[Any, ...]:
         """State, lane, role, attempt, lease owner, time to lease expiry, turn, id."""
@@ -399,7 +427,3 @@ class LedgerPane(LivePane[LedgerLine]):
         self.page_before = None
         if self.loader is not None:
             self.loader(None)
-
-
-def _iso(now: datetime) -> str:
-    return format_instant(now)
