@@ -20,20 +20,11 @@ from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import Kind, machine
 from quarterdeck.store.outbox import Target, enqueue
-from quarterdeck.store.work import _entry, set_flag
+from quarterdeck.store.work import _entry, _refuse, set_flag
 from quarterdeck.store.writer import WriteTxn
 
 LATENCY_ROWS = 2_000
 """How many of the window's most recently finished missions the p95 latency is taken over."""
-
-
-def _refuse(
-    txn: WriteTxn, workspace: str, actor: str, alert_id: str, command: str, errors: list[str]
-) -> dict[str, Any]:
-    """Record a refused command (nothing else changes) and return its result."""
-    details = {"command": command, "errors": errors}
-    _entry(txn, workspace, actor, "command.refused", "alert", alert_id, None, None, details)
-    return {"ok": False, "errors": errors}
 
 
 # --- alerts ------------------------------------------------------------------------------------
@@ -198,14 +189,30 @@ def _change(
         {"id": alert_id, "w": workspace},
     ).first()
     if row is None:
-        return _refuse(txn, workspace, actor, alert_id, command, ["no such alert"])
+        return _refuse(
+            txn,
+            workspace,
+            actor,
+            "alert",
+            alert_id,
+            {"command": command, "errors": ["no such alert"]},
+        )
     if to_state == "resolved" and row.state == "resolved":
         return {"ok": True, "alert_id": alert_id, "state": "resolved", "already": True}
     if not machine(Kind.ALERT).allows(row.state, to_state):
         errors = [f"alert is {row.state}: illegal transition {row.state} -> {to_state}"]
-        return _refuse(txn, workspace, actor, alert_id, command, errors)
+        return _refuse(
+            txn, workspace, actor, "alert", alert_id, {"command": command, "errors": errors}
+        )
     if not _move(txn, workspace, row, to_state, actor):
-        return _refuse(txn, workspace, actor, alert_id, command, ["alert changed meanwhile"])
+        return _refuse(
+            txn,
+            workspace,
+            actor,
+            "alert",
+            alert_id,
+            {"command": command, "errors": ["alert changed meanwhile"]},
+        )
     return {"ok": True, "alert_id": alert_id, "state": to_state, "version": row.version + 1}
 
 

@@ -8,7 +8,6 @@ escalated approval queues an outbox notification in the same transaction.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +23,15 @@ from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, PolicyDecision
 from quarterdeck.domain.states import Kind, check_transition
 from quarterdeck.store.decisions import load_json, release_action
 from quarterdeck.store.outbox import enqueue
-from quarterdeck.store.work import WorkPlan, _entry, _mission_row, _move_turn, set_flag
+from quarterdeck.store.work import (
+    WorkPlan,
+    _entry,
+    _mission_row,
+    _move_mission,
+    _move_turn,
+    _refuse,
+    set_flag,
+)
 from quarterdeck.store.writer import WriteTxn
 
 OPEN: Final = ("pending", "escalated")
@@ -141,11 +148,8 @@ _SELECT = text("SELECT * FROM approvals WHERE id = :id AND workspace = :w")
 def _refused(
     txn: WriteTxn, workspace: str, actor: str, approval_id: str, command: str, error: str
 ) -> dict[str, Any]:
-    _entry(
-        txn, workspace, actor, "command.refused", "approval", approval_id, None, None,
-        {"command": command, "errors": [error]},
-    )  # fmt: skip
-    return {"ok": False, "errors": [error], "approval": approval_id}
+    return {**_refuse(txn, workspace, actor, "approval", approval_id,
+                      {"command": command, "errors": [error]}), "approval": approval_id}  # fmt: skip
 
 
 def approval_view(row: Any) -> dict[str, Any]:
@@ -328,30 +332,15 @@ def _settle_dispatch(
             )  # fmt: skip
         return
     if mission is not None and mission.state == "queued":
-        _cancel_mission(txn, row.workspace, row.mission_id, mission.version, actor)
+        _move_mission(
+            txn, row.workspace, row.mission_id, "queued", "cancelled", mission.version, actor
+        )
     if turn is not None and turn.state == "awaiting_approval":
         reason = f"dispatch not approved ({row.id})"
         _move_turn(
             txn, row.workspace, row.turn_id, turn.state, "failed", turn.version, actor,
             error=reason, deliverable={"error": reason, "approval": row.id},
         )  # fmt: skip
-
-
-def _cancel_mission(
-    txn: WriteTxn, workspace: str, mission_id: str, version: int, actor: str
-) -> None:
-    txn.conn.execute(
-        text(
-            "UPDATE missions SET state = 'cancelled', version = version + 1, updated_at = :at, "
-            "lease_owner = NULL, lease_expires_at = NULL, finished_at = :at "
-            "WHERE id = :id AND version = :version"
-        ),
-        {"at": txn.at, "id": mission_id, "version": version},
-    )
-    _entry(
-        txn, workspace, actor, "mission.cancelled", "mission", mission_id, "queued", "cancelled",
-        {"version": version + 1},
-    )  # fmt: skip
 
 
 def escalate_approval(
@@ -583,12 +572,6 @@ def gate_from_approval(row: Any) -> Gate:
             reason += f" ({row.reason_text})"
         return Gate("rejected", load_json(row.args, {}), "rejected", reason, approval_id=row.id)
     return Gate("waiting", load_json(row.args, {}), approval_id=row.id)
-
-
-def json_args(value: Any) -> dict[str, Any]:
-    """Arguments as stored (a JSON object), decoded."""
-    decoded = json.loads(value) if isinstance(value, str) else value
-    return dict(decoded) if isinstance(decoded, Mapping) else {}
 
 
 def open_approvals_of(txn: WriteTxn, turn_id: str) -> Sequence[Any]:

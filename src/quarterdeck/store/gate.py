@@ -19,6 +19,7 @@ from quarterdeck.store.approvals import (
     gate_from_approval,
 )
 from quarterdeck.store.decisions import (
+    NO_POLICY_HASH,
     decide,
     decision_row,
     denial_reason,
@@ -67,7 +68,7 @@ def request_action(
         ),
         {"id": claim.mission_id},
     ).first()
-    policy_hash = plan.policy.hash if plan.policy is not None else "none"
+    policy_hash = plan.policy.hash if plan.policy is not None else NO_POLICY_HASH
     guard = None
     if holder is None or (holder.attempt, holder.lease_owner) != (claim.attempt, claim.owner):
         guard = "the mission's lease is gone"

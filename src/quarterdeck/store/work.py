@@ -29,6 +29,7 @@ from quarterdeck.domain.tasks import (
     parse_command,
     parse_task,
 )
+from quarterdeck.store import decisions
 from quarterdeck.store.outbox import Target
 from quarterdeck.store.writer import WriteTxn
 
@@ -538,16 +539,28 @@ def _move_mission(
     to_state: str,
     version: int,
     actor: str,
+    *,
+    error: str | None = None,
+    decision_id: str | None = None,
 ) -> None:
+    """One mission transition out of its lease (cancelled, failed) and its ledger entry;
+    ``error`` and ``decision_id`` (the decision that refused it) are set in the same update."""
     check_transition(Kind.MISSION, from_state, to_state)
     txn.conn.execute(
         text(
             "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, "
-            "lease_owner = NULL, lease_expires_at = NULL, finished_at = :at "
+            "lease_owner = NULL, lease_expires_at = NULL, finished_at = :at, "
+            "error = COALESCE(:error, error), decision_id = COALESCE(:decision, decision_id) "
             "WHERE id = :id AND version = :version"
         ),
-        {"to": to_state, "at": txn.at, "id": mission_id, "version": version},
-    )
+        {"to": to_state, "at": txn.at, "error": error, "decision": decision_id,
+         "id": mission_id, "version": version},
+    )  # fmt: skip
+    payload: dict[str, Any] = {"version": version + 1}
+    if error is not None:
+        payload["error"] = error
+    if decision_id is not None:
+        payload["decision"] = decision_id
     _entry(
         txn,
         workspace,
@@ -557,7 +570,7 @@ def _move_mission(
         mission_id,
         from_state,
         to_state,
-        {"version": version + 1},
+        payload,
     )
 
 
@@ -611,7 +624,6 @@ def claim_missions(
     the turn waits (``awaiting_approval``) until a person decides. A shadow mission is never
     held for a person: anything but ``allow`` fails it.
     """
-    from quarterdeck.store import approvals, decisions  # both build on this module
 
     if sessions:
         limit = min(limit, len(sessions))
@@ -660,7 +672,7 @@ def claim_missions(
                 continue
             else:
                 decisions.insert_decisions(txn, [drow])
-                _hold_dispatch(txn, plan, row, request, verdict, drow, approvals)
+                _hold_dispatch(txn, plan, row, request, verdict, drow)
                 continue
         session = sessions[len(mission_rows)] if sessions else None
         mission_rows.append(
@@ -764,21 +776,10 @@ def claim_missions(
 
 def _refuse_dispatch(txn: WriteTxn, row: Any, drow: Mapping[str, Any], actor: str) -> None:
     """The policy denied a dispatch: the mission fails, and so does its turn (not a shadow's)."""
-    txn.conn.execute(
-        text("UPDATE missions SET decision_id = :d WHERE id = :id"), {"d": drow["id"], "id": row.id}
-    )
     reason = str(drow["reason"])
-    check_transition(Kind.MISSION, "queued", "failed")
-    txn.conn.execute(
-        text(
-            "UPDATE missions SET state = 'failed', version = version + 1, updated_at = :at, "
-            "finished_at = :at, error = :error WHERE id = :id AND version = :version"
-        ),
-        {"at": txn.at, "error": reason, "id": row.id, "version": row.version},
-    )
-    _entry(
-        txn, row.workspace, actor, "mission.failed", "mission", row.id, "queued", "failed",
-        {"version": row.version + 1, "error": reason, "decision": drow["id"]},
+    _move_mission(
+        txn, row.workspace, row.id, "queued", "failed", row.version, actor,
+        error=reason, decision_id=str(drow["id"]),
     )  # fmt: skip
     if row.role != "shadow" and row.turn_state == "queued":
         _move_turn(
@@ -794,10 +795,11 @@ def _hold_dispatch(
     request: Any,
     verdict: Any,
     drow: Mapping[str, Any],
-    approvals: Any,
 ) -> None:
     """The policy wants a person to approve this dispatch: open the approval, bind the mission
     to the pending decision, and let the turn wait."""
+    from quarterdeck.store import approvals  # approvals builds on this module
+
     txn.conn.execute(
         text("UPDATE missions SET decision_id = :d WHERE id = :id"), {"d": drow["id"], "id": row.id}
     )

@@ -27,7 +27,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, Static
 
 from quarterdeck.client.console import Console, ReadOnly, Snapshot
 from quarterdeck.domain.clock import Clock, utc_now
-from quarterdeck.tui.keymap import ACTIONS, BY_NAME, KeyAction
+from quarterdeck.tui.keymap import ACTIONS, BY_NAME, KeyAction, keymap_problems
 from quarterdeck.tui.panes import (
     AlertsPane,
     ApprovalsPane,
@@ -188,8 +188,12 @@ class QuarterdeckApp(App[None]):
         if self._theme is not None:
             self.register_theme(self._theme)
             self.theme = self._theme.name
-        if self._keymap:
-            self.set_keymap(self._keymap)
+        problems = keymap_problems(self._keymap)
+        if problems:
+            self.notify("; ".join(problems), title="keymap", severity="warning", timeout=8)
+        known = {name: key for name, key in self._keymap.items() if name in BY_NAME}
+        if known:
+            self.set_keymap(known)
         self.query_one("#ledger", LedgerPane).loader = self._load_ledger
         self.query_one("#filter", FilterBar).display = False
         if self._theme_problem:
@@ -756,8 +760,3 @@ def create_app(
         console, clock=clock, theme=theme, theme_problem=theme_problem, keymap=keymap,
         live=live, on_exit=on_exit,
     )  # fmt: skip
-
-
-def fixed_clock(at: datetime) -> Clock:
-    """A clock that always says ``at`` (tests and snapshots)."""
-    return lambda: at

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -53,57 +54,83 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(True)
 
 
-class JsonEditScreen(ModalScreen[dict[str, Any] | None]):
-    """Edit a JSON object; the result is validated before it is sent."""
+ResultT = TypeVar("ResultT")
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Send"),
-    ]
 
-    def __init__(self, title: str, value: Mapping[str, Any]) -> None:
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why an editor's text cannot be sent (shown under the editor)."""
+
+    message: str
+
+
+class EditorScreen(ModalScreen[ResultT | None]):
+    """A text editor in a dialog: ctrl+s checks the text and answers with its value (or shows
+    what is wrong and stays), escape and the first button leave with None."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    HINT = "ctrl+s sends · escape cancels"
+    CANCEL_LABEL = "Cancel"
+    SAVE_LABEL = "Save"
+    SAVE_VARIANT: ClassVar[Any] = "primary"
+
+    def __init__(self, title: str, text: str) -> None:
         super().__init__()
         self.title_text = title
-        self.original = dict(value)
+        self.text = text
 
     def compose(self) -> ComposeResult:
-        """Title, the editor, a line for validation errors, and the buttons."""
+        """Title, the editor, a line for the hint or the problem, and the buttons."""
         with Vertical(id="dialog", classes="dialog wide"):
             yield Label(self.title_text, id="title")
-            yield TextArea(
-                json.dumps(self.original, indent=2, sort_keys=True),
-                language=None,
-                id="editor",
-                show_line_numbers=False,
-            )
-            yield Label("ctrl+s sends · escape cancels", id="problem")
+            yield TextArea(self.text, id="editor", show_line_numbers=False)
+            yield Label(self.HINT, id="problem")
             with Horizontal(classes="buttons"):
-                yield Button("Cancel", id="cancel")
-                yield Button("Approve with edits", id="save", variant="warning")
+                yield Button(self.CANCEL_LABEL, id="cancel")
+                yield Button(self.SAVE_LABEL, id="save", variant=self.SAVE_VARIANT)
 
     def on_mount(self) -> None:
         """The editor has the focus."""
         self.query_one("#editor", TextArea).focus()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        """Send or cancel."""
+        """Save or leave."""
         if event.button.id == "save":
             self.action_save()
         else:
             self.dismiss(None)
 
     def action_cancel(self) -> None:
-        """Leave without sending."""
+        """Leave without an answer."""
         self.dismiss(None)
 
+    def check(self, text: str) -> ResultT | Problem:
+        """The text's value, or what is wrong with it."""
+        raise NotImplementedError
+
     def action_save(self) -> None:
-        """Send the edited object, or say what is wrong with it."""
-        value = parse_json_object(self.query_one("#editor", TextArea).text)
-        if isinstance(value, str):
-            problem = self.query_one("#problem", Label)
-            problem.update(Text(value, style="bold red"))
+        """Answer with the checked value, or show what is wrong with the text."""
+        value = self.check(self.query_one("#editor", TextArea).text)
+        if isinstance(value, Problem):
+            self.query_one("#problem", Label).update(Text(value.message, style="bold red"))
             return
         self.dismiss(value)
+
+
+class JsonEditScreen(EditorScreen[dict[str, Any]]):
+    """Edit a JSON object; the result is validated before it is sent."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "save", "Send")]
+    SAVE_LABEL = "Approve with edits"
+    SAVE_VARIANT = "warning"
+
+    def __init__(self, title: str, value: Mapping[str, Any]) -> None:
+        super().__init__(title, json.dumps(dict(value), indent=2, sort_keys=True))
+
+    def check(self, text: str) -> dict[str, Any] | Problem:
+        """The edited object, or what keeps it from being one."""
+        value = parse_json_object(text)
+        return Problem(value) if isinstance(value, str) else value
 
 
 def parse_json_object(source: str) -> dict[str, Any] | str:
@@ -164,53 +191,23 @@ class ReasonScreen(ModalScreen[tuple[str, str] | None]):
         self.dismiss(None)
 
 
-class TextEditScreen(ModalScreen[str | None]):
+class TextEditScreen(EditorScreen[str]):
     """Write a text (the human's deliverable for a taken-over turn)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+s", "save", "Complete"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+s", "save", "Complete")]
+    HINT = "ctrl+s completes the turn · escape keeps it held"
+    CANCEL_LABEL = "Keep holding"
+    SAVE_LABEL = "Complete turn"
+    SAVE_VARIANT = "success"
 
     def __init__(self, title: str, initial: str = "") -> None:
-        super().__init__()
-        self.title_text = title
-        self.initial = initial
+        super().__init__(title, initial)
 
-    def compose(self) -> ComposeResult:
-        """Title, editor, buttons."""
-        with Vertical(id="dialog", classes="dialog wide"):
-            yield Label(self.title_text, id="title")
-            yield TextArea(self.initial, id="editor", show_line_numbers=False)
-            yield Label("ctrl+s completes the turn · escape keeps it held", id="problem")
-            with Horizontal(classes="buttons"):
-                yield Button("Keep holding", id="cancel")
-                yield Button("Complete turn", id="save", variant="success")
-
-    def on_mount(self) -> None:
-        """The editor has the focus."""
-        self.query_one("#editor", TextArea).focus()
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        """Complete or keep holding."""
-        if event.button.id == "save":
-            self.action_save()
-        else:
-            self.dismiss(None)
-
-    def action_cancel(self) -> None:
-        """Keep the turn held without completing it."""
-        self.dismiss(None)
-
-    def action_save(self) -> None:
-        """Complete with the text (an empty text is refused)."""
-        value = self.query_one("#editor", TextArea).text
-        if not value.strip():
-            self.query_one("#problem", Label).update(
-                Text("write the deliverable first", style="bold red")
-            )
-            return
-        self.dismiss(value)
+    def check(self, text: str) -> str | Problem:
+        """The text; an empty one is refused."""
+        if not text.strip():
+            return Problem("write the deliverable first")
+        return text
 
 
 class DetailScreen(ModalScreen[None]):
