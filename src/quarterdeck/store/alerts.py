@@ -188,31 +188,20 @@ def _change(
         text("SELECT id, state, version FROM alerts WHERE id = :id AND workspace = :w"),
         {"id": alert_id, "w": workspace},
     ).first()
-    if row is None:
+
+    def refused(error: str) -> dict[str, Any]:
         return _refuse(
-            txn,
-            workspace,
-            actor,
-            "alert",
-            alert_id,
-            {"command": command, "errors": ["no such alert"]},
+            txn, workspace, actor, "alert", alert_id, {"command": command, "errors": [error]}
         )
+
+    if row is None:
+        return refused("no such alert")
     if to_state == "resolved" and row.state == "resolved":
         return {"ok": True, "alert_id": alert_id, "state": "resolved", "already": True}
     if not machine(Kind.ALERT).allows(row.state, to_state):
-        errors = [f"alert is {row.state}: illegal transition {row.state} -> {to_state}"]
-        return _refuse(
-            txn, workspace, actor, "alert", alert_id, {"command": command, "errors": errors}
-        )
+        return refused(f"alert is {row.state}: illegal transition {row.state} -> {to_state}")
     if not _move(txn, workspace, row, to_state, actor):
-        return _refuse(
-            txn,
-            workspace,
-            actor,
-            "alert",
-            alert_id,
-            {"command": command, "errors": ["alert changed meanwhile"]},
-        )
+        return refused("alert changed meanwhile")
     return {"ok": True, "alert_id": alert_id, "state": to_state, "version": row.version + 1}
 
 
