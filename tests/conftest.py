@@ -1,17 +1,22 @@
-"""Shared test helpers: every test gets its own SQLite file under pytest's tmp_path."""
+"""Shared test helpers: every test gets its own database (a SQLite file under pytest's
+tmp_path, or a fresh PostgreSQL database on a throwaway local cluster)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from tests.pgcluster import CURRENT as _current
+from tests.pgcluster import ENABLE_HINT, PgCluster, find_bin_dir
 
 T = TypeVar("T")
 
@@ -67,3 +72,127 @@ def db_path(tmp_path: Path) -> Path:
 
 
 RunAsync = Callable[[Awaitable[T]], T]
+
+
+# --- the database under test: SQLite, and PostgreSQL where its server binaries are installed ---
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 for the whole run (skipped, saying how to
+    enable it, when the server binaries are missing)."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip(ENABLE_HINT)
+    cluster = PgCluster(bin_dir).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a fresh, empty database: a SQLite file, or a new PostgreSQL database.
+
+    Modules whose suites run on both backends use it with
+    ``pytestmark = pytest.mark.usefixtures("database")``; their helpers find the URL through
+    :func:`current_database`.
+    """
+    if request.param == "sqlite":
+        url = str(tmp_path / "state" / "quarterdeck.db")
+    else:
+        url = request.getfixturevalue("pg_cluster").create_database()
+    _current["url"] = url
+    try:
+        yield url
+    finally:
+        _current.pop("url", None)
+
+
+def current_database(tmp_path: Path, name: str = "q.db") -> str:
+    """The URL the running test's ``database`` fixture chose; a SQLite file under
+    ``tmp_path`` for tests that do not use it."""
+    return _current.get("url") or str(tmp_path / name)
+
+
+def is_postgres(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database."""
+    return url.startswith(("postgresql", "postgres:"))
+
+
+class Store:
+    """Raw, read-only SQL on the database under test (``?`` placeholders, a fresh connection
+    per call): SQLite through ``sqlite3``, PostgreSQL through psycopg."""
+
+    def __init__(self, url: str | Path) -> None:
+        self.url = str(url)
+        self.path = Path(self.url) if not is_postgres(self.url) else None
+
+    def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        if self.path is None:
+            import psycopg
+            from psycopg.rows import dict_row
+
+            with psycopg.connect(self.url, autocommit=True, row_factory=dict_row) as pg:
+                return list(pg.execute(sql.replace("?", "%s"), args).fetchall())  # type: ignore[arg-type]
+        conn = sqlite3.connect(self.path, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(sql, args).fetchall()]
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, *args: Any) -> None:
+        """Run one statement that changes data (tests that damage or seed rows)."""
+        if self.path is None:
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as pg:
+                pg.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+            return
+        conn = sqlite3.connect(self.path, timeout=10)
+        try:
+            with conn:
+                conn.execute(sql, args)
+        finally:
+            conn.close()
+
+    def one(self, sql: str, *args: Any) -> dict[str, Any] | None:
+        found = self.rows(sql, *args)
+        return found[0] if found else None
+
+    def value(self, sql: str, *args: Any) -> Any:
+        row = self.one(sql, *args)
+        return None if row is None else next(iter(row.values()))
+
+    def turn(self, turn_id: str) -> dict[str, Any]:
+        row = self.one("SELECT * FROM turns WHERE id = ?", turn_id)
+        assert row is not None, turn_id
+        return row
+
+    def missions(self, turn_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM missions WHERE turn_id = ? ORDER BY id", turn_id)
+
+    def produced(self, receipt_id: str) -> tuple[str | None, str | None]:
+        row = self.one("SELECT produced_type, produced_id FROM receipts WHERE id = ?", receipt_id)
+        assert row is not None, receipt_id
+        return row["produced_type"], row["produced_id"]
+
+    def ledger(self, *, action: str | None = None, subject: str | None = None) -> list[dict]:
+        sql = "SELECT seq, actor, action, subject_type, subject_id, from_state, to_state, payload "
+        sql += "FROM ledger WHERE 1 = 1"
+        args: list[Any] = []
+        if action is not None:
+            sql += " AND action = ?"
+            args.append(action)
+        if subject is not None:
+            sql += " AND subject_id = ?"
+            args.append(subject)
+        entries = self.rows(sql + " ORDER BY seq", *args)
+        for entry in entries:
+            entry["payload"] = json.loads(entry["payload"])
+        return entries
+
+    def counter(self, name: str) -> int:
+        return int(self.value("SELECT value FROM counters WHERE name = ?", name) or 0)

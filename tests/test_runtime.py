@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from tests import agents
-from tests.conftest import quarterdeck, run
+from tests.conftest import Store, current_database, quarterdeck, run
 
 from quarterdeck.runtime.config import ConfigError, load_config, parse_config
 from quarterdeck.runtime.ingest import Ingestor
@@ -49,6 +49,7 @@ from quarterdeck.store.work import (
 from quarterdeck.store.writer import Writer
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("database")  # every test runs on SQLite and PostgreSQL
 WS = "w"
 TURN_TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out"})
 MISSION_TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out"})
@@ -106,60 +107,6 @@ def command(key: str, **payload: Any) -> dict[str, Any]:
     return {"idempotency_key": key, "workspace": WS, "kind": "command", "payload": payload}
 
 
-class Store:
-    """Raw, read-only SQL on the database file (a fresh connection per call, WAL reads)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        conn = sqlite3.connect(self.path, timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in conn.execute(sql, args).fetchall()]
-        finally:
-            conn.close()
-
-    def one(self, sql: str, *args: Any) -> dict[str, Any] | None:
-        found = self.rows(sql, *args)
-        return found[0] if found else None
-
-    def value(self, sql: str, *args: Any) -> Any:
-        row = self.one(sql, *args)
-        return None if row is None else next(iter(row.values()))
-
-    def turn(self, turn_id: str) -> dict[str, Any]:
-        row = self.one("SELECT * FROM turns WHERE id = ?", turn_id)
-        assert row is not None, turn_id
-        return row
-
-    def missions(self, turn_id: str) -> list[dict[str, Any]]:
-        return self.rows("SELECT * FROM missions WHERE turn_id = ? ORDER BY id", turn_id)
-
-    def produced(self, receipt_id: str) -> tuple[str | None, str | None]:
-        row = self.one("SELECT produced_type, produced_id FROM receipts WHERE id = ?", receipt_id)
-        assert row is not None, receipt_id
-        return row["produced_type"], row["produced_id"]
-
-    def ledger(self, *, action: str | None = None, subject: str | None = None) -> list[dict]:
-        sql = "SELECT seq, actor, action, subject_type, subject_id, from_state, to_state, payload "
-        sql += "FROM ledger WHERE 1 = 1"
-        args: list[Any] = []
-        if action is not None:
-            sql += " AND action = ?"
-            args.append(action)
-        if subject is not None:
-            sql += " AND subject_id = ?"
-            args.append(subject)
-        entries = self.rows(sql + " ORDER BY seq", *args)
-        for entry in entries:
-            entry["payload"] = json.loads(entry["payload"])
-        return entries
-
-    def counter(self, name: str) -> int:
-        return int(self.value("SELECT value FROM counters WHERE name = ?", name) or 0)
-
-
 async def wait_until(
     probe: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
 ) -> Any:
@@ -201,13 +148,14 @@ async def turn_in(store: Store, turn_id: str, *states: str, timeout: float = 10.
 async def runtime(
     tmp_path: Path, data: Mapping[str, Any], **kwargs: Any
 ) -> AsyncIterator[tuple[Runtime, Store]]:
-    """A started runtime on ``tmp_path/q.db``; stopped (drained) and disposed afterwards."""
-    path = tmp_path / "q.db"
-    db = await open_database(str(path))
+    """A started runtime on the database under test (SQLite ``tmp_path/q.db`` unless the
+    ``database`` fixture chose one); stopped (drained) and disposed afterwards."""
+    url = current_database(tmp_path)
+    db = await open_database(url)
     rt = Runtime(db, parse_config(dict(data)), state_dir=tmp_path / "state", **kwargs)
     await rt.start()
     try:
-        yield rt, Store(path)
+        yield rt, Store(url)
     finally:
         await stop_once(rt)
         await db.dispose()

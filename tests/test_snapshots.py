@@ -180,7 +180,7 @@ def test_detail_edited_approval_from_ledger(snap_compare: Any, world: Path) -> N
         rows = list(ledger.lines.values())
         row = next(i for i, line in enumerate(rows) if line.action == "approval.edited")
         assert rows[row].subject_id == edited
-        ledger.move_cursor(row=row, animate=False)
+        ledger.move_cursor(row)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen), "the detail view")
         await pilot.press("end")

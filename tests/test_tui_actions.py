@@ -122,7 +122,7 @@ async def listed(pilot: Pilot[Any], app: QuarterdeckApp, name: str, key: str) ->
 def select(app: QuarterdeckApp, name: str, key: str) -> None:
     """Put the pane's cursor on the row of ``key``."""
     table = pane(app, name)
-    table.move_cursor(row=table.get_row_index(key), animate=False)
+    table.move_cursor(table.get_row_index(key))
 
 
 async def screen_is(pilot: Pilot[Any], app: QuarterdeckApp, kind: type) -> Any:
@@ -372,7 +372,7 @@ def test_escalate_and_snooze(tmp_path: Path) -> None:
             table = pane(app, "approvals")
             await until(
                 pilot,
-                lambda: str(table.get_cell(second["id"], "sla")) == "snoozed",
+                lambda: table.cell_text(second["id"], "sla") == "snoozed",
                 "the snoozed row",
             )
             assert [p["payload"]["command"] for p in app.sent] == [

@@ -5,7 +5,7 @@ renders what a :class:`Console` returns and never touches the database itself.
 Two consoles: :class:`EmbeddedConsole` sits beside a runtime in the same process (actions go
 straight to it; changes are seen from its writer's commits), :class:`AttachedConsole` opens a
 running daemon's database from another process (actions travel as command envelopes; changes
-are seen through ``PRAGMA data_version``; the daemon counts as alive while one of its sessions
+are seen through the store's change feed; the daemon counts as alive while one of its sessions
 holds an unexpired lease).
 """
 
@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import getpass
 import json
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import text
 
 from quarterdeck.domain.clock import Clock, format_instant, parse_instant, utc_now
+from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
 from quarterdeck.store.queries import get_item, slo
 from quarterdeck.store.work import read_flags
@@ -441,7 +441,7 @@ class AttachedConsole(_StoreConsole):
             reject_reasons=reject_reasons, read_only=read_only, actor=actor, clock=clock,
         )  # fmt: skip
         self.command_timeout_s = command_timeout_s
-        self._watch: sqlite3.Connection | None = None
+        self._watch: ChangeFeed | None = None
         self._version = -1
         self._client: Any = None
 
@@ -465,29 +465,21 @@ class AttachedConsole(_StoreConsole):
         return result
 
     async def wait_change(self, timeout_s: float) -> bool:
-        """Poll ``PRAGMA data_version`` (cheap; it moves when another connection commits)."""
-        path = self.db.sqlite_path
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        if path is None:
-            await asyncio.sleep(timeout_s)
-            return True
+        """Wait for a commit by another process (SQLite's data version; PostgreSQL's NOTIFY,
+        or polling its ledger head when notifications stop)."""
         if self._watch is None:
-            self._watch = sqlite3.connect(path, check_same_thread=False)
-            self._version = self._watch.execute("PRAGMA data_version").fetchone()[0]
-        while True:
-            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version:
-                self._version = version
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
+            self._watch = ChangeFeed(self.db, poll_s=0.05)
+            await self._watch.open()
+            self._version = self._watch.version()
+        version = await self._watch.wait(self._version, timeout_s)
+        changed = version != self._version
+        self._version = version
+        return changed
 
     async def close(self) -> None:
         """Close the change watch and the command client."""
         if self._watch is not None:
-            self._watch.close()
+            await self._watch.close()
             self._watch = None
         if self._client is not None:
             await self._client.__aexit__(None, None, None)

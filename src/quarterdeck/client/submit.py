@@ -64,7 +64,7 @@ class Client:
         _traceback: TracebackType | None,
     ) -> None:
         if self._watch is not None:
-            self._watch.close()
+            await self._watch.close()
         if self._writer is not None:
             await self._writer.stop()
         if self._db is not None:

@@ -2,8 +2,9 @@
 
 On SQLite, a plain ``sqlite3`` connection reads ``PRAGMA data_version`` every ``poll_s``: the
 number changes whenever any other connection commits, so the (slightly dearer) query that
-looks for what the caller waits on runs only after a commit. Other databases are simply
-queried at every poll.
+looks for what the caller waits on runs only after a commit. On PostgreSQL the store's
+:class:`~quarterdeck.store.changes.ChangeFeed` wakes the waiter at a ``NOTIFY`` (or when
+polling the ledger head finds a new seq).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import text
 
+from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
 
 T = TypeVar("T")
@@ -31,6 +33,7 @@ class ChangeWatch:
         self._db = db
         self._conn: sqlite3.Connection | None = None
         self._version: int | None = None
+        self._feed: ChangeFeed | None = None
         path = db.sqlite_path
         if path is not None:
             self._conn = sqlite3.connect(
@@ -41,15 +44,22 @@ class ChangeWatch:
             )
             self._conn.row_factory = sqlite3.Row
 
-    def changed(self) -> bool:
-        """Whether anything was committed since the last call (always True off SQLite, and
-        on the first call)."""
-        if self._conn is None:
-            return True
-        version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+    async def changed(self) -> bool:
+        """Whether anything was committed since the last call (True on the first call)."""
+        if self._conn is not None:
+            version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        else:
+            version = (await self._open_feed()).version()
         changed = version != self._version
         self._version = version
         return changed
+
+    async def _open_feed(self) -> ChangeFeed:
+        if self._feed is None:
+            feed = ChangeFeed(self._db)
+            await feed.open()
+            self._feed = feed
+        return self._feed
 
     async def query(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """The first row of a read query (named ``:params``), or None."""
@@ -75,7 +85,7 @@ class ChangeWatch:
         while True:
             now = loop.time()
             # Read the version before querying: a commit after this point changes it again.
-            if self.changed() or now - last_query >= SAFETY_REQUERY_S:
+            if await self.changed() or now - last_query >= SAFETY_REQUERY_S:
                 last_query = now
                 found = await probe()
                 if found is not None:
@@ -83,10 +93,19 @@ class ChangeWatch:
             if deadline is not None and loop.time() >= deadline:
                 return None
             pause = poll_s if deadline is None else min(poll_s, max(0.0, deadline - loop.time()))
-            await asyncio.sleep(pause)
+            if self._feed is not None and self._version is not None:
+                left = SAFETY_REQUERY_S / 4
+                if deadline is not None:
+                    left = min(left, max(0.0, deadline - loop.time()))
+                await self._feed.wait(self._version, left)
+            else:
+                await asyncio.sleep(pause)
 
-    def close(self) -> None:
-        """Close the watching connection."""
+    async def close(self) -> None:
+        """Close the watching connections."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._feed is not None:
+            await self._feed.close()
+            self._feed = None

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sqlite3
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,6 +37,7 @@ from quarterdeck.runtime.lanes.base import (
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.relay import Relay
 from quarterdeck.store.approvals import Gate, expire_due
+from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.commands import DRIFT_ACTOR
 from quarterdeck.store.database import Database
 from quarterdeck.store.gate import request_action, resume_action
@@ -800,20 +800,18 @@ class Runtime:
                 self._wake.set()
 
     async def _watch_loop(self) -> None:
-        """Notice commits by other processes (``PRAGMA data_version``) and wake the pump."""
-        path = self.db.sqlite_path
-        if path is None:
-            return
-        conn = sqlite3.connect(path, check_same_thread=False)
+        """Notice commits by other processes (SQLite's data version, PostgreSQL's NOTIFY or
+        polling) and wake the pump."""
+        feed = ChangeFeed(self.db, poll_s=WATCH_INTERVAL_S)
+        await feed.open()
         try:
-            last = conn.execute("PRAGMA data_version").fetchone()[0]
+            last = feed.version()
             while not self._stopped:
-                await asyncio.sleep(WATCH_INTERVAL_S)
-                current = conn.execute("PRAGMA data_version").fetchone()[0]
+                current = await feed.wait(last, WATCH_INTERVAL_S * 4)
                 if current != last:
                     last = current
                     self._wake.set()
                     if self._waiters:
                         self._wake_supervision.set()
         finally:
-            conn.close()
+            await feed.close()

@@ -4,11 +4,18 @@ SQLite: WAL journal, ``busy_timeout``, ``synchronous=NORMAL``, foreign keys on; 
 transactions begin ``IMMEDIATE`` (a deferred transaction that later writes can fail with
 ``SQLITE_BUSY_SNAPSHOT``, which ``busy_timeout`` does not retry); reads begin deferred on a
 separate engine so readers never take the write lock.
+
+PostgreSQL: asyncpg for writes and reads. The same synchronous write functions run on it
+through SQLAlchemy's ``run_sync`` bridge, so the layers above never know which database
+they talk to. Write transactions serialize on the ledger head row (see
+:class:`quarterdeck.store.ledger.LedgerAppender`), which keeps every single-writer promise
+that the SQLite code relies on across any number of nodes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,8 +25,8 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from quarterdeck.store.migrations import HEAD_VERSION, current_version, migrate
 
@@ -30,6 +37,13 @@ LOCK_RETRIES = 60
 """How often a write that met another process's lock is tried again (backoff up to 1 s)."""
 WRITER_BUSY_TIMEOUT_MS = 200
 """The in-loop writer's busy timeout: short, so the event loop never waits long for a lock."""
+POSTGRES_LOCK_TIMEOUT_MS = 30_000
+"""How long a PostgreSQL write waits for a row lock before it fails and is retried."""
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
+"""PostgreSQL errors after which the same transaction may simply be tried again
+(serialization failure, deadlock, lock not available, statement timeout)."""
+NOTIFY_ENV = "QUARTERDECK_PG_NOTIFY"
+"""Set to ``0``/``off`` to run PostgreSQL without ``LISTEN/NOTIFY`` (everyone polls)."""
 
 
 class DatabaseError(Exception):
@@ -60,9 +74,35 @@ def normalize_url(url: str) -> str:
                 "(give a file path)"
             )
         return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if parsed.get_backend_name() in ("postgresql", "postgres"):
+        if "+" in parsed.drivername and parsed.get_driver_name() != "asyncpg":
+            raise DatabaseError(
+                f"unsupported PostgreSQL driver {parsed.get_driver_name()!r}: use postgresql://"
+            )
+        if not parsed.database:
+            raise DatabaseError(f"the PostgreSQL URL names no database: {url!r}")
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
     raise DatabaseError(
-        f"unsupported database {parsed.get_backend_name()!r}: this build supports sqlite"
+        f"unsupported database {parsed.get_backend_name()!r}: this build supports sqlite "
+        "and postgresql"
     )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write transaction may simply be run again: another process held
+    SQLite's write lock, or PostgreSQL reported a deadlock, serialization failure or lock
+    timeout."""
+    if isinstance(exc, OperationalError) and "locked" in str(exc):
+        return True
+    if isinstance(exc, DBAPIError):
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return state in TRANSIENT_SQLSTATES
+    return False
+
+
+def notifications_enabled() -> bool:
+    """Whether PostgreSQL ``LISTEN/NOTIFY`` is on (the default; see :data:`NOTIFY_ENV`)."""
+    return os.environ.get(NOTIFY_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
@@ -98,12 +138,26 @@ class Database:
     200 us/row beside a busy loop). The writer's busy timeout is short so that a lock held by
     another process never freezes the loop; the writer task retries with backoff instead.
     Readers use aiosqlite on their own pool and never take the write lock.
+
+    On PostgreSQL both sides use asyncpg; a write function runs through ``run_sync``, each of
+    its statements awaited without blocking the loop.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
+        self.notify = notifications_enabled()
+        self._writer_engine: Engine | None = None
+        self._reader_sync_engine: Engine | None = None
+        self._pg_writer: AsyncEngine | None = None
+        if self.dialect == "postgresql":
+            settings = {"server_settings": {"lock_timeout": str(POSTGRES_LOCK_TIMEOUT_MS)}}
+            self._pg_writer = create_async_engine(
+                url, pool_size=2, max_overflow=2, connect_args=settings
+            )
+            self.reader_engine = create_async_engine(url, pool_size=4, max_overflow=8)
+            return
         sync_url = parsed.set(drivername="sqlite+pysqlite")
         self._writer_engine = create_engine(
             sync_url, connect_args={"timeout": WRITER_BUSY_TIMEOUT_MS / 1000}
@@ -118,15 +172,25 @@ class Database:
         )
         _sqlite_events(self.reader_engine.sync_engine, "BEGIN", BUSY_TIMEOUT_MS)
 
+    @property
+    def is_postgres(self) -> bool:
+        """Whether this is a PostgreSQL database."""
+        return self.dialect == "postgresql"
+
     async def run_write(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` inside one write transaction (``BEGIN IMMEDIATE``), committed on return.
+        """Run ``fn`` inside one write transaction, committed on return.
 
         If ``fn`` raises, the transaction is rolled back and the exception propagates. If
-        another process holds the write lock past the writer's short busy timeout, this
-        raises ``OperationalError`` ("database is locked") and the caller retries later.
+        another process holds a lock past the short wait (SQLite's busy timeout), or
+        PostgreSQL reports a deadlock, this raises an error that :func:`is_transient` accepts
+        and the caller retries later.
         """
-        with self._writer_engine.begin() as conn:
-            return fn(conn)
+        if self._pg_writer is not None:
+            async with self._pg_writer.begin() as conn:
+                return await conn.run_sync(fn)
+        assert self._writer_engine is not None
+        with self._writer_engine.begin() as sync_conn:
+            return fn(sync_conn)
 
     @property
     def sqlite_path(self) -> str | None:
@@ -135,16 +199,26 @@ class Database:
             return None
         return make_url(self.url).database
 
+    @property
+    def dsn(self) -> str:
+        """The plain driver URL (``postgresql://...``), for a raw asyncpg connection."""
+        return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+
     def run_read_sync(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one read snapshot on a plain driver connection (call from a thread)."""
+        """Run ``fn`` in one read snapshot on a plain driver connection (SQLite; call from a
+        thread)."""
+        assert self._reader_sync_engine is not None, "run_read_sync is for SQLite"
         with self._reader_sync_engine.connect() as conn, conn.begin():
             return fn(conn)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only snapshot transaction, rolled back at the end."""
-        async with self.reader_engine.connect() as conn, conn.begin():
-            yield conn
+        async with self.reader_engine.connect() as conn:
+            if self._pg_writer is not None:
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
 
     async def schema_version(self) -> int:
         """The schema version recorded in the database."""
@@ -160,16 +234,20 @@ class Database:
         for attempt in range(LOCK_RETRIES):
             try:
                 return await self.run_write(lambda conn: migrate(conn, target))
-            except OperationalError as exc:
-                if "locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+            except DBAPIError as exc:
+                if not is_transient(exc) or attempt == LOCK_RETRIES - 1:
                     raise
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
         raise AssertionError("unreachable")
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
-        self._writer_engine.dispose()
-        self._reader_sync_engine.dispose()
+        if self._writer_engine is not None:
+            self._writer_engine.dispose()
+        if self._reader_sync_engine is not None:
+            self._reader_sync_engine.dispose()
+        if self._pg_writer is not None:
+            await self._pg_writer.dispose()
         await self.reader_engine.dispose()
 
 
@@ -185,11 +263,15 @@ async def open_database(url: str, *, upgrade: bool = True) -> Database:
     """
     async_url = normalize_url(url)
     database_path = make_url(async_url).database
-    if database_path and database_path != ":memory:":
+    if make_url(async_url).get_backend_name() == "sqlite" and database_path:
         Path(database_path).parent.mkdir(parents=True, exist_ok=True)
     db = Database(async_url)
     try:
-        version = await db.schema_version()
+        try:
+            version = await db.schema_version()
+        except OSError as exc:
+            shown = make_url(async_url).render_as_string(hide_password=True)
+            raise DatabaseError(f"cannot connect to {shown}: {exc}") from exc
         if version > HEAD_VERSION:
             raise DatabaseError(
                 f"database schema version {version} is newer than this build ({HEAD_VERSION})"

@@ -6,9 +6,10 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from quarterdeck.domain.ledger import ChainVerifier, LedgerEntry, VerifyResult, make_entry
@@ -44,24 +45,44 @@ class LedgerAppender:
     ``rollback_to`` let the writer drop the entries of one failed operation.
     """
 
-    def __init__(self, conn: Connection, head_seq: int, head_hash: str) -> None:
+    def __init__(
+        self, conn: Connection, head_seq: int, head_hash: str, *, notify: bool = False
+    ) -> None:
         self._conn = conn
         self._start_seq = head_seq
         self.head_seq = head_seq
         self.head_hash = head_hash
+        self._notify = notify
         self._pending: list[LedgerEntry] = []
+        self.database_now: datetime | None = None
+        """The database clock at the start of the transaction (PostgreSQL)."""
 
     @classmethod
-    def open(cls, conn: Connection, known_head: tuple[int, str] | None = None) -> LedgerAppender:
+    def open(
+        cls, conn: Connection, known_head: tuple[int, str] | None = None, *, notify: bool = False
+    ) -> LedgerAppender:
         """Start appending inside the caller's write transaction.
 
         On SQLite the write transaction already excludes every other writer, so a head
         remembered from this process's previous commit may be passed as ``known_head``; if
         another process appended since, :meth:`flush` raises :class:`LedgerHeadMoved` and the
-        caller retries. Elsewhere the head row is read and locked here.
+        caller retries. On PostgreSQL the head row is read and locked here, first thing: every
+        write transaction of every node queues on that row, so ``seq`` is gap-free in commit
+        order, the chain is one chain, and a transaction sees no concurrent writer (the same
+        guarantee SQLite's write lock gives). With ``notify``, :meth:`flush` announces the new
+        head seq on the ``quarterdeck_ledger`` channel (delivered at commit).
         """
         if known_head is not None and conn.dialect.name == "sqlite":
             return cls(conn, *known_head)
+        if conn.dialect.name == "postgresql":
+            row = conn.execute(
+                select(HEAD.c.seq, HEAD.c.hash, func.now().label("now"))
+                .where(HEAD.c.id == 1)
+                .with_for_update()
+            ).one()
+            appender = cls(conn, int(row.seq), str(row.hash), notify=notify)
+            appender.database_now = row.now
+            return appender
         row = conn.execute(
             select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
         ).one()
@@ -150,6 +171,13 @@ class LedgerAppender:
         )
         self._pending.clear()
         self._start_seq = self.head_seq
+        if self._notify:
+            self._conn.execute(_NOTIFY, {"seq": str(self.head_seq)})
+
+
+CHANGE_CHANNEL = "quarterdeck_ledger"
+"""The PostgreSQL ``NOTIFY`` channel; each payload is the new ledger head seq."""
+_NOTIFY = text(f"SELECT pg_notify('{CHANGE_CHANNEL}', :seq)")
 
 
 async def ledger_head(conn: AsyncConnection) -> tuple[int, str]:
@@ -165,7 +193,32 @@ async def verify_ledger(db: Database, block: int = 20_000) -> VerifyResult:
     streams rows in blocks. Text damaged into invalid UTF-8 is re-read leniently so that it
     is reported at its seq rather than raised.
     """
+    if db.is_postgres:
+        return await _verify_postgres(db, block)
     return await asyncio.to_thread(db.run_read_sync, lambda conn: _verify_sync(conn, block))
+
+
+async def _verify_postgres(db: Database, block: int) -> VerifyResult:
+    """Stream the stored columns by seq in one snapshot; the chain is checked in Python."""
+    verifier = ChainVerifier()
+    query = text(
+        f"SELECT {', '.join(_COLUMNS)} FROM ledger WHERE seq >= :low ORDER BY seq LIMIT :n"
+    )
+    async with db.read() as conn:
+        head_row = (
+            await conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1))
+        ).first()
+        low = 0
+        while True:
+            rows = [tuple(r) for r in (await conn.execute(query, {"low": low, "n": block})).all()]
+            if not rows:
+                break
+            failure = verifier.feed(rows)
+            if failure is not None:
+                return failure
+            low = int(rows[-1][0]) + 1
+    head = None if head_row is None else (int(head_row.seq), str(head_row.hash))
+    return verifier.finish(head)
 
 
 _SQL_BODY = (

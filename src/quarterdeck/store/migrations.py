@@ -313,6 +313,32 @@ _V4_TRIGGERS_SQLITE = (
     "OR EXISTS (SELECT 1 FROM turns t WHERE t.id = NEW.turn_id AND t.state = 'taken_over') "
     "BEGIN SELECT RAISE(ABORT, 'no release without an allowing decision'); END",
 )
+_V4_TRIGGERS_POSTGRES = (
+    "CREATE FUNCTION qd_dispatch_needs_decision() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN IF NEW.state = 'running' AND OLD.state = 'queued' AND NOT EXISTS ("
+    "SELECT 1 FROM decisions d WHERE d.id = NEW.decision_id AND d.mission_id = NEW.id "
+    "AND d.verdict = 'allow') THEN "
+    "RAISE EXCEPTION 'no dispatch without an allowing decision' USING ERRCODE = '23514'; "
+    "END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER qd_dispatch_needs_decision BEFORE UPDATE OF state ON missions "
+    "FOR EACH ROW EXECUTE FUNCTION qd_dispatch_needs_decision()",
+    "CREATE FUNCTION qd_mission_born_queued() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN IF NEW.state NOT IN ('queued', 'cancelled', 'failed') THEN "
+    "RAISE EXCEPTION 'no dispatch without an allowing decision' USING ERRCODE = '23514'; "
+    "END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER qd_mission_born_queued BEFORE INSERT ON missions "
+    "FOR EACH ROW EXECUTE FUNCTION qd_mission_born_queued()",
+    "CREATE FUNCTION qd_release_needs_decision() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN IF NOT EXISTS (SELECT 1 FROM decisions d WHERE d.id = NEW.decision_id "
+    "AND d.verdict = 'allow' AND d.action_key = NEW.action_key "
+    "AND d.mission_id IS NOT DISTINCT FROM NEW.mission_id) "
+    "OR EXISTS (SELECT 1 FROM turns t WHERE t.id = NEW.turn_id AND t.state = 'taken_over') "
+    "THEN RAISE EXCEPTION 'no release without an allowing decision' USING ERRCODE = '23514'; "
+    "END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER qd_release_needs_decision BEFORE INSERT ON action_releases "
+    "FOR EACH ROW EXECUTE FUNCTION qd_release_needs_decision()",
+)
+"""The same refusals as PL/pgSQL trigger functions (raised as check violations)."""
 _V4_TRIGGER_NAMES = (
     "qd_dispatch_needs_decision",
     "qd_mission_born_queued",
@@ -402,14 +428,18 @@ def _up_v4(conn: Connection) -> None:
     metadata = MetaData()
     _tables_v4(metadata)
     metadata.create_all(conn)
-    if conn.dialect.name == "sqlite":
-        for statement in _V4_TRIGGERS_SQLITE:
-            conn.exec_driver_sql(statement)
+    triggers = _V4_TRIGGERS_POSTGRES if conn.dialect.name == "postgresql" else _V4_TRIGGERS_SQLITE
+    for statement in triggers:
+        conn.exec_driver_sql(statement)
 
 
 def _down_v4(conn: Connection) -> None:
-    if conn.dialect.name == "sqlite":
-        for name in _V4_TRIGGER_NAMES:
+    for name in _V4_TRIGGER_NAMES:
+        if conn.dialect.name == "postgresql":
+            table = "action_releases" if name == "qd_release_needs_decision" else "missions"
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            conn.exec_driver_sql(f"DROP FUNCTION IF EXISTS {name}()")
+        else:
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
     metadata = MetaData()
     _tables_v4(metadata)
@@ -433,6 +463,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 HEAD_VERSION = MIGRATIONS[-1].version
+MIGRATION_LOCK_KEY = 0x5144_4D49
+"""The PostgreSQL advisory lock that migrating processes take in turn."""
 
 _record_metadata = MetaData()
 _record = Table(
@@ -466,6 +498,9 @@ def migrate(conn: Connection, target: int = HEAD_VERSION) -> list[int]:
     known = {m.version for m in MIGRATIONS}
     if target != 0 and target not in known:
         raise MigrationError(f"unknown schema version {target} (this build knows 0-{HEAD_VERSION})")
+    if conn.dialect.name == "postgresql":
+        # Nodes starting together take turns; each then sees the version the last one left.
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
     _record_metadata.create_all(conn)
     version = current_version(conn)
     if version > HEAD_VERSION:

@@ -14,6 +14,9 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+from sqlalchemy import ARRAY, Connection, String, bindparam, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
 from quarterdeck.domain.ids import new_id
 from quarterdeck.store.tables import ReceiptRow, table_of
 from quarterdeck.store.writer import WriteTxn
@@ -87,6 +90,28 @@ INSERT_SQL = (
     "ON CONFLICT (workspace, dedupe_key) DO NOTHING"
 )
 """Insert-or-ignore of one draft; drafts are handed to executemany as they are."""
+
+
+_PG_INSERT = (
+    pg_insert(RECEIPTS)
+    .on_conflict_do_nothing(index_elements=["workspace", "dedupe_key"])
+    .returning(RECEIPTS.c.id)
+)
+_PG_HOLDERS = text(
+    "SELECT id, workspace, dedupe_key, status, errors, kind, schema_version, payload "
+    "FROM receipts WHERE workspace = :w AND dedupe_key = ANY(:keys)"
+).bindparams(bindparam("keys", type_=ARRAY(String)))
+_PG_COUNT_DUPLICATES = text(
+    "INSERT INTO receipt_counters (workspace, duplicates) VALUES (:w, :n) "
+    "ON CONFLICT (workspace) DO UPDATE "
+    "SET duplicates = receipt_counters.duplicates + excluded.duplicates"
+)
+
+
+def _insert_postgres(conn: Connection, fresh: Sequence[ReceiptDraft]) -> set[str]:
+    """Insert-or-ignore in input order; the ids returned are the drafts that landed."""
+    result = conn.execute(_PG_INSERT, [draft._asdict() for draft in fresh])
+    return set(result.scalars().all())
 
 
 class _Holder(NamedTuple):
@@ -165,8 +190,11 @@ def store_receipts(
         else:
             holders[key] = holder
 
+    postgres = conn.dialect.name == "postgresql"
     inserted: set[str] = set()
-    if fresh:
+    if fresh and postgres:
+        inserted = _insert_postgres(conn, fresh)
+    elif fresh:
         written = conn.exec_driver_sql(INSERT_SQL, fresh).rowcount
         if written == len(fresh):
             inserted = {d.id for d in fresh}  # SQLite counts executemany's rows exactly
@@ -180,6 +208,11 @@ def store_receipts(
         if draft.id not in inserted and key not in holders:
             duplicates.setdefault(draft.workspace, {})[draft.dedupe_key] = None
     for workspace, keys in duplicates.items():
+        if postgres:
+            found = conn.execute(_PG_HOLDERS, {"w": workspace, "keys": list(keys)})
+            for holder in map(_Holder._make, found.all()):
+                holders[(holder.workspace, holder.dedupe_key)] = holder
+            continue
         # The driver's own cursor: plain tuples, no result-row machinery on this hot path.
         cursor = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
             _SELECT_HOLDERS, (workspace, json.dumps(list(keys)))
@@ -207,7 +240,9 @@ def store_receipts(
             if result.status == "duplicate":
                 summary["duplicate"].append(holder.id)
     acknowledged = [(w, len(s["duplicate"])) for w, s in summaries.items() if s["duplicate"]]
-    if acknowledged:
+    if acknowledged and postgres:
+        conn.execute(_PG_COUNT_DUPLICATES, [{"w": w, "n": n} for w, n in acknowledged])
+    elif acknowledged:
         conn.exec_driver_sql(_COUNT_DUPLICATES, acknowledged)
 
     for workspace, summary in summaries.items():

@@ -144,23 +144,15 @@ def heartbeat_sessions(txn: WriteTxn, sessions: Sequence[HeldSession], lease_s: 
     if not sessions:
         return 0
     expires = format_instant(txn.now + timedelta(seconds=lease_s))
-    return int(
-        txn.conn.execute(
-            text(
-                "UPDATE sessions SET lease_expires_at = :expires, heartbeat_at = :at "
-                "WHERE id = :id AND lease_owner = :owner AND attempt = :attempt"
-            ),
-            [
-                {
-                    "expires": expires,
-                    "at": txn.at,
-                    "id": s.id,
-                    "owner": s.owner,
-                    "attempt": s.attempt,
-                }
-                for s in sessions
-            ],
-        ).rowcount
+    return txn.update_many(
+        text(
+            "UPDATE sessions SET lease_expires_at = :expires, heartbeat_at = :at "
+            "WHERE id = :id AND lease_owner = :owner AND attempt = :attempt"
+        ),
+        [
+            {"expires": expires, "at": txn.at, "id": s.id, "owner": s.owner, "attempt": s.attempt}
+            for s in sessions
+        ],
     )
 
 

@@ -208,7 +208,7 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
         marks.append(
             {"type": item.produced_type, "produced": item.produced_id, "id": item.receipt_id}
         )
-    marked = txn.conn.execute(_MARK_PRODUCED, marks).rowcount
+    marked = txn.update_many(_MARK_PRODUCED, marks)
     if marked != len(marks):
         # Another writer applied some of these first; nothing here may stand twice.
         raise ReceiptsAlreadyApplied(f"{len(marks) - marked} receipts were applied elsewhere")
@@ -493,13 +493,14 @@ def _move_turn(
         text(
             "UPDATE turns SET state = :to, version = version + 1, updated_at = :at, "
             "deliverable = COALESCE(:deliverable, deliverable), error = COALESCE(:error, error), "
-            "lease_owner = CASE WHEN :to IN ('leased', 'running', 'awaiting_approval') "
-            "THEN lease_owner END, "
-            "lease_expires_at = CASE WHEN :to IN ('leased', 'running', 'awaiting_approval') "
+            "lease_owner = CASE WHEN CAST(:to AS VARCHAR) IN ('leased', 'running', "
+            "'awaiting_approval') THEN lease_owner END, "
+            "lease_expires_at = CASE WHEN CAST(:to AS VARCHAR) IN ('leased', 'running', "
+            "'awaiting_approval') "
             "THEN lease_expires_at END, "
-            "dead_letter = CASE WHEN :dead_letter IS NOT NULL THEN :dead_letter "
-            "WHEN :to IN ('completed', 'cancelled') THEN NULL ELSE dead_letter END, "
-            "held_until = CASE WHEN :dead_letter IS NOT NULL THEN :held_until "
+            "dead_letter = CASE WHEN CAST(:dead_letter AS VARCHAR) IS NOT NULL THEN :dead_letter "
+            "WHEN CAST(:to AS VARCHAR) IN ('completed', 'cancelled') THEN NULL ELSE dead_letter END, "
+            "held_until = CASE WHEN CAST(:dead_letter AS VARCHAR) IS NOT NULL THEN :held_until "
             "ELSE held_until END "
             "WHERE id = :id AND version = :version AND state = :from"
         ),
@@ -585,6 +586,9 @@ _CANDIDATES = (
     "AND (m.not_before IS NULL OR m.not_before <= :now) "
     "AND (m.decision_id IS NULL OR d.verdict = 'allow') ORDER BY m.id LIMIT :limit"
 )
+_SKIP_LOCKED_CLAIM = " FOR UPDATE OF m, t SKIP LOCKED"
+"""On PostgreSQL a claim locks the rows it takes and passes over rows another transaction
+holds (the ledger head already serializes writers; this keeps a claim correct on its own)."""
 _CLAIM_MISSION = text(
     "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
     "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
@@ -632,7 +636,10 @@ def claim_missions(
     placeholders = ", ".join(f":lane{i}" for i in range(len(source_lanes)))
     params: dict[str, Any] = {f"lane{i}": lane for i, lane in enumerate(source_lanes)}
     params.update(now=txn.at, limit=limit)
-    candidates = txn.conn.execute(text(_CANDIDATES.format(lanes=placeholders)), params).all()
+    sql = _CANDIDATES.format(lanes=placeholders)
+    if txn.conn.dialect.name == "postgresql":
+        sql += _SKIP_LOCKED_CLAIM
+    candidates = txn.conn.execute(text(sql), params).all()
     if not candidates:
         return []
     expires = format_instant(txn.now + timedelta(seconds=lease_s))
@@ -764,11 +771,11 @@ def claim_missions(
         )
     decisions.insert_decisions(txn, decided)
     if mission_rows:
-        moved = txn.conn.execute(_CLAIM_MISSION, mission_rows).rowcount
+        moved = txn.update_many(_CLAIM_MISSION, mission_rows)
         if moved != len(mission_rows):
             raise ClaimConflict("missions changed under the claim")
     if turn_rows:
-        moved = txn.conn.execute(_LEASE_TURN, turn_rows).rowcount
+        moved = txn.update_many(_LEASE_TURN, turn_rows)
         if moved != len(turn_rows):
             raise ClaimConflict("turns changed under the claim")
     return claims
@@ -1116,9 +1123,9 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
                 {"version": turn.version + 1, "mission": claim.mission_id, "lane": claim.exec_lane},
             )
             results[id(ending)] = Finished(accepted=True, turn_state="completed")
-        if txn.conn.execute(_FINISH_MISSION, mission_rows).rowcount != len(mission_rows):
+        if txn.update_many(_FINISH_MISSION, mission_rows) != len(mission_rows):
             raise ClaimConflict("missions changed while being finished")
-        if txn.conn.execute(_COMPLETE_TURN, turn_rows).rowcount != len(turn_rows):
+        if txn.update_many(_COMPLETE_TURN, turn_rows) != len(turn_rows):
             raise ClaimConflict("turns changed while being finished")
     finished = []
     for ending in endings:
@@ -1305,6 +1312,7 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
             "SELECT m.id, m.workspace, m.state, m.version, m.attempt, m.lease_owner, m.turn_id, "
             "m.role FROM missions m WHERE m.state IN ('running', 'blocked') "
             "AND m.lease_expires_at < :now ORDER BY m.lease_expires_at LIMIT :limit"
+            + (" FOR UPDATE SKIP LOCKED" if txn.conn.dialect.name == "postgresql" else "")
         ),
         {"now": txn.at, "limit": limit},
     ).all()

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Connection, Executable
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
-from quarterdeck.store.database import LOCK_RETRIES, Database
+from quarterdeck.store.database import LOCK_RETRIES, Database, is_transient
 from quarterdeck.store.ledger import LedgerAppender, LedgerHeadMoved
 
 T = TypeVar("T")
@@ -43,6 +43,18 @@ class WriteTxn:
 
     def __post_init__(self) -> None:
         self.at = format_instant(self.now)
+
+    def update_many(self, statement: Executable, rows: list[dict[str, Any]]) -> int:
+        """Run an UPDATE once per parameter row; return how many rows it changed in all.
+
+        SQLite counts an executemany's rows exactly; asyncpg's executemany reports no count,
+        so on PostgreSQL each row is run on its own (fences that check the count need it).
+        """
+        if not rows:
+            return 0
+        if self.conn.dialect.name != "postgresql":
+            return int(self.conn.execute(statement, rows).rowcount)
+        return sum(int(self.conn.execute(statement, row).rowcount) for row in rows)
 
 
 WriteOp = Callable[[WriteTxn], T]
@@ -78,6 +90,10 @@ class Writer:
     def __init__(self, db: Database, clock: Clock = utc_now) -> None:
         self.db = db
         self.clock = clock
+        self._database_clock = db.is_postgres and clock is utc_now
+        """On PostgreSQL a transaction's time is the database's ``now()`` (one clock for every
+        node's lease deadlines), unless a clock was injected."""
+        self._notify = db.is_postgres and db.notify
         self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
@@ -146,11 +162,9 @@ class Writer:
             except _OperationFailed as failed:
                 # A lone operation failed: its transaction rolled back and nothing else ran.
                 outcomes, head_seq = [(False, failed.error)], -1
-            except (OperationalError, IntegrityError, LedgerHeadMoved) as exc:
+            except (OperationalError, DBAPIError, LedgerHeadMoved) as exc:
                 self._head = None
-                retryable = isinstance(exc, LedgerHeadMoved | IntegrityError) or "locked" in str(
-                    exc
-                )
+                retryable = isinstance(exc, LedgerHeadMoved | IntegrityError) or is_transient(exc)
                 if retryable and attempt < RETRIES:
                     log.info("group commit retried (%s)", type(exc).__name__)
                     if attempt == 0 and isinstance(exc, LedgerHeadMoved):
@@ -187,13 +201,18 @@ class Writer:
     def _commit(self, conn: Connection, ops: list[WriteOp[Any]]) -> tuple[list[_Outcome], int]:
         """Run the operations in the caller's transaction; a lone one needs no savepoint."""
         outcomes: list[_Outcome] = []
-        ledger = LedgerAppender.open(conn, self._head)
-        txn = WriteTxn(conn=conn, now=self.clock(), ledger=ledger)
+        ledger = LedgerAppender.open(conn, self._head, notify=self._notify)
+        now = ledger.database_now if self._database_clock else None
+        txn = WriteTxn(conn=conn, now=now or self.clock(), ledger=ledger)
         if len(ops) == 1:
             try:
                 outcomes.append((True, ops[0](txn)))
             except (OperationalError, LedgerHeadMoved):
                 raise
+            except DBAPIError as exc:
+                if is_transient(exc):
+                    raise
+                raise _OperationFailed(exc) from exc
             except Exception as exc:
                 raise _OperationFailed(exc) from exc
         else:

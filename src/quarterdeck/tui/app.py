@@ -288,7 +288,7 @@ class QuarterdeckApp(App[None]):
         if before is not None and not lines:
             return
         ledger.show(lines, self.clock())
-        ledger.move_cursor(row=0, animate=False)
+        ledger.move_cursor(0)
 
     async def on_unmount(self) -> None:
         """Let the console go."""
@@ -394,8 +394,9 @@ class QuarterdeckApp(App[None]):
             workspace = getattr(self.pane().selected(), "workspace", None) or "default"
             self._open_detail(key, workspace)
 
-    def on_data_table_row_selected(self, event: Any) -> None:
-        """Enter on a row (the table takes the key) opens its detail view."""
+    def on_live_pane_row_selected(self, event: LivePane.RowSelected) -> None:
+        """Enter on a row (the pane takes the key) or a click on the selected row opens its
+        detail view."""
         event.stop()
         self.action_detail()
 

@@ -1,15 +1,27 @@
-"""The live panes: fixed-width tables updated by keyed diffs, and the ledger, paged by seq."""
+"""The live panes: fixed-width tables updated by keyed diffs, and the ledger, paged by seq.
+
+A pane draws through Textual's line API: each row is rendered once into a strip, kept until its
+cells change (or the width, scroll or styles do), so that a refresh after one row changed or
+left costs a dictionary look-up per visible line rather than a layout of every cell.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from functools import lru_cache
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
-from rich.text import Text
+from rich.cells import set_cell_size
+from rich.segment import Segment
+from rich.style import Style
+from textual import events
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from quarterdeck.client.console import (
     AlertLine,
@@ -34,6 +46,33 @@ class Column:
     width: int
 
 
+class Styled(NamedTuple):
+    """A cell's text with a Rich style (``"bold red"``); a plain cell is a ``str``."""
+
+    text: str
+    style: str
+
+
+Cell = str | Styled
+Row = tuple[Cell, ...]
+
+_CONTROL = {code: None for code in range(32)} | {9: " ", 127: None}
+"""Control characters dropped from cells (a tab reads as a space)."""
+
+
+def fit(text: str, width: int) -> str:
+    """``text``'s first line, without control characters, cut or padded to ``width`` cells."""
+    text = text.split("\n", 1)[0].translate(_CONTROL)
+    if text.isascii():
+        return text[:width].ljust(width)
+    return set_cell_size(text, width)
+
+
+@lru_cache(maxsize=64)
+def _style(spec: str) -> Style:
+    return Style.parse(spec)
+
+
 def short(identifier: str | None) -> str:
     """Eight characters that tell neighbouring ids apart: a uuid7 from one batch shares its
     timestamp and random base, and differs in the trailing counter."""
@@ -43,13 +82,13 @@ def short(identifier: str | None) -> str:
     return digits[-12:-8] + digits[-4:] if len(digits) >= 12 else digits
 
 
-def countdown(seconds: float | None) -> Text:
+def countdown(seconds: float | None) -> Cell:
     """An SLA countdown coloured by urgency: seconds under ten minutes, else minutes (so a far
     deadline's cell changes once a minute, not every second)."""
     if seconds is None:
-        return Text("-")
+        return "-"
     if seconds <= 0:
-        return Text("overdue", style="bold red")
+        return Styled("overdue", "bold red")
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     if hours:
@@ -59,7 +98,7 @@ def countdown(seconds: float | None) -> Text:
     else:
         label = f"{minutes}m{secs:02d}s"
     style = "bold red" if seconds < 60 else "yellow" if seconds < 300 else "green"
-    return Text(label, style=style)
+    return Styled(label, style)
 
 
 STATE_STYLES = {
@@ -81,46 +120,106 @@ STATE_STYLES = {
 }
 
 
-def state_text(state: str) -> Text:
+def state_text(state: str) -> Cell:
     """A state, coloured."""
-    return Text(state, style=STATE_STYLES.get(state, ""))
+    style = STATE_STYLES.get(state, "")
+    return Styled(state, style) if style else state
 
 
-class LivePane(DataTable[Any], Generic[LineT]):
-    """A table of live items keyed by id: only rows that changed are touched, and the cursor
-    stays on the same item across refreshes."""
+class LivePane(ScrollView, Generic[LineT], can_focus=True):
+    """A table of live items keyed by id: only rows that changed are drawn again, and the
+    cursor stays on the same item across refreshes. The header row stays in place while the
+    rows scroll under it."""
 
     COLUMNS: ClassVar[Sequence[Column]] = ()
     TITLE: ClassVar[str] = ""
     EMPTY: ClassVar[str] = "nothing here"
 
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select_cursor", "Select", show=False),
+        Binding("up", "cursor_up", "Cursor up", show=False),
+        Binding("down", "cursor_down", "Cursor down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("ctrl+home", "cursor_first", "Top", show=False),
+        Binding("ctrl+end", "cursor_last", "Bottom", show=False),
+        Binding("home", "scroll_left_edge", "Home", show=False),
+        Binding("end", "scroll_right_edge", "End", show=False),
+    ]
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"pane--header", "pane--cursor"}
+    DEFAULT_CSS = """
+    LivePane {
+        background: $surface;
+        color: $foreground;
+        &:focus {
+            background-tint: $foreground 5%;
+            & > .pane--cursor {
+                background: $block-cursor-background;
+                color: $block-cursor-foreground;
+                text-style: $block-cursor-text-style;
+            }
+            & > .pane--header {
+                background-tint: $foreground 5%;
+            }
+        }
+        & > .pane--header {
+            text-style: bold;
+            background: $panel;
+            color: $foreground;
+        }
+        &:ansi > .pane--header {
+            background: ansi_bright_blue;
+            color: ansi_default;
+        }
+        & > .pane--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+    }
+    """
+
+    class RowSelected(Message):
+        """Enter on a row, or a click on the row under the cursor."""
+
+        def __init__(self, pane: LivePane[Any], key: str) -> None:
+            super().__init__()
+            self.pane = pane
+            self.key = key
+
+        @property
+        def control(self) -> LivePane[Any]:
+            """The pane the row is in."""
+            return self.pane
+
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        super().__init__(id=id)
         self.lines: dict[str, LineT] = {}
         self._order: list[str] = []
-        self._cells: dict[str, tuple[Any, ...]] = {}
+        self._index: dict[str, int] = {}
+        self._cells: dict[str, Row] = {}
+        self.cursor_row = 0
         self.filter_text = ""
         self.now: datetime | None = None
         self.now_text = ""
-        self._memo: dict[str, tuple[LineT, str, tuple[Any, ...]]] = {}
+        self._memo: dict[str, tuple[LineT, str, Row]] = {}
         """Cells of each row as last computed, with the line and time stamp they came from."""
+        self._strips: dict[str, Strip] = {}
+        """Each row's line as drawn (without the cursor), for the current ``_drawn_with``."""
+        self._drawn_with: tuple[Any, ...] = ()
+        self._width = sum(column.width + 2 for column in self.COLUMNS)
+        self.virtual_size = Size(self._width, 1)
 
     def on_mount(self) -> None:
-        """Set up the fixed columns."""
-        self._ensure_columns()
+        """Title the pane."""
         self.border_title = self.TITLE
-
-    def _ensure_columns(self) -> None:
-        if not self.columns:
-            for column in self.COLUMNS:
-                self.add_column(column.label, width=column.width, key=column.key)
 
     def key_of(self, line: LineT) -> str:
         """The line's id."""
         identifier: Any = getattr(line, "id")  # noqa: B009 (a type variable has no attributes)
         return str(identifier)
 
-    def cells(self, line: LineT) -> tuple[Any, ...]:
+    def cells(self, line: LineT) -> Row:
         """The line's cells, in column order."""
         raise NotImplementedError
 
@@ -131,16 +230,21 @@ class LivePane(DataTable[Any], Generic[LineT]):
         needle = self.filter_text.lower()
         return any(needle in str(value).lower() for value in vars_of(line))
 
+    # --- contents ---------------------------------------------------------------------------
+
     def show(self, lines: Sequence[LineT], now: datetime) -> None:
-        """Show ``lines`` (in order): a keyed diff against what is on screen."""
+        """Show ``lines`` (in order): a keyed diff against what is on screen; only rows whose
+        cells changed are drawn again."""
         self.now = now
         self.now_text = format_instant(now)
-        self._ensure_columns()
         shown = [line for line in lines if self.matches(line)]
         order = [self.key_of(line) for line in shown]
         stamp = self.stamp(now)
-        cells: dict[str, tuple[Any, ...]] = {}
-        memo: dict[str, tuple[LineT, str, tuple[Any, ...]]] = {}
+        cells: dict[str, Row] = {}
+        memo: dict[str, tuple[LineT, str, Row]] = {}
+        old = self._cells
+        strips = self._strips
+        changed: list[str] = []
         for key, line in zip(order, shown, strict=True):
             known = self._memo.get(key)
             if known is not None and known[1] == stamp and known[0] == line:
@@ -149,42 +253,38 @@ class LivePane(DataTable[Any], Generic[LineT]):
                 row = self.cells(line)
             cells[key] = row
             memo[key] = (line, stamp, row)
+            if old.get(key) != row:
+                strips.pop(key, None)
+                changed.append(key)
         self._memo = memo
         self.lines = dict(zip(order, shown, strict=True))
         selected = self.selected_key()
-        if order == self._order:
-            for key in order:
-                if cells[key] != self._cells.get(key):
-                    old = self._cells.get(key, ())
-                    for index, column in enumerate(self.COLUMNS):
-                        if index >= len(old) or old[index] != cells[key][index]:
-                            self.update_cell(key, column.key, cells[key][index])
-        elif self._kept_then_appended(order):
-            # The common live case: some rows left (decided, resolved) and new ones arrived at
-            # the end; touch only those rows.
-            gone = set(self._order) - set(cells)
-            for key in gone:
-                self.remove_row(key)
-            kept = [key for key in self._order if key not in gone]
-            for key in kept:
-                if cells[key] != self._cells.get(key):
-                    for index, column in enumerate(self.COLUMNS):
-                        self.update_cell(key, column.key, cells[key][index])
-            for key in order[len(kept) :]:
-                self.add_row(*cells[key], key=key)
-        else:
-            self.clear()
-            for key in order:
-                self.add_row(*cells[key], key=key)
-            if self.keeps_selection and selected is not None and selected in cells:
-                self.move_cursor(row=order.index(selected), animate=False)
-        self._order = order
         self._cells = cells
         self.border_subtitle = (
             f"{len(order)} shown" + (f" · filter: {self.filter_text}" if self.filter_text else "")
             if order
             else self.EMPTY
         )
+        if order == self._order:
+            for key in changed:
+                self._refresh_row(self._index[key])
+            return
+        for key in set(self._order) - set(cells):
+            strips.pop(key, None)
+        kept = self._kept_then_appended(order)
+        self._order = order
+        self._index = {key: index for index, key in enumerate(order)}
+        self.virtual_size = Size(self._width, len(order) + 1)
+        if self.keeps_selection and selected is not None and selected in self._index:
+            cursor = self._index[selected]
+        elif kept:
+            cursor = self.cursor_row  # the selected row left: the cursor moves to the next one
+        else:
+            cursor = 0
+            self.scroll_to(0, 0, animate=False, immediate=True)
+        self.cursor_row = max(0, min(cursor, len(order) - 1))
+        self._scroll_to_cursor()
+        self.refresh()
 
     @property
     def keeps_selection(self) -> bool:
@@ -202,6 +302,21 @@ class LivePane(DataTable[Any], Generic[LineT]):
         kept = [key for key in self._order if key in present]
         return order[: len(kept)] == kept
 
+    @property
+    def row_count(self) -> int:
+        """How many rows are shown."""
+        return len(self._order)
+
+    def get_row_index(self, key: str) -> int:
+        """The row of ``key`` (KeyError when it is not shown)."""
+        return self._index[key]
+
+    def cell_text(self, key: str, column: str) -> str:
+        """The text of ``key``'s cell in ``column``."""
+        index = next(i for i, spec in enumerate(self.COLUMNS) if spec.key == column)
+        cell = self._cells[key][index]
+        return cell if isinstance(cell, str) else cell.text
+
     def selected_key(self) -> str | None:
         """The id of the item under the cursor."""
         if not self._order or self.cursor_row < 0 or self.cursor_row >= len(self._order):
@@ -212,6 +327,135 @@ class LivePane(DataTable[Any], Generic[LineT]):
         """The item under the cursor."""
         key = self.selected_key()
         return None if key is None else self.lines.get(key)
+
+    # --- the cursor -------------------------------------------------------------------------
+
+    def move_cursor(self, row: int) -> None:
+        """Put the cursor on ``row`` (kept within the rows) and scroll it into view."""
+        row = max(0, min(row, len(self._order) - 1))
+        if row != self.cursor_row:
+            self._refresh_row(self.cursor_row)
+            self.cursor_row = row
+            self._refresh_row(row)
+        self._scroll_to_cursor()
+
+    @property
+    def _page(self) -> int:
+        """How many rows fit under the header."""
+        return max(1, self.scrollable_content_region.height - 1)
+
+    def _scroll_to_cursor(self) -> None:
+        top = int(self.scroll_y)
+        if self.cursor_row < top:
+            self.scroll_to(y=self.cursor_row, animate=False, immediate=True)
+        elif self.cursor_row >= top + self._page:
+            self.scroll_to(y=self.cursor_row - self._page + 1, animate=False, immediate=True)
+
+    def _refresh_row(self, index: int) -> None:
+        """Redraw the row at ``index`` if it is in view."""
+        y = index - int(self.scroll_y) + 1
+        if 1 <= y < self.size.height:
+            self.refresh(Region(0, y, self.size.width, 1))
+
+    def action_cursor_up(self) -> None:
+        """Up a row."""
+        self.move_cursor(self.cursor_row - 1)
+
+    def action_cursor_down(self) -> None:
+        """Down a row."""
+        self.move_cursor(self.cursor_row + 1)
+
+    def action_page_up(self) -> None:
+        """Up a page."""
+        self.move_cursor(self.cursor_row - self._page)
+
+    def action_page_down(self) -> None:
+        """Down a page."""
+        self.move_cursor(self.cursor_row + self._page)
+
+    def action_cursor_first(self) -> None:
+        """To the first row."""
+        self.move_cursor(0)
+
+    def action_cursor_last(self) -> None:
+        """To the last row."""
+        self.move_cursor(len(self._order) - 1)
+
+    def action_scroll_left_edge(self) -> None:
+        """Scroll to the first column."""
+        self.scroll_to(x=0, animate=False)
+
+    def action_scroll_right_edge(self) -> None:
+        """Scroll to the last column."""
+        self.scroll_to(x=self.max_scroll_x, animate=False)
+
+    def action_select_cursor(self) -> None:
+        """Select the row under the cursor."""
+        key = self.selected_key()
+        if key is not None:
+            self.post_message(self.RowSelected(self, key))
+
+    def on_click(self, event: events.Click) -> None:
+        """A click puts the cursor on a row; a click on the cursor's row selects it."""
+        offset = event.get_content_offset(self)
+        if offset is None or offset.y < 1:
+            return
+        index = int(self.scroll_y) + offset.y - 1
+        if index >= len(self._order):
+            return
+        event.stop()
+        if index == self.cursor_row:
+            self.action_select_cursor()
+        else:
+            self.move_cursor(index)
+
+    # --- drawing ----------------------------------------------------------------------------
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        """Draw, first forgetting the rows drawn with other styles, width or scroll."""
+        drawn_with = (
+            self.rich_style,
+            self.get_component_rich_style("pane--header"),
+            self.get_component_rich_style("pane--cursor"),
+            self.size.width,
+            int(self.scroll_x),
+        )
+        if drawn_with != self._drawn_with:
+            self._drawn_with = drawn_with
+            self._strips.clear()
+        return super().render_lines(crop)
+
+    def render_line(self, y: int) -> Strip:
+        """The header on the first line; under it the rows from the scroll position."""
+        base, header, cursor, width, scroll_x = self._drawn_with
+        if y == 0:
+            labels = tuple(column.label for column in self.COLUMNS)
+            return self._draw(labels, base + header, None, scroll_x, width)
+        index = int(self.scroll_y) + y - 1
+        if index >= len(self._order):
+            return Strip.blank(width, base)
+        key = self._order[index]
+        if index == self.cursor_row:
+            return self._draw(self._cells[key], base + cursor, cursor.color, scroll_x, width)
+        strip = self._strips.get(key)
+        if strip is None:
+            strip = self._strips[key] = self._draw(self._cells[key], base, None, scroll_x, width)
+        return strip
+
+    def _draw(self, row: Row, style: Style, color: Any, scroll_x: int, width: int) -> Strip:
+        """One line: each cell padded to its column's width (a cell's own colour gives way to
+        ``color``, the cursor's), then cropped to the view and extended across it."""
+        over = Style(color=color) if color is not None else None
+        segments = []
+        for column, cell in zip(self.COLUMNS, row, strict=True):
+            if isinstance(cell, str):
+                text, cell_style = cell, style
+            else:
+                text, cell_style = cell.text, style + _style(cell.style)
+                if over is not None:
+                    cell_style += over
+            segments.append(Segment(f" {fit(text, column.width)} ", cell_style))
+        return Strip(segments, self._width).crop_extend(scroll_x, scroll_x + width, style)
 
 
 def vars_of(line: Any) -> list[Any]:
@@ -239,7 +483,7 @@ class ApprovalsPane(LivePane[ApprovalLine]):
         """Countdowns and claims change with the second."""
         return self.now_text[:19]
 
-    def cells(self, line: ApprovalLine) -> tuple[Any, ...]:
+    def cells(self, line: ApprovalLine) -> Row:
         """SLA, tool, lane, approver (level), state, claim, args preview, id."""
         assert self.now is not None
         snoozed = line.snoozed_until is not None and line.snoozed_until > self.now_text
@@ -247,7 +491,7 @@ class ApprovalsPane(LivePane[ApprovalLine]):
         if line.claimed_by and (line.claim_expires_at or "") > self.now_text:
             claim = line.claimed_by
         sla = (
-            Text("snoozed", style="dim")
+            Styled("snoozed", "dim")
             if snoozed
             else countdown(remaining_s(line.deadline_at, self.now))
         )
@@ -278,7 +522,7 @@ class TurnsPane(LivePane[TurnLine]):
         Column("id", "Id", 8),
     )
 
-    def cells(self, line: TurnLine) -> tuple[Any, ...]:
+    def cells(self, line: TurnLine) -> Row:
         """State, lane, attempt, holder, objective, id."""
         state = line.state + (f" ({line.dead_letter})" if line.dead_letter else "")
         holder = line.lease_owner or "-"
@@ -313,11 +557,11 @@ class MissionsPane(LivePane[MissionLine]):
         """Lease countdowns change with the second."""
         return self.now_text[:19]
 
-    def cells(self, line: MissionLine) -> tuple[Any, ...]:
+    def cells(self, line: MissionLine) -> Row:
         """State, lane, role, attempt, lease owner, time to lease expiry, turn, id."""
         assert self.now is not None
         live = line.state in ("running", "blocked")
-        expiry = countdown(remaining_s(line.lease_expires_at, self.now)) if live else Text("-")
+        expiry = countdown(remaining_s(line.lease_expires_at, self.now)) if live else "-"
         return (
             state_text(line.state),
             line.lane,
@@ -345,12 +589,12 @@ class AlertsPane(LivePane[AlertLine]):
         Column("id", "Id", 8),
     )
 
-    def cells(self, line: AlertLine) -> tuple[Any, ...]:
+    def cells(self, line: AlertLine) -> Row:
         """State, severity, type, subject, message, id."""
         severity_style = {"error": "bold red", "warn": "yellow", "info": ""}.get(line.severity, "")
         return (
             state_text(line.state),
-            Text(line.severity, style=severity_style),
+            Styled(line.severity, severity_style) if severity_style else line.severity,
             line.alert_type,
             line.subject_id[:12],
             line.message[:40],
@@ -387,7 +631,7 @@ class LedgerPane(LivePane[LedgerLine]):
         """The entry's seq."""
         return str(line.seq)
 
-    def cells(self, line: LedgerLine) -> tuple[Any, ...]:
+    def cells(self, line: LedgerLine) -> Row:
         """Seq, action, subject, state move, actor."""
         move = f"{line.from_state or '·'} → {line.to_state}" if line.to_state else ""
         return (

@@ -1,0 +1,107 @@
+"""A throwaway PostgreSQL cluster for the tests and benchmarks: ``initdb`` and ``pg_ctl`` from
+the installed server binaries, in a temporary directory, listening on 127.0.0.1 only.
+
+Found through ``QUARTERDECK_PG_BIN`` (a folder holding ``initdb``), ``initdb`` on ``PATH``, or
+Debian's ``/usr/lib/postgresql/<version>/bin``. Run as root, the cluster belongs to the
+``postgres`` user (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+ENABLE_HINT = (
+    "PostgreSQL server binaries (initdb, pg_ctl) not found: install them "
+    "(Debian: apt-get install -y postgresql) or set QUARTERDECK_PG_BIN to their folder "
+    "to run the PostgreSQL tests"
+)
+_names = itertools.count(1)
+CURRENT: dict[str, str] = {}
+"""The database URL the running test's ``database`` fixture chose (pytest may import
+``conftest`` twice under two names; this module is imported once)."""
+
+
+def find_bin_dir() -> Path | None:
+    """The folder holding ``initdb`` and ``pg_ctl``, or None."""
+    configured = os.environ.get("QUARTERDECK_PG_BIN")
+    if configured:
+        return Path(configured) if (Path(configured) / "initdb").exists() else None
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).parent
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    return Path(found[0]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PgCluster:
+    """One running throwaway cluster; :meth:`create_database` gives each test its own."""
+
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
+        self.bin_dir = bin_dir
+        self.durable = durable
+        self.root = Path(tempfile.mkdtemp(prefix="qd-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+            self._as_user = ["setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}",
+                             "--init-groups"]  # fmt: skip
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            [*self._as_user, *args], check=True, capture_output=True, timeout=120, cwd=self.root
+        )
+
+    def start(self) -> PgCluster:
+        """initdb and start the server; returns self."""
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "qd",
+                  "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync")  # fmt: skip
+        options = [
+            "-c listen_addresses=127.0.0.1",
+            f"-c port={self.port}",
+            f"-c unix_socket_directories={self.root}",
+            "-c max_connections=200",
+        ]
+        if not self.durable:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l",
+                  str(self.root / "server.log"), "-o", " ".join(options), "-w", "start")  # fmt: skip
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        """The ``postgresql://`` URL of ``database`` on this cluster."""
+        return f"postgresql://qd@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, prefix: str = "qd") -> str:
+        """A fresh empty database; returns its URL."""
+        import psycopg
+
+        name = f"{prefix}_{os.getpid()}_{next(_names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        """Stop the server and remove its files."""
+        try:
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                      "-w", "stop")  # fmt: skip
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
