@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from tests.conftest import run
 from tests.test_runtime import (
@@ -28,6 +29,10 @@ from tests.test_runtime import (
 )
 
 from quarterdeck.domain.policy import Policy, parse_policy
+
+pytestmark = pytest.mark.usefixtures("database")  # every test runs on SQLite and PostgreSQL
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
+"""What the database raises when a no-bypass trigger refuses a write, on either backend."""
 
 POLICY = """
 [defaults]
@@ -120,55 +125,52 @@ def test_the_database_refuses_dispatch_and_release_without_an_allowing_decision(
             queued = await turn_of(store, await submit_one(rt, task("held")))
         [mission] = store.missions(queued)
         assert mission["state"] == "queued" and mission["decision_id"] is None
-        conn = sqlite3.connect(store.path)
-        try:
-            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
-                conn.execute("UPDATE missions SET state = 'running' WHERE id = ?", (mission["id"],))
-            # A denying decision is no better than none.
-            conn.execute(
-                "INSERT INTO decisions (id, workspace, at, kind, mission_id, tool, args, "
-                "outcome, verdict, trace, policy_hash) VALUES ('d-deny', 'w', '2026', "
-                "'dispatch', ?, 'mission.dispatch', '{}', 'deny', 'deny', '[]', 'x')",
-                (mission["id"],),
+        with pytest.raises(INTEGRITY_ERRORS, match="allowing decision"):
+            store.execute("UPDATE missions SET state = 'running' WHERE id = ?", mission["id"])
+        # A denying decision is no better than none.
+        store.execute(
+            "INSERT INTO decisions (id, workspace, at, kind, mission_id, tool, args, "
+            "outcome, verdict, trace, policy_hash) VALUES ('d-deny', 'w', '2026', "
+            "'dispatch', ?, 'mission.dispatch', '{}', 'deny', 'deny', '[]', 'x')",
+            mission["id"],
+        )
+        with pytest.raises(INTEGRITY_ERRORS, match="allowing decision"):
+            store.execute(
+                "UPDATE missions SET state = 'running', decision_id = 'd-deny' WHERE id = ?",
+                mission["id"],
             )
-            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
-                conn.execute(
-                    "UPDATE missions SET state = 'running', decision_id = 'd-deny' WHERE id = ?",
-                    (mission["id"],),
-                )
-            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
-                conn.execute(
-                    "INSERT INTO missions (id, workspace, state, version, attempt, created_at, "
-                    "updated_at, data, turn_id) VALUES ('m-x', 'w', 'running', 1, 1, '', '', "
-                    "'{}', ?)",
-                    (queued,),
-                )
-            allowed = store.one(
-                "SELECT id, action_key, mission_id FROM decisions WHERE kind = 'action' "
-                "AND verdict = 'allow'"
+        with pytest.raises(INTEGRITY_ERRORS, match="allowing decision"):
+            store.execute(
+                "INSERT INTO missions (id, workspace, state, version, attempt, created_at, "
+                "updated_at, data, turn_id) VALUES ('m-x', 'w', 'running', 1, 1, '', '', "
+                "'{}', ?)",
+                queued,
             )
-            assert allowed is not None
-            for action_key, decision in (
-                ("turn:x:other", allowed["id"]),  # another action's decision
-                (allowed["action_key"], "d-deny"),  # a denial
-                (allowed["action_key"], "missing"),  # nothing at all
-            ):
-                with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
-                    conn.execute(
-                        "INSERT INTO action_releases (id, workspace, at, turn_id, mission_id, "
-                        "action_key, decision_id, args) VALUES ('r', 'w', '', ?, ?, ?, ?, '{}')",
-                        (turn, allowed["mission_id"], action_key, decision),
-                    )
-            conn.execute("UPDATE turns SET state = 'taken_over' WHERE id = ?", (turn,))
-            with pytest.raises(sqlite3.IntegrityError, match="allowing decision"):
-                conn.execute(
-                    "INSERT INTO action_releases (id, workspace, at, turn_id, mission_id, "
-                    "action_key, decision_id, args) VALUES ('r', 'w', '', ?, ?, ?, ?, '{}')",
-                    (turn, allowed["mission_id"], allowed["action_key"], allowed["id"]),
-                )
-        finally:
-            conn.rollback()
-            conn.close()
+        allowed = store.one(
+            "SELECT id, action_key, mission_id FROM decisions WHERE kind = 'action' "
+            "AND verdict = 'allow'"
+        )
+        assert allowed is not None
+        release = (
+            "INSERT INTO action_releases (id, workspace, at, turn_id, mission_id, "
+            "action_key, decision_id, args) VALUES ('r', 'w', '', ?, ?, ?, ?, '{}')"
+        )
+        for action_key, decision in (
+            ("turn:x:other", allowed["id"]),  # another action's decision
+            (allowed["action_key"], "d-deny"),  # a denial
+            (allowed["action_key"], "missing"),  # nothing at all
+        ):
+            with pytest.raises(INTEGRITY_ERRORS, match="allowing decision"):
+                store.execute(release, turn, allowed["mission_id"], action_key, decision)
+        store.execute("UPDATE turns SET state = 'taken_over' WHERE id = ?", turn)
+        with pytest.raises(INTEGRITY_ERRORS, match="allowing decision"):
+            store.execute(
+                release, turn, allowed["mission_id"], allowed["action_key"], allowed["id"]
+            )
+        assert not store.rows("SELECT * FROM action_releases WHERE id = 'r'")
+        assert store.one("SELECT state FROM missions WHERE id = ?", mission["id"]) == {
+            "state": "queued"
+        }
 
     run(main())
 

@@ -91,10 +91,12 @@ def normalize_url(url: str) -> str:
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed write transaction may simply be run again: another process held
     SQLite's write lock, or PostgreSQL reported a deadlock, serialization failure or lock
-    timeout."""
+    timeout, or the connection to the server was lost (a restart, a failover)."""
     if isinstance(exc, OperationalError) and "locked" in str(exc):
         return True
     if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True  # the server went away; the pool hands out a fresh connection next
         state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         return state in TRANSIENT_SQLSTATES
     return False
