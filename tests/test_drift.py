@@ -1,6 +1,7 @@
-"""Drift alerts against a real SQLite file and real files edited on disk (watched with real
-``watchfiles``): attested-file drift (warn and pause), re-baselining, the policy file reloaded
-on edit, the alert lifecycle, and SLO breaches opening and recovery resolving alerts.
+"""Drift alerts against a real database (SQLite and PostgreSQL) and real files edited on disk
+(watched with real ``watchfiles``): attested-file drift (warn and pause), re-baselining, the
+policy file reloaded on edit, the alert lifecycle, and SLO breaches opening and recovery
+resolving alerts.
 
 Tests are synchronous and drive asyncio themselves. They wait for outcomes by polling the
 database with a deadline, never by sleeping blindly.
@@ -13,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import Store as BaseStore
 from tests.conftest import run
 
 from quarterdeck.domain.clock import format_instant
@@ -47,19 +48,9 @@ HOOK = Target("hook", "http://127.0.0.1:9/hook")
 # --- helpers -------------------------------------------------------------------------------------
 
 
-class Store:
-    """Raw, read-only SQL on the database file (a fresh connection per call, WAL reads)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
-        conn = sqlite3.connect(self.path, timeout=10)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in conn.execute(sql, args).fetchall()]
-        finally:
-            conn.close()
+class Store(BaseStore):
+    """Raw SQL on the database under test (a fresh connection per call), with the queries
+    these tests repeat."""
 
     def alerts(self, dedupe: str | None = None) -> list[dict[str, Any]]:
         if dedupe is None:
@@ -69,7 +60,7 @@ class Store:
     def open_alerts(self) -> list[dict[str, Any]]:
         return self.rows("SELECT * FROM alerts WHERE state != 'resolved' ORDER BY id")
 
-    def ledger(self, action: str | None = None) -> list[dict[str, Any]]:
+    def ledger(self, action: str | None = None) -> list[dict[str, Any]]:  # type: ignore[override]
         sql = "SELECT * FROM ledger" + (" WHERE action = ?" if action else "") + " ORDER BY seq"
         entries = self.rows(sql, *([action] if action else []))
         for entry in entries:
@@ -94,8 +85,8 @@ async def wait_until(probe: Callable[[], Any], timeout: float = 5.0, what: str =
 
 
 @contextlib.asynccontextmanager
-async def writer_for(db_path: Path) -> AsyncIterator[Writer]:
-    db = await open_database(str(db_path))
+async def writer_for(url: str) -> AsyncIterator[Writer]:
+    db = await open_database(url)
     try:
         async with Writer(db) as writer:
             yield writer
@@ -155,17 +146,17 @@ def test_file_watch_skips_missing_folders_and_ignores_other_files(tmp_path: Path
 
 
 def test_first_start_records_baselines_and_restart_sees_offline_edits(
-    db_path: Path, tmp_path: Path
+    database: str, tmp_path: Path
 ) -> None:
     prompt, config = tmp_path / "prompt.md", tmp_path / "agent.toml"
     prompt.write_text("v1")
     missing = tmp_path / "later.md"
     lanes = {"sim": lane("sim", prompt, config, missing), "plain": lane("plain")}
     config.write_text("x = 1")
-    store = Store(db_path)
+    store = Store(database)
 
     async def first() -> None:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             monitor = DriftMonitor(writer, lanes, [HOOK])
             await monitor.start()
             await monitor.stop()
@@ -185,7 +176,7 @@ def test_first_start_records_baselines_and_restart_sees_offline_edits(
     prompt.write_text("v2 written while nothing watched")
 
     async def second() -> None:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             monitor = DriftMonitor(writer, lanes, [HOOK])
             await monitor.start()
             await monitor.stop()
@@ -200,21 +191,20 @@ def test_first_start_records_baselines_and_restart_sees_offline_edits(
 
 async def baselines(writer: Writer, lane_name: str) -> dict[str, str]:
     """The lane's baselines as the store reads them."""
-    return await asyncio.to_thread(
-        writer.db.run_read_sync, lambda conn: read_baselines(conn, lane_name)
-    )
+    async with writer.db.read() as conn:
+        return await conn.run_sync(lambda sync: read_baselines(sync, lane_name))
 
 
 def test_editing_an_attested_file_opens_an_alert_within_a_second(
-    db_path: Path, tmp_path: Path, record_property: Callable[[str, object], None]
+    database: str, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     prompt = tmp_path / "prompt.md"
     prompt.write_text("you are helpful")
-    store = Store(db_path)
+    store = Store(database)
     dedupe = f"attest:sim:{prompt}"
 
     async def main() -> float:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             monitor = DriftMonitor(writer, {"sim": lane("sim", prompt)}, [HOOK])
             await monitor.start()
             assert store.alerts() == []
@@ -258,15 +248,15 @@ def test_editing_an_attested_file_opens_an_alert_within_a_second(
 
 
 def test_pause_mode_pauses_the_lane_and_rebaseline_resumes_it(
-    db_path: Path, tmp_path: Path
+    database: str, tmp_path: Path
 ) -> None:
     prompt = tmp_path / "prompt.md"
     prompt.write_text("v1")
-    store = Store(db_path)
+    store = Store(database)
     dedupe = f"attest:sim:{prompt}"
 
     async def main() -> dict[str, Any]:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             lanes = {"sim": lane("sim", prompt, on_drift="pause"), "fb": lane("fb")}
             monitor = DriftMonitor(writer, lanes)
             await monitor.start()
@@ -306,13 +296,13 @@ def test_pause_mode_pauses_the_lane_and_rebaseline_resumes_it(
     assert store.ledger("lane.rebaselined")[0]["payload"]["hashes"] == {str(prompt): sha("v2")}
 
 
-def test_rebaseline_leaves_a_pause_an_operator_set(db_path: Path, tmp_path: Path) -> None:
+def test_rebaseline_leaves_a_pause_an_operator_set(database: str, tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.md"
     prompt.write_text("v1")
-    store = Store(db_path)
+    store = Store(database)
 
     async def main() -> dict[str, Any]:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             monitor = DriftMonitor(writer, {"sim": lane("sim", prompt, on_drift="pause")})
             await monitor.start()
             prompt.write_text("v2")
@@ -332,13 +322,13 @@ def test_rebaseline_leaves_a_pause_an_operator_set(db_path: Path, tmp_path: Path
     assert store.open_alerts() == []
 
 
-def test_a_file_replaced_by_rename_is_seen(db_path: Path, tmp_path: Path) -> None:
+def test_a_file_replaced_by_rename_is_seen(database: str, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text("model = 'a'")
-    store = Store(db_path)
+    store = Store(database)
 
     async def main() -> None:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             monitor = DriftMonitor(writer, {"sim": lane("sim", config)})
             await monitor.start()
             replace_by_rename(config, "model = 'b'")
@@ -350,14 +340,14 @@ def test_a_file_replaced_by_rename_is_seen(db_path: Path, tmp_path: Path) -> Non
     assert json.loads(alert["data"])["sha256"] == sha("model = 'b'")
 
 
-def test_a_missing_folder_does_not_stop_the_monitor(db_path: Path, tmp_path: Path) -> None:
+def test_a_missing_folder_does_not_stop_the_monitor(database: str, tmp_path: Path) -> None:
     present = tmp_path / "prompt.md"
     present.write_text("v1")
     absent = tmp_path / "no-such-folder" / "prompt.md"
-    store = Store(db_path)
+    store = Store(database)
 
     async def main() -> None:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             monitor = DriftMonitor(writer, {"a": lane("a", absent), "b": lane("b", present)})
             await monitor.start()
             present.write_text("v2")
@@ -378,15 +368,15 @@ POLICY_V2 = '[defaults]\noutcome = "allow"\n\n[[rules]]\nname = "reads"\ntool = 
 POLICY_BAD = '[defaults]\noutcome = "maybe"\n\n[[rules]]\nname = "x"\n'
 
 
-def test_policy_hot_reload(db_path: Path, tmp_path: Path) -> None:
+def test_policy_hot_reload(database: str, tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text(POLICY_V1)
-    store = Store(db_path)
+    store = Store(database)
     applied: list[tuple[float, Policy]] = []
     dedupe = f"policy:{path}"
 
     async def main() -> dict[str, float]:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             source = PolicySource(
                 path, writer, [HOOK], lambda p: applied.append((time.monotonic(), p)), "policy"
             )
@@ -440,12 +430,12 @@ def test_policy_hot_reload(db_path: Path, tmp_path: Path) -> None:
     assert deleted["state"] == "open" and "cannot read" in deleted["message"]
 
 
-def test_an_invalid_policy_at_start_is_a_config_error(db_path: Path, tmp_path: Path) -> None:
+def test_an_invalid_policy_at_start_is_a_config_error(database: str, tmp_path: Path) -> None:
     path = tmp_path / "policy.toml"
     path.write_text(POLICY_BAD)
 
     async def main() -> None:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             with pytest.raises(ConfigError) as raised:
                 PolicySource(path, writer, [], lambda _p: None, "policy").load()
             assert len(raised.value.problems) == 2
@@ -475,12 +465,12 @@ def _open(txn: WriteTxn, dedupe: str = "cond:1", message: str = "it broke") -> t
     )
 
 
-def test_alert_lifecycle_dedupe_and_refusals(db_path: Path) -> None:
-    store = Store(db_path)
+def test_alert_lifecycle_dedupe_and_refusals(database: str) -> None:
+    store = Store(database)
 
     async def main() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             first_id, created = await writer.submit(_open)
             assert created
             again_id, created = await writer.submit(lambda t: _open(t, message="it broke more"))
@@ -553,32 +543,28 @@ def test_alert_lifecycle_dedupe_and_refusals(db_path: Path) -> None:
 
 
 def _seed_missions(
-    db_path: Path, now: datetime, outcomes: list[str], *, latency_s: float = 1.0, **extra: Any
+    url: str, now: datetime, outcomes: list[str], *, latency_s: float = 1.0, **extra: Any
 ) -> None:
     """Insert finished missions directly (born queued, as the store's triggers demand)."""
-    conn = sqlite3.connect(db_path)
-    try:
-        for index, outcome in enumerate(outcomes):
-            mission_id = f"m-{time.monotonic_ns()}-{index}"
-            finished = now - timedelta(seconds=10)
-            started = finished - timedelta(seconds=latency_s)
-            conn.execute(
-                "INSERT INTO missions (id, workspace, state, version, attempt, created_at, "
-                "updated_at, data, lane, role, number) VALUES (?, 'w', 'queued', 1, 1, ?, ?, "
-                "'{}', 'sim', ?, 1)",
-                (mission_id, format_instant(started), format_instant(started), extra.get("role")),
-            )
-            conn.execute(
-                "UPDATE missions SET state = ?, started_at = ?, finished_at = ? WHERE id = ?",
-                (outcome, format_instant(started), format_instant(finished), mission_id),
-            )
-        conn.commit()
-    finally:
-        conn.close()
+    store = BaseStore(url)
+    for index, outcome in enumerate(outcomes):
+        mission_id = f"m-{time.monotonic_ns()}-{index}"
+        finished = now - timedelta(seconds=10)
+        started = finished - timedelta(seconds=latency_s)
+        store.execute(
+            "INSERT INTO missions (id, workspace, state, version, attempt, created_at, "
+            "updated_at, data, lane, role, number) VALUES (?, 'w', 'queued', 1, 1, ?, ?, "
+            "'{}', 'sim', ?, 1)",
+            mission_id, format_instant(started), format_instant(started), extra.get("role"),
+        )  # fmt: skip
+        store.execute(
+            "UPDATE missions SET state = ?, started_at = ?, finished_at = ? WHERE id = ?",
+            outcome, format_instant(started), format_instant(finished), mission_id,
+        )  # fmt: skip
 
 
-def test_slo_breach_opens_alerts_and_recovery_resolves_them(db_path: Path) -> None:
-    store = Store(db_path)
+def test_slo_breach_opens_alerts_and_recovery_resolves_them(database: str) -> None:
+    store = Store(database)
     now = datetime.now(UTC)
     thresholds = SloThresholds(
         window_s=300,
@@ -590,19 +576,19 @@ def test_slo_breach_opens_alerts_and_recovery_resolves_them(db_path: Path) -> No
     )
 
     async def main() -> list[dict[str, Any]]:
-        async with writer_for(db_path) as writer:
+        async with writer_for(database) as writer:
             monitor = SloMonitor(writer, thresholds, [HOOK], lambda: now)
             reports = [await monitor.check_once()]  # nothing ran: nothing to judge
             # Old missions (outside the window) count for nothing.
-            _seed_missions(db_path, now - timedelta(hours=1), ["failed"] * 10)
+            _seed_missions(database, now - timedelta(hours=1), ["failed"] * 10)
             reports.append(await monitor.check_once())
-            _seed_missions(db_path, now, ["failed"] * 4 + ["timed_out"] + ["completed"] * 3)
+            _seed_missions(database, now, ["failed"] * 4 + ["timed_out"] + ["completed"] * 3)
             reports.append(await monitor.check_once())
             reports.append(await monitor.check_once())  # still breached: no second alert
-            _seed_missions(db_path, now, ["completed"] * 12)
-            _seed_missions(db_path, now, ["completed"], latency_s=500.0)
+            _seed_missions(database, now, ["completed"] * 12)
+            _seed_missions(database, now, ["completed"], latency_s=500.0)
             reports.append(await monitor.check_once())
-            _seed_missions(db_path, now, ["completed"] * 30)
+            _seed_missions(database, now, ["completed"] * 30)
             reports.append(await monitor.check_once())
         return reports
 
@@ -625,8 +611,8 @@ def test_slo_breach_opens_alerts_and_recovery_resolves_them(db_path: Path) -> No
     assert len(store.alerts()) == 1
 
 
-def test_slo_latency_receipt_wait_and_cost(db_path: Path) -> None:
-    store = Store(db_path)
+def test_slo_latency_receipt_wait_and_cost(database: str) -> None:
+    store = Store(database)
     now = datetime.now(UTC)
     thresholds = SloThresholds(
         window_s=60,
@@ -639,25 +625,22 @@ def test_slo_latency_receipt_wait_and_cost(db_path: Path) -> None:
     )
 
     async def main() -> dict[str, Any]:
-        async with writer_for(db_path) as writer:
-            _seed_missions(db_path, now, ["completed"] * 3, latency_s=45.0)
-            _seed_missions(db_path, now, ["completed"], role="fallback")
-            _seed_missions(db_path, now, ["completed"] * 3, role="shadow")  # not counted
-            raw = sqlite3.connect(db_path)
-            raw.execute(
+        async with writer_for(database) as writer:
+            _seed_missions(database, now, ["completed"] * 3, latency_s=45.0)
+            _seed_missions(database, now, ["completed"], role="fallback")
+            _seed_missions(database, now, ["completed"] * 3, role="shadow")  # not counted
+            store.execute(
                 "INSERT INTO receipts (id, workspace, dedupe_key, received_at, status, errors, "
                 "version) VALUES ('r1', 'w', 'k1', ?, 'accepted', '[]', 1)",
-                (format_instant(now - timedelta(seconds=75)),),
+                format_instant(now - timedelta(seconds=75)),
             )
             for index, cost in enumerate((4.0, 3.0, 100.0)):
-                raw.execute(
+                store.execute(
                     "INSERT INTO decisions (id, workspace, at, kind, tool, args, estimated_cost, "
                     "outcome, verdict, trace, policy_hash) VALUES (?, 'w', ?, 'action', 't', "
                     "'{}', ?, 'allow', ?, '[]', 'h')",
-                    (f"d{index}", format_instant(now), cost, "deny" if cost > 50 else "allow"),
-                )
-            raw.commit()
-            raw.close()
+                    f"d{index}", format_instant(now), cost, "deny" if cost > 50 else "allow",
+                )  # fmt: skip
             monitor = SloMonitor(writer, thresholds, [], lambda: now)
             stop = asyncio.Event()
             task = asyncio.create_task(monitor.run(stop))

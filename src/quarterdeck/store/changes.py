@@ -15,7 +15,10 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
+
+from sqlalchemy import text
 
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import CHANGE_CHANNEL
@@ -64,6 +67,19 @@ class ChangeFeed:
         self._poller = asyncio.get_running_loop().create_task(
             self._poll_head(), name="qd-change-poll"
         )
+
+    async def query_one(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The first row of a small read query (named ``:params``), or None. On SQLite it runs
+        on the feed's own connection (no pool, no thread hop); elsewhere in a read snapshot."""
+        if self._sqlite is not None:
+            cursor = self._sqlite.execute(sql, dict(params))
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            return {d[0]: value for d, value in zip(cursor.description, row, strict=True)}
+        async with self._db.read() as conn:
+            found = (await conn.execute(text(sql), dict(params))).first()
+        return dict(found._mapping) if found is not None else None
 
     def version(self) -> int:
         """The current version: compare with an earlier one to learn of commits since."""

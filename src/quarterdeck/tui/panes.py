@@ -208,7 +208,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         """Each row's line as drawn (without the cursor), for the current ``_drawn_with``."""
         self._drawn_with: tuple[Any, ...] = ()
         self._width = sum(column.width + 2 for column in self.COLUMNS)
-        self.virtual_size = Size(self._width, 1)
+        self._resize(Size(self._width, 1))
 
     def on_mount(self) -> None:
         """Title the pane."""
@@ -274,7 +274,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         kept = self._kept_then_appended(order)
         self._order = order
         self._index = {key: index for index, key in enumerate(order)}
-        self.virtual_size = Size(self._width, len(order) + 1)
+        self._resize(Size(self._width, len(order) + 1))
         if self.keeps_selection and selected is not None and selected in self._index:
             cursor = self._index[selected]
         elif kept:
@@ -285,6 +285,14 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         self.cursor_row = max(0, min(cursor, len(order) - 1))
         self._scroll_to_cursor()
         self.refresh()
+
+    def _resize(self, size: Size) -> None:
+        """Set the scrollable size without a layout of the screen (the pane's own size does not
+        depend on its rows): the scrollbars follow, and the screen is laid out again only when
+        one appears or goes."""
+        if size != self.virtual_size:
+            self.set_reactive(LivePane.virtual_size, size)
+            self._scroll_update(size)
 
     @property
     def keeps_selection(self) -> bool:
