@@ -437,7 +437,7 @@ class AttachedConsole(_StoreConsole):
     ) -> None:
         """``target`` replaces the header's ``attached to <database url>`` description."""
         super().__init__(
-            db, target=target or f"attached to {db.url}", lanes=lanes,
+            db, target=target or f"attached to {db.display_url}", lanes=lanes,
             reject_reasons=reject_reasons, read_only=read_only, actor=actor, clock=clock,
         )  # fmt: skip
         self.command_timeout_s = command_timeout_s

@@ -121,7 +121,7 @@ async def run_headless(
         log.info("metrics served", extra={"host": metrics_host, "port": bound})
     log.info(
         "daemon running",
-        extra={"node": runtime.node_id, "config": config_source, "database": db.url,
+        extra={"node": runtime.node_id, "config": config_source, "database": db.display_url,
                "lanes": sorted(config.lanes)},
     )  # fmt: skip
     if until_idle:

@@ -202,6 +202,11 @@ class Database:
         return make_url(self.url).database
 
     @property
+    def display_url(self) -> str:
+        """The URL with any password masked, for logs and headers."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
     def dsn(self) -> str:
         """The plain driver URL (``postgresql://...``), for a raw asyncpg connection."""
         return make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -271,9 +276,9 @@ async def open_database(url: str, *, upgrade: bool = True) -> Database:
     try:
         try:
             version = await db.schema_version()
-        except OSError as exc:
-            shown = make_url(async_url).render_as_string(hide_password=True)
-            raise DatabaseError(f"cannot connect to {shown}: {exc}") from exc
+        except (OSError, DBAPIError) as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+            raise DatabaseError(f"cannot open {db.display_url}: {reason}") from exc
         if version > HEAD_VERSION:
             raise DatabaseError(
                 f"database schema version {version} is newer than this build ({HEAD_VERSION})"
