@@ -1,7 +1,14 @@
-"""Lifecycle throughput: turns/s through the whole runtime path next to huey's SQLite queue.
+"""Lifecycle throughput: turns/s through the whole runtime path next to huey's SQLite queue,
+or (with ``--db postgresql://...``) next to pgqueuer on a PostgreSQL server.
 
 Usage: python bench/lifecycle.py [--turns N] [--huey-tasks N] [--concurrency C] [--batch B]
                                  [--huey-workers W] [--rounds R] [--profile]
+       python bench/lifecycle.py --db postgresql://USER@HOST:PORT/DB [--nodes 1,3]
+                                 [--pgqueuer-jobs M] [--pgqueuer-batch 100] [--turns N]
+                                 [--concurrency C] [--batch B] [--rounds R] [--profile]
+       python bench/lifecycle.py --start-cluster [...]      (or: --db postgresql --start-cluster)
+
+SQLite (no ``--db``):
 
 Quarterdeck's side: a fresh state directory, a ``Runtime`` with one ``sim`` lane (concurrency C,
 no fallback), and N task envelopes (JSON lines, ``input.sim`` set to a no-op: no latency, no
@@ -21,6 +28,19 @@ installed into ``bench/.deps`` (git-ignored) for this script only.
 
 Rounds alternate the two sides (medians reported). Prints JSON; ``--profile`` also prints a
 cProfile of one extra run of Quarterdeck's side (top 20 by tottime) on stderr.
+
+PostgreSQL (``--db URL``, see ``bench/pg_lifecycle.py`` for the method): Quarterdeck with 1
+and with 3 node processes (``quarterdeck run --headless``; ``--nodes`` picks the counts) fed
+from this process through ``quarterdeck.client.Client``, next to pgqueuer's no-op job
+throughput (enqueue and dequeue batches of 100) on the same server, each run on a fresh
+database that this script creates and drops (the URL's user needs CREATEDB; the URL's own
+database is only used to connect). pgqueuer is installed into ``bench/.deps`` on first use.
+Prints ``turns_per_s_1_node``, ``turns_per_s_3_nodes``, ``pgqueuer_jobs_per_s``,
+``ratio_vs_pgqueuer`` (target >= 0.5) and ``speedup_3_vs_1`` (target > 1) as JSON.
+``--start-cluster`` needs no server: it starts a throwaway local cluster with
+``tests/pgcluster.py``'s ``PgCluster(durable=True)`` (fsync and synchronous commit on, as in
+production; the server binaries must be installed), runs against it and removes it; ``--db``
+may then be omitted or given as the bare word ``postgresql``.
 """
 
 from __future__ import annotations
@@ -282,7 +302,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="cProfile one extra run of our side (stderr)"
     )
+    parser.add_argument(
+        "--db", metavar="URL", default=None,
+        help="a postgresql:// server URL: compare with pgqueuer there instead of huey",
+    )  # fmt: skip
+    parser.add_argument(
+        "--start-cluster", action="store_true",
+        help="PostgreSQL on a throwaway local durable cluster (tests/pgcluster.py)",
+    )  # fmt: skip
+    parser.add_argument("--nodes", default="1,3", help="PostgreSQL: node counts to measure")
+    parser.add_argument("--pgqueuer-jobs", type=int, default=None, help="default: --turns")
+    parser.add_argument("--pgqueuer-batch", type=int, default=100, help="enqueue/dequeue batch")
     args = parser.parse_args(argv)
+    if args.db is not None or args.start_cluster:
+        if not args.start_cluster and "://" not in args.db:
+            parser.error("--db needs a postgresql://... URL (or use --start-cluster)")
+        if args.start_cluster and args.db not in (None, "postgresql", "postgres"):
+            parser.error("--start-cluster starts its own server: leave --db out")
+        from pg_lifecycle import run_postgres
+
+        return run_postgres(args, make_lines(args.turns))
     huey_tasks = args.huey_tasks if args.huey_tasks is not None else args.turns
     lines = make_lines(args.turns)
     ours: list[dict[str, Any]] = []

@@ -8,7 +8,6 @@ The switches below are module state: a test flips them in its own process only, 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from typing import Any
 
@@ -18,9 +17,9 @@ FLAKY: dict[str, bool] = {"fail": False}
 """``flaky`` fails while ``FLAKY["fail"]`` is true."""
 
 BLOCK: dict[str, Any] = {}
-"""When ``BLOCK["db"]`` names a database file, ``blocking`` blocks the event loop (``time.sleep``,
-no await) until the mission's turn is completed in that database by someone else, or for
-``BLOCK["max_s"]`` seconds. Empty (the default, and always in a daemon): it returns at once."""
+"""When ``BLOCK["db"]`` names a database (a SQLite file or a PostgreSQL URL), ``blocking``
+blocks the event loop (``time.sleep``, no await) until the mission's turn is completed in that
+database by someone else, or for ``BLOCK["max_s"]`` seconds. Empty (the default, and always in a daemon): it returns at once."""
 
 
 async def flaky(ctx: MissionContext) -> dict[str, Any]:
@@ -35,15 +34,13 @@ async def blocking(ctx: MissionContext) -> dict[str, Any]:
     database = BLOCK.get("db")
     if not database:
         return {"by": "daemon", "pid": os.getpid(), "attempt": ctx.attempt}
+    from tests.conftest import Store  # only in the test process: daemons never get here
+
+    store = Store(database)
     deadline = time.monotonic() + float(BLOCK.get("max_s", 20))
     BLOCK["blocked_at"] = time.monotonic()
     while time.monotonic() < deadline:
-        conn = sqlite3.connect(database, timeout=5)
-        try:
-            row = conn.execute("SELECT state FROM turns WHERE id = ?", (ctx.turn_id,)).fetchone()
-        finally:
-            conn.close()
-        if row is not None and row[0] == "completed":
+        if store.value("SELECT state FROM turns WHERE id = ?", ctx.turn_id) == "completed":
             break
         time.sleep(0.05)  # deliberately blocking: no await
     BLOCK["unblocked_at"] = time.monotonic()

@@ -198,3 +198,47 @@ class Store:
 
     def counter(self, name: str) -> int:
         return int(self.value("SELECT value FROM counters WHERE name = ?", name) or 0)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """Like ``database``, for module-scoped fixtures (a runtime that a module's tests share):
+    the URL of a fresh, empty database per module and backend. (It does not set
+    :func:`current_database`.)"""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("db") / "state" / "quarterdeck.db")
+    url: str = request.getfixturevalue("pg_cluster").create_database()
+    return url
+
+
+class RawConnection:
+    """One raw connection to the database under test, kept open (``?`` placeholders, every
+    statement committed at once): ``sqlite3`` for a SQLite file, psycopg for PostgreSQL. For
+    tests that query after every step and cannot afford a connection per query."""
+
+    def __init__(self, url: str | Path) -> None:
+        self.url = str(url)
+        self._pg: Any = None
+        self._sqlite: sqlite3.Connection | None = None
+        if is_postgres(self.url):
+            import psycopg
+
+            self._pg = psycopg.connect(self.url, autocommit=True)
+        else:
+            self._sqlite = sqlite3.connect(self.url, isolation_level=None, timeout=10)
+
+    def execute(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run one statement; its rows as tuples (none for a statement that returns none)."""
+        if self._pg is not None:
+            cursor = self._pg.execute(sql.replace("%", "%%").replace("?", "%s"), args)
+            return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+        assert self._sqlite is not None
+        return [tuple(row) for row in self._sqlite.execute(sql, args).fetchall()]
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+        if self._sqlite is not None:
+            self._sqlite.close()

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +13,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tests.conftest import Store, quarterdeck
+
+from quarterdeck.client import Client
+from quarterdeck.client.submit import DEFAULT_WORKSPACE
+from quarterdeck.store.database import DB_FILENAME
 
 T = TypeVar("T")
 
@@ -82,14 +87,18 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: f
         time.sleep(step)
 
 
-def query(state_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    """Rows of one read query on the state dir's database."""
-    conn = sqlite3.connect(state_dir / "quarterdeck.db", timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def query(
+    where: Headless | Path | str, sql: str, params: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
+    """Rows of one read query (``?`` placeholders): on a headless runtime's database, on the
+    SQLite file of a state directory (a ``Path``), or on a database URL (a ``str``)."""
+    if isinstance(where, Headless):
+        url = where.url
+    elif isinstance(where, Path):
+        url = str(where / DB_FILENAME)
+    else:
+        url = where
+    return Store(url).rows(sql, *params)
 
 
 @dataclass
@@ -100,6 +109,16 @@ class Headless:
     state_dir: Path
     proc: subprocess.Popen[bytes]
     log: Path
+    url: str
+    """The database it runs on: the state directory's SQLite file, or a PostgreSQL URL."""
+
+    def client(self, *, workspace: str = DEFAULT_WORKSPACE) -> Client:
+        """An SDK client of the runtime's database."""
+        return Client(self.url, workspace=workspace)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Run ``quarterdeck --db URL ARGS`` on the runtime's database, in a subprocess."""
+        return quarterdeck("--db", self.url, *args, state_dir=self.state_dir)
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
@@ -112,26 +131,28 @@ class Headless:
                     return True
         return False
 
-    def approval_for(self, action_id: str, timeout: float = 10) -> sqlite3.Row:
+    def approval_for(self, action_id: str, timeout: float = 10) -> dict[str, Any]:
         """The approval row of an SDK request, once it is visible."""
 
-        def find() -> sqlite3.Row | None:
+        def find() -> dict[str, Any] | None:
             rows = query(
-                self.state_dir,
-                "SELECT * FROM approvals WHERE action_key = ?",
-                (f"sdk:{action_id}",),
+                self, "SELECT * FROM approvals WHERE action_key = ?", (f"sdk:{action_id}",)
             )
             return rows[0] if rows else None
 
         return wait_until(find, timeout, f"the approval of {action_id}")
 
-    def approval(self, approval_id: str) -> sqlite3.Row:
-        return query(self.state_dir, "SELECT * FROM approvals WHERE id = ?", (approval_id,))[0]
+    def approval(self, approval_id: str) -> dict[str, Any]:
+        return query(self, "SELECT * FROM approvals WHERE id = ?", (approval_id,))[0]
 
 
 @contextlib.contextmanager
-def headless_runtime(root: Path, policy: str = POLICY, config: str = CONFIG) -> Iterator[Headless]:
-    """Start a headless runtime on ``root/state`` with ``policy``; stop it at the end."""
+def headless_runtime(
+    root: Path, policy: str = POLICY, config: str = CONFIG, *, db: str | None = None
+) -> Iterator[Headless]:
+    """Start a headless runtime on ``root/state`` with ``policy``; stop it at the end.
+
+    ``db`` names the database (``--db``): by default the state directory's SQLite file."""
     state_dir = root / "state"
     (root / "policy.toml").write_text(policy, encoding="utf-8")
     (root / "quarterdeck.toml").write_text(config, encoding="utf-8")
@@ -140,12 +161,14 @@ def headless_runtime(root: Path, policy: str = POLICY, config: str = CONFIG) -> 
     env.pop("QUARTERDECK_WORKSPACE", None)
     command = [sys.executable, "-m", "quarterdeck", "--state-dir", str(state_dir), "run",
                "--headless", "--config", str(root / "quarterdeck.toml")]  # fmt: skip
+    if db is not None:
+        command += ["--db", db]
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=root,
             start_new_session=True,
         )  # fmt: skip
-    runtime = Headless(root, state_dir, proc, log)
+    runtime = Headless(root, state_dir, proc, log, db or str(state_dir / DB_FILENAME))
     try:
         wait_until(runtime.started, 60, "the runtime to start", step=0.05)
         yield runtime

@@ -267,30 +267,33 @@ def fleet(root: Path, url: str, env: Mapping[str, str] | None = None) -> Iterato
 def claim_problems(store: Store) -> list[str]:
     """Double claims and foreign finishes, read from the ledger and the missions table.
 
-    For every mission: exactly one ``mission.running`` per attempt (never two owners with the
-    same attempt), attempts numbered 1..n, the row's attempt the last one claimed; at most one
-    ``mission.completed``, written by the owner that held that attempt's lease.
+    A claim is a ``mission.running`` entry from ``queued`` (a mission resuming after an
+    approval moves ``blocked -> running`` under the lease it holds). For every mission: one
+    claim per attempt (never two owners with the same attempt), attempts numbered 1..n, the
+    row's attempt the last one claimed; at most one ``mission.completed``, written by the owner
+    that held that attempt's lease.
     """
     attempt = "CAST(payload::jsonb ->> 'attempt' AS INTEGER)"
+    claims = "FROM ledger WHERE action = 'mission.running' AND from_state = 'queued'"
     problems: list[str] = []
     doubled = store.rows(
         f"SELECT subject_id, {attempt} AS attempt, count(*) AS n, "
-        "string_agg(payload::jsonb ->> 'owner', ',') AS owners FROM ledger "
-        "WHERE action = 'mission.running' GROUP BY 1, 2 HAVING count(*) > 1"
+        f"string_agg(payload::jsonb ->> 'owner', ',') AS owners {claims} "
+        "GROUP BY 1, 2 HAVING count(*) > 1"
     )
     problems += [
         f"mission {r['subject_id']} attempt {r['attempt']} claimed {r['n']} times by {r['owners']}"
         for r in doubled
     ]
     gaps = store.rows(
-        f"SELECT subject_id, count(*) AS n, max({attempt}) AS top FROM ledger "
-        "WHERE action = 'mission.running' GROUP BY 1 HAVING count(*) != max(" + attempt + ")"
+        f"SELECT subject_id, count(*) AS n, max({attempt}) AS top {claims} "
+        f"GROUP BY 1 HAVING count(*) != max({attempt})"
     )
     problems += [f"mission {r['subject_id']}: {r['n']} claims, attempt {r['top']}" for r in gaps]
     rows = store.rows(
-        f"SELECT m.id, m.attempt, l.top FROM missions m JOIN (SELECT subject_id, max({attempt}) "
-        "AS top FROM ledger WHERE action = 'mission.running' GROUP BY 1) l "
-        "ON l.subject_id = m.id WHERE m.attempt != l.top"
+        f"SELECT m.id, m.attempt, l.top FROM missions m JOIN (SELECT subject_id, "
+        f"max({attempt}) AS top {claims} GROUP BY 1) l ON l.subject_id = m.id "
+        "WHERE m.attempt != l.top"
     )
     problems += [f"mission {r['id']} row attempt {r['attempt']} != {r['top']}" for r in rows]
     twice = store.rows(
@@ -301,7 +304,7 @@ def claim_problems(store: Store) -> list[str]:
     foreign = store.rows(
         "SELECT c.subject_id, c.actor, r.payload::jsonb ->> 'owner' AS owner FROM ledger c "
         "JOIN ledger r ON r.subject_id = c.subject_id AND r.action = 'mission.running' "
-        f"AND CAST(r.payload::jsonb ->> 'attempt' AS INTEGER) = "
+        "AND r.from_state = 'queued' AND CAST(r.payload::jsonb ->> 'attempt' AS INTEGER) = "
         "CAST(c.payload::jsonb ->> 'attempt' AS INTEGER) "
         "WHERE c.action = 'mission.completed' AND c.actor != r.payload::jsonb ->> 'owner'"
     )
@@ -314,7 +317,8 @@ def claim_problems(store: Store) -> list[str]:
 
 def deliverable_problems(store: Store, expected_turns: int) -> list[str]:
     """Every turn terminal with exactly one deliverable: one terminal ledger entry per turn
-    (``turn.completed`` / ``failed`` / ...), a deliverable on the row, one turn per receipt."""
+    (``turn.completed`` / ``failed`` / ...), a deliverable on the row, one turn per receipt;
+    every mission terminal, with one terminal ledger entry."""
     problems: list[str] = []
     states = {r["state"]: r["n"] for r in store.rows(
         "SELECT state, count(*) AS n FROM turns GROUP BY state")}  # fmt: skip
@@ -338,6 +342,13 @@ def deliverable_problems(store: Store, expected_turns: int) -> list[str]:
     empty = store.value("SELECT count(*) FROM turns WHERE deliverable IS NULL")
     if empty:
         problems.append(f"{empty} turns without a deliverable")
+    missions = store.rows(
+        f"SELECT m.id, m.state, count(l.seq) AS n FROM missions m LEFT JOIN ledger l "
+        f"ON l.subject_id = m.id AND l.subject_type = 'mission' AND l.to_state IN {TERMINAL_SQL} "
+        "GROUP BY m.id, m.state "
+        f"HAVING count(l.seq) != 1 OR m.state NOT IN {TERMINAL_SQL} LIMIT 10"
+    )
+    problems += [f"mission {r['id']} is {r['state']} with {r['n']} ends" for r in missions]
     doubled = store.value(
         "SELECT count(*) FROM (SELECT receipt_id FROM turns GROUP BY 1 HAVING count(*) > 1) d"
     )

@@ -8,6 +8,7 @@ Debian's ``/usr/lib/postgresql/<version>/bin``. Run as root, the cluster belongs
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -97,11 +98,20 @@ class PgCluster:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def clone_database(self, url: str, prefix: str = "qd_copy") -> str:
+        """A new database made as a copy of the one at ``url`` (``CREATE DATABASE ... TEMPLATE``;
+        nobody may be connected to it); returns the copy's URL."""
+        import psycopg
+
+        source = url.rsplit("/", 1)[1]
+        name = f"{prefix}_{os.getpid()}_{next(_names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+        return self.url(name)
+
     def stop(self) -> None:
         """Stop the server and remove its files."""
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
                       "-w", "stop")  # fmt: skip
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)

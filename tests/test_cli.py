@@ -1,4 +1,5 @@
-"""The ``quarterdeck`` command line, run as a real subprocess against a real SQLite file."""
+"""The ``quarterdeck`` command line, run as a real subprocess against a real database: each
+test that reads or writes data runs once on a SQLite file and once on PostgreSQL (``--db URL``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import envelope, line, quarterdeck, run
+from tests.conftest import Store, envelope, is_postgres, line, quarterdeck, run
 
 from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.runtime.items import Items
-from quarterdeck.store.database import DB_FILENAME, open_database
+from quarterdeck.store.database import open_database
 from quarterdeck.store.writer import Writer
 
 KINDS = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
@@ -39,9 +40,12 @@ GENESIS = "0" * 64
 
 @dataclass
 class World:
-    """A populated state dir shared by the read-only tests of this module."""
+    """A database (and a state dir) the commands run on: the populated one the read-only tests
+    of this module share, or a fresh one."""
 
     state_dir: Path
+    db: str
+    """The database URL (a SQLite file or ``postgresql://...``), passed as ``--db``."""
     receipts: dict[str, list[str]] = field(default_factory=dict)
     """Receipt ids by name: alpha, alpha_rejected, beta, beta_rejected, unknown_rejected."""
     items: dict[tuple[str, str], list[str]] = field(default_factory=dict)
@@ -50,8 +54,11 @@ class World:
 
 
 def cli(world_or_dir: World | Path, *args: str, stdin: bytes | None = None) -> Any:
-    state_dir = world_or_dir.state_dir if isinstance(world_or_dir, World) else world_or_dir
-    return quarterdeck(*args, state_dir=state_dir, stdin=stdin)
+    """Run the command line on a world's database (``--db``), or on a bare state dir."""
+    if isinstance(world_or_dir, World):
+        command = ("--db", world_or_dir.db, *args)
+        return quarterdeck(*command, state_dir=world_or_dir.state_dir, stdin=stdin)
+    return quarterdeck(*args, state_dir=world_or_dir, stdin=stdin)
 
 
 def ok_json(world: World | Path, *args: str) -> Any:
@@ -74,14 +81,20 @@ def one_line_error(result: Any) -> str:
     return err
 
 
+@pytest.fixture
+def fresh(tmp_path: Path, database: str) -> World:
+    """An empty database of the backend under test."""
+    return World(tmp_path / "state", database)
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> World:
     state_dir = tmp_path_factory.mktemp("cli") / "state"
-    built = World(state_dir)
+    built = World(state_dir, module_database)
     built.raw_unknown = b"\xff\xfe not utf-8 \x00"
 
     async def populate() -> None:
-        db = await open_database(str(state_dir / DB_FILENAME))
+        db = await open_database(module_database)
         async with Writer(db) as writer:
             ingest = Ingestor(writer).ingest
             alpha = await ingest([line(envelope(i, "alpha")) for i in range(5)])
@@ -134,8 +147,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 # submit
 
 
-def test_submit_file_and_stdin(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
+def test_submit_file_and_stdin(tmp_path: Path, fresh: World) -> None:
     first, second = envelope(1, "default"), envelope(2, "default")
     data = (
         line(first)
@@ -148,7 +160,7 @@ def test_submit_file_and_stdin(tmp_path: Path) -> None:
     )
     path = tmp_path / "in.jsonl"
     path.write_bytes(data)
-    result = cli(state_dir, "submit", str(path))
+    result = cli(fresh, "submit", str(path))
     assert result.returncode == 1, result.stderr  # a line was rejected
     assert result.stderr == b""
     answers = [json.loads(text) for text in result.stdout.splitlines()]
@@ -170,7 +182,7 @@ def test_submit_file_and_stdin(tmp_path: Path) -> None:
 
     # stdin: a new envelope and a redelivery; no rejected line, so exit 0
     stdin = line(envelope(4, "default")) + b"\n" + line(first) + b"\n"
-    piped = cli(state_dir, "submit", "-", stdin=stdin)
+    piped = cli(fresh, "submit", "-", stdin=stdin)
     assert piped.returncode == 0, piped.stderr
     answers2 = [json.loads(text) for text in piped.stdout.splitlines()]
     assert [(a["line"], a["status"]) for a in answers2] == [(1, "accepted"), (2, "duplicate")]
@@ -181,16 +193,16 @@ def test_submit_file_and_stdin(tmp_path: Path) -> None:
         "errors": [],
     }
 
-    empty = cli(state_dir, "submit", "-", stdin=b"")
+    empty = cli(fresh, "submit", "-", stdin=b"")
     assert (empty.returncode, empty.stdout, empty.stderr) == (0, b"", b"")
 
-    counts = ok_json(state_dir, "status", "--json")
+    counts = ok_json(fresh, "status", "--json")
     assert counts["receipts"] == {"accepted": 4, "duplicate": 2, "rejected": 0}
-    everywhere = ok_json(state_dir, "status", "--json", "-A")
+    everywhere = ok_json(fresh, "status", "--json", "-A")
     assert everywhere["receipts"] == {"accepted": 4, "duplicate": 2, "rejected": 1}
 
 
-def test_submit_survives_a_lone_surrogate_field_name(tmp_path: Path) -> None:
+def test_submit_survives_a_lone_surrogate_field_name(fresh: World) -> None:
     """Bug: see tests/test_ingest.py::test_lone_surrogate_as_a_field_name_is_rejected_not_raised.
 
     Through the CLI the whole chunk is lost and the command dies with a traceback instead of
@@ -198,7 +210,7 @@ def test_submit_survives_a_lone_surrogate_field_name(tmp_path: Path) -> None:
     """
     poisoned = b'{"\\ud800": 1, "idempotency_key": "k", "workspace": "default", "kind": "task", "payload": {}}'
     stdin = line(envelope(1, "default")) + b"\n" + poisoned + b"\n"
-    result = cli(tmp_path / "state", "submit", "-", stdin=stdin)
+    result = cli(fresh, "submit", "-", stdin=stdin)
     assert b"Traceback" not in result.stderr, result.stderr.decode()[-600:]
     answers = [json.loads(text) for text in result.stdout.splitlines()]
     assert [a["status"] for a in answers] == ["accepted", "rejected"]
@@ -335,14 +347,13 @@ def test_ls_empty_table(world: World) -> None:
     assert json_lines(world, "ls", "turns", "--json") == []  # the default workspace is empty
 
 
-def test_ls_limit_defaults_to_100_and_0_means_all(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
+def test_ls_limit_defaults_to_100_and_0_means_all(fresh: World) -> None:
     lines = b"".join(line(envelope(i, "default")) + b"\n" for i in range(130))
-    assert cli(state_dir, "submit", "-", stdin=lines).returncode == 0
-    assert len(json_lines(state_dir, "ls", "receipts", "--json")) == 100
-    everything = json_lines(state_dir, "ls", "receipts", "--json", "--limit", "0")
+    assert cli(fresh, "submit", "-", stdin=lines).returncode == 0
+    assert len(json_lines(fresh, "ls", "receipts", "--json")) == 100
+    everything = json_lines(fresh, "ls", "receipts", "--json", "--limit", "0")
     assert len(everything) == 130
-    assert json_lines(state_dir, "ls", "receipts", "--json", "--limit", "7") == everything[:7]
+    assert json_lines(fresh, "ls", "receipts", "--json", "--limit", "7") == everything[:7]
 
 
 # --------------------------------------------------------------------------------------
@@ -444,23 +455,29 @@ def test_ledger_verify_ok(world: World) -> None:
     }
 
 
-def test_ledger_verify_reports_tampering(world: World, tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    source = sqlite3.connect(world.state_dir / DB_FILENAME)
-    copy = sqlite3.connect(state_dir / DB_FILENAME)
-    source.backup(copy)
-    source.close()
-    copy.execute("UPDATE ledger SET actor = 'mallory' WHERE seq = 3")
-    copy.commit()
-    copy.close()
-    result = cli(state_dir, "ledger", "verify", "--json")
+def test_ledger_verify_reports_tampering(
+    world: World, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if is_postgres(world.db):
+        tampered = World(
+            tmp_path / "state", request.getfixturevalue("pg_cluster").clone_database(world.db)
+        )
+    else:
+        tampered = World(tmp_path / "state", str(tmp_path / "state" / "copy.db"))
+        tampered.state_dir.mkdir()
+        source = sqlite3.connect(world.db)
+        copy = sqlite3.connect(tampered.db)
+        source.backup(copy)
+        source.close()
+        copy.close()
+    Store(tampered.db).execute("UPDATE ledger SET actor = 'mallory' WHERE seq = 3")
+    result = cli(tampered, "ledger", "verify", "--json")
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert set(report) == {"ok", "first_bad_seq", "reason"}
     assert report["ok"] is False and report["first_bad_seq"] == 3
     assert isinstance(report["reason"], str) and report["reason"]
-    text = cli(state_dir, "ledger", "verify")
+    text = cli(tampered, "ledger", "verify")
     assert text.returncode == 1
     assert text.stdout.decode().startswith("ledger BROKEN at seq 3: ")
 

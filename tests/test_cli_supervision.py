@@ -1,5 +1,5 @@
-"""The supervision commands of the CLI, each against a real headless runtime in another process:
-its happy path and its refusal path.
+"""The supervision commands of the CLI, each against a real headless runtime in another process
+(one per module, on SQLite and on PostgreSQL): its happy path and its refusal path.
 
 Exit codes: 0 applied, 1 refused (each error on stderr), 2 usage error, 3 not applied in time.
 """
@@ -18,7 +18,6 @@ import pytest
 from tests.conftest import quarterdeck, run
 from tests.headless import Headless, headless_runtime, query, wait_until
 
-from quarterdeck.client import Client
 from quarterdeck.domain.clock import parse_instant
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.database import open_database
@@ -28,13 +27,15 @@ REASONS = ("unsafe", "wrong_target", "needs_context", "policy", "other")
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Headless]:
-    with headless_runtime(tmp_path_factory.mktemp("cli-supervision")) as started:
+def runtime(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Iterator[Headless]:
+    """One headless runtime for the module, on SQLite and on PostgreSQL."""
+    root = tmp_path_factory.mktemp("cli-supervision")
+    with headless_runtime(root, db=module_database) as started:
         yield started
 
 
 def cli(runtime: Headless, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return quarterdeck(*args, state_dir=runtime.state_dir)
+    return runtime.cli(*args)
 
 
 def applied(runtime: Headless, *args: str) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def open_approvals(
     """Open ``count`` SDK approvals for ``tool``; their ids."""
 
     async def main() -> list[str]:
-        async with Client.from_state_dir(runtime.state_dir, workspace=workspace) as client:
+        async with runtime.client(workspace=workspace) as client:
             ids = []
             for _ in range(count):
                 result = await client.command(
@@ -88,7 +89,7 @@ def new_turns(runtime: Headless, count: int) -> list[str]:
     """Submit ``count`` tasks to the paused lane ``held``; the ids of their (queued) turns."""
 
     async def main() -> list[str]:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             tasks = [
                 {"idempotency_key": str(uuid.uuid4()), "workspace": "default", "kind": "task",
                  "payload": {"lane": "held", "objective": "wait", "input": {"i": i}}}
@@ -101,7 +102,7 @@ def new_turns(runtime: Headless, count: int) -> list[str]:
 
     def turns() -> list[str] | None:
         rows = query(
-            runtime.state_dir,
+            runtime,
             f"SELECT produced_id FROM receipts WHERE id IN ({', '.join('?' * len(receipts))}) "
             "AND produced_type = 'turn'",
             tuple(receipts),
@@ -112,11 +113,11 @@ def new_turns(runtime: Headless, count: int) -> list[str]:
 
 
 def turn_state(runtime: Headless, turn_id: str) -> Any:
-    return query(runtime.state_dir, "SELECT * FROM turns WHERE id = ?", (turn_id,))[0]
+    return query(runtime, "SELECT * FROM turns WHERE id = ?", (turn_id,))[0]
 
 
 def flags(runtime: Headless, lane: str) -> Any:
-    return query(runtime.state_dir, "SELECT * FROM lane_flags WHERE lane = ?", (lane,))[0]
+    return query(runtime, "SELECT * FROM lane_flags WHERE lane = ?", (lane,))[0]
 
 
 # --- approvals ---------------------------------------------------------------------------------
@@ -197,9 +198,7 @@ def test_bulk_approve_and_reject(runtime: Headless) -> None:
     assert "is not one of " + ", ".join(REASONS) in line
     answer = applied(runtime, "reject", "--all", "--reason", "policy", "-w", workspace)
     assert sorted(answer["decided"]) == sorted(other_tool + other_lane)
-    states = query(
-        runtime.state_dir, "SELECT state FROM approvals WHERE workspace = ?", (workspace,)
-    )
+    states = query(runtime, "SELECT state FROM approvals WHERE workspace = ?", (workspace,))
     assert sorted(row["state"] for row in states) == [
         "approved",
         "approved",
@@ -291,7 +290,7 @@ def test_lane_pause_and_resume(runtime: Headless) -> None:
 
 def test_alert_ack_and_resolve(runtime: Headless) -> None:
     async def raise_alert() -> str:
-        db = await open_database(str(runtime.state_dir / "quarterdeck.db"))
+        db = await open_database(runtime.url)
         try:
             async with Writer(db) as writer:
 
@@ -309,10 +308,10 @@ def test_alert_ack_and_resolve(runtime: Headless) -> None:
 
     alert = run(raise_alert())
     applied(runtime, "alert", "ack", alert)
-    state = query(runtime.state_dir, "SELECT state FROM alerts WHERE id = ?", (alert,))
+    state = query(runtime, "SELECT state FROM alerts WHERE id = ?", (alert,))
     assert state[0]["state"] == "acked"
     applied(runtime, "alert", "resolve", alert)
-    state = query(runtime.state_dir, "SELECT state FROM alerts WHERE id = ?", (alert,))
+    state = query(runtime, "SELECT state FROM alerts WHERE id = ?", (alert,))
     assert state[0]["state"] == "resolved"
     [line] = refused(runtime, "alert", "ack", "no-such-alert")
     assert "no such alert" in line
@@ -339,14 +338,16 @@ def test_idempotency_key_and_actor(runtime: Headless) -> None:
     assert flags(runtime, "ops")["paused"] == 1
     applied(runtime, "lane", "resume", "ops")
     entries = query(
-        runtime.state_dir,
+        runtime,
         "SELECT actor FROM ledger WHERE action = 'lane.paused' AND subject_id = 'ops'",
     )
     assert "fay" in [row["actor"] for row in entries]
 
 
-def test_without_a_runtime_it_exits_3(tmp_path: Path) -> None:
-    result = quarterdeck("lane", "pause", "work", "--wait", "0.5", state_dir=tmp_path / "state")
+def test_without_a_runtime_it_exits_3(tmp_path: Path, database: str) -> None:
+    result = quarterdeck(
+        "--db", database, "lane", "pause", "work", "--wait", "0.5", state_dir=tmp_path / "state"
+    )
     assert result.returncode == 3, (result.stdout, result.stderr)
     assert result.stdout == b""
     err = result.stderr.decode()

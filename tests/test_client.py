@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from tests.conftest import envelope, run
 
@@ -13,14 +11,14 @@ from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.queries import status
 
 
-def test_client_submits_and_dedupes(db_path: Path) -> None:
+def test_client_submits_and_dedupes(database: str) -> None:
     async def main() -> None:
-        async with Client(str(db_path)) as client:
+        async with Client(database) as client:
             first = await client.submit([envelope(1), envelope(2), b"{oops"])
             again = await client.submit([envelope(1)])
         assert [r.status for r in first] == ["accepted", "accepted", "rejected"]
         assert again[0].status == "duplicate" and again[0].receipt == first[0].receipt
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         counts = await status(db, "acme")
         assert counts["receipts"] == {"accepted": 2, "duplicate": 1, "rejected": 0}
         assert (await verify_ledger(db)).ok

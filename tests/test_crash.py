@@ -1,5 +1,6 @@
 """Crash safety: a process ingesting 20,000 envelopes is SIGKILLed part-way, then everything is
-re-submitted by a new process. Nothing may be lost, doubled or left half-written.
+re-submitted by a new process. Nothing may be lost, doubled or left half-written. Each case runs
+on a SQLite file and on PostgreSQL (the child processes get the database URL).
 
 Each batch commits its receipts and its ledger entries in one transaction, so at any kill point
 the database holds exactly the batches that committed, and a full re-submission fills in the rest.
@@ -10,17 +11,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tests.conftest import envelope, line, quarterdeck
-
-from quarterdeck.store.database import DB_FILENAME
+from tests.conftest import Store, envelope, is_postgres, line, quarterdeck
 
 TOTAL = 20_000
 WORKSPACES = ("acme", "beta")
@@ -78,21 +77,20 @@ def make_lines() -> tuple[list[bytes], set[int]]:
     return lines, bad
 
 
-def receipts_count(db: Path) -> int:
-    if not db.exists():
+def receipts_count(db: str) -> int:
+    """How many receipts the database holds (0 before it exists or is migrated)."""
+    if not is_postgres(db) and not Path(db).exists():
         return 0
     try:
-        conn = sqlite3.connect(db, timeout=5)
-        try:
-            return int(conn.execute("SELECT count(*) FROM receipts").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # not migrated yet
-        return 0
+        return int(Store(db).value("SELECT count(*) FROM receipts"))
+    except Exception as exc:  # not migrated yet: sqlite3 or psycopg says "no such table"
+        if "receipts" in str(exc) or "locked" in str(exc):
+            return 0
+        raise
 
 
 def run_and_kill(
-    command: list[str], env: dict[str, str], db: Path, kill_at: int, delay: float
+    command: list[str], env: dict[str, str], db: str, kill_at: int, delay: float
 ) -> int:
     """Start ``command``; SIGKILL it ``delay`` seconds after ``kill_at`` receipts exist (the
     delay moves the kill into the next batch's work). Returns the count seen."""
@@ -118,28 +116,16 @@ def run_and_kill(
     return seen
 
 
-def stored(db: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(
-            "SELECT id, workspace, status, idempotency_key, raw FROM receipts"
-        ).fetchall()
-    finally:
-        conn.close()
+def stored(db: str) -> list[dict[str, Any]]:
+    return Store(db).rows("SELECT id, workspace, status, idempotency_key, raw FROM receipts")
 
 
-def ledger_receipt_ids(db: Path) -> Counter[str]:
+def ledger_receipt_ids(db: str) -> Counter[str]:
     """How often each receipt id is listed as accepted or rejected on the ledger."""
-    conn = sqlite3.connect(db)
-    try:
-        listed: Counter[str] = Counter()
-        for (payload,) in conn.execute("SELECT payload FROM ledger ORDER BY seq"):
-            data = json.loads(payload)
-            listed.update(data.get("accepted", []) + data.get("rejected", []))
-        return listed
-    finally:
-        conn.close()
+    listed: Counter[str] = Counter()
+    for entry in Store(db).ledger():
+        listed.update(entry["payload"].get("accepted", []) + entry["payload"].get("rejected", []))
+    return listed
 
 
 def key_of(number: int) -> tuple[str, str]:
@@ -148,11 +134,11 @@ def key_of(number: int) -> tuple[str, str]:
 
 
 def check_consistent(
-    state_dir: Path, db: Path, lines: list[bytes], bad: set[int], batch: int
+    state_dir: Path, db: str, lines: list[bytes], bad: set[int], batch: int
 ) -> int:
     """After a kill: the ledger verifies and the stored receipts are exactly a prefix of whole
     batches, each recorded once on the ledger. Returns the number of lines in that prefix."""
-    verify = quarterdeck("ledger", "verify", "--json", state_dir=state_dir)
+    verify = quarterdeck("--db", db, "ledger", "verify", "--json", state_dir=state_dir)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads(verify.stdout)["ok"] is True
     rows = stored(db)
@@ -184,19 +170,27 @@ def check_consistent(
     ids=["api-first-batch", "api-7000", "api-16000", "api-twice", "cli-9000"],
 )
 def test_killed_ingest_loses_and_doubles_nothing(
-    tmp_path: Path, child: str, batch: int, kill_points: tuple[tuple[int, float], ...]
+    tmp_path: Path,
+    database: str,
+    child: str,
+    batch: int,
+    kill_points: tuple[tuple[int, float], ...],
 ) -> None:
     lines, bad = make_lines()
     lines_path = tmp_path / "input.jsonl"
     lines_path.write_bytes(b"".join(raw + b"\n" for raw in lines))
     state_dir = tmp_path / "state"
-    db = state_dir / DB_FILENAME
+    db = database
+
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return quarterdeck("--db", db, *args, state_dir=state_dir)
+
     if child == "api":
         script = tmp_path / "child.py"
         script.write_text(CHILD)
-        command = [sys.executable, str(script), str(db), str(lines_path), str(batch)]
+        command = [sys.executable, str(script), db, str(lines_path), str(batch)]
     else:  # the real command line, which submits in chunks of 1,000 lines
-        command = [sys.executable, "-m", "quarterdeck", "--state-dir", str(state_dir)]
+        command = [sys.executable, "-m", "quarterdeck", "--db", db]
         command += ["submit", str(lines_path)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTERDECK_")}
 
@@ -211,7 +205,7 @@ def test_killed_ingest_loses_and_doubles_nothing(
         duplicates += valid_before(before)  # this run re-sent them, and committed past them
 
     # A new process re-submits everything.
-    again = quarterdeck("submit", str(lines_path), state_dir=state_dir)
+    again = cli("submit", str(lines_path))
     assert again.returncode == 1, again.stderr  # malformed lines are reported as rejected
     assert b"Traceback" not in again.stderr
     answers = [json.loads(text) for text in again.stdout.splitlines()]
@@ -240,7 +234,7 @@ def test_killed_ingest_loses_and_doubles_nothing(
         if number not in bad:
             assert answer["receipt"] == receipt_of[key_of(number)]
 
-    status = quarterdeck("status", "--json", "-A", state_dir=state_dir)
+    status = cli("status", "--json", "-A")
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)
     duplicates += valid_before(prefix)  # the re-submission acknowledged these
@@ -253,10 +247,10 @@ def test_killed_ingest_loses_and_doubles_nothing(
     assert tally["accepted"] + tally["duplicate"] + tally["rejected"] == TOTAL
     assert tally["duplicate"] == valid_before(prefix)
 
-    verify = quarterdeck("ledger", "verify", state_dir=state_dir)
+    verify = cli("ledger", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.startswith(b"ledger ok: ")
-    assert json.loads(quarterdeck("ledger", "verify", "--json", state_dir=state_dir).stdout) == {
+    assert json.loads(cli("ledger", "verify", "--json").stdout) == {
         "ok": True,
         "entries": counts["ledger"]["entries"],
         "head": counts["ledger"]["head"],

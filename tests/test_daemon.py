@@ -1,8 +1,9 @@
-"""The headless daemon as real processes on one real SQLite state directory.
+"""The headless daemon as real processes sharing one real database: a SQLite file in the state
+directory, and (each test again) a PostgreSQL database, named with ``--db``.
 
 Every test starts ``python3 -m quarterdeck run --headless`` processes (their JSON logs go to
 files under tmp_path), feeds them with ``quarterdeck submit`` from other processes, and judges
-the outcome from the database itself (raw sqlite3) and ``quarterdeck ledger verify``:
+the outcome from the database itself (raw sqlite3 or psycopg) and ``quarterdeck ledger verify``:
 
 - several daemons share thousands of missions without a double claim;
 - SIGKILL at random points loses nothing and orphaned missions are reclaimed within a lease;
@@ -21,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -35,8 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from tests.conftest import quarterdeck
+from tests.conftest import is_postgres, quarterdeck
 
 from quarterdeck.domain.clock import parse_instant
 
@@ -45,6 +48,39 @@ SWEEP_S = 0.5
 TERMINAL = "('completed', 'failed', 'cancelled', 'timed_out')"
 """Terminal states of turns and missions, as an SQL list."""
 DB_NAME = "quarterdeck.db"
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a test's processes keep their state: a state directory, and the database they all
+    name with ``--db`` (the directory's SQLite file, or a PostgreSQL database)."""
+
+    dir: Path
+    url: str
+
+    @property
+    def postgres(self) -> bool:
+        return is_postgres(self.url)
+
+    def argv(self, *args: str) -> list[str]:
+        """The command line of ``quarterdeck ARGS`` on this site."""
+        return [sys.executable, "-m", "quarterdeck", "--state-dir", str(self.dir),
+                "--db", self.url, *args]  # fmt: skip
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "QUARTERDECK_STATE_DIR": str(self.dir)}
+        env.pop("QUARTERDECK_WORKSPACE", None)
+        return env
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Run ``quarterdeck ARGS`` on this site's database and wait for it."""
+        return quarterdeck("--db", self.url, *args, state_dir=self.dir)
+
+
+@pytest.fixture
+def state(tmp_path: Path, database: str) -> Site:
+    """The state directory and database of the test (parametrised: SQLite and PostgreSQL)."""
+    return Site(tmp_path / "state", database)
 
 
 # --- configuration, envelopes, submission ------------------------------------------------------
@@ -120,21 +156,21 @@ def check_submitted(stdout: bytes, expected: int) -> list[str]:
     return [r["receipt"] for r in results]
 
 
-def submit(state: Path, path: Path, expected: int) -> list[str]:
+def submit(state: Site, path: Path, expected: int) -> list[str]:
     """``quarterdeck submit FILE`` in a separate process; returns the receipt ids."""
-    result = quarterdeck("submit", str(path), state_dir=state)
+    result = state.cli("submit", str(path))
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     return check_submitted(result.stdout, expected)
 
 
-def init_state(state: Path) -> None:
+def init_state(state: Site) -> None:
     """Create and migrate the database once, before any daemon starts."""
-    result = quarterdeck("status", "--json", state_dir=state)
+    result = state.cli("status", "--json")
     assert result.returncode == 0, result.stderr.decode(errors="replace")
 
 
-def verify_chain(state: Path) -> dict[str, Any]:
-    result = quarterdeck("ledger", "verify", "--json", state_dir=state)
+def verify_chain(state: Site) -> dict[str, Any]:
+    result = state.cli("ledger", "verify", "--json")
     verdict = json.loads(result.stdout)
     assert result.returncode == 0 and verdict["ok"], verdict
     return verdict
@@ -143,16 +179,39 @@ def verify_chain(state: Path) -> dict[str, Any]:
 # --- the database ------------------------------------------------------------------------------
 
 
-def query(state: Path, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[Any]:
-    """Run one read query on a fresh connection (WAL: never blocks the daemons)."""
-    conn = sqlite3.connect(state / DB_NAME, timeout=30)
+def query(state: Site, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one read query (SQLite dialect, ``?`` placeholders) on a fresh connection; never
+    blocks the daemons (SQLite: WAL; PostgreSQL: MVCC, the query translated by :func:`pg`)."""
+    if state.postgres:
+        with psycopg.connect(state.url, autocommit=True) as pg_conn:
+            return [tuple(row) for row in pg_conn.execute(pg(sql), params).fetchall()]
+    conn = sqlite3.connect(state.url, timeout=30)
     try:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
 
 
-def scalar(state: Path, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> Any:
+_JSON_FIELD = re.compile(r"json_extract\(([\w.]+), '\$\.(\w+)'\)")
+_GROUP_CONCAT = re.compile(r"group_concat\((DISTINCT )?((?:[^()]|\([^()]*\))+)\)")
+_INTEGER_FIELDS = frozenset({"attempt"})
+
+
+def pg(sql: str) -> str:
+    """The PostgreSQL spelling of the SQLite queries below: JSON fields of the (text) payload,
+    ``group_concat``, and psycopg's placeholders."""
+
+    def field(match: re.Match[str]) -> str:
+        column, key = match.groups()
+        value = f"({column}::json ->> '{key}')"
+        return f"CAST{value[:-1]} AS INTEGER)" if key in _INTEGER_FIELDS else value
+
+    sql = _GROUP_CONCAT.sub(lambda m: f"string_agg({m[1] or ''}{m[2]}, ',')", sql)
+    sql = _JSON_FIELD.sub(field, sql)
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def scalar(state: Site, sql: str, params: tuple[Any, ...] = ()) -> Any:
     return query(state, sql, params)[0][0]
 
 
@@ -168,9 +227,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def write_lock_free(state: Path) -> bool:
-    """True when nobody holds the database's write lock (tried for up to 1 s)."""
-    conn = sqlite3.connect(state / DB_NAME, timeout=1.0, isolation_level=None)
+def write_lock_free(state: Site) -> bool:
+    """True when nobody holds the database's write lock (tried for up to 1 s): on SQLite the
+    file's, on PostgreSQL the ledger head row that every write transaction locks first."""
+    if state.postgres:
+        with psycopg.connect(state.url) as pg_conn:
+            try:
+                pg_conn.execute("SET LOCAL lock_timeout = '1s'")
+                pg_conn.execute("SELECT seq FROM ledger_head WHERE id = 1 FOR UPDATE")
+                return True
+            except psycopg.errors.LockNotAvailable:
+                return False
+            finally:
+                pg_conn.rollback()
+    conn = sqlite3.connect(state.url, timeout=1.0, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
@@ -184,7 +254,7 @@ def write_lock_free(state: Path) -> bool:
 instant = parse_instant
 
 
-def claim_problems(state: Path) -> list[str]:
+def claim_problems(state: Site) -> list[str]:
     """Double claims and foreign completions, read from the ledger.
 
     For every mission: exactly one ``mission.running`` per attempt, attempts numbered 1..n; at
@@ -224,7 +294,7 @@ def claim_problems(state: Path) -> list[str]:
     return problems
 
 
-def turns_completed_twice(state: Path) -> list[Any]:
+def turns_completed_twice(state: Site) -> list[Any]:
     return query(
         state,
         "SELECT subject_id, count(*) FROM ledger WHERE action = 'turn.completed' "
@@ -291,12 +361,11 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
     """Start headless daemons; every one of them is stopped (at worst killed) at teardown."""
     started: list[Daemon] = []
 
-    def start(state: Path, config: Path, node: str, *extra: str) -> Daemon:
+    def start(state: Site, config: Path, node: str, *extra: str) -> Daemon:
         log = tmp_path / f"{node}.log"
-        env = {**os.environ, "QUARTERDECK_STATE_DIR": str(state)}
-        env.pop("QUARTERDECK_WORKSPACE", None)
-        command = [sys.executable, "-m", "quarterdeck", "--state-dir", str(state), "run",
-                   "--headless", "--config", str(config), "--node-id", node, *extra]  # fmt: skip
+        env = state.env()
+        command = state.argv("run", "--headless", "--config", str(config), "--node-id", node,
+                             *extra)  # fmt: skip
         launched_at = datetime.now(UTC)
         with open(log, "ab") as err, open(tmp_path / f"{node}.out", "ab") as out:
             proc = subprocess.Popen(
@@ -344,9 +413,8 @@ MISSIONS_SHARED = 5_000
 
 
 def test_four_daemons_share_missions_without_double_claims(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
-    state = tmp_path / "state"
     init_state(state)
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=32)
     envelopes = write_jsonl(
@@ -412,10 +480,9 @@ KILLS = 5
 
 
 def test_sigkill_five_times_loses_nothing_and_reclaims_orphans(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
     rng = random.Random(20_240_601)
-    state = tmp_path / "state"
     init_state(state)
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=16)
     envelopes = [
@@ -427,8 +494,7 @@ def test_sigkill_five_times_loses_nothing_and_reclaims_orphans(
     batches = [envelopes[i : i + 500] for i in range(0, CRASH_TURNS, 500)]
     receipts = submit(state, write_jsonl(tmp_path / "batch-0.jsonl", batches[0]), 500)
     submitters: list[tuple[subprocess.Popen[bytes], int]] = []
-    env = {**os.environ, "QUARTERDECK_STATE_DIR": str(state)}
-    env.pop("QUARTERDECK_WORKSPACE", None)
+    env = state.env()
 
     kills: list[dict[str, Any]] = []
     began = time.monotonic()
@@ -438,7 +504,7 @@ def test_sigkill_five_times_loses_nothing_and_reclaims_orphans(
         if k + 1 < len(batches):  # the rest of the work arrives from another process meanwhile
             path = write_jsonl(tmp_path / f"batch-{k + 1}.jsonl", batches[k + 1])
             proc = subprocess.Popen(
-                [sys.executable, "-m", "quarterdeck", "submit", str(path)],
+                state.argv("submit", str(path)),
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
             )  # fmt: skip
             submitters.append((proc, len(batches[k + 1])))
@@ -588,9 +654,8 @@ def test_sigkill_five_times_loses_nothing_and_reclaims_orphans(
 
 
 def test_stopped_daemon_late_completions_are_fenced_off(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
-    state = tmp_path / "state"
     init_state(state)
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=16)
     a = start_daemon(state, config, "fence-a")
@@ -702,9 +767,8 @@ def test_stopped_daemon_late_completions_are_fenced_off(
 
 
 def test_sigterm_drains_and_hands_missions_back(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
-    state = tmp_path / "state"
     init_state(state)
     grace = 1.0
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=16, drain_grace_s=grace)
@@ -749,11 +813,10 @@ def test_sigterm_drains_and_hands_missions_back(
 
 
 def test_sigterm_under_load_always_exits(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
     """SIGTERM while the daemon churns through short missions (claims and finishes all the
     time): every drain must end within the grace period, handing back what it held."""
-    state = tmp_path / "state"
     init_state(state)
     grace = 1.0
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=32, drain_grace_s=grace)
@@ -818,9 +881,8 @@ def test_sigterm_under_load_always_exits(
 
 
 def test_force_fallback_command_reroutes_queued_missions(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
-    state = tmp_path / "state"
     init_state(state)
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=4, fallback_concurrency=4)
     daemon = start_daemon(state, config, "ff-1")
@@ -895,9 +957,8 @@ def free_port() -> int:
 
 
 def test_submit_metrics_and_idle_cpu_of_a_running_daemon(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
-    state = tmp_path / "state"
     init_state(state)
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=16)
     port = free_port()
@@ -912,7 +973,7 @@ def test_submit_metrics_and_idle_cpu_of_a_running_daemon(
     )  # fmt: skip
 
     def results() -> list[dict[str, Any]] | None:
-        listed = quarterdeck("ls", "turns", "--state", "completed", "--limit", "0", "--json", state_dir=state)  # fmt: skip
+        listed = state.cli("ls", "turns", "--state", "completed", "--limit", "0", "--json")
         assert listed.returncode == 0, listed.stderr.decode(errors="replace")
         turns = [json.loads(raw) for raw in listed.stdout.splitlines() if raw.strip()]
         return turns if len(turns) == count else None
@@ -949,12 +1010,11 @@ def test_submit_metrics_and_idle_cpu_of_a_running_daemon(
 
 
 def test_heartbeat_never_rejects_a_mission_its_own_node_just_finished(
-    tmp_path: Path, start_daemon: StartDaemon, record_property
+    tmp_path: Path, state: Site, start_daemon: StartDaemon, record_property
 ):
     """One daemon, nobody else, no lease ever expires: there is nothing to fence, so the ledger
     must not record a single ``mission.late_write_rejected`` (they feed the
     ``late_writes_rejected`` counter and the lease-conflict SLO figure)."""
-    state = tmp_path / "state"
     init_state(state)
     config = write_config(tmp_path / "quarterdeck.toml", concurrency=32)
     daemon = start_daemon(state, config, "solo-1")

@@ -1,4 +1,6 @@
-"""Ingest under volume, hostile input and concurrency, against real SQLite files.
+"""Ingest under volume, hostile input and concurrency, against real databases: each test that
+stores anything runs on a SQLite file and on PostgreSQL (the ``database`` fixture); the
+property tests of validation need no database.
 
 Every input must come back as exactly one result, in order; every distinct input must be
 exactly one receipt; the ledger must verify afterwards. The spec is docs/specs/envelope.md.
@@ -10,7 +12,6 @@ import asyncio
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.conftest import REPO, envelope, line, run
+from tests.conftest import REPO, Store, envelope, line, run
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import parse_instant
@@ -46,11 +47,11 @@ WORKSPACES = ("acme", "beta", "gamma-2")
 # helpers
 
 
-def ingest_batches(db_path: Path, batches: list[list[Any]]) -> list[list[IngestResult]]:
+def ingest_batches(url: str, batches: list[list[Any]]) -> list[list[IngestResult]]:
     """Ingest each batch in turn through one writer; returns the results per batch."""
 
     async def main() -> list[list[IngestResult]]:
-        db = await open_database(str(db_path))
+        db = await open_database(url)
         try:
             async with Writer(db) as writer:
                 ingestor = Ingestor(writer)
@@ -61,9 +62,9 @@ def ingest_batches(db_path: Path, batches: list[list[Any]]) -> list[list[IngestR
     return run(main())
 
 
-def status_and_verify(db_path: Path, workspaces: list[str | None]) -> tuple[dict, Any]:
+def status_and_verify(url: str, workspaces: list[str | None]) -> tuple[dict, Any]:
     async def main() -> tuple[dict, Any]:
-        db = await open_database(str(db_path))
+        db = await open_database(url)
         try:
             counts = {ws: await queries.status(db, ws) for ws in workspaces}
             return counts, await verify_ledger(db)
@@ -73,25 +74,15 @@ def status_and_verify(db_path: Path, workspaces: list[str | None]) -> tuple[dict
     return run(main())
 
 
-def receipt_rows(db_path: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(
-            "SELECT id, workspace, status, idempotency_key, kind, payload, errors, raw, raw_size"
-            " FROM receipts"
-        ).fetchall()
-    finally:
-        conn.close()
+def receipt_rows(url: str) -> list[dict[str, Any]]:
+    return Store(url).rows(
+        "SELECT id, workspace, status, idempotency_key, kind, payload, errors, raw, raw_size"
+        " FROM receipts"
+    )
 
 
-def ledger_rows(db_path: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM ledger ORDER BY seq").fetchall()
-    finally:
-        conn.close()
+def ledger_rows(url: str) -> list[dict[str, Any]]:
+    return Store(url).rows("SELECT * FROM ledger ORDER BY seq")
 
 
 def has_path(errors: tuple[str, ...] | list[str], path: str) -> bool:
@@ -273,7 +264,7 @@ def volume_cases(total: int, rng: random.Random) -> list[Case]:
     return cases
 
 
-def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(db_path: Path) -> None:
+def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(database: str) -> None:
     rng = random.Random(20261122)
     cases = volume_cases(10_000, rng)
     inputs = [case.raw for case in cases]
@@ -284,7 +275,7 @@ def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(db_path: Path) 
         batches.append(inputs[start : start + size])
         start += size
 
-    per_batch = ingest_batches(db_path, batches)
+    per_batch = ingest_batches(database, batches)
     assert [len(r) for r in per_batch] == [len(b) for b in batches]
     results = [result for batch in per_batch for result in batch]
     assert len(results) == len(inputs)
@@ -322,7 +313,7 @@ def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(db_path: Path) 
     assert len({r.receipt for r in first_bad.values()}) == len(first_bad)
 
     # What is stored: exactly one receipt per distinct input.
-    rows = receipt_rows(db_path)
+    rows = receipt_rows(database)
     by_id = {row["id"]: row for row in rows}
     assert len(by_id) == len(rows) == len(first_valid) + len(first_bad)
     accepted_rows = [row for row in rows if row["status"] == "accepted"]
@@ -349,7 +340,7 @@ def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(db_path: Path) 
         if result.status == "duplicate" and case.ident is not None
     )
     scopes: list[str | None] = [None, *WORKSPACES, UNKNOWN_WORKSPACE]
-    counts, verified = status_and_verify(db_path, scopes)
+    counts, verified = status_and_verify(database, scopes)
     for scope in scopes:
         in_scope = [r for r in rows if scope is None or r["workspace"] == scope]
         expected = {
@@ -367,7 +358,7 @@ def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(db_path: Path) 
 
     # The ledger verifies, and records every receipt once, under its workspace.
     assert verified.ok, verified
-    entries = ledger_rows(db_path)
+    entries = ledger_rows(database)
     assert verified.entries == len(entries) == counts[None]["ledger"]["entries"]
     assert verified.head == counts[None]["ledger"]["head"]
     recorded: dict[str, list[str]] = {"accepted": [], "rejected": []}
@@ -382,7 +373,7 @@ def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(db_path: Path) 
     assert sorted(recorded["rejected"]) == sorted(r["id"] for r in rejected_rows)
 
 
-def test_str_and_dict_inputs_are_recorded_like_lines(db_path: Path) -> None:
+def test_str_and_dict_inputs_are_recorded_like_lines(database: str) -> None:
     valid = envelope(1, payload={"text": "é✓"})
     inputs: list[Any] = [
         json.dumps(valid, ensure_ascii=False),  # str
@@ -392,7 +383,7 @@ def test_str_and_dict_inputs_are_recorded_like_lines(db_path: Path) -> None:
         {"workspace": "acme", "payload": {}},  # dict, malformed
         ["not", "an", "object"],  # neither bytes, str nor mapping
     ]
-    (results,) = ingest_batches(db_path, [inputs])
+    (results,) = ingest_batches(database, [inputs])
     assert [r.status for r in results] == [
         "accepted",
         "duplicate",
@@ -405,16 +396,16 @@ def test_str_and_dict_inputs_are_recorded_like_lines(db_path: Path) -> None:
     assert has_path(results[3].errors, "$")
     assert has_path(results[4].errors, "idempotency_key") and has_path(results[4].errors, "kind")
     assert has_path(results[5].errors, "$")
-    rows = {row["id"]: row for row in receipt_rows(db_path)}
+    rows = {row["id"]: row for row in receipt_rows(database)}
     assert bytes(rows[results[3].receipt]["raw"]) == b"{broken"
     assert rows[results[4].receipt]["workspace"] == "acme"
     assert json.loads(rows[results[4].receipt]["raw"]) == {"workspace": "acme", "payload": {}}
 
 
-def test_rejection_does_not_use_up_the_key(db_path: Path) -> None:
+def test_rejection_does_not_use_up_the_key(database: str) -> None:
     bad = line(envelope(5, kind="job"))
     good = line(envelope(5))
-    first, second = ingest_batches(db_path, [[bad, bad], [good, bad, good]])
+    first, second = ingest_batches(database, [[bad, bad], [good, bad, good]])
     assert [r.status for r in first] == ["rejected", "rejected"]
     assert first[0] == first[1]
     assert [r.status for r in second] == ["accepted", "rejected", "duplicate"]
@@ -426,7 +417,7 @@ def test_rejection_does_not_use_up_the_key(db_path: Path) -> None:
 # bugs found while writing this file (each test names the behaviour the spec promises)
 
 
-def test_lone_surrogate_as_a_field_name_is_rejected_not_raised(db_path: Path) -> None:
+def test_lone_surrogate_as_a_field_name_is_rejected_not_raised(database: str) -> None:
     """envelope.md: "a JSON escape for a lone surrogate is rejected" and ingest never raises.
 
     A top-level *field name* that is a lone surrogate escape becomes the path of an
@@ -435,12 +426,12 @@ def test_lone_surrogate_as_a_field_name_is_rejected_not_raised(db_path: Path) ->
     """
     poisoned = b'{"\\ud800": 1, "idempotency_key": "k", "workspace": "acme", "kind": "task", "payload": {}}'
     innocent = line(envelope(1))
-    (results,) = ingest_batches(db_path, [[innocent, poisoned]])
+    (results,) = ingest_batches(database, [[innocent, poisoned]])
     assert [r.status for r in results] == ["accepted", "rejected"]
     assert results[1].errors
 
 
-def test_deeply_nested_dict_input_is_rejected_not_raised(db_path: Path) -> None:
+def test_deeply_nested_dict_input_is_rejected_not_raised(database: str) -> None:
     """ingest.py: "No input, however malformed ..., raises out of Ingestor.ingest".
 
     A decoded (dict) input nested deeper than the recursion limit makes ``draft_for`` raise
@@ -458,7 +449,7 @@ def test_deeply_nested_dict_input_is_rejected_not_raised(db_path: Path) -> None:
     except RecursionError as exc:
         pytest.fail(f"draft_for raised {exc!r}")
     assert draft.status == "rejected"
-    (results,) = ingest_batches(db_path, [[line(envelope(1)), poisoned]])
+    (results,) = ingest_batches(database, [[line(envelope(1)), poisoned]])
     assert [r.status for r in results] == ["accepted", "rejected"]
 
 
@@ -685,7 +676,7 @@ def test_round_trip_keeps_tricky_numbers_and_text() -> None:
 # (c) group commit: concurrent ingest calls from many tasks
 
 
-def test_concurrent_ingest_calls_share_commits(db_path: Path) -> None:
+def test_concurrent_ingest_calls_share_commits(database: str) -> None:
     tasks_count, rounds = 24, 3
 
     def batch_for(task: int, round_: int) -> list[Any]:
@@ -701,7 +692,7 @@ def test_concurrent_ingest_calls_share_commits(db_path: Path) -> None:
         return batch
 
     async def main() -> tuple[list[list[list[IngestResult]]], int, int]:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         try:
             async with Writer(db) as writer:
                 ingestor = Ingestor(writer)
@@ -751,14 +742,14 @@ def test_concurrent_ingest_calls_share_commits(db_path: Path) -> None:
     assert set(accepted_per_key.values()) == {1}
     assert len(shared_bad) == 1 and len(bad_receipts) == tasks_count
 
-    rows = receipt_rows(db_path)
+    rows = receipt_rows(database)
     stored = {
         (r["workspace"], r["idempotency_key"]): r["id"] for r in rows if r["status"] == "accepted"
     }
     assert len(stored) == sum(r["status"] == "accepted" for r in rows)
     assert stored == {key: next(iter(ids)) for key, ids in receipts_by_key.items()}
     assert {r["id"] for r in rows if r["status"] == "rejected"} == bad_receipts | shared_bad
-    counts, verified = status_and_verify(db_path, [None])
+    counts, verified = status_and_verify(database, [None])
     assert verified.ok, verified
     statuses = Counter(r.status for per_round in results for b in per_round for r in b)
     assert statuses["rejected"] == 2 * calls  # two bad lines per call, some of them re-sent
@@ -770,7 +761,7 @@ def test_concurrent_ingest_calls_share_commits(db_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# (d) two OS processes ingesting overlapping keys into one SQLite file
+# (d) two OS processes ingesting overlapping keys into one database
 
 
 CHILD = """
@@ -813,9 +804,9 @@ asyncio.run(main())
 """
 
 
-def test_two_processes_ingest_overlapping_keys(tmp_path: Path, db_path: Path) -> None:
+def test_two_processes_ingest_overlapping_keys(tmp_path: Path, database: str) -> None:
     async def create() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         await db.dispose()
 
     run(create())
@@ -827,7 +818,7 @@ def test_two_processes_ingest_overlapping_keys(tmp_path: Path, db_path: Path) ->
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     procs = {}
     for name, (first, last, step, batch) in plans.items():
-        args = [str(db_path), first, last, step, batch, str(tmp_path / f"{name}.ready"), str(go)]
+        args = [database, first, last, step, batch, str(tmp_path / f"{name}.ready"), str(go)]
         args.append(str(tmp_path / f"{name}.json"))
         procs[name] = subprocess.Popen(
             [sys.executable, str(script), *args], env=env, stderr=subprocess.PIPE
@@ -848,7 +839,7 @@ def test_two_processes_ingest_overlapping_keys(tmp_path: Path, db_path: Path) ->
     assert {status for _, status, _, _ in results} <= {"accepted", "duplicate"}
     assert all(errors == [] for *_, errors in results)
 
-    rows = receipt_rows(db_path)
+    rows = receipt_rows(database)
     per_key = Counter(r["idempotency_key"] for r in rows)
     assert set(per_key) == {f"key-{k}" for k in range(9000)}
     assert set(per_key.values()) == {1}, "a key has more than one receipt"
@@ -861,7 +852,7 @@ def test_two_processes_ingest_overlapping_keys(tmp_path: Path, db_path: Path) ->
     began = max(out["began"] for out in outputs.values())
     assert all(out["ended"] > began for out in outputs.values()), outputs.keys()
 
-    counts, verified = status_and_verify(db_path, [None, "acme", "beta"])
+    counts, verified = status_and_verify(database, [None, "acme", "beta"])
     assert verified.ok, verified
     assert counts[None]["receipts"] == {"accepted": 9000, "duplicate": 3000, "rejected": 0}
     assert counts["acme"]["receipts"]["accepted"] == 4500

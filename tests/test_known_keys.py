@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from tests.conftest import envelope, line, run
 
@@ -30,9 +28,9 @@ def _answers(results: list) -> list[tuple[str, str, tuple[str, ...]]]:
     return [(r.status, r.receipt, tuple(e.split(":")[0] for e in r.errors)) for r in results]
 
 
-def test_cached_and_database_answers_agree(db_path: Path) -> None:
+def test_cached_and_database_answers_agree(database: str) -> None:
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Writer(db) as writer:
             warm = Ingestor(writer)
             first = await warm.ingest(BATCH)
@@ -51,9 +49,9 @@ def test_cached_and_database_answers_agree(db_path: Path) -> None:
     run(main())
 
 
-def test_only_committed_operations_teach_keys(db_path: Path) -> None:
+def test_only_committed_operations_teach_keys(database: str) -> None:
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         writer = Writer(db)
         writer.start()
         ingestor = Ingestor(writer)

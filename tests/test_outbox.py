@@ -1,5 +1,5 @@
-"""The transactional outbox and its relay, against a real SQLite file and real HTTP receivers
-on 127.0.0.1 (asyncio, minimal HTTP/1.1)."""
+"""The transactional outbox and its relay, against a real database (SQLite and PostgreSQL) and
+real HTTP receivers on 127.0.0.1 (asyncio, minimal HTTP/1.1)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,7 +166,8 @@ async def ledger_entries(db: Database) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 async def counts(db: Database) -> dict[str, int]:
-    return await asyncio.to_thread(db.run_read_sync, outbox_counts)
+    async with db.read() as conn:
+        return await conn.run_sync(outbox_counts)
 
 
 async def run_until_settled(db: Database, relay: Relay, deadline_s: float = 10.0) -> None:
@@ -186,12 +186,12 @@ async def run_until_settled(db: Database, relay: Relay, deadline_s: float = 10.0
         await asyncio.wait_for(loop, 5)
 
 
-def test_retries_then_delivers_each_notification_once(db_path: Path) -> None:
+def test_retries_then_delivers_each_notification_once(database: str) -> None:
     def flaky(path: str, key: str, nth: int) -> Reply:
         return {1: 500, 2: DROP}.get(nth, 200)
 
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Receiver(flaky) as receiver, Writer(db) as writer:
             hooks = [
                 Webhook("ops", receiver.url("/generic"), events=("task.*",), **FAST),
@@ -261,9 +261,9 @@ def test_retries_then_delivers_each_notification_once(db_path: Path) -> None:
     run(main())
 
 
-def test_a_receiver_that_always_fails_is_dead_lettered(db_path: Path) -> None:
+def test_a_receiver_that_always_fails_is_dead_lettered(database: str) -> None:
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Receiver(lambda path, key, nth: HANG if path == "/slow" else 503) as receiver:
             hooks = [
                 Webhook("down", receiver.url("/down"), **{**FAST, "max_attempts": 3}),
@@ -317,12 +317,12 @@ def test_a_receiver_that_always_fails_is_dead_lettered(db_path: Path) -> None:
     run(main())
 
 
-def test_a_webhook_no_longer_configured_is_retried_with_the_defaults(db_path: Path) -> None:
+def test_a_webhook_no_longer_configured_is_retried_with_the_defaults(database: str) -> None:
     accept = False
 
     async def main() -> None:
         nonlocal accept
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with (
             Receiver(lambda path, key, nth: 200 if accept else 500) as receiver,
             Writer(db) as writer,
@@ -350,7 +350,7 @@ def test_a_webhook_no_longer_configured_is_retried_with_the_defaults(db_path: Pa
     run(main())
 
 
-def test_enqueue_writes_only_for_targets_that_want_the_event(db_path: Path) -> None:
+def test_enqueue_writes_only_for_targets_that_want_the_event(database: str) -> None:
     targets = [
         Target("tasks", "http://127.0.0.1:9/a", events=("task.*",)),
         Target("alerts", "http://127.0.0.1:9/b", events=("alert.opened", "alert.resolved")),
@@ -358,7 +358,7 @@ def test_enqueue_writes_only_for_targets_that_want_the_event(db_path: Path) -> N
     ]
 
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Writer(db) as writer:
             task_ids = await writer.submit(notify(targets, "task.completed", "t1", {}))
             alert_ids = await writer.submit(notify(targets[:2], "alert.opened", "a1", {}))
@@ -380,7 +380,7 @@ def test_enqueue_writes_only_for_targets_that_want_the_event(db_path: Path) -> N
     run(main())
 
 
-def test_an_enqueue_rolled_back_with_its_transaction_leaves_no_row(db_path: Path) -> None:
+def test_an_enqueue_rolled_back_with_its_transaction_leaves_no_row(database: str) -> None:
     target = Target("hook", "http://127.0.0.1:9/hook")
 
     def enqueue_then_fail(txn: WriteTxn) -> None:
@@ -389,7 +389,7 @@ def test_an_enqueue_rolled_back_with_its_transaction_leaves_no_row(db_path: Path
         raise RuntimeError("the change failed after its notification was queued")
 
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Writer(db) as writer:
             # Alone in its commit, then beside a succeeding operation (its own savepoint).
             with pytest.raises(RuntimeError, match="after its notification"):
@@ -409,11 +409,11 @@ def test_an_enqueue_rolled_back_with_its_transaction_leaves_no_row(db_path: Path
     run(main())
 
 
-def test_marks_apply_only_to_pending_notifications(db_path: Path) -> None:
+def test_marks_apply_only_to_pending_notifications(database: str) -> None:
     target = Target("hook", "http://127.0.0.1:9/hook")
 
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Writer(db) as writer:
             first, second = [
                 (await writer.submit(notify([target], "task.completed", s, {})))[0]

@@ -1,33 +1,34 @@
-"""`quarterdeck run --headless --until-idle`: work through what is queued, then exit."""
+"""`quarterdeck run --headless --until-idle`: work through what is queued, then exit (on SQLite
+and on PostgreSQL)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
-from tests.conftest import REPO, quarterdeck
+from tests.conftest import REPO, Store, quarterdeck
 
 
-def test_until_idle_works_through_the_queue_and_exits(tmp_path: Path) -> None:
+def test_until_idle_works_through_the_queue_and_exits(tmp_path: Path, database: str) -> None:
     state = tmp_path / "state"
-    submitted = quarterdeck("submit", str(REPO / "examples" / "envelopes.jsonl"), state_dir=state)
+    envelopes = str(REPO / "examples" / "envelopes.jsonl")
+    submitted = quarterdeck("--db", database, "submit", envelopes, state_dir=state)
     assert submitted.returncode == 0, submitted.stderr
-    ran = quarterdeck("run", "--headless", "--until-idle", state_dir=state)
+    ran = quarterdeck("--db", database, "run", "--headless", "--until-idle", state_dir=state)
     assert ran.returncode == 0, ran.stderr
     logs = [json.loads(line) for line in ran.stderr.decode().splitlines()]
     assert [entry["message"] for entry in logs][-1] == "daemon stopped"
-    with sqlite3.connect(state / "quarterdeck.db") as conn:
-        turns = conn.execute("SELECT state FROM turns").fetchall()
-        unapplied = conn.execute(
-            "SELECT count(*) FROM receipts WHERE status = 'accepted' AND produced_type IS NULL"
-        ).fetchone()[0]
-        live = conn.execute(
-            "SELECT count(*) FROM missions WHERE state IN ('queued', 'running', 'blocked')"
-        ).fetchone()[0]
-    assert len(turns) == 3 and {state for (state,) in turns} <= {"completed", "failed"}
+    store = Store(database)
+    turns = [row["state"] for row in store.rows("SELECT state FROM turns")]
+    unapplied = store.value(
+        "SELECT count(*) FROM receipts WHERE status = 'accepted' AND produced_type IS NULL"
+    )
+    live = store.value(
+        "SELECT count(*) FROM missions WHERE state IN ('queued', 'running', 'blocked')"
+    )
+    assert len(turns) == 3 and set(turns) <= {"completed", "failed"}
     assert (unapplied, live) == (0, 0)
-    verified = quarterdeck("ledger", "verify", "--json", state_dir=state)
+    verified = quarterdeck("--db", database, "ledger", "verify", "--json", state_dir=state)
     assert json.loads(verified.stdout)["ok"] is True
 
 

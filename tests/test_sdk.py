@@ -1,8 +1,8 @@
 """The approval SDK against a real headless runtime in another process, decided from the CLI.
 
-One runtime serves the whole module (policy: ``deploy`` needs approval, ``page`` needs it
-within 1 s with an ``oncall`` ladder and pauses its lane on expiry, ``rm*`` is denied, the
-rest is allowed). Every test uses its own action ids.
+One runtime serves the whole module, once on SQLite and once on PostgreSQL (policy: ``deploy``
+needs approval, ``page`` needs it within 1 s with an ``oncall`` ladder and pauses its lane on
+expiry, ``rm*`` is denied, the rest is allowed). Every test uses its own action ids.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import quarterdeck, run
+from tests.conftest import run
 from tests.headless import Headless, headless_runtime, query
 
 from quarterdeck.client import (
@@ -28,20 +28,20 @@ from quarterdeck.client import (
     ApprovalExpired,
     ApprovalRejected,
     ApprovalTimeout,
-    Client,
     require_approval,
 )
 from quarterdeck.client.decorator import edited_call, json_arguments
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Headless]:
-    with headless_runtime(tmp_path_factory.mktemp("sdk")) as started:
+def runtime(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Iterator[Headless]:
+    """One headless runtime for the module, on SQLite and on PostgreSQL."""
+    with headless_runtime(tmp_path_factory.mktemp("sdk"), db=module_database) as started:
         yield started
 
 
 def cli(runtime: Headless, *args: str) -> Any:
-    return quarterdeck(*args, state_dir=runtime.state_dir)
+    return runtime.cli(*args)
 
 
 def fresh_id(label: str) -> str:
@@ -60,7 +60,7 @@ def test_approval_from_the_cli_returns_within_a_second(runtime: Headless) -> Non
     action_id = fresh_id("deploy")
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             returned: list[float] = []
             request = asyncio.create_task(
                 client.request_approval(
@@ -93,7 +93,7 @@ def test_edited_args_arrive_edited(runtime: Headless) -> None:
     action_id = fresh_id("deploy")
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             request = asyncio.create_task(
                 client.request_approval("deploy", {"env": "prod"}, action_id=action_id)
             )
@@ -114,7 +114,7 @@ def test_reject_raises_with_the_code(runtime: Headless) -> None:
     action_id = fresh_id("deploy")
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             request = asyncio.create_task(
                 client.request_approval("deploy", {"env": "prod"}, action_id=action_id)
             )
@@ -138,7 +138,7 @@ def test_double_approve_returns_the_first_decision(runtime: Headless) -> None:
     action_id = fresh_id("deploy")
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             request = asyncio.create_task(
                 client.request_approval("deploy", {"n": 1}, action_id=action_id)
             )
@@ -157,7 +157,7 @@ def test_double_approve_returns_the_first_decision(runtime: Headless) -> None:
 
 def test_denied_tool_raises_and_allowed_tool_returns_at_once(runtime: Headless) -> None:
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             with pytest.raises(ActionDenied) as caught:
                 await client.request_approval("rm_rf", {"path": "/"}, timeout_s=10)
             assert "no-removals" in str(caught.value.reason)
@@ -175,7 +175,7 @@ def test_a_reused_action_id_must_ask_for_the_same_action(runtime: Headless) -> N
     action_id = fresh_id("read")
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             first = await client.request_approval("read_file", {"p": 1}, action_id=action_id)
             assert first.outcome == "allowed"
             assert await client.request_approval("read_file", {"p": 1}, action_id=action_id) == (
@@ -192,7 +192,7 @@ def test_timeout_leaves_the_approval_pending(runtime: Headless) -> None:
     action_id = fresh_id("deploy")
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             with pytest.raises(ApprovalTimeout) as caught:
                 await client.request_approval("deploy", {}, action_id=action_id, timeout_s=0.5)
             assert caught.value.approval_id is not None
@@ -213,7 +213,7 @@ def test_expiry_walks_the_ladder_and_pauses_the_lane(runtime: Headless) -> None:
     async def watch() -> None:
         while True:
             rows = query(
-                runtime.state_dir,
+                runtime,
                 "SELECT state, approver FROM approvals WHERE action_key = ?",
                 (f"sdk:{action_id}",),
             )
@@ -222,7 +222,7 @@ def test_expiry_walks_the_ladder_and_pauses_the_lane(runtime: Headless) -> None:
             await asyncio.sleep(0.02)
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
             watcher = asyncio.create_task(watch())
             began = time.monotonic()
             with pytest.raises(ApprovalExpired) as caught:
@@ -237,12 +237,12 @@ def test_expiry_walks_the_ladder_and_pauses_the_lane(runtime: Headless) -> None:
         assert (row["state"], row["level"], row["approver"]) == ("expired", 1, "oncall")
         assert ("escalated", "oncall") in seen, seen
         assert 1.5 < took < 10, took
-        flags = query(runtime.state_dir, "SELECT paused FROM lane_flags WHERE lane = 'ops'")
+        flags = query(runtime, "SELECT paused FROM lane_flags WHERE lane = 'ops'")
         assert flags[0]["paused"] == 1
         actions = [
             r["action"]
             for r in query(
-                runtime.state_dir,
+                runtime,
                 "SELECT action FROM ledger WHERE subject_id = ? ORDER BY seq",
                 (approval_id,),
             )
@@ -256,7 +256,7 @@ def test_decorator_on_a_sync_function(runtime: Headless, tmp_path: Path) -> None
     calls: list[tuple[str, str]] = []
 
     @require_approval(
-        lambda: Client.from_state_dir(runtime.state_dir),
+        lambda: runtime.client(),
         tool="deploy",
         action_id=lambda args: f"write-{args['name']}",
     )
@@ -299,7 +299,7 @@ def test_decorator_on_an_async_function(runtime: Headless) -> None:
     calls: list[dict[str, Any]] = []
 
     async def main() -> None:
-        async with Client.from_state_dir(runtime.state_dir) as client:
+        async with runtime.client() as client:
 
             @require_approval(client, action_id=lambda args: f"async-{args['target']}")
             async def deploy(target: str, replicas: int = 1) -> str:

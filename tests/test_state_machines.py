@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sqlite3
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from tests.conftest import RawConnection, is_postgres
 
 from quarterdeck.domain.states import (
     MACHINES,
@@ -267,15 +267,15 @@ class Resolved:
 class TransitionRequests(RuleBasedStateMachine):
     """Every request goes through ``Items``; a model predicts each outcome."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, url: str) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.db = self.loop.run_until_complete(open_database(str(path)))
+        self.db = self.loop.run_until_complete(open_database(url))
         self.writer = Writer(self.db)
         self.loop.run_until_complete(self._start())
         self.writing = True
         self.items = Items(self.writer)
-        self.raw = sqlite3.connect(path)
+        self.raw = RawConnection(url)
         self.model: dict[str, ModelItem] = {}
         self.ledger_count: Counter[str] = Counter()
         self.illegal: Counter[str] = Counter()
@@ -436,7 +436,7 @@ class TransitionRequests(RuleBasedStateMachine):
         for kind, model in STATEFUL_TABLES.items():
             rows = self.raw.execute(
                 f"SELECT id, workspace, state, version, attempt FROM {model.__tablename__}"
-            ).fetchall()
+            )
             for item_id, workspace, state, version, attempt in rows:
                 assert state in MACHINES[Kind(kind)].states, (kind, item_id, state)
                 stored[item_id] = ModelItem(Kind(kind), workspace, state, version, attempt)
@@ -445,15 +445,11 @@ class TransitionRequests(RuleBasedStateMachine):
     @invariant()
     def one_ledger_entry_per_applied_write(self) -> None:
         per_subject = Counter(
-            dict(
-                self.raw.execute(
-                    "SELECT subject_id, count(*) FROM ledger GROUP BY subject_id"
-                ).fetchall()
-            )
+            dict(self.raw.execute("SELECT subject_id, count(*) FROM ledger GROUP BY subject_id"))
         )
         assert per_subject == self.ledger_count
         total = sum(self.ledger_count.values())
-        assert self.raw.execute("SELECT seq FROM ledger_head WHERE id = 1").fetchone() == (total,)
+        assert self.raw.execute("SELECT seq FROM ledger_head WHERE id = 1") == [(total,)]
 
     @invariant()
     def refusals_are_counted(self) -> None:
@@ -481,7 +477,7 @@ class TransitionRequests(RuleBasedStateMachine):
         rows = self.raw.execute(
             "SELECT subject_type, subject_id, action, from_state, to_state, workspace"
             " FROM ledger ORDER BY seq"
-        ).fetchall()
+        )
         position: dict[str, str] = {}
         for subject_type, subject_id, action, from_state, to_state, workspace in rows:
             item = self.model[subject_id]
@@ -497,9 +493,18 @@ class TransitionRequests(RuleBasedStateMachine):
         assert position == {item_id: item.state for item_id, item in self.model.items()}
 
 
-def test_random_transition_requests(tmp_path: Path):
+def test_random_transition_requests(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
+    """Each example runs on a fresh database of the backend under test."""
     numbers = itertools.count()
+
+    def fresh() -> str:
+        if is_postgres(database):
+            return str(request.getfixturevalue("pg_cluster").create_database())
+        return str(tmp_path / f"run-{next(numbers)}" / "quarterdeck.db")
+
     run_state_machine_as_test(
-        lambda: TransitionRequests(tmp_path / f"run-{next(numbers)}" / "quarterdeck.db"),
+        lambda: TransitionRequests(fresh()),
         settings=settings(max_examples=25, stateful_step_count=30, deadline=None),
     )

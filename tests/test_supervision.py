@@ -1,8 +1,8 @@
-"""Supervision in the embedded runtime, against real SQLite files: persisted decisions for
-every dispatch and action (and the database refusing anything without one), approvals on
-dispatches and on agents' tool calls (approve, edit, reject with reason codes, claims, snooze,
-escalation ladders ending in the default-safe action, bulk), and take over / release /
-complete with the agent fenced off."""
+"""Supervision in the embedded runtime, against real databases (SQLite and PostgreSQL):
+persisted decisions for every dispatch and action (and the database refusing anything without
+one), approvals on dispatches and on agents' tool calls (approve, edit, reject with reason
+codes, claims, snooze, escalation ladders ending in the default-safe action, bulk), and take
+over / release / complete with the agent fenced off."""
 
 from __future__ import annotations
 

@@ -4,11 +4,16 @@ A ledger of a few dozen entries (item creates and transitions, ingest batches; n
 control characters and escapes in the payloads) is built once on a real SQLite file. Each test
 works on its own copy; every tamper is made with plain ``sqlite3`` on the file, checked with
 :func:`verify_ledger`, then undone (and the undo checked), so that one copy serves many cases.
+Those byte-level tests are about SQLite's file (bytes that are not UTF-8, text retyped as a
+BLOB); PostgreSQL refuses such values. The last section damages the same ledger through plain
+SQL (payloads, columns, seqs, deleted entries, the head row) on SQLite and on PostgreSQL, and
+checks that :func:`verify_ledger` and ``quarterdeck ledger verify --db URL`` name the seq.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -20,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import envelope, line, run
+from conftest import Store, envelope, line, quarterdeck, run
 from quarterdeck.domain.ledger import GENESIS_HASH, VerifyResult
 from quarterdeck.domain.states import Kind
 from quarterdeck.runtime.ingest import Ingestor
@@ -48,7 +53,7 @@ QUOTED_COLUMNS = TEXT_COLUMNS[:8]
 NOTE = 'naïve ☃ 🚀 "quoted" \\ back\tslash \x01 \u2028 end'
 
 
-async def _build(path: Path) -> None:
+async def _build(path: Path | str) -> None:
     db = await open_database(str(path))
     async with Writer(db) as writer:
         items = Items(writer)
@@ -164,7 +169,7 @@ async def _verify(db: Database) -> VerifyResult:
     return await verify_ledger(db)
 
 
-def _verify_file(path: Path) -> VerifyResult:
+def _verify_file(path: Path | str) -> VerifyResult:
     async def go() -> VerifyResult:
         db = await open_database(str(path))
         try:
@@ -199,8 +204,8 @@ def test_untampered_ledger_verifies(ledger_file: Path):
     assert rows[0]["prev_hash"].decode() == GENESIS_HASH
 
 
-def test_empty_ledger_verifies(tmp_path: Path):
-    result = _verify_file(tmp_path / "empty.db")
+def test_empty_ledger_verifies(database: str):
+    result = _verify_file(database)
     assert (result.ok, result.entries, result.head) == (True, 0, GENESIS_HASH)
 
 
@@ -446,3 +451,243 @@ def test_text_retyped_as_blob_is_reported_not_raised(ledger_file: Path, where: s
     seq = {"first": 1, "middle": last // 2, "last": last}[where]
     _execute(ledger_file, "UPDATE ledger SET actor = CAST(actor AS BLOB) WHERE seq = ?", (seq,))
     _bad_at(_verify_file(ledger_file), seq, f"actor of {seq} as a blob")
+
+
+# --- damage made through SQL, on SQLite and PostgreSQL -----------------------------------------
+
+_ENTRY_COLUMNS = ("seq", *TEXT_COLUMNS)
+
+
+@pytest.fixture
+def built(database: str) -> str:
+    """The URL of the database under test, holding the ledger that :func:`_build` writes."""
+    run(_build(database))
+    return database
+
+
+def _entry(store: Store, seq: int) -> dict[str, Any]:
+    row = store.one(f"SELECT {', '.join(_ENTRY_COLUMNS)} FROM ledger WHERE seq = ?", seq)
+    assert row is not None, seq
+    return row
+
+
+def _head(store: Store) -> tuple[int, str]:
+    row = store.one("SELECT seq, hash FROM ledger_head WHERE id = 1")
+    assert row is not None
+    return int(row["seq"]), str(row["hash"])
+
+
+def _put_back(store: Store, row: dict[str, Any]) -> None:
+    """Insert a deleted entry again, exactly as it was."""
+    marks = ", ".join("?" for _ in _ENTRY_COLUMNS)
+    store.execute(
+        f"INSERT INTO ledger ({', '.join(_ENTRY_COLUMNS)}) VALUES ({marks})",
+        *(row[c] for c in _ENTRY_COLUMNS),
+    )
+
+
+def _other_hash(digest: str) -> str:
+    """A well-formed hash that differs from ``digest`` in its last digit."""
+    return digest[:-1] + ("0" if digest[-1] != "0" else "1")
+
+
+def _changed(column: str, value: str | None) -> str | None:
+    """Another value for an entry's text column (a NULL state becomes a state, and back)."""
+    if column in ("hash", "prev_hash"):
+        assert value is not None
+        return _other_hash(value)
+    if column == "payload":
+        assert value is not None
+        return value[:-1] + ',"forged":true}' if value != "{}" else '{"forged":true}'
+    if value is None:
+        return "completed"
+    return None if column in ("from_state", "to_state") else value + "x"
+
+
+Damage = tuple[
+    str, int | None, list[tuple[str, tuple[Any, ...]]], list[tuple[str, tuple[Any, ...]]]
+]
+"""(what, the seq verification must name (None: only "not ok"), the damaging statements, the
+statements that undo them)."""
+
+
+def _sql_damages(store: Store) -> list[Damage]:
+    """Damage of every sort a person with SQL access could do, each with its undo."""
+    last = int(store.value("SELECT max(seq) FROM ledger"))
+    head_seq, head_hash = _head(store)
+    assert head_seq == last
+    middle = last // 2
+    damages: list[Damage] = []
+    for seq in (1, middle, last):
+        row = _entry(store, seq)
+        for column in TEXT_COLUMNS:
+            update = f"UPDATE ledger SET {column} = ? WHERE seq = ?"
+            damages.append(
+                (
+                    f"seq {seq}: {column} changed",
+                    seq,
+                    [(update, (_changed(column, row[column]), seq))],
+                    [(update, (row[column], seq))],
+                )
+            )
+        # the same JSON with other spacing: equal as data, not as the bytes that were hashed
+        spaced = row["payload"].replace(":", ": ", 1) if ":" in row["payload"] else "{ }"
+        update = "UPDATE ledger SET payload = ? WHERE seq = ?"
+        damages.append(
+            (
+                f"seq {seq}: payload respaced",
+                seq,
+                [(update, (spaced, seq))],
+                [(update, (row["payload"], seq))],
+            )
+        )
+        delete = ("DELETE FROM ledger WHERE seq = ?", (seq,))
+        damages.append((f"seq {seq}: deleted", seq, [delete], [("put back", (row,))]))
+        for new in (0, -1, -seq, last + 1, last + 100):
+            move = "UPDATE ledger SET seq = ? WHERE seq = ?"
+            damages.append(
+                (
+                    f"seq {seq}: seq changed to {new}",
+                    seq,
+                    [(move, (new, seq))],
+                    [(move, (seq, new))],
+                )
+            )
+    # one entry's content replaced by another's, hash and links included
+    first, second = _entry(store, middle), _entry(store, middle + 1)
+    swap = "UPDATE ledger SET payload = ?, hash = ? WHERE seq = ?"
+    damages.append(
+        (
+            f"seq {middle}: content and hash of seq {middle + 1}",
+            middle,
+            [(swap, (second["payload"], second["hash"], middle))],
+            [(swap, (first["payload"], first["hash"], middle))],
+        )
+    )
+    head = "UPDATE ledger_head SET seq = ?, hash = ? WHERE id = 1"
+    undo_head = [(head, (head_seq, head_hash))]
+    for new, reported in [
+        (last - 1, last),
+        (0, 1),
+        (1, 2),
+        (last + 1, last + 1),
+        (last * 10, last + 1),
+    ]:
+        damages.append(
+            (f"head seq {last} -> {new}", reported, [(head, (new, head_hash))], undo_head)
+        )
+    damages.append((f"head seq {last} -> -1", None, [(head, (-1, head_hash))], undo_head))
+    damages.append(
+        ("head hash changed", last, [(head, (head_seq, _other_hash(head_hash)))], undo_head)
+    )
+    damages.append(
+        (
+            "head names the entry before",
+            last,
+            [(head, (last - 1, _entry(store, last - 1)["hash"]))],
+            undo_head,
+        )
+    )
+    damages.append(
+        (
+            "head row deleted",
+            last,
+            [("DELETE FROM ledger_head", ())],
+            [("INSERT INTO ledger_head (id, seq, hash) VALUES (1, ?, ?)", (head_seq, head_hash))],
+        )
+    )
+    # a forged entry appended beyond the head, well formed and linked
+    from quarterdeck.domain.ledger import make_entry
+
+    forged = make_entry(
+        seq=last + 1,
+        prev_hash=head_hash,
+        at="2030-01-01T00:00:00.000000Z",
+        workspace="acme",
+        actor="mallory",
+        action="turn.completed",
+        subject_type="turn",
+        subject_id="forged",
+        from_state="running",
+        to_state="completed",
+    )
+    values = {c: getattr(forged, c) for c in _ENTRY_COLUMNS if c != "payload"}
+    values["payload"] = forged.payload_json
+    damages.append(
+        (
+            "an entry appended beyond the head",
+            last + 1,
+            [("put back", (values,))],
+            [("DELETE FROM ledger WHERE seq = ?", (last + 1,))],
+        )
+    )
+    return damages
+
+
+def _apply(store: Store, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    for sql, args in statements:
+        if sql == "put back":
+            _put_back(store, args[0])
+        else:
+            store.execute(sql, *args)
+
+
+def test_sql_damage_is_found_at_its_seq(built: str):
+    """Every damage is found at its seq, then undone; the undone ledger verifies again."""
+    store = Store(built)
+    damages = _sql_damages(store)
+    assert len(damages) >= 60
+
+    async def go() -> None:
+        db = await open_database(built)
+        try:
+            for what, seq, damage, undo in damages:
+                _apply(store, damage)
+                result = await _verify(db)
+                if seq is None:
+                    assert not result.ok, f"{what}: not detected"
+                else:
+                    _bad_at(result, seq, what)
+                _apply(store, undo)
+                assert (await _verify(db)).ok, f"{what}: still broken after the undo"
+        finally:
+            await db.dispose()
+
+    run(go())
+
+
+def test_cli_ledger_verify_names_the_damaged_seq(built: str, tmp_path: Path):
+    """``quarterdeck ledger verify --db URL``: a changed payload, a deleted entry, a changed
+    hash, a changed head row; each reported at its seq (text and JSON, exit 1)."""
+    store = Store(built)
+    last = int(store.value("SELECT max(seq) FROM ledger"))
+    middle = last // 2
+    row = _entry(store, middle)
+    head_seq, head_hash = _head(store)
+    cases = [
+        ("payload", middle, [("UPDATE ledger SET payload = ? WHERE seq = ?", ('{"forged":true}', middle))],
+         [("UPDATE ledger SET payload = ? WHERE seq = ?", (row["payload"], middle))]),
+        ("delete", middle, [("DELETE FROM ledger WHERE seq = ?", (middle,))], [("put back", (row,))]),
+        ("hash", middle, [("UPDATE ledger SET hash = ? WHERE seq = ?", (_other_hash(row["hash"]), middle))],
+         [("UPDATE ledger SET hash = ? WHERE seq = ?", (row["hash"], middle))]),
+        ("head", last, [("UPDATE ledger_head SET hash = ?", (_other_hash(head_hash),))],
+         [("UPDATE ledger_head SET hash = ?", (head_hash,))]),
+    ]  # fmt: skip
+
+    def verify(*args: str) -> Any:
+        return quarterdeck("--db", built, "ledger", "verify", *args, state_dir=tmp_path / "state")
+
+    for what, seq, damage, undo in cases:
+        _apply(store, damage)
+        report = verify("--json")
+        assert report.returncode == 1, (what, report.stdout, report.stderr)
+        found = json.loads(report.stdout)
+        assert (found["ok"], found["first_bad_seq"]) == (False, seq), (what, found)
+        text = verify()
+        assert text.returncode == 1, (what, text.stderr)
+        assert text.stdout.decode().startswith(f"ledger BROKEN at seq {seq}: "), (what, text.stdout)
+        _apply(store, undo)
+    final = verify("--json")
+    assert final.returncode == 0, final.stdout
+    assert json.loads(final.stdout) == {"ok": True, "entries": last, "head": head_hash}
+    assert head_seq == last

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -16,9 +15,9 @@ from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.writer import Writer, WriterClosed, WriteTxn
 
 
-def test_concurrent_operations_share_commits(db_path: Path) -> None:
+def test_concurrent_operations_share_commits(database: str) -> None:
     async def main() -> tuple[int, int, bool]:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Writer(db) as writer:
             items = Items(writer)
             created = await asyncio.gather(
@@ -36,9 +35,9 @@ def test_concurrent_operations_share_commits(db_path: Path) -> None:
     assert commits < count
 
 
-def test_failing_operation_rolls_back_alone(db_path: Path) -> None:
+def test_failing_operation_rolls_back_alone(database: str) -> None:
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         async with Writer(db) as writer:
             items = Items(writer)
             alert = await items.create(Kind.ALERT, workspace="w", actor="t")
@@ -79,9 +78,9 @@ def test_failing_operation_rolls_back_alone(db_path: Path) -> None:
     run(main())
 
 
-def test_submit_after_stop_is_refused(db_path: Path) -> None:
+def test_submit_after_stop_is_refused(database: str) -> None:
     async def main() -> None:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         writer = Writer(db)
         writer.start()
         await writer.stop()
@@ -92,12 +91,12 @@ def test_submit_after_stop_is_refused(db_path: Path) -> None:
     run(main())
 
 
-def test_two_writers_on_one_file_keep_one_chain(db_path: Path) -> None:
+def test_two_writers_on_one_file_keep_one_chain(database: str) -> None:
     """Two writers (as two processes would be) interleave; the head moves under each."""
 
     async def main() -> None:
-        first_db = await open_database(str(db_path))
-        second_db = await open_database(str(db_path))
+        first_db = await open_database(database)
+        second_db = await open_database(database)
         async with Writer(first_db) as first, Writer(second_db) as second:
             a, b = Items(first), Items(second)
             for _ in range(20):
@@ -111,9 +110,9 @@ def test_two_writers_on_one_file_keep_one_chain(db_path: Path) -> None:
     run(main())
 
 
-def test_commit_listeners_hear_the_head(db_path: Path) -> None:
+def test_commit_listeners_hear_the_head(database: str) -> None:
     async def main() -> list[int]:
-        db = await open_database(str(db_path))
+        db = await open_database(database)
         heard: list[int] = []
         async with Writer(db) as writer:
             writer.on_commit(heard.append)

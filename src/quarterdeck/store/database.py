@@ -39,6 +39,11 @@ WRITER_BUSY_TIMEOUT_MS = 200
 """The in-loop writer's busy timeout: short, so the event loop never waits long for a lock."""
 POSTGRES_LOCK_TIMEOUT_MS = 30_000
 """How long a PostgreSQL write waits for a row lock before it fails and is retried."""
+POSTGRES_IDLE_IN_TRANSACTION_MS = 5_000
+"""How long PostgreSQL lets a write transaction sit idle before it ends the session. Every
+write transaction holds the ledger head, so a node frozen inside one (SIGSTOP, a VM pause, a
+debugger) would stop every node's writes until it woke; the server ends its session instead,
+its transaction rolls back, and the others go on (the frozen node's leases then expire)."""
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
 """PostgreSQL errors after which the same transaction may simply be tried again
 (serialization failure, deadlock, lock not available, statement timeout)."""
@@ -154,7 +159,12 @@ class Database:
         self._reader_sync_engine: Engine | None = None
         self._pg_writer: AsyncEngine | None = None
         if self.dialect == "postgresql":
-            settings = {"server_settings": {"lock_timeout": str(POSTGRES_LOCK_TIMEOUT_MS)}}
+            settings = {
+                "server_settings": {
+                    "lock_timeout": str(POSTGRES_LOCK_TIMEOUT_MS),
+                    "idle_in_transaction_session_timeout": str(POSTGRES_IDLE_IN_TRANSACTION_MS),
+                }
+            }
             self._pg_writer = create_async_engine(
                 url, pool_size=2, max_overflow=2, connect_args=settings
             )

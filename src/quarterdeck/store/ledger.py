@@ -75,13 +75,17 @@ class LedgerAppender:
         if known_head is not None and conn.dialect.name == "sqlite":
             return cls(conn, *known_head)
         if conn.dialect.name == "postgresql":
-            row = conn.execute(
-                select(HEAD.c.seq, HEAD.c.hash, func.now().label("now"))
-                .where(HEAD.c.id == 1)
-                .with_for_update()
+            # The clock is read above the lock (clock_timestamp() outside the locking
+            # subquery), not with now(): now() is the transaction's start, before any wait
+            # for the head, so a writer that queued behind other nodes would stamp its
+            # entries and lease deadlines in the past (times going backwards along seq).
+            locked = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
+            head = locked.subquery("head")
+            found = conn.execute(
+                select(head.c.seq, head.c.hash, func.clock_timestamp().label("now"))
             ).one()
-            appender = cls(conn, int(row.seq), str(row.hash), notify=notify)
-            appender.database_now = row.now
+            appender = cls(conn, int(found.seq), str(found.hash), notify=notify)
+            appender.database_now = found.now
             return appender
         row = conn.execute(
             select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
@@ -142,6 +146,9 @@ class LedgerAppender:
         """
         if not self._pending:
             return
+        if self._conn.dialect.name == "postgresql":
+            self._flush_postgres()
+            return
         moved = self._conn.execute(
             update(HEAD)
             .where(HEAD.c.id == 1, HEAD.c.seq == self._start_seq)
@@ -174,10 +181,38 @@ class LedgerAppender:
         if self._notify:
             self._conn.execute(_NOTIFY, {"seq": str(self.head_seq)})
 
+    def _flush_postgres(self) -> None:
+        """:meth:`flush` in one statement and one round trip: the head's compare-and-set, the
+        entries as arrays (``unnest``) inserted only if it held, and the notification."""
+        params: dict[str, Any] = {
+            "start": self._start_seq,
+            "seq": self.head_seq,
+            "hash": self.head_hash,
+            "note": str(self.head_seq),
+        }
+        for column in _COLUMNS:
+            attribute = "payload_json" if column == "payload" else column
+            params[f"e_{column}"] = [getattr(e, attribute) for e in self._pending]
+        row = self._conn.execute(_PG_FLUSH_NOTIFY if self._notify else _PG_FLUSH, params).one()
+        if row[0] != 1:
+            raise LedgerHeadMoved("the ledger head moved; the transaction must be retried")
+        self._pending.clear()
+        self._start_seq = self.head_seq
+
 
 CHANGE_CHANNEL = "quarterdeck_ledger"
 """The PostgreSQL ``NOTIFY`` channel; each payload is the new ledger head seq."""
 _NOTIFY = text(f"SELECT pg_notify('{CHANGE_CHANNEL}', :seq)")
+_PG_FLUSH_SQL = (
+    "WITH moved AS (UPDATE ledger_head SET seq = :seq, hash = :hash WHERE id = 1 "
+    "AND seq = :start RETURNING 1), added AS (INSERT INTO ledger ("
+    + ", ".join(_COLUMNS)
+    + ") SELECT * FROM unnest("
+    + ", ".join(f"CAST(:e_{c} AS {'INTEGER' if c == 'seq' else 'TEXT'}[])" for c in _COLUMNS)
+    + ") WHERE EXISTS (SELECT 1 FROM moved) RETURNING 1) SELECT (SELECT COUNT(*) FROM moved)"
+)
+_PG_FLUSH = text(_PG_FLUSH_SQL)
+_PG_FLUSH_NOTIFY = text(_PG_FLUSH_SQL + f", pg_notify('{CHANGE_CHANNEL}', :note)")
 
 
 async def ledger_head(conn: AsyncConnection) -> tuple[int, str]:

@@ -104,6 +104,13 @@ _MARK_PRODUCED = text(
     "UPDATE receipts SET produced_type = :type, produced_id = :produced, version = version + 1 "
     "WHERE id = :id AND produced_type IS NULL"
 )
+_PG_MARK_PRODUCED = text(
+    "WITH changed AS (UPDATE receipts AS x SET produced_type = r.type, produced_id = r.produced, "
+    "version = x.version + 1 FROM unnest(CAST(:type AS TEXT[]), CAST(:produced AS TEXT[]), "
+    "CAST(:id AS TEXT[])) AS r(type, produced, id) WHERE x.id = r.id AND x.produced_type IS NULL "
+    "RETURNING 1) SELECT COUNT(*) FROM changed"
+)
+"""``_MARK_PRODUCED`` for all rows in one statement (PostgreSQL; see ``update_many``)."""
 _INSERT_TURN = text(
     "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
     "receipt_id, lane, objective, input, budget, deliverable, error) VALUES (:id, :workspace, "
@@ -208,7 +215,7 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
         marks.append(
             {"type": item.produced_type, "produced": item.produced_id, "id": item.receipt_id}
         )
-    marked = txn.update_many(_MARK_PRODUCED, marks)
+    marked = txn.update_many(_MARK_PRODUCED, marks, postgres=_PG_MARK_PRODUCED)
     if marked != len(marks):
         # Another writer applied some of these first; nothing here may stand twice.
         raise ReceiptsAlreadyApplied(f"{len(marks) - marked} receipts were applied elsewhere")
@@ -593,8 +600,11 @@ _CLAIM_MISSION = text(
     "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
     "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
     "session_id = :session, started_at = :at, updated_at = :at, decision_id = :decision "
-    "WHERE id = :id AND version = :version AND state = 'queued'"
+    "WHERE id = :id AND version = :version AND (state = 'queued') IS TRUE"
 )
+"""``(state = 'queued') IS TRUE``, not ``state = 'queued'``: the same test, but one that no
+index on ``state`` serves, so PostgreSQL's planner cannot pick such an index over the primary
+key (it did on tables not yet analyzed, scanning every queued mission for each claimed row)."""
 _LEASE_TURN = text(
     "UPDATE turns SET state = 'running', attempt = attempt + 1, version = version + 2, "
     "lease_owner = :owner, lease_expires_at = :expires, updated_at = :at "
@@ -602,6 +612,27 @@ _LEASE_TURN = text(
 )
 """A claimed turn is leased and, the worker starting at once, running: two transitions, two
 ledger entries, one row update."""
+_PG_CLAIM_MISSION = text(
+    "WITH changed AS (UPDATE missions AS m SET state = 'running', attempt = m.attempt + 1, "
+    "version = m.version + 1, lease_owner = r.owner, lease_expires_at = r.expires, "
+    "routed_lane = r.exec_lane, session_id = r.session, started_at = r.at, updated_at = r.at, "
+    "decision_id = r.decision FROM unnest(CAST(:owner AS TEXT[]), CAST(:expires AS TEXT[]), "
+    "CAST(:exec_lane AS TEXT[]), CAST(:session AS TEXT[]), CAST(:at AS TEXT[]), "
+    "CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:decision AS TEXT[])) "
+    "AS r(owner, expires, exec_lane, session, at, id, version, decision) "
+    "WHERE m.id = r.id AND m.version = r.version AND (m.state = 'queued') IS TRUE "
+    "RETURNING 1) SELECT COUNT(*) FROM changed"
+)
+_PG_LEASE_TURN = text(
+    "WITH changed AS (UPDATE turns AS t SET state = 'running', attempt = t.attempt + 1, "
+    "version = t.version + 2, lease_owner = r.owner, lease_expires_at = r.expires, "
+    "updated_at = r.at FROM unnest(CAST(:owner AS TEXT[]), CAST(:expires AS TEXT[]), "
+    "CAST(:at AS TEXT[]), CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), "
+    "CAST(:from AS TEXT[])) AS r(owner, expires, at, id, version, from_state) "
+    "WHERE t.id = r.id AND t.version = r.version AND t.state = r.from_state "
+    "RETURNING 1) SELECT COUNT(*) FROM changed"
+)
+"""``_CLAIM_MISSION`` and ``_LEASE_TURN`` for all rows in one statement each (PostgreSQL)."""
 
 
 def claim_missions(
@@ -771,11 +802,11 @@ def claim_missions(
         )
     decisions.insert_decisions(txn, decided)
     if mission_rows:
-        moved = txn.update_many(_CLAIM_MISSION, mission_rows)
+        moved = txn.update_many(_CLAIM_MISSION, mission_rows, postgres=_PG_CLAIM_MISSION)
         if moved != len(mission_rows):
             raise ClaimConflict("missions changed under the claim")
     if turn_rows:
-        moved = txn.update_many(_LEASE_TURN, turn_rows)
+        moved = txn.update_many(_LEASE_TURN, turn_rows, postgres=_PG_LEASE_TURN)
         if moved != len(turn_rows):
             raise ClaimConflict("turns changed under the claim")
     return claims
@@ -1028,6 +1059,28 @@ _COMPLETE_TURN = text(
     "deliverable = :deliverable, dead_letter = NULL, lease_owner = NULL, "
     "lease_expires_at = NULL WHERE id = :id AND version = :version AND state = :from"
 )
+_PG_FINISH_MISSION = text(
+    "WITH changed AS (UPDATE missions AS m SET state = r.to_state, version = m.version + 1, "
+    "updated_at = r.at, finished_at = r.at, lease_owner = NULL, lease_expires_at = NULL, "
+    "result = r.result, error = r.error FROM unnest(CAST(:to AS TEXT[]), CAST(:at AS TEXT[]), "
+    "CAST(:result AS TEXT[]), CAST(:error AS TEXT[]), CAST(:id AS TEXT[]), "
+    "CAST(:attempt AS INTEGER[]), CAST(:version AS INTEGER[]), CAST(:owner AS TEXT[])) "
+    "AS r(to_state, at, result, error, id, attempt, version, owner) "
+    "WHERE m.id = r.id AND m.attempt = r.attempt AND m.version = r.version "
+    "AND m.lease_owner = r.owner AND m.state IN ('running', 'blocked') "
+    "RETURNING 1) SELECT COUNT(*) FROM changed"
+)
+_PG_COMPLETE_TURN = text(
+    "WITH changed AS (UPDATE turns AS t SET state = 'completed', version = t.version + 1, "
+    "updated_at = r.at, deliverable = r.deliverable, dead_letter = NULL, lease_owner = NULL, "
+    "lease_expires_at = NULL FROM unnest(CAST(:at AS TEXT[]), CAST(:deliverable AS TEXT[]), "
+    "CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:from AS TEXT[])) "
+    "AS r(at, deliverable, id, version, from_state) "
+    "WHERE t.id = r.id AND t.version = r.version AND t.state = r.from_state "
+    "RETURNING 1) SELECT COUNT(*) FROM changed"
+)
+"""``_FINISH_MISSION`` and ``_COMPLETE_TURN`` for all rows in one statement each
+(PostgreSQL)."""
 
 
 def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) -> list[Finished]:
@@ -1123,9 +1176,11 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
                 {"version": turn.version + 1, "mission": claim.mission_id, "lane": claim.exec_lane},
             )
             results[id(ending)] = Finished(accepted=True, turn_state="completed")
-        if txn.update_many(_FINISH_MISSION, mission_rows) != len(mission_rows):
+        moved = txn.update_many(_FINISH_MISSION, mission_rows, postgres=_PG_FINISH_MISSION)
+        if moved != len(mission_rows):
             raise ClaimConflict("missions changed while being finished")
-        if txn.update_many(_COMPLETE_TURN, turn_rows) != len(turn_rows):
+        moved = txn.update_many(_COMPLETE_TURN, turn_rows, postgres=_PG_COMPLETE_TURN)
+        if moved != len(turn_rows):
             raise ClaimConflict("turns changed while being finished")
     finished = []
     for ending in endings:

@@ -10,6 +10,7 @@ change the runtime run as workers, so input never waits on the store.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -66,7 +67,7 @@ class StatusHeader(Static):
             text.append(" connecting…")
             if error:
                 text.append(f"  {error}", style="bold red")
-            self.update(text)
+            self._set(text)
             return
         head = snapshot.header
         text.append(f" {head.target}")
@@ -108,7 +109,17 @@ class StatusHeader(Static):
         text.append(f"  │ ledger {head.head_seq}")
         if error:
             text.append(f"\n {error}", style="bold red")
-        self.update(text)
+        self._set(text)
+
+    def _set(self, text: Text) -> None:
+        """Show ``text``: drawn again in place, and the screen laid out again only when the
+        header's height changes (a layout redraws every widget)."""
+        if text == self.content:
+            return
+        width, height = self.size
+        self.update(text, layout=False)
+        if not width or self.get_content_height(self.size, self.size, width) != height:
+            self.refresh(layout=True)
 
 
 class FilterBar(Input):
@@ -166,6 +177,9 @@ class QuarterdeckApp(App[None]):
         self._on_exit = on_exit
         self._refreshing = asyncio.Lock()
         self._again = False
+        self._frozen = False
+        self._decided: set[str] = set()
+        """Approvals decided here that the last snapshot still listed."""
         self.sent: list[dict[str, Any]] = []
         """Every command this app sent, with its result (for the record and for tests)."""
 
@@ -204,6 +218,11 @@ class QuarterdeckApp(App[None]):
         await self.refresh_now()
         self._focus_pane()
         if self.live:
+            # What exists now (modules, widgets, the runtime) lives as long as the app: leave
+            # it out of the collector's full passes, which otherwise stop everything for a
+            # quarter of a second now and then in a large process (given back on unmount).
+            gc.freeze()
+            self._frozen = True
             self._follow()
 
     @work(exclusive=True, group="follow")
@@ -227,6 +246,13 @@ class QuarterdeckApp(App[None]):
         except NoMatches:
             return
 
+    async def _confirm(self) -> None:
+        """After a command: read a snapshot to confirm what it did, unless the live loop is
+        about to (the command's commit wakes it), so keys pressed in a row do not each add a
+        read of the store to the loop's."""
+        if not self.live:
+            await self.refresh_now()
+
     async def _refresh_now(self) -> None:
         if self._refreshing.locked():
             self._again = True  # the refresh under way may have read before this change
@@ -240,8 +266,8 @@ class QuarterdeckApp(App[None]):
                 self.error = f"cannot read the store: {type(exc).__name__}: {exc}"
                 self.query_one("#status", StatusHeader).show(self.snapshot, self.error)
                 return
-            self.snapshot = snapshot
-            self._show(snapshot)
+            self.snapshot = self._undecided(snapshot)
+            self._show(self.snapshot)
             ledger = self.query_one("#ledger", LedgerPane)
             if ledger.following and self.current == "ledger":
                 ledger.show(await self.source.ledger_page(None), self.clock())
@@ -292,6 +318,8 @@ class QuarterdeckApp(App[None]):
 
     async def on_unmount(self) -> None:
         """Let the console go."""
+        if self._frozen:
+            gc.unfreeze()
         await self.source.close()
         if self._on_exit is not None:
             result = self._on_exit()
@@ -472,7 +500,7 @@ class QuarterdeckApp(App[None]):
         else:
             self.notify("; ".join(result.get("errors", ["refused"])), title="refused",
                         severity="error")  # fmt: skip
-        await self.refresh_now()
+        await self._confirm()
 
     def _settled(self, result: Mapping[str, Any]) -> None:
         """Show a decided approval as decided at once (the runtime committed it; the next
@@ -480,10 +508,22 @@ class QuarterdeckApp(App[None]):
         approval = result.get("approval")
         if self.snapshot is None or not approval or result.get("state") in ("pending", "escalated"):
             return
+        self._decided.add(str(approval))
         remaining = tuple(line for line in self.snapshot.approvals if line.id != approval)
         if len(remaining) != len(self.snapshot.approvals):
             self.snapshot = replace(self.snapshot, approvals=remaining)
-            self._show(self.snapshot)
+            self.query_one("#approvals", ApprovalsPane).discard(str(approval))
+
+    def _undecided(self, snapshot: Snapshot) -> Snapshot:
+        """A snapshot just read, without the approvals decided here that it still lists (it
+        was read before their commits), so that a decided row does not come back for a
+        moment."""
+        listed = {line.id for line in snapshot.approvals}
+        self._decided &= listed  # a snapshot without them was read after: they are done with
+        if not self._decided:
+            return snapshot
+        kept = tuple(line for line in snapshot.approvals if line.id not in self._decided)
+        return replace(snapshot, approvals=kept)
 
     def _writable(self) -> bool:
         if self.source.read_only:
@@ -583,7 +623,7 @@ class QuarterdeckApp(App[None]):
             )  # fmt: skip
             done += bool(result and result.get("ok") and not result.get("already"))
         self.notify(f"approved {done} of {len(lines)}")
-        await self.refresh_now()
+        await self._confirm()
 
     def action_takeover(self) -> None:
         """Take the selected turn over (after confirmation), then write its deliverable."""
@@ -612,7 +652,7 @@ class QuarterdeckApp(App[None]):
             self.notify("; ".join(result.get("errors", [])), title="refused", severity="error")
             return
         self.notify(f"you hold turn {short(turn)}")
-        await self.refresh_now()
+        await self._confirm()
         self._write_deliverable(turn, workspace)
 
     def _write_deliverable(self, turn: str, workspace: str) -> None:

@@ -207,6 +207,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         self._strips: dict[str, Strip] = {}
         """Each row's line as drawn (without the cursor), for the current ``_drawn_with``."""
         self._drawn_with: tuple[Any, ...] = ()
+        self._subtitle: str | None = None
         self._width = sum(column.width + 2 for column in self.COLUMNS)
         self._resize(Size(self._width, 1))
 
@@ -247,7 +248,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         changed: list[str] = []
         for key, line in zip(order, shown, strict=True):
             known = self._memo.get(key)
-            if known is not None and known[1] == stamp and known[0] == line:
+            if known is not None and known[1] == stamp and (known[0] is line or known[0] == line):
                 row = known[2]
             else:
                 row = self.cells(line)
@@ -258,33 +259,66 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
                 changed.append(key)
         self._memo = memo
         self.lines = dict(zip(order, shown, strict=True))
-        selected = self.selected_key()
         self._cells = cells
-        self.border_subtitle = (
-            f"{len(order)} shown" + (f" · filter: {self.filter_text}" if self.filter_text else "")
-            if order
-            else self.EMPTY
-        )
         if order == self._order:
-            for key in changed:
-                self._refresh_row(self._index[key])
+            if not self._retitle():
+                for key in changed:
+                    self._refresh_row(self._index[key])
             return
         for key in set(self._order) - set(cells):
             strips.pop(key, None)
+        selected = self.selected_key()
         kept = self._kept_then_appended(order)
         self._order = order
+        self._rearrange(selected, keep_row=kept)
+
+    def discard(self, key: str) -> None:
+        """Take the row of ``key`` away at once (an item the runtime has just settled; the
+        next snapshot agrees), without going through every row as :meth:`show` does."""
+        index = self._index.get(key)
+        if index is None:
+            return
+        selected = self.selected_key()
+        del self._order[index]
+        for rows in (self.lines, self._cells, self._memo, self._strips):
+            rows.pop(key, None)
+        if index < self.cursor_row:
+            self.cursor_row -= 1
+        self._rearrange(selected, keep_row=True)
+
+    def _rearrange(self, selected: str | None, *, keep_row: bool) -> None:
+        """After rows came or went: index them, size the view, put the cursor back on the
+        item it was on (else, when ``keep_row``, on the row it was on: the next item after a
+        row left; else on the first), and redraw."""
+        order = self._order
         self._index = {key: index for index, key in enumerate(order)}
         self._resize(Size(self._width, len(order) + 1))
         if self.keeps_selection and selected is not None and selected in self._index:
             cursor = self._index[selected]
-        elif kept:
-            cursor = self.cursor_row  # the selected row left: the cursor moves to the next one
+        elif keep_row:
+            cursor = self.cursor_row
         else:
             cursor = 0
             self.scroll_to(0, 0, animate=False, immediate=True)
         self.cursor_row = max(0, min(cursor, len(order) - 1))
         self._scroll_to_cursor()
-        self.refresh()
+        if not self._retitle():
+            self.refresh()
+
+    def _retitle(self) -> bool:
+        """Say how many rows are shown (and the filter) under the pane; whether that changed
+        (which redraws the whole pane)."""
+        subtitle = (
+            f"{len(self._order)} shown"
+            + (f" · filter: {self.filter_text}" if self.filter_text else "")
+            if self._order
+            else self.EMPTY
+        )
+        if subtitle == self._subtitle:
+            return False
+        self._subtitle = subtitle
+        self.border_subtitle = subtitle
+        return True
 
     def _resize(self, size: Size) -> None:
         """Set the scrollable size without a layout of the screen (the pane's own size does not
