@@ -14,20 +14,23 @@ after the other. The nodes apply the receipts (policy decision, turn, mission), 
 missions under leases, run them on the sim lane, finish them and complete the turns, every
 step on the ledger. The clock runs from the first submit to the transaction that completed
 the last turn: the store is polled every 50 ms; once every turn is completed the poll reads
-``clock_timestamp()`` next to the newest ``turn.completed`` ledger ``at`` (the database's
-``now()`` of that transaction, which the PostgreSQL writer uses), and the gap between them is
-taken off the poll's moment, so the poll interval does not inflate the figure (the polled
-moment is printed too, as ``observed_elapsed_s``). After each run the nodes get SIGTERM, the
-ledger is verified and the counts are checked (every receipt accepted, every turn and mission
-completed).
+``clock_timestamp()`` next to the newest ``turn.completed`` ledger ``at`` (the PostgreSQL
+writer stamps each transaction with the database clock, read as it takes the ledger head), and
+the gap between them is taken off the poll's moment, so the poll interval does not inflate the
+figure (the polled moment is printed too, as ``observed_elapsed_s``, an upper bound; the
+figure itself is short of the last commit by that transaction's own duration, tens of ms).
+After each run the nodes get SIGTERM, the ledger is verified and the counts are checked (every
+receipt accepted, every turn and mission completed).
 
 The peer: pgqueuer (installed into ``bench/.deps`` on first use, see :func:`import_pgqueuer`)
 on its own fresh database with its schema installed. One consumer process (a
 ``QueueManager`` with a no-op async entrypoint, ``batch_size`` 100, otherwise pgqueuer's
 defaults) is started and warmed up with one job; then this process enqueues M jobs in batches
 of 100 (one ``Queries.enqueue`` call per batch). The clock runs from the first enqueue to the
-commit that logged the last job done (pgqueuer moves a finished job to ``pgqueuer_log``; the
-same poll-and-offset method reads the newest log row's ``created``).
+commit that logged the last job done (pgqueuer moves a finished job to ``pgqueuer_log``, from
+its consumer's status buffer; the same poll-and-offset method reads the newest log row's
+``created``, the ``now()`` of that statement). The consumer's exit and an empty queue are
+checked after each run.
 
 Rounds rotate the order of the sides (1 node, pgqueuer, 3 nodes, ...); medians are reported.
 ``ratio_vs_pgqueuer`` is one node's turns/s over pgqueuer's jobs/s (target >= 0.5) and
@@ -72,10 +75,11 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEPS = BENCH / ".deps"
 POLL_S = 0.05
-PGQUEUER_PACKAGES = ("pgqueuer", "croniter")
-"""Installed with ``--no-deps``: pgqueuer's other requirements are either in the environment
-already (anyio, pydantic, pydantic-settings, asyncpg, python-dateutil) or only needed by its
-command line (typer, tabulate, uvloop), so nothing the project imports is shadowed."""
+PGQUEUER_PACKAGES = ("pgqueuer==1.6.0", "croniter")
+"""Installed with ``--no-deps`` (the version the bench's calls were written against): its
+other requirements are either in the environment already (anyio, pydantic,
+pydantic-settings, asyncpg, python-dateutil) or only needed by its command line (typer,
+tabulate, uvloop), so nothing the project imports is shadowed."""
 
 
 # --- servers and databases ------------------------------------------------------------------

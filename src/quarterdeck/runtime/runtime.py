@@ -83,6 +83,9 @@ MAX_EVENTS_PER_MISSION = 1_000
 SESSION_DEGRADED_AFTER = 3
 """Missions failed in a row on one session before it is marked degraded."""
 WATCH_INTERVAL_S = 0.05
+_UNAPPLIED_EXISTS = text(
+    "SELECT 1 FROM receipts WHERE status = 'accepted' AND produced_type IS NULL LIMIT 1"
+)
 SUPERVISION_INTERVAL_S = 0.1
 
 
@@ -287,6 +290,8 @@ class Runtime:
             (self.relay.run(self._stop_event), "relay"),
         ):
             self._tasks.append(loop.create_task(coroutine, name=f"qd-{name}"))
+        if self.db.is_postgres:
+            self._tasks.append(loop.create_task(self._stalled_loop(), name="qd-stalled"))
         log.info("runtime started", extra={"node": self.node_id, "lanes": list(self.lanes)})
 
     def _on_commit(self, head_seq: int) -> None:
@@ -410,7 +415,7 @@ class Runtime:
                 await asyncio.sleep(0.5)
 
     async def _pump(self) -> None:
-        while True:
+        while await self._receipts_waiting():
             try:
                 applied = await self.writer.submit(lambda txn: apply_receipts(txn, self.plan))
             except ReceiptsAlreadyApplied as exc:
@@ -427,6 +432,15 @@ class Runtime:
                 self._wake.set()
                 return
             self._start_missions(claims, flags)
+
+    async def _receipts_waiting(self) -> bool:
+        """Whether an accepted receipt may wait to be applied. On PostgreSQL a read answers, so
+        that a pump with nothing to apply takes no write transaction (each one queues on the
+        ledger head with every other node's writes); on SQLite the apply is asked directly."""
+        if not self.db.is_postgres:
+            return True
+        async with self.db.read() as conn:
+            return (await conn.execute(_UNAPPLIED_EXISTS)).first() is not None
 
     def _start_missions(self, claims: list[Claim], flags: Flags) -> None:
         self.flags = flags
@@ -798,6 +812,22 @@ class Runtime:
                     extra={"node": self.node_id, "reclaimed": swept.reclaimed, "dead": swept.dead},
                 )
                 self._wake.set()
+
+    async def _stalled_loop(self) -> None:
+        """PostgreSQL: end write transactions left hanging mid-statement by a frozen process
+        (they hold the ledger head, so every node's writes would wait for it to wake)."""
+        while not self._stopped:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                ended = await self.db.end_stalled_writers()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("looking for stalled writers failed", exc_info=True)
+                continue
+            if ended:
+                log.warning("ended stalled write sessions", extra={"node": self.node_id,
+                                                                    "sessions": ended})  # fmt: skip
 
     async def _watch_loop(self) -> None:
         """Notice commits by other processes (SQLite's data version, PostgreSQL's NOTIFY or

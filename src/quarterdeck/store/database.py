@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -44,6 +44,20 @@ POSTGRES_IDLE_IN_TRANSACTION_MS = 5_000
 write transaction holds the ledger head, so a node frozen inside one (SIGSTOP, a VM pause, a
 debugger) would stop every node's writes until it woke; the server ends its session instead,
 its transaction rolls back, and the others go on (the frozen node's leases then expire)."""
+WRITER_APPLICATION = "quarterdeck-writer"
+"""The ``application_name`` of write connections (what :meth:`Database.end_stalled_writers`
+may end)."""
+_END_STALLED_WRITERS = text(
+    "SELECT pg_terminate_backend(h.pid) AS ended FROM pg_stat_activity h "
+    "WHERE h.datname = current_database() AND h.pid <> pg_backend_pid() "
+    "AND h.application_name = :app AND h.state = 'active' AND h.wait_event = 'ClientRead' "
+    "AND h.state_change < clock_timestamp() - make_interval(secs => :stale_s) "
+    "AND EXISTS (SELECT 1 FROM pg_stat_activity w WHERE w.datname = current_database() "
+    "AND w.wait_event_type = 'Lock' AND h.pid = ANY(pg_blocking_pids(w.pid)))"
+)
+"""Write sessions that block another session while the server waits, in the middle of a
+statement, for their client (frozen between two protocol messages: the server's idle timeout
+does not apply there)."""
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
 """PostgreSQL errors after which the same transaction may simply be tried again
 (serialization failure, deadlock, lock not available, statement timeout)."""
@@ -163,6 +177,7 @@ class Database:
                 "server_settings": {
                     "lock_timeout": str(POSTGRES_LOCK_TIMEOUT_MS),
                     "idle_in_transaction_session_timeout": str(POSTGRES_IDLE_IN_TRANSACTION_MS),
+                    "application_name": WRITER_APPLICATION,
                 }
             }
             self._pg_writer = create_async_engine(
@@ -256,6 +271,26 @@ class Database:
                     raise
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0) * random.random())
         raise AssertionError("unreachable")
+
+    async def end_stalled_writers(
+        self, stale_s: float = POSTGRES_IDLE_IN_TRANSACTION_MS / 1000
+    ) -> int:
+        """PostgreSQL: end the sessions of write transactions that block others while the
+        server has waited ``stale_s`` or more for their client in the middle of a statement
+        (a process frozen there holds the ledger head, and so every node's writes, until it
+        wakes; the server's idle timeout only covers a freeze between statements). Their
+        transactions roll back; a woken process retries on a new connection. Returns how many
+        sessions were ended (always 0 on SQLite)."""
+        if self._pg_writer is None:
+            return 0
+        async with self.reader_engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    _END_STALLED_WRITERS, {"app": WRITER_APPLICATION, "stale_s": stale_s}
+                )
+            ).all()
+            await conn.rollback()
+        return sum(1 for row in rows if row.ended)
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

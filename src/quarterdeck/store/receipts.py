@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import ARRAY, Connection, String, bindparam, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from quarterdeck.domain.ids import new_id
 from quarterdeck.store.tables import ReceiptRow, table_of
@@ -92,11 +91,6 @@ INSERT_SQL = (
 """Insert-or-ignore of one draft; drafts are handed to executemany as they are."""
 
 
-_PG_INSERT = (
-    pg_insert(RECEIPTS)
-    .on_conflict_do_nothing(index_elements=["workspace", "dedupe_key"])
-    .returning(RECEIPTS.c.id)
-)
 _PG_HOLDERS = text(
     "SELECT id, workspace, dedupe_key, status, errors, kind, schema_version, payload "
     "FROM receipts WHERE workspace = :w AND dedupe_key = ANY(:keys)"
@@ -108,9 +102,21 @@ _PG_COUNT_DUPLICATES = text(
 )
 
 
+_PG_ARRAY_TYPES = {"schema_version": "INTEGER", "raw": "BYTEA", "raw_size": "INTEGER",
+                   "version": "INTEGER"}  # fmt: skip
+_PG_INSERT_ARRAYS = text(
+    f"INSERT INTO receipts ({', '.join(ReceiptDraft._fields)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{f} AS {_PG_ARRAY_TYPES.get(f, 'TEXT')}[])" for f in ReceiptDraft._fields)
+    + ") ON CONFLICT (workspace, dedupe_key) DO NOTHING RETURNING id"
+)
+"""Insert-or-ignore of every draft in one statement over column arrays, in input order (no
+per-row parameter processing while the transaction holds the ledger head)."""
+
+
 def _insert_postgres(conn: Connection, fresh: Sequence[ReceiptDraft]) -> set[str]:
     """Insert-or-ignore in input order; the ids returned are the drafts that landed."""
-    result = conn.execute(_PG_INSERT, [draft._asdict() for draft in fresh])
+    columns = dict(zip(ReceiptDraft._fields, map(list, zip(*fresh, strict=True)), strict=True))
+    result = conn.execute(_PG_INSERT_ARRAYS, columns)
     return set(result.scalars().all())
 
 

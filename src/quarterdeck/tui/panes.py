@@ -22,6 +22,7 @@ from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.timer import Timer
 
 from quarterdeck.client.console import (
     AlertLine,
@@ -35,6 +36,8 @@ from quarterdeck.client.console import (
 from quarterdeck.domain.clock import format_instant
 
 LineT = TypeVar("LineT")
+BAR_LAG_S = 0.2
+"""How long the vertical scrollbar may lag behind the number of rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +211,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         """Each row's line as drawn (without the cursor), for the current ``_drawn_with``."""
         self._drawn_with: tuple[Any, ...] = ()
         self._subtitle: str | None = None
+        self._bar_timer: Timer | None = None
         self._width = sum(column.width + 2 for column in self.COLUMNS)
         self._resize(Size(self._width, 1))
 
@@ -322,11 +326,27 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
 
     def _resize(self, size: Size) -> None:
         """Set the scrollable size without a layout of the screen (the pane's own size does not
-        depend on its rows): the scrollbars follow, and the screen is laid out again only when
-        one appears or goes."""
-        if size != self.virtual_size:
-            self.set_reactive(LivePane.virtual_size, size)
+        depend on its rows): the scrollbars follow (only the vertical one when only the number
+        of rows changed), and the screen is laid out again only when one appears or goes."""
+        old = self.virtual_size
+        if size == old:
+            return
+        self.set_reactive(LivePane.virtual_size, size)
+        if size.width != old.width:
             self._scroll_update(size)
+            return
+        self._refresh_scrollbars()
+        self.scroll_y = self.validate_scroll_y(self.scroll_y)
+        if self.show_vertical_scrollbar and self._bar_timer is None:
+            self._bar_timer = self.set_timer(BAR_LAG_S, self._resize_bar)
+
+    def _resize_bar(self) -> None:
+        """Bring the vertical scrollbar's thumb up to date: at most a few times a second, as
+        drawing the bar costs about as much as drawing the rows (it hardly moves when a row of
+        hundreds comes or goes)."""
+        self._bar_timer = None
+        if self.show_vertical_scrollbar:
+            self.vertical_scrollbar.window_virtual_size = self.virtual_size.height
 
     @property
     def keeps_selection(self) -> bool:
@@ -497,7 +517,8 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
                 if over is not None:
                     cell_style += over
             segments.append(Segment(f" {fit(text, column.width)} ", cell_style))
-        return Strip(segments, self._width).crop_extend(scroll_x, scroll_x + width, style)
+        strip = Strip(segments, self._width).simplify()  # fewer segments: cheaper to compose
+        return strip.crop_extend(scroll_x, scroll_x + width, style)
 
 
 def vars_of(line: Any) -> list[Any]:
