@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-
-from tests.pgcluster import CURRENT as _current
-from tests.pgcluster import ENABLE_HINT, PgCluster, find_bin_dir
+from tests.pgcluster import CURRENT, ENABLE_HINT, PgCluster, find_bin_dir
 
 T = TypeVar("T")
 
@@ -101,21 +99,25 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     ``pytestmark = pytest.mark.usefixtures("database")``; their helpers find the URL through
     :func:`current_database`.
     """
+    cluster: PgCluster | None = None
     if request.param == "sqlite":
         url = str(tmp_path / "state" / "quarterdeck.db")
     else:
-        url = request.getfixturevalue("pg_cluster").create_database()
-    _current["url"] = url
+        cluster = request.getfixturevalue("pg_cluster")
+        url = cluster.create_database()
+    CURRENT["url"] = url
     try:
         yield url
     finally:
-        _current.pop("url", None)
+        CURRENT.pop("url", None)
+        if cluster is not None:
+            cluster.drop_database(url)
 
 
 def current_database(tmp_path: Path, name: str = "q.db") -> str:
     """The URL the running test's ``database`` fixture chose; a SQLite file under
     ``tmp_path`` for tests that do not use it."""
-    return _current.get("url") or str(tmp_path / name)
+    return CURRENT.get("url") or str(tmp_path / name)
 
 
 def is_postgres(url: str) -> bool:
@@ -137,7 +139,7 @@ class Store:
             from psycopg.rows import dict_row
 
             with psycopg.connect(self.url, autocommit=True, row_factory=dict_row) as pg:
-                return list(pg.execute(sql.replace("?", "%s"), args).fetchall())  # type: ignore[arg-type]
+                return list(pg.execute(sql.replace("%", "%%").replace("?", "%s"), args).fetchall())  # type: ignore[arg-type]
         conn = sqlite3.connect(self.path, timeout=10)
         conn.row_factory = sqlite3.Row
         try:
@@ -151,7 +153,7 @@ class Store:
             import psycopg
 
             with psycopg.connect(self.url, autocommit=True) as pg:
-                pg.execute(sql.replace("?", "%s"), args)  # type: ignore[arg-type]
+                pg.execute(sql.replace("%", "%%").replace("?", "%s"), args)  # type: ignore[arg-type]
             return
         conn = sqlite3.connect(self.path, timeout=10)
         try:

@@ -109,6 +109,15 @@ class PgCluster:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
         return self.url(name)
 
+    def drop_database(self, url: str) -> None:
+        """Drop the database at ``url`` (ending any session still connected to it); tests drop
+        theirs at teardown so the cluster stays small."""
+        import psycopg
+
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def stop(self) -> None:
         """Stop the server and remove its files."""
         with contextlib.suppress(subprocess.CalledProcessError):

@@ -486,6 +486,56 @@ def test_a_node_frozen_inside_a_write_transaction_does_not_stall_the_others(
     verify_ledger(url)
 
 
+def hold_head_mid_statement(url: str, application: str) -> psycopg.Connection[Any]:
+    """A write session that locked the ledger head and then went silent between two protocol
+    messages (pipeline mode, no Sync): the server waits for it ``active`` in ``ClientRead``,
+    where its idle-in-transaction timeout does not apply (what a process frozen in the
+    middle of an ``asyncpg`` statement leaves behind)."""
+    conn = psycopg.connect(url, application_name=application, autocommit=True)
+    raw = conn.pgconn
+    raw.enter_pipeline_mode()
+    raw.send_query_params(b"BEGIN", None)
+    raw.send_query_params(b"SELECT seq FROM ledger_head WHERE id = 1 FOR UPDATE", None)
+    raw.send_flush_request()
+    while raw.flush():
+        time.sleep(0.01)
+    wait_until(lambda: not head_lock_free(url, wait_s=0.1), 10, "the head to be held")
+    return conn
+
+
+def test_a_write_session_stalled_mid_statement_is_ended_by_a_node(tmp_path: Path, url: str) -> None:
+    from quarterdeck.store.database import POSTGRES_IDLE_IN_TRANSACTION_MS, WRITER_APPLICATION
+
+    stale_s = POSTGRES_IDLE_IN_TRANSACTION_MS / 1000
+    store = Store(url)
+    config = write_config(
+        tmp_path, lanes={"fast": {"concurrency": 4}}, lease_s=LEASE_S, sweep_interval_s=SWEEP_S
+    )
+    count = 20
+    with fleet(tmp_path, url) as nodes:
+        [a] = nodes.start_ready(config, "a")
+        holder = hold_head_mid_statement(url, WRITER_APPLICATION)
+        try:
+            began = time.monotonic()
+            # The submitter's write waits for the head until the node ends the stalled session.
+            submit(url, [task(f"after-{i}", lane="fast", latency_ms=10) for i in range(count)])
+            waited_s = time.monotonic() - began
+            wait_until(turns_done(store, count, nodes), 30, "every turn to end", step=0.1)
+            assert holder.pgconn.status == psycopg.pq.ConnStatus.OK  # (the client side knows
+            with pytest.raises(psycopg.OperationalError):  # nothing until it speaks)
+                holder.pgconn.exit_pipeline_mode()
+                holder.execute("SELECT 1")
+        finally:
+            holder.close()
+        ended = [e for e in a.log_entries() if e.get("message") == "ended stalled write sessions"]
+
+    print(f"figures: the stalled session was ended; the submit waited {waited_s:.2f} s")
+    assert stale_s - 1 <= waited_s <= stale_s + SWEEP_S + RECLAIM_MARGIN_S, waited_s
+    assert ended and ended[0]["sessions"] == 1, ended
+    assert deliverable_problems(store, count) == []
+    verify_ledger(url)
+
+
 # --- 5. an attached control center approves across nodes -----------------------------------------
 
 

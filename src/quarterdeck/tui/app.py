@@ -490,7 +490,7 @@ class QuarterdeckApp(App[None]):
 
     @work(group="commands")
     async def send(self, payload: dict[str, Any], done: str) -> None:
-        """Send a command and report how it went; refresh afterwards."""
+        """Send a command and report how it went; a snapshot confirms it afterwards."""
         result = await self._command(payload)
         if result is None:
             return

@@ -350,7 +350,8 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
 
     @property
     def keeps_selection(self) -> bool:
-        """Whether a refresh keeps the cursor on the same item (else it stays in place)."""
+        """Whether a refresh keeps the cursor on the same item (else on the same row while
+        rows only leave or are added at the end, and on the first row otherwise)."""
         return True
 
     def stamp(self, now: datetime) -> str:
