@@ -10,11 +10,11 @@ entries (default 1,000,000, appended through the store's own chain) and N pendin
 
 Measured: seconds from creating the app to the first complete frame (the header and the
 approvals pane filled, and the screen painted), and from pressing ``5`` to the ledger pane's
-first page; milliseconds
-from an ``a`` keypress on the first approval to that approval gone from the pane as decided
-(the key posted to the app as a terminal delivers it, not through the test pilot, which waits
-for the screen to go idle), p50/p95 over N presses (default 100); this process's peak RSS; the
-tasks fed and the ledger entries committed a second while the app ran (the load it ran under).
+first page; milliseconds from an ``a`` keypress on the first approval to that approval gone
+from the pane as decided (the key posted to the app as a terminal delivers it, not through the
+test pilot, which waits for the screen to go idle), p50/p95 over N presses (default 100); this
+process's peak RSS; the load the app ran under: tasks fed a second, and ledger entries committed
+a second (the runtime's and the decisions').
 Prints JSON next to the targets (1.5 s, 150 ms, 300 MB).
 """
 

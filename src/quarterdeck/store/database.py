@@ -51,6 +51,7 @@ _END_STALLED_WRITERS = text(
     "SELECT pg_terminate_backend(h.pid) AS ended FROM pg_stat_activity h "
     "WHERE h.datname = current_database() AND h.pid <> pg_backend_pid() "
     "AND h.application_name = :app AND h.state = 'active' AND h.wait_event = 'ClientRead' "
+    "AND pg_has_role(h.usesysid, 'MEMBER') "
     "AND h.state_change < clock_timestamp() - make_interval(secs => :stale_s) "
     "AND EXISTS (SELECT 1 FROM pg_stat_activity w WHERE w.datname = current_database() "
     "AND w.wait_event_type = 'Lock' AND h.pid = ANY(pg_blocking_pids(w.pid)))"
