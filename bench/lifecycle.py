@@ -315,10 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pgqueuer-batch", type=int, default=100, help="enqueue/dequeue batch")
     args = parser.parse_args(argv)
     if args.db is not None or args.start_cluster:
-        if not args.start_cluster and "://" not in args.db:
+        if not args.start_cluster and not args.db.startswith(("postgresql", "postgres:")):
             parser.error("--db needs a postgresql://... URL (or use --start-cluster)")
+        if not args.start_cluster and "://" not in args.db:
+            parser.error(f"--db {args.db} names no server: give a URL or add --start-cluster")
         if args.start_cluster and args.db not in (None, "postgresql", "postgres"):
             parser.error("--start-cluster starts its own server: leave --db out")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from pg_lifecycle import run_postgres
 
         return run_postgres(args, make_lines(args.turns))

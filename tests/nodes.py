@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -159,7 +159,6 @@ class Node:
     log: Path
     id: str = ""
     """The node identity it chose (``node-<uuid>``), known once it started."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def log_entries(self) -> list[dict[str, Any]]:
         entries = []

@@ -83,9 +83,6 @@ MAX_EVENTS_PER_MISSION = 1_000
 SESSION_DEGRADED_AFTER = 3
 """Missions failed in a row on one session before it is marked degraded."""
 WATCH_INTERVAL_S = 0.05
-_UNAPPLIED_EXISTS = text(
-    "SELECT 1 FROM receipts WHERE status = 'accepted' AND produced_type IS NULL LIMIT 1"
-)
 SUPERVISION_INTERVAL_S = 0.1
 
 
@@ -415,7 +412,7 @@ class Runtime:
                 await asyncio.sleep(0.5)
 
     async def _pump(self) -> None:
-        while await self._receipts_waiting():
+        while True:
             try:
                 applied = await self.writer.submit(lambda txn: apply_receipts(txn, self.plan))
             except ReceiptsAlreadyApplied as exc:
@@ -432,15 +429,6 @@ class Runtime:
                 self._wake.set()
                 return
             self._start_missions(claims, flags)
-
-    async def _receipts_waiting(self) -> bool:
-        """Whether an accepted receipt may wait to be applied. On PostgreSQL a read answers, so
-        that a pump with nothing to apply takes no write transaction (each one queues on the
-        ledger head with every other node's writes); on SQLite the apply is asked directly."""
-        if not self.db.is_postgres:
-            return True
-        async with self.db.read() as conn:
-            return (await conn.execute(_UNAPPLIED_EXISTS)).first() is not None
 
     def _start_missions(self, claims: list[Claim], flags: Flags) -> None:
         self.flags = flags
