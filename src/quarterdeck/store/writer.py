@@ -135,8 +135,8 @@ class Writer:
         self.db = db
         self.clock = clock
         self._database_clock = db.is_postgres and clock is utc_now
-        """On PostgreSQL a transaction's time is the database clock, read once the ledger head is locked (one clock for every
-        node's lease deadlines), unless a clock was injected."""
+        """On PostgreSQL a transaction's time is the database clock, read once the ledger head
+        is locked (one clock for every node's lease deadlines), unless a clock was injected."""
         self._notify = db.is_postgres and db.notify
         self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
