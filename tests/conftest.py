@@ -114,6 +114,15 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
             cluster.drop_database(url)
 
 
+def another_database(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:
+    """A further fresh database on the running test's backend (for tests that need several)."""
+    url = CURRENT.get("url")
+    if url and is_postgres(url):
+        created: str = request.getfixturevalue("pg_cluster").create_database()
+        return created
+    return str(tmp_path / name)
+
+
 def current_database(tmp_path: Path, name: str = "q.db") -> str:
     """The URL the running test's ``database`` fixture chose; a SQLite file under
     ``tmp_path`` for tests that do not use it."""
