@@ -239,7 +239,7 @@ def schemas(
     test's own) migrated up one step at a time."""
     if backend(database) not in schema_cache:
         if is_postgres(database):
-            url = str(request.getfixturevalue("pg_cluster").create_database("schemas"))
+            url = str(request.getfixturevalue("pg_cluster").create_database())
         else:
             url = str(tmp_path_factory.mktemp("schemas") / "quarterdeck.db")
         found: dict[int, Schema] = {}

@@ -74,7 +74,7 @@ deadline_s = 600
 @pytest.fixture
 def url(pg_cluster: PgCluster) -> str:
     """A fresh database, migrated once before any node starts."""
-    database = pg_cluster.create_database("nodes")
+    database = pg_cluster.create_database()
     migrate(database)
     return database
 
