@@ -81,7 +81,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     enable it, when the server binaries are missing)."""
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        if os.environ.get("QUARTERDECK_REQUIRE_PG"):
+        if os.environ.get("REQUIRE_POSTGRES_TESTS"):
             pytest.fail(ENABLE_HINT, pytrace=False)  # CI sets it: no silent skips there
         pytest.skip(ENABLE_HINT)
     cluster = PgCluster(bin_dir).start()
