@@ -715,7 +715,12 @@ def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path)
         async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
             turn = await turn_of(store, await submit_one(rt, task("h", outcome="hang")))
             await turn_in(store, turn, "running")
-            [held] = [r.claim for r in rt._running.values() if r.claim.turn_id == turn]
+            # The row commits before the runtime has registered the claim it returned.
+            [held] = await wait_until(
+                lambda: [r.claim for r in rt._running.values() if r.claim.turn_id == turn],
+                5,
+                "the runtime to hold the turn's mission",
+            )
             await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
             late = await rt.writer.submit(
                 lambda txn: finish_mission(

@@ -287,8 +287,7 @@ class Runtime:
             (self.relay.run(self._stop_event), "relay"),
         ):
             self._tasks.append(loop.create_task(coroutine, name=f"qd-{name}"))
-        if self.db.is_postgres:
-            self._tasks.append(loop.create_task(self._stalled_loop(), name="qd-stalled"))
+        self._tasks.append(loop.create_task(self._stalled_loop(), name="qd-stalled"))
         log.info("runtime started", extra={"node": self.node_id, "lanes": list(self.lanes)})
 
     def _on_commit(self, head_seq: int) -> None:
@@ -802,8 +801,9 @@ class Runtime:
                 self._wake.set()
 
     async def _stalled_loop(self) -> None:
-        """PostgreSQL: end write transactions left hanging mid-statement by a frozen process
-        (they hold the ledger head, so every node's writes would wait for it to wake)."""
+        """End other processes' write transactions left hanging mid-statement by a freeze
+        (on PostgreSQL they hold the ledger head, so every node's writes would wait for them;
+        the store finds none on SQLite)."""
         while not self._stopped:
             await asyncio.sleep(self.config.sweep_interval_s)
             try:

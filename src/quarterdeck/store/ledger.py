@@ -55,7 +55,7 @@ class LedgerAppender:
         self._notify = notify
         self._pending: list[LedgerEntry] = []
         self.database_now: datetime | None = None
-        """The database clock at the start of the transaction (PostgreSQL)."""
+        """The database clock once the head was locked (PostgreSQL)."""
 
     @classmethod
     def open(
@@ -178,8 +178,6 @@ class LedgerAppender:
         )
         self._pending.clear()
         self._start_seq = self.head_seq
-        if self._notify:
-            self._conn.execute(_NOTIFY, {"seq": str(self.head_seq)})
 
     def _flush_postgres(self) -> None:
         """:meth:`flush` in one statement and one round trip: the head's compare-and-set, the
@@ -202,7 +200,6 @@ class LedgerAppender:
 
 CHANGE_CHANNEL = "quarterdeck_ledger"
 """The PostgreSQL ``NOTIFY`` channel; each payload is the new ledger head seq."""
-_NOTIFY = text(f"SELECT pg_notify('{CHANGE_CHANNEL}', :seq)")
 _PG_FLUSH_SQL = (
     "WITH moved AS (UPDATE ledger_head SET seq = :seq, hash = :hash WHERE id = 1 "
     "AND seq = :start RETURNING 1), added AS (INSERT INTO ledger ("
