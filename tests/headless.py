@@ -87,6 +87,30 @@ def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: f
         time.sleep(step)
 
 
+class JsonLog:
+    """Reading a daemon's JSON-lines log (stderr of ``quarterdeck run --headless``)."""
+
+    log: Path
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        """Every JSON object logged so far (other lines skipped)."""
+        entries = []
+        for raw in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                value = json.loads(raw)
+                if isinstance(value, dict):
+                    entries.append(value)
+        return entries
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the log, for a failure message."""
+        return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
+
+    def logged(self, message: str) -> dict[str, Any] | None:
+        """The first entry with this message, if logged yet."""
+        return next((e for e in self.log_entries() if e.get("message") == message), None)
+
+
 def query(
     where: Headless | Path | str, sql: str, params: tuple[Any, ...] = ()
 ) -> list[dict[str, Any]]:

@@ -15,31 +15,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.conftest import Store
+from tests.headless import JsonLog, wait_until
 
 T = TypeVar("T")
 
 TERMINAL = ("completed", "failed", "cancelled", "timed_out")
 TERMINAL_SQL = "('completed', 'failed', 'cancelled', 'timed_out')"
 """Terminal states of turns and missions, as an SQL list."""
-
-
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, step: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(step)
 
 
 # --- configuration and work ----------------------------------------------------------------------
@@ -151,7 +139,7 @@ def migrate(url: str, env: Mapping[str, str] | None = None) -> None:
 
 
 @dataclass
-class Node:
+class Node(JsonLog):
     """One ``quarterdeck run --headless`` process."""
 
     label: str
@@ -159,21 +147,6 @@ class Node:
     log: Path
     id: str = ""
     """The node identity it chose (``node-<uuid>``), known once it started."""
-
-    def log_entries(self) -> list[dict[str, Any]]:
-        entries = []
-        for raw in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                value = json.loads(raw)
-                if isinstance(value, dict):
-                    entries.append(value)
-        return entries
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
-
-    def logged(self, message: str) -> dict[str, Any] | None:
-        return next((e for e in self.log_entries() if e.get("message") == message), None)
 
     def alive(self) -> bool:
         """True while it runs; fails the test, with its log, if it exited."""

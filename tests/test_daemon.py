@@ -40,6 +40,7 @@ from typing import Any
 import psycopg
 import pytest
 from tests.conftest import is_postgres, quarterdeck
+from tests.headless import JsonLog
 
 from quarterdeck.domain.clock import parse_instant
 
@@ -306,27 +307,12 @@ def turns_completed_twice(state: Site) -> list[Any]:
 
 
 @dataclass
-class Daemon:
+class Daemon(JsonLog):
     node: str
     proc: subprocess.Popen[bytes]
     log: Path
     launched_at: datetime
     """Wall clock (UTC) just before the process was started."""
-
-    def log_entries(self) -> list[dict[str, Any]]:
-        entries = []
-        for raw in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                value = json.loads(raw)
-                if isinstance(value, dict):
-                    entries.append(value)
-        return entries
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
-
-    def logged(self, message: str) -> dict[str, Any] | None:
-        return next((e for e in self.log_entries() if e.get("message") == message), None)
 
     def wait_ready(self, timeout: float = 60) -> datetime:
         """Wait for the "daemon running" line; return when the runtime said it started."""

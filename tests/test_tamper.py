@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Store, envelope, line, quarterdeck, run
-from quarterdeck.domain.ledger import GENESIS_HASH, VerifyResult
+from quarterdeck.domain.ledger import GENESIS_HASH, LedgerEntry, VerifyResult, make_entry
 from quarterdeck.domain.states import Kind
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.runtime.items import Items
@@ -343,24 +343,27 @@ def test_deleting_an_entry_is_detected(ledger_file: Path, where: str):
     _bad_at(_verify_file(ledger_file), seq, f"entry {seq} deleted")
 
 
+def forged_entry(seq: int, prev_hash: str) -> LedgerEntry:
+    """A well-formed entry linked to ``prev_hash`` that no writer made."""
+    return make_entry(
+        seq=seq,
+        prev_hash=prev_hash,
+        at="2030-01-01T00:00:00.000000Z",
+        workspace="acme",
+        actor="mallory",
+        action="turn.completed",
+        subject_type="turn",
+        subject_id="forged",
+        from_state="running",
+        to_state="completed",
+    )
+
+
 def test_an_entry_appended_beyond_the_head_is_detected(ledger_file: Path):
     """A well-formed next entry that the head does not record."""
-    from quarterdeck.domain.ledger import make_entry
-
     with closing(sqlite3.connect(ledger_file)) as conn:
         seq, head = conn.execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchone()
-        entry = make_entry(
-            seq=seq + 1,
-            prev_hash=head,
-            at="2030-01-01T00:00:00.000000Z",
-            workspace="acme",
-            actor="mallory",
-            action="turn.completed",
-            subject_type="turn",
-            subject_id="forged",
-            from_state="running",
-            to_state="completed",
-        )
+        entry = forged_entry(seq + 1, head)
         conn.execute(
             "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -597,20 +600,7 @@ def _sql_damages(store: Store) -> list[Damage]:
         )
     )
     # a forged entry appended beyond the head, well formed and linked
-    from quarterdeck.domain.ledger import make_entry
-
-    forged = make_entry(
-        seq=last + 1,
-        prev_hash=head_hash,
-        at="2030-01-01T00:00:00.000000Z",
-        workspace="acme",
-        actor="mallory",
-        action="turn.completed",
-        subject_type="turn",
-        subject_id="forged",
-        from_state="running",
-        to_state="completed",
-    )
+    forged = forged_entry(last + 1, head_hash)
     values = {c: getattr(forged, c) for c in _ENTRY_COLUMNS if c != "payload"}
     values["payload"] = forged.payload_json
     damages.append(

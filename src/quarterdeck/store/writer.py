@@ -10,7 +10,6 @@ and its ledger entries); the others still commit.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Executable, TextClause, text
+from sqlalchemy import Connection, Executable
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
@@ -55,11 +54,9 @@ class WriteTxn:
     ) -> int:
         """Run an UPDATE once per parameter row; return how many rows it changed in all.
 
-        SQLite counts an executemany's rows exactly. asyncpg's executemany (one pipelined
-        round trip) reports no count, so on PostgreSQL a textual UPDATE runs as an executemany
-        of ``WITH changed AS (<update> RETURNING 1)`` adding its count to a transaction-local
-        setting, read back afterwards: still one UPDATE per row, in order, with an exact total
-        (fences that check the count need it). Other statements run row by row.
+        SQLite counts an executemany's rows exactly. asyncpg's executemany reports no count,
+        so on PostgreSQL the rows run one by one (fences that check the count need it) unless
+        a set-based form is given.
 
         ``postgres`` may give the same change as one set-based statement for PostgreSQL: it
         takes every parameter as an array of the rows' values (``unnest``) and selects the
@@ -73,32 +70,7 @@ class WriteTxn:
         if postgres is not None and len({row[key] for row in rows}) == len(rows):
             columns = {name: [row[name] for row in rows] for name in rows[0]}
             return int(self.conn.execute(postgres, columns).scalar_one())
-        if len(rows) > 3 and isinstance(statement, TextClause):
-            counted = _counted_update(statement.text)
-            if counted is not None:
-                self.conn.execute(_RESET_CHANGED)
-                self.conn.execute(counted, rows)
-                return int(self.conn.execute(_READ_CHANGED).scalar_one())
         return sum(int(self.conn.execute(statement, row).rowcount) for row in rows)
-
-
-_CHANGED = "quarterdeck.changed"
-"""The transaction-local setting that counts the rows of :meth:`WriteTxn.update_many`."""
-_RESET_CHANGED = text(f"SELECT set_config('{_CHANGED}', '0', true)")
-_READ_CHANGED = text(f"SELECT CAST(current_setting('{_CHANGED}') AS BIGINT)")
-
-
-@functools.lru_cache(maxsize=64)
-def _counted_update(sql: str) -> TextClause | None:
-    """The PostgreSQL form of an ``UPDATE`` that adds its row count to :data:`_CHANGED`
-    (None for anything else)."""
-    if not sql.lstrip().upper().startswith("UPDATE ") or "RETURNING" in sql.upper():
-        return None
-    return text(
-        f"WITH changed AS ({sql.rstrip().rstrip(';')} RETURNING 1) "
-        f"SELECT set_config('{_CHANGED}', CAST(CAST(current_setting('{_CHANGED}') AS BIGINT) "
-        "+ (SELECT COUNT(*) FROM changed) AS TEXT), true)"
-    )
 
 
 WriteOp = Callable[[WriteTxn], T]
