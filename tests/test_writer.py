@@ -11,7 +11,7 @@ from tests.conftest import run
 from quarterdeck.domain.states import IllegalTransition, Kind
 from quarterdeck.runtime.items import Items
 from quarterdeck.store.database import open_database
-from quarterdeck.store.ledger import verify_ledger
+from quarterdeck.store.ledger import iter_entries, verify_ledger
 from quarterdeck.store.writer import Writer, WriterClosed, WriteTxn
 
 
@@ -24,8 +24,10 @@ def test_concurrent_operations_share_commits(database: str) -> None:
                 *(items.create(Kind.ALERT, workspace="w", actor="test") for _ in range(200))
             )
             assert len({c.id for c in created}) == 200
-            assert sorted(c.ledger_seq for c in created) == list(range(1, 201))
             commits = writer.commits
+        entries = [entry async for entry in iter_entries(db)]
+        assert [e["seq"] for e in entries] == list(range(1, 201))
+        assert {e["subject_id"] for e in entries} == {c.id for c in created}
         ok = (await verify_ledger(db)).ok
         await db.dispose()
         return commits, len(created), ok

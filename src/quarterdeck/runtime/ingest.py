@@ -143,7 +143,7 @@ class Ingestor:
             learned.clear()  # a retried commit starts over
             return store_receipts(txn, drafts, self.known, learned)
 
-        results = await self.writer.submit(op)
+        results = await self.writer.submit(op, concurrent=True)
         self.known.learn(learned)  # only now: the operation committed
         self.metrics.ingested.update(result.status for result in results)
         return results

@@ -139,10 +139,15 @@ class Batch(Generic[ItemT, ResultT]):
     writer commits, new items accumulate, and the next operation takes them all."""
 
     def __init__(
-        self, writer: Writer, apply: Callable[[WriteTxn, list[ItemT]], list[ResultT]]
+        self,
+        writer: Writer,
+        apply: Callable[[WriteTxn, list[ItemT]], list[ResultT]],
+        *,
+        concurrent: bool = False,
     ) -> None:
         self._writer = writer
         self._apply = apply
+        self._concurrent = concurrent
         self._items: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
         self._scheduled = False
 
@@ -165,7 +170,7 @@ class Batch(Generic[ItemT, ResultT]):
             return self._apply(txn, [item for item, _ in taken])
 
         try:
-            results = await self._writer.submit(op)
+            results = await self._writer.submit(op, concurrent=self._concurrent)
         except BaseException as exc:
             pending = taken if taken is not None else self._items
             if taken is None:
@@ -261,7 +266,9 @@ class Runtime:
         self._stopped = False
         self._claim_lock = asyncio.Lock()
         self._finisher: Batch[Ending, Finished] = Batch(
-            self.writer, lambda txn, endings: finish_missions(txn, endings, self.plan)
+            self.writer,
+            lambda txn, endings: finish_missions(txn, endings, self.plan),
+            concurrent=True,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -413,7 +420,9 @@ class Runtime:
     async def _pump(self) -> None:
         while True:
             try:
-                applied = await self.writer.submit(lambda txn: apply_receipts(txn, self.plan))
+                applied = await self.writer.submit(
+                    lambda txn: apply_receipts(txn, self.plan), concurrent=True
+                )
             except ReceiptsAlreadyApplied as exc:
                 log.info("receipts applied elsewhere; again", extra={"detail": str(exc)})
                 continue
@@ -423,7 +432,7 @@ class Runtime:
             if not self._claiming:
                 return
             try:
-                claims, flags = await self.writer.submit(self._claim_all)
+                claims, flags = await self.writer.submit(self._claim_all, concurrent=True)
             except ClaimConflict:
                 self._wake.set()
                 return
@@ -739,7 +748,7 @@ class Runtime:
         self._events_dirty = False
         batch, self._pending_events = self._pending_events, []
         if batch:
-            await self.writer.submit(lambda txn: record_events(txn, batch))
+            await self.writer.submit(lambda txn: record_events(txn, batch), concurrent=True)
 
     async def _events_loop(self) -> None:
         while not self._stopped:
@@ -802,7 +811,7 @@ class Runtime:
 
     async def _stalled_loop(self) -> None:
         """End other processes' write transactions left hanging mid-statement by a freeze
-        (on PostgreSQL they hold the ledger head, so every node's writes would wait for them;
+        (on PostgreSQL they hold locks other nodes' writes wait for;
         the store finds none on SQLite)."""
         while not self._stopped:
             await asyncio.sleep(self.config.sweep_interval_s)

@@ -7,9 +7,10 @@ separate engine so readers never take the write lock.
 
 PostgreSQL: asyncpg for writes and reads. The same synchronous write functions run on it
 through SQLAlchemy's ``run_sync`` bridge, so the layers above never know which database
-they talk to. Write transactions serialize on the ledger head row (see
-:class:`quarterdeck.store.ledger.LedgerAppender`), which keeps every single-writer promise
-that the SQLite code relies on across any number of nodes.
+they talk to. Write transactions take a writers' advisory lock, exclusive unless all their
+operations are safe beside other writers, and serialize only their ledger append on the head
+row (see :class:`quarterdeck.store.ledger.LedgerAppender`). That keeps every single-writer
+promise the SQLite code relies on across any number of nodes.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ POSTGRES_LOCK_TIMEOUT_MS = 30_000
 """How long a PostgreSQL write waits for a row lock before it fails and is retried."""
 POSTGRES_IDLE_IN_TRANSACTION_MS = 5_000
 """How long PostgreSQL lets a write transaction sit idle before it ends the session. Every
-write transaction holds the ledger head, so a node frozen inside one (SIGSTOP, a VM pause, a
-debugger) would stop every node's writes until it woke; the server ends its session instead,
+write transaction holds the writers' lock (and, while it appends, the ledger head), so a node
+frozen inside one (SIGSTOP, a VM pause, a debugger) would hold up other nodes' writes until it
+woke; the server ends its session instead,
 its transaction rolls back, and the others go on (the frozen node's leases then expire)."""
 WRITER_APPLICATION = "quarterdeck-writer"
 """The ``application_name`` of write connections (what :meth:`Database.end_stalled_writers`
@@ -278,8 +280,8 @@ class Database:
     ) -> int:
         """PostgreSQL: end the sessions of write transactions that block others while the
         server has waited ``stale_s`` or more for their client in the middle of a statement
-        (a process frozen there holds the ledger head, and so every node's writes, until it
-        wakes; the server's idle timeout only covers a freeze between statements). Their
+        (a process frozen there holds the writers' lock or the ledger head, and so other
+        nodes' writes, until it wakes; the server's idle timeout only covers a freeze between statements). Their
         transactions roll back; a woken process retries on a new connection. Returns how many
         sessions were ended (always 0 on SQLite)."""
         if self._pg_writer is None:

@@ -97,12 +97,14 @@ def decide(
     seen = tally or Tally()
 
     def count(kind: str, value: str, window_s: int) -> int:
+        txn.lock_decisions()
         since = format_instant(txn.now - timedelta(seconds=window_s))
         stored = txn.conn.execute(_COUNT_SQL[kind], {"value": value, "since": since}).scalar()
         return int(stored or 0) + seen.counts[(kind, value)]
 
     spend = 0.0
     if policy.floors.budget_yellow is not None or policy.floors.budget_red is not None:
+        txn.lock_decisions()
         since = format_instant(txn.now - timedelta(seconds=SPEND_WINDOW_S))
         stored = txn.conn.execute(_SPEND, {"w": request.workspace, "since": since}).scalar()
         spend = float(stored or 0.0) + seen.spend.get(request.workspace, 0.0)
@@ -116,6 +118,21 @@ _INSERT_DECISION = text(
     ":action_key, :lane, :tool, :args, :estimated_cost, :outcome, :verdict, :rule, :trace, "
     ":policy_hash, :approval_id, :decided_by, :reason)"
 )
+
+_DECISION_COLUMNS: Final = (
+    ("id", "TEXT"), ("workspace", "TEXT"), ("at", "TEXT"), ("kind", "TEXT"), ("turn_id", "TEXT"),
+    ("mission_id", "TEXT"), ("action_key", "TEXT"), ("lane", "TEXT"), ("tool", "TEXT"),
+    ("args", "TEXT"), ("estimated_cost", "DOUBLE PRECISION"), ("outcome", "TEXT"),
+    ("verdict", "TEXT"), ("rule", "TEXT"), ("trace", "TEXT"), ("policy_hash", "TEXT"),
+    ("approval_id", "TEXT"), ("decided_by", "TEXT"), ("reason", "TEXT"),
+)  # fmt: skip
+_PG_INSERT_DECISION = text(
+    f"INSERT INTO decisions ({', '.join(name for name, _ in _DECISION_COLUMNS)}) "
+    "SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _DECISION_COLUMNS)
+    + ")"
+)
+"""``_INSERT_DECISION`` for many rows in one statement, over column arrays (PostgreSQL)."""
 
 
 def verdict_of(decision: PolicyDecision) -> str:
@@ -167,9 +184,8 @@ def decision_row(
 
 
 def insert_decisions(txn: WriteTxn, rows: list[dict[str, Any]]) -> None:
-    """Persist decision rows (one ``executemany``)."""
-    if rows:
-        txn.conn.execute(_INSERT_DECISION, rows)
+    """Persist decision rows (one statement)."""
+    txn.insert_many(_INSERT_DECISION, rows, postgres=_PG_INSERT_DECISION)
 
 
 def denial_reason(decision: PolicyDecision) -> str:

@@ -38,7 +38,6 @@ class ItemState:
     state: str
     version: int
     attempt: int
-    ledger_seq: int
 
 
 def _extra_columns(kind: Kind, fields: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +76,7 @@ def create_item(
             **columns,
         )
     )
-    entry = txn.ledger.append(
+    txn.ledger.append(
         at=txn.at,
         workspace=workspace,
         actor=actor,
@@ -88,7 +87,7 @@ def create_item(
         to_state=initial,
         payload={"version": 1, "attempt": 0, **(cause or {})},
     )
-    return ItemState(kind, item_id, workspace, initial, 1, 0, entry.seq)
+    return ItemState(kind, item_id, workspace, initial, 1, 0)
 
 
 def transition(
@@ -156,7 +155,7 @@ def transition(
     )
     if changed.rowcount != 1:
         raise StaleWrite(kind, item_id, (expected_version, expected_attempt), (version, attempt))
-    entry = txn.ledger.append(
+    txn.ledger.append(
         at=txn.at,
         workspace=workspace,
         actor=actor,
@@ -167,7 +166,7 @@ def transition(
         to_state=to_state,
         payload={"version": version + 1, "attempt": new_attempt, **(payload or {})},
     )
-    return ItemState(kind, item_id, workspace, to_state, version + 1, new_attempt, entry.seq)
+    return ItemState(kind, item_id, workspace, to_state, version + 1, new_attempt)
 
 
 def _require_dispatch_decision(txn: WriteTxn, mission_id: str, decision_id: Any) -> None:

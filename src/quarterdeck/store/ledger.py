@@ -7,12 +7,19 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from quarterdeck.domain.ledger import ChainVerifier, LedgerEntry, VerifyResult, make_entry
+from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.ledger import (
+    ChainVerifier,
+    LedgerEntry,
+    VerifyResult,
+    body_text,
+    chain_hash,
+)
 from quarterdeck.store.database import Database
 from quarterdeck.store.tables import LedgerHeadRow, LedgerRow, table_of
 
@@ -38,59 +45,99 @@ class LedgerHeadMoved(Exception):
     """Another writer appended to the ledger since this transaction read the head."""
 
 
-class LedgerAppender:
-    """Appends entries within one write transaction; the head row is read once and written once.
+WRITERS_LOCK_KEY = 0x5144_5752
+"""The PostgreSQL advisory lock every write transaction takes first: shared by transactions
+whose operations are all safe beside other writers, exclusive otherwise."""
+DECISIONS_LOCK_KEY = 0x5144_4443
+"""The PostgreSQL advisory lock a shared write transaction takes before a policy decision
+reads counts or spend, so concurrent deciders see each other's decisions."""
 
-    Entries are buffered and inserted by :meth:`flush` just before commit. ``mark`` and
-    ``rollback_to`` let the writer drop the entries of one failed operation.
+
+class _Draft(NamedTuple):
+    """An entry appended in this transaction, chained (seq, prev_hash, hash) at flush."""
+
+    at: str
+    workspace: str
+    actor: str
+    action: str
+    subject_type: str
+    subject_id: str
+    from_state: str | None
+    to_state: str | None
+    payload_json: str
+
+
+class LedgerAppender:
+    """Appends entries within one write transaction; the head row is written once, at flush.
+
+    Entries are buffered and chained onto the head by :meth:`flush` just before commit.
+    ``mark`` and ``rollback_to`` let the writer drop the entries of one failed operation.
     """
 
     def __init__(
-        self, conn: Connection, head_seq: int, head_hash: str, *, notify: bool = False
+        self,
+        conn: Connection,
+        head: tuple[int, str] | None,
+        *,
+        notify: bool = False,
+        exclusive: bool = True,
     ) -> None:
         self._conn = conn
-        self._start_seq = head_seq
-        self.head_seq = head_seq
-        self.head_hash = head_hash
+        self._start = head
+        self.head_seq, self.head_hash = head if head is not None else (-1, "")
+        self.exclusive = exclusive
+        """Whether no other write transaction runs beside this one."""
         self._notify = notify
-        self._pending: list[LedgerEntry] = []
+        self._drafts: list[_Draft] = []
+        self._decisions_locked = False
         self.database_now: datetime | None = None
-        """The database clock once the head was locked (PostgreSQL)."""
+        """The database clock at the start of the transaction (PostgreSQL)."""
 
     @classmethod
     def open(
-        cls, conn: Connection, known_head: tuple[int, str] | None = None, *, notify: bool = False
+        cls,
+        conn: Connection,
+        known_head: tuple[int, str] | None = None,
+        *,
+        notify: bool = False,
+        exclusive: bool = True,
     ) -> LedgerAppender:
         """Start appending inside the caller's write transaction.
 
         On SQLite the write transaction already excludes every other writer, so a head
         remembered from this process's previous commit may be passed as ``known_head``; if
         another process appended since, :meth:`flush` raises :class:`LedgerHeadMoved` and the
-        caller retries. On PostgreSQL the head row is read and locked here, first thing: every
-        write transaction of every node queues on that row, so ``seq`` is gap-free in commit
-        order, the chain is one chain, and a transaction sees no concurrent writer (the same
-        guarantee SQLite's write lock gives). With ``notify``, :meth:`flush` announces the new
-        head seq on the ``quarterdeck_ledger`` channel (delivered at commit).
+        caller retries.
+
+        On PostgreSQL the transaction first takes the writers' advisory lock: ``exclusive``
+        (no other write transaction runs beside it, as on SQLite) or shared (only beside other
+        shared ones, whose operations lock or fence every row they read before writing). The
+        ledger head row is locked only in :meth:`flush`, which chains the entries onto it: so
+        ``seq`` is gap-free in commit order and the chain is one chain, while the work of
+        shared transactions on several nodes overlaps. With ``notify``, :meth:`flush` announces
+        the new head seq on the ``quarterdeck_ledger`` channel (delivered at commit).
         """
-        if known_head is not None and conn.dialect.name == "sqlite":
-            return cls(conn, *known_head)
         if conn.dialect.name == "postgresql":
-            # The clock is read above the lock (clock_timestamp() outside the locking
-            # subquery), not with now(): now() is the transaction's start, before any wait
-            # for the head, so a writer that queued behind other nodes would stamp its
-            # entries and lease deadlines in the past (times going backwards along seq).
-            locked = select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
-            head = locked.subquery("head")
+            lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
             found = conn.execute(
-                select(head.c.seq, head.c.hash, func.clock_timestamp().label("now"))
+                text(f"SELECT {lock}({WRITERS_LOCK_KEY}), clock_timestamp() AS now")
             ).one()
-            appender = cls(conn, int(found.seq), str(found.hash), notify=notify)
+            appender = cls(conn, None, notify=notify, exclusive=exclusive)
             appender.database_now = found.now
             return appender
-        row = conn.execute(
-            select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1).with_for_update()
-        ).one()
-        return cls(conn, int(row.seq), str(row.hash))
+        if known_head is not None:
+            return cls(conn, known_head)
+        row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).one()
+        return cls(conn, (int(row.seq), str(row.hash)))
+
+    def lock_decisions(self) -> None:
+        """Before a policy decision reads counts or spend: on PostgreSQL, a shared transaction
+        takes the deciders' lock (held to commit), so that no concurrent transaction decides
+        on counts that miss this one's decisions. Exclusive transactions need nothing."""
+        if self.exclusive or self._decisions_locked:
+            return
+        self._conn.execute(text(f"SELECT pg_advisory_xact_lock({DECISIONS_LOCK_KEY})"))
+        self._decisions_locked = True
 
     def append(
         self,
@@ -104,54 +151,47 @@ class LedgerAppender:
         from_state: str | None = None,
         to_state: str | None = None,
         payload: dict[str, Any] | None = None,
-    ) -> LedgerEntry:
-        """Chain one entry onto the head; it is written with the transaction."""
-        entry = make_entry(
-            seq=self.head_seq + 1,
-            prev_hash=self.head_hash,
-            at=at,
-            workspace=workspace,
-            actor=actor,
-            action=action,
-            subject_type=subject_type,
-            subject_id=subject_id,
-            from_state=from_state,
-            to_state=to_state,
-            payload=payload,
+    ) -> None:
+        """Add one entry; it is chained and written with the transaction."""
+        self._drafts.append(
+            _Draft(
+                at,
+                workspace,
+                actor,
+                action,
+                subject_type,
+                subject_id,
+                from_state,
+                to_state,
+                canonical_text(payload or {}),
+            )
         )
-        self._pending.append(entry)
-        self.head_seq = entry.seq
-        self.head_hash = entry.hash
-        return entry
 
-    def mark(self) -> tuple[int, int, str]:
+    def mark(self) -> int:
         """A point to roll the buffer back to."""
-        return (len(self._pending), self.head_seq, self.head_hash)
+        return len(self._drafts)
 
-    def rollback_to(self, mark: tuple[int, int, str]) -> None:
+    def rollback_to(self, mark: int) -> None:
         """Forget entries appended after ``mark``."""
-        del self._pending[mark[0] :]
-        self.head_seq, self.head_hash = mark[1], mark[2]
-
-    @property
-    def pending(self) -> list[LedgerEntry]:
-        """Entries appended in this transaction and not yet rolled back."""
-        return list(self._pending)
+        del self._drafts[mark:]
 
     def flush(self) -> None:
-        """Move the head row (compare-and-set on its previous seq), then insert the entries.
+        """Chain the entries onto the head, move the head row (compare-and-set on its
+        previous seq), then insert the entries.
 
         Raises:
-            LedgerHeadMoved: another writer appended since the head was read.
+            LedgerHeadMoved: (SQLite) another writer appended since the head was read.
         """
-        if not self._pending:
+        if not self._drafts:
             return
         if self._conn.dialect.name == "postgresql":
             self._flush_postgres()
             return
+        assert self._start is not None
+        entries = self._chain(self._start, None)
         moved = self._conn.execute(
             update(HEAD)
-            .where(HEAD.c.id == 1, HEAD.c.seq == self._start_seq)
+            .where(HEAD.c.id == 1, HEAD.c.seq == self._start[0])
             .values(seq=self.head_seq, hash=self.head_hash)
         )
         if moved.rowcount != 1:
@@ -173,31 +213,65 @@ class LedgerAppender:
                     "prev_hash": e.prev_hash,
                     "hash": e.hash,
                 }
-                for e in self._pending
+                for e in entries
             ],
         )
-        self._pending.clear()
-        self._start_seq = self.head_seq
+        self._drafts.clear()
+        self._start = (self.head_seq, self.head_hash)
+
+    def _chain(self, head: tuple[int, str], floor: str | None) -> list[LedgerEntry]:
+        """The drafts as entries following ``head``; no ``at`` earlier than ``floor`` or than
+        the entry before it."""
+        seq, prev = head
+        entries = []
+        for d in self._drafts:
+            seq += 1
+            at = floor if floor is not None and d.at < floor else d.at
+            floor = at
+            body = body_text(seq, at, d.workspace, d.actor, d.action, d.subject_type,
+                             d.subject_id, d.from_state, d.to_state, d.payload_json)  # fmt: skip
+            digest = chain_hash(prev, body)
+            entries.append(
+                LedgerEntry(seq, at, d.workspace, d.actor, d.action, d.subject_type,
+                            d.subject_id, d.from_state, d.to_state, d.payload_json, prev, digest)
+            )  # fmt: skip
+            prev = digest
+        self.head_seq, self.head_hash = seq, prev
+        return entries
 
     def _flush_postgres(self) -> None:
-        """:meth:`flush` in one statement and one round trip: the head's compare-and-set, the
-        entries as arrays (``unnest``) inserted only if it held, and the notification."""
+        """:meth:`flush` on PostgreSQL: lock the head row (held to commit), read its entry's
+        time, chain the entries onto it, then write them, move the head and notify
+        in one statement.
+
+        An entry's ``at`` is its transaction's time, except that it is never earlier than the
+        entry before it: a shared transaction that started earlier may chain after one that
+        started later, and then takes that one's time.
+        """
+        head = self._conn.execute(_PG_LOCK_HEAD).one()
+        start = (int(head.seq), str(head.hash))
+        # Read in a statement of its own: the locking one's snapshot predates the commit it
+        # waited for, so it would not see that commit's entries.
+        floor = self._conn.execute(_PG_ENTRY_AT, {"seq": start[0]}).scalar()
+        entries = self._chain(start, floor)
         params: dict[str, Any] = {
-            "start": self._start_seq,
+            "start": start[0],
             "seq": self.head_seq,
             "hash": self.head_hash,
             "note": str(self.head_seq),
         }
         for column in _COLUMNS:
             attribute = "payload_json" if column == "payload" else column
-            params[f"e_{column}"] = [getattr(e, attribute) for e in self._pending]
+            params[f"e_{column}"] = [getattr(e, attribute) for e in entries]
         row = self._conn.execute(_PG_FLUSH_NOTIFY if self._notify else _PG_FLUSH, params).one()
         if row[0] != 1:
-            raise LedgerHeadMoved("the ledger head moved; the transaction must be retried")
-        self._pending.clear()
-        self._start_seq = self.head_seq
+            raise LedgerHeadMoved("the ledger head moved under its lock")
+        self._drafts.clear()
+        self._start = (self.head_seq, self.head_hash)
 
 
+_PG_LOCK_HEAD = text("SELECT seq, hash FROM ledger_head WHERE id = 1 FOR UPDATE")
+_PG_ENTRY_AT = text("SELECT at FROM ledger WHERE seq = :seq")
 CHANGE_CHANNEL = "quarterdeck_ledger"
 """The PostgreSQL ``NOTIFY`` channel; each payload is the new ledger head seq."""
 _PG_FLUSH_SQL = (

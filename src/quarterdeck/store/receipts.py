@@ -110,7 +110,7 @@ _PG_INSERT_ARRAYS = text(
     + ") ON CONFLICT (workspace, dedupe_key) DO NOTHING RETURNING id"
 )
 """Insert-or-ignore of every draft in one statement over column arrays, in input order (no
-per-row parameter processing while the transaction holds the ledger head)."""
+per-row parameter processing)."""
 
 
 def _insert_postgres(conn: Connection, fresh: Sequence[ReceiptDraft]) -> set[str]:

@@ -31,7 +31,7 @@ from quarterdeck.domain.tasks import (
 )
 from quarterdeck.store import decisions
 from quarterdeck.store.outbox import Target
-from quarterdeck.store.writer import WriteTxn
+from quarterdeck.store.writer import ExclusiveRequired, WriteTxn
 
 Role = Literal["primary", "fallback", "shadow"]
 Finish = Literal["completed", "failed", "timed_out", "cancelled"]
@@ -100,6 +100,8 @@ _UNAPPLIED = text(
     "SELECT id, workspace, kind, payload FROM receipts "
     "WHERE status = 'accepted' AND produced_type IS NULL ORDER BY id LIMIT :limit"
 )
+_PG_UNAPPLIED = text(_UNAPPLIED.text + " FOR UPDATE SKIP LOCKED")
+"""Receipts another node is applying right now are passed over."""
 _MARK_PRODUCED = text(
     "UPDATE receipts SET produced_type = :type, produced_id = :produced, version = version + 1 "
     "WHERE id = :id AND produced_type IS NULL"
@@ -123,6 +125,28 @@ _INSERT_MISSION = text(
     "'{}', :turn_id, :lane, :role, :number, :not_before)"
 )
 
+_PG_INSERT_TURN = text(
+    "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
+    "receipt_id, lane, objective, input, budget, deliverable, error) SELECT r.id, r.workspace, "
+    "r.state, 1, 0, r.at, r.at, '{}', r.receipt_id, r.lane, r.objective, r.input, r.budget, "
+    "r.deliverable, r.error FROM unnest(CAST(:id AS TEXT[]), CAST(:workspace AS TEXT[]), "
+    "CAST(:state AS TEXT[]), CAST(:at AS TEXT[]), CAST(:receipt_id AS TEXT[]), "
+    "CAST(:lane AS TEXT[]), CAST(:objective AS TEXT[]), CAST(:input AS TEXT[]), "
+    "CAST(:budget AS TEXT[]), CAST(:deliverable AS TEXT[]), CAST(:error AS TEXT[])) "
+    "AS r(id, workspace, state, at, receipt_id, lane, objective, input, budget, deliverable, "
+    "error)"
+)
+_PG_INSERT_MISSION = text(
+    "INSERT INTO missions (id, workspace, state, version, attempt, created_at, updated_at, data, "
+    "turn_id, lane, role, number, not_before) SELECT r.id, r.workspace, 'queued', 1, 0, r.at, "
+    "r.at, '{}', r.turn_id, r.lane, r.role, r.number, r.not_before FROM unnest("
+    "CAST(:id AS TEXT[]), CAST(:workspace AS TEXT[]), CAST(:at AS TEXT[]), "
+    "CAST(:turn_id AS TEXT[]), CAST(:lane AS TEXT[]), CAST(:role AS TEXT[]), "
+    "CAST(:number AS INTEGER[]), CAST(:not_before AS TEXT[])) "
+    "AS r(id, workspace, at, turn_id, lane, role, number, not_before)"
+)
+"""``_INSERT_TURN`` and ``_INSERT_MISSION`` for many rows in one statement (PostgreSQL)."""
+
 
 def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Applied]:
     """Turn accepted receipts that produced nothing yet into turns (with their first mission),
@@ -130,8 +154,13 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
 
     A task that cannot run (a malformed task payload, an unknown lane) still becomes a turn,
     failed at once with the reason as its deliverable: every task gets exactly one.
+
+    Safe beside other writers (receipts being applied elsewhere are skipped), except for
+    commands: a shared transaction stops before the first command receipt, or raises
+    :class:`ExclusiveRequired` when a command comes first.
     """
-    rows = txn.conn.execute(_UNAPPLIED, {"limit": limit}).all()
+    postgres = txn.conn.dialect.name == "postgresql"
+    rows = txn.conn.execute(_PG_UNAPPLIED if postgres else _UNAPPLIED, {"limit": limit}).all()
     if not rows:
         return []
     applied: list[Applied] = []
@@ -140,6 +169,11 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
     marks: list[dict[str, Any]] = []
     ids = iter(new_ids(2 * len(rows)))
     for receipt_id, workspace, kind, payload_text in rows:
+        if kind == "command" and not txn.exclusive:
+            # A command may touch anything: it is applied with no other writer beside it.
+            if not applied:
+                raise ExclusiveRequired(f"receipt {receipt_id} is a command")
+            break
         payload = json.loads(payload_text)
         if kind == "task":
             turn_id, mission_id = next(ids), next(ids)
@@ -219,10 +253,8 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
     if marked != len(marks):
         # Another writer applied some of these first; nothing here may stand twice.
         raise ReceiptsAlreadyApplied(f"{len(marks) - marked} receipts were applied elsewhere")
-    if turns:
-        txn.conn.execute(_INSERT_TURN, turns)
-    if missions:
-        txn.conn.execute(_INSERT_MISSION, missions)
+    txn.insert_many(_INSERT_TURN, turns, postgres=_PG_INSERT_TURN)
+    txn.insert_many(_INSERT_MISSION, missions, postgres=_PG_INSERT_MISSION)
     return applied
 
 
@@ -595,7 +627,7 @@ _CANDIDATES = (
 )
 _SKIP_LOCKED_CLAIM = " FOR UPDATE OF m, t SKIP LOCKED"
 """On PostgreSQL a claim locks the rows it takes and passes over rows another transaction
-holds (the ledger head already serializes writers; this keeps a claim correct on its own)."""
+holds, so claims of several nodes run side by side and never take a row twice."""
 _CLAIM_MISSION = text(
     "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
     "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
@@ -1054,6 +1086,16 @@ _HOLDERS = text(
 _LIVE_TURNS = text("SELECT id, state, version FROM turns WHERE id IN :ids").bindparams(
     bindparam("ids", expanding=True)
 )
+_PG_HOLDERS = text(
+    "SELECT id, attempt, version, lease_owner, state FROM missions "
+    "WHERE id = ANY(CAST(:ids AS TEXT[])) ORDER BY id FOR UPDATE"
+)
+_PG_LIVE_TURNS = text(
+    "SELECT id, state, version FROM turns WHERE id = ANY(CAST(:ids AS TEXT[])) "
+    "ORDER BY id FOR UPDATE"
+)
+"""On PostgreSQL the rows a finish reads stay as read until it commits (locked in id order,
+missions before turns), beside other nodes' writes."""
 _COMPLETE_TURN = text(
     "UPDATE turns SET state = 'completed', version = version + 1, updated_at = :at, "
     "deliverable = :deliverable, dead_letter = NULL, lease_owner = NULL, "
@@ -1092,13 +1134,16 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
     """
     if not endings:
         return []
+    postgres = txn.conn.dialect.name == "postgresql"
+    mission_ids = sorted({e.claim.mission_id for e in endings})
+    turn_ids = sorted({e.claim.turn_id for e in endings})
     held = {
         row.id: row
-        for row in txn.conn.execute(_HOLDERS, {"ids": [e.claim.mission_id for e in endings]})
+        for row in txn.conn.execute(_PG_HOLDERS if postgres else _HOLDERS, {"ids": mission_ids})
     }
     turns = {
         row.id: row
-        for row in txn.conn.execute(_LIVE_TURNS, {"ids": list({e.claim.turn_id for e in endings})})
+        for row in txn.conn.execute(_PG_LIVE_TURNS if postgres else _LIVE_TURNS, {"ids": turn_ids})
     }
     fast: list[Ending] = []
     fast_turns: set[str] = set()

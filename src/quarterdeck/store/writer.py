@@ -44,6 +44,32 @@ class WriteTxn:
     def __post_init__(self) -> None:
         self.at = format_instant(self.now)
 
+    @property
+    def exclusive(self) -> bool:
+        """Whether no other write transaction runs beside this one (always on SQLite; on
+        PostgreSQL unless every operation in it was submitted as ``concurrent``)."""
+        return self.ledger.exclusive
+
+    def lock_decisions(self) -> None:
+        """Call before a policy decision reads counts or spend (see
+        :meth:`LedgerAppender.lock_decisions`)."""
+        self.ledger.lock_decisions()
+
+    def insert_many(
+        self, statement: Executable, rows: list[dict[str, Any]], *, postgres: Executable | None
+    ) -> None:
+        """Insert ``rows`` (dicts with the same keys) with ``statement`` (one ``executemany``).
+
+        On PostgreSQL ``postgres`` gives the same insert as one statement over column arrays
+        (``unnest``): each parameter is the list of the rows' values.
+        """
+        if not rows:
+            return
+        if postgres is not None and self.conn.dialect.name == "postgresql":
+            self.conn.execute(postgres, {name: [row[name] for row in rows] for name in rows[0]})
+            return
+        self.conn.execute(statement, rows)
+
     def update_many(
         self,
         statement: Executable,
@@ -76,9 +102,15 @@ class WriteTxn:
 WriteOp = Callable[[WriteTxn], T]
 
 
+class ExclusiveRequired(Exception):
+    """Raised by an operation that met work it may only do with no other writer beside it;
+    the writer runs it again in an exclusive transaction."""
+
+
 @dataclass
 class _Pending(Generic[T]):
     op: WriteOp[T]
+    concurrent: bool = False
     future: asyncio.Future[T] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -107,8 +139,8 @@ class Writer:
         self.db = db
         self.clock = clock
         self._database_clock = db.is_postgres and clock is utc_now
-        """On PostgreSQL a transaction's time is the database clock, read once the ledger head
-        is locked (one clock for every node's lease deadlines), unless a clock was injected."""
+        """On PostgreSQL a transaction's time is the database clock, read as it starts (one
+        clock for every node's lease deadlines), unless a clock was injected."""
         self._notify = db.is_postgres and db.notify
         self._queue: asyncio.Queue[_Pending[Any] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -141,8 +173,17 @@ class Writer:
         """Call ``listener(head_seq)`` after every commit."""
         self._listeners.append(listener)
 
-    async def submit(self, op: WriteOp[T]) -> T:
+    async def submit(self, op: WriteOp[T], *, concurrent: bool = False) -> T:
         """Queue ``op`` for the next group commit and wait for its result.
+
+        ``concurrent`` declares ``op`` safe beside write transactions of other processes: it
+        locks (or skips, or fences with a compare-and-set) every row it reads before writing
+        on it, and takes :meth:`WriteTxn.lock_decisions` before deciding on counts. On
+        PostgreSQL, transactions made only of such operations run side by side on every node
+        (only their ledger append is serialized); any other operation's transaction excludes
+        all other writers. An operation may raise :class:`ExclusiveRequired` when it meets
+        work that needs exclusion; it is then run again on its own, exclusively. SQLite has
+        one writer at a time anyway.
 
         Raises:
             WriterClosed: the writer is not running.
@@ -150,7 +191,7 @@ class Writer:
         """
         if self._task is None or self._task.done():
             raise WriterClosed("the writer is not running")
-        pending: _Pending[T] = _Pending(op)
+        pending: _Pending[T] = _Pending(op, concurrent)
         await self._queue.put(pending)
         return await pending.future
 
@@ -172,9 +213,12 @@ class Writer:
     async def _commit_with_retry(self, batch: list[_Pending[Any]]) -> None:
         delay = 0.05
         ops = [pending.op for pending in batch]
+        exclusive = not all(pending.concurrent for pending in batch)
         for attempt in range(RETRIES + 1):
             try:
-                outcomes, head_seq = await self.db.run_write(lambda conn: self._commit(conn, ops))
+                outcomes, head_seq = await self.db.run_write(
+                    lambda conn: self._commit(conn, ops, exclusive)
+                )
             except _OperationFailed as failed:
                 # A lone operation failed: its transaction rolled back and nothing else ran.
                 outcomes, head_seq = [(False, failed.error)], -1
@@ -199,25 +243,32 @@ class Writer:
             break
         self.commits += 1
         self.ops += len(batch)
+        again: list[_Pending[Any]] = []
         for pending, (ok, value) in zip(batch, outcomes, strict=True):
             if pending.future.done():
                 continue
-            if ok:
+            if not ok and isinstance(value, ExclusiveRequired) and pending.concurrent:
+                pending.concurrent = False
+                again.append(pending)
+            elif ok:
                 pending.future.set_result(value)
             else:
                 pending.future.set_exception(value)
-        if head_seq < 0:
-            return
-        for listener in self._listeners:
-            try:
-                listener(head_seq)
-            except Exception:
-                log.exception("commit listener failed")
+        if head_seq >= 0:
+            for listener in self._listeners:
+                try:
+                    listener(head_seq)
+                except Exception:
+                    log.exception("commit listener failed")
+        for pending in again:
+            await self._commit_with_retry([pending])
 
-    def _commit(self, conn: Connection, ops: list[WriteOp[Any]]) -> tuple[list[_Outcome], int]:
+    def _commit(
+        self, conn: Connection, ops: list[WriteOp[Any]], exclusive: bool
+    ) -> tuple[list[_Outcome], int]:
         """Run the operations in the caller's transaction; a lone one needs no savepoint."""
         outcomes: list[_Outcome] = []
-        ledger = LedgerAppender.open(conn, self._head, notify=self._notify)
+        ledger = LedgerAppender.open(conn, self._head, notify=self._notify, exclusive=exclusive)
         now = ledger.database_now if self._database_clock else None
         txn = WriteTxn(conn=conn, now=now or self.clock(), ledger=ledger)
         if len(ops) == 1:
