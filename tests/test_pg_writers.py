@@ -3,7 +3,7 @@
 Two writers in one process stand for two nodes: each has its own connections. An operation
 holds its transaction open with ``pg_sleep`` so the other's can be seen running beside it, or
 waiting for it. Whatever overlaps, the ledger stays one gap-free chain whose times never go
-backwards along ``seq``."""
+backwards along ``seq``. A command receipt met by a shared apply is applied exclusively."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from sqlalchemy import text
 from tests.conftest import run
 from tests.pgcluster import PgCluster
 
+from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.store.database import Database, open_database
 from quarterdeck.store.ledger import iter_entries, verify_ledger
+from quarterdeck.store.work import LanePlan, WorkPlan, apply_receipts
 from quarterdeck.store.writer import ExclusiveRequired, Writer, WriteTxn
 
 HOLD_S = 0.6
@@ -182,6 +184,47 @@ def test_many_shared_writers_keep_one_chain(pg_url: str) -> None:
             entries = await chain_checked(db)
             assert len(entries) == 160
             assert len({e["actor"] for e in entries}) == 160
+        finally:
+            await db.dispose()
+
+    run(main())
+
+
+def test_a_command_receipt_is_applied_exclusively(pg_url: str) -> None:
+    plan = WorkPlan(
+        lanes={"sim": LanePlan("sim", None, 3, 0.1, 1.0)}, default_lane="sim", hold_s=60
+    )
+    seen: list[bool] = []
+
+    def apply(txn: WriteTxn) -> list[str]:
+        seen.append(txn.exclusive)
+        return [a.produced_type for a in apply_receipts(txn, plan)]
+
+    def task(key: str) -> dict[str, Any]:
+        return {"idempotency_key": key, "workspace": "w", "kind": "task",
+                "payload": {"lane": "sim", "objective": key, "input": {}}}  # fmt: skip
+
+    pause = {"idempotency_key": "pause", "workspace": "w", "kind": "command",
+             "payload": {"command": "lane.pause", "lane": "sim"}}  # fmt: skip
+
+    async def main() -> None:
+        db = await open_database(pg_url)
+        try:
+            async with Writer(db) as writer:
+                results = await Ingestor(writer).ingest([task("t1"), pause, task("t2")])
+                assert [r.status for r in results] == ["accepted"] * 3
+                # A shared apply stops before the command...
+                assert await writer.submit(apply, concurrent=True) == ["turn"]
+                # ...and the next, meeting the command first, runs again exclusively.
+                assert await writer.submit(apply, concurrent=True) == ["command", "turn"]
+                assert seen == [False, False, True]
+                assert await writer.submit(apply, concurrent=True) == []
+            async with db.read() as conn:
+                paused = (
+                    await conn.execute(text("SELECT paused FROM lane_flags WHERE lane = 'sim'"))
+                ).scalar()
+            assert paused == 1
+            await chain_checked(db)
         finally:
             await db.dispose()
 
