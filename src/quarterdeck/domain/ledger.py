@@ -17,8 +17,10 @@ from quarterdeck.domain.canonical import canonical_text
 
 GENESIS_HASH: Final = "0" * 64
 
-_quote = json.encoder.encode_basestring
-"""The string encoder ``json.dumps(..., ensure_ascii=False)`` uses (C-accelerated)."""
+quote_text = json.encoder.encode_basestring
+"""A string as JSON text, escaped as ``json.dumps(..., ensure_ascii=False)`` (and so the
+canonical encoder) does; C-accelerated."""
+_quote = quote_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,20 +74,34 @@ def body_text(
 
     Equal to ``canonical_text`` of the body dict whenever ``payload_json`` is canonical.
     """
-    return (
-        '{"action":'
-        + _quote(action)
-        + ',"actor":'
-        + _quote(actor)
-        + ',"at":'
-        + _quote(at)
-        + ',"from_state":'
+    head, middle, tail = body_parts(
+        workspace, actor, action, subject_type, subject_id, from_state, to_state, payload_json
+    )
+    return head + _quote(at) + middle + str(seq) + tail
+
+
+def body_parts(
+    workspace: str,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    from_state: str | None,
+    to_state: str | None,
+    payload_json: str,
+) -> tuple[str, str, str]:
+    """The canonical body around its ``at`` and ``seq``, which are settled last: the body is
+    ``head + quoted at + middle + str(seq) + tail`` (see :func:`body_text`)."""
+    head = '{"action":' + _quote(action) + ',"actor":' + _quote(actor) + ',"at":'
+    middle = (
+        ',"from_state":'
         + ("null" if from_state is None else _quote(from_state))
         + ',"payload":'
         + payload_json
         + ',"seq":'
-        + str(seq)
-        + ',"subject_id":'
+    )
+    tail = (
+        ',"subject_id":'
         + _quote(subject_id)
         + ',"subject_type":'
         + _quote(subject_type)
@@ -95,6 +111,7 @@ def body_text(
         + _quote(workspace)
         + "}"
     )
+    return head, middle, tail
 
 
 def chain_hash(prev_hash: str, body: str) -> str:

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.ledger import (
     ChainVerifier,
-    LedgerEntry,
     VerifyResult,
-    body_text,
+    body_parts,
     chain_hash,
+    quote_text,
 )
 from quarterdeck.store.database import Database
 from quarterdeck.store.tables import LedgerHeadRow, LedgerRow, table_of
@@ -54,17 +54,14 @@ reads counts or spend, so concurrent deciders see each other's decisions."""
 
 
 class _Draft(NamedTuple):
-    """An entry appended in this transaction, chained (seq, prev_hash, hash) at flush."""
+    """An entry appended in this transaction: its columns but ``seq``, ``prev_hash`` and
+    ``hash``, which :meth:`LedgerAppender.flush` settles (``at`` may move forward then), and
+    its canonical body around ``at`` and ``seq`` (:func:`body_parts`)."""
 
     at: str
-    workspace: str
-    actor: str
-    action: str
-    subject_type: str
-    subject_id: str
-    from_state: str | None
-    to_state: str | None
-    payload_json: str
+    columns: tuple[str, str, str, str, str, str | None, str | None, str]
+    """workspace, actor, action, subject_type, subject_id, from_state, to_state, payload."""
+    body: tuple[str, str, str]
 
 
 class LedgerAppender:
@@ -153,19 +150,9 @@ class LedgerAppender:
         payload: dict[str, Any] | None = None,
     ) -> None:
         """Add one entry; it is chained and written with the transaction."""
-        self._drafts.append(
-            _Draft(
-                at,
-                workspace,
-                actor,
-                action,
-                subject_type,
-                subject_id,
-                from_state,
-                to_state,
-                canonical_text(payload or {}),
-            )
-        )
+        columns = (workspace, actor, action, subject_type, subject_id, from_state, to_state,
+                   canonical_text(payload or {}))  # fmt: skip
+        self._drafts.append(_Draft(at, columns, body_parts(*columns)))
 
     def mark(self) -> int:
         """A point to roll the buffer back to."""
@@ -188,7 +175,7 @@ class LedgerAppender:
             self._flush_postgres()
             return
         assert self._start is not None
-        entries = self._chain(self._start, None)
+        rows = self._chain(self._start, None)
         moved = self._conn.execute(
             update(HEAD)
             .where(HEAD.c.id == 1, HEAD.c.seq == self._start[0])
@@ -196,48 +183,26 @@ class LedgerAppender:
         )
         if moved.rowcount != 1:
             raise LedgerHeadMoved("the ledger head moved; the transaction must be retried")
-        self._conn.execute(
-            insert(LEDGER),
-            [
-                {
-                    "seq": e.seq,
-                    "at": e.at,
-                    "workspace": e.workspace,
-                    "actor": e.actor,
-                    "action": e.action,
-                    "subject_type": e.subject_type,
-                    "subject_id": e.subject_id,
-                    "from_state": e.from_state,
-                    "to_state": e.to_state,
-                    "payload": e.payload_json,
-                    "prev_hash": e.prev_hash,
-                    "hash": e.hash,
-                }
-                for e in entries
-            ],
-        )
+        self._conn.execute(insert(LEDGER), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
         self._drafts.clear()
         self._start = (self.head_seq, self.head_hash)
 
-    def _chain(self, head: tuple[int, str], floor: str | None) -> list[LedgerEntry]:
-        """The drafts as entries following ``head``; no ``at`` earlier than ``floor`` or than
-        the entry before it."""
+    def _chain(self, head: tuple[int, str], floor: str | None) -> list[tuple[Any, ...]]:
+        """The drafts as ledger rows (in ``_COLUMNS`` order) following ``head``; no ``at``
+        earlier than ``floor`` or than the entry before it."""
         seq, prev = head
-        entries = []
-        for d in self._drafts:
+        rows = []
+        for at, columns, (body_head, middle, tail) in self._drafts:
             seq += 1
-            at = floor if floor is not None and d.at < floor else d.at
+            if floor is not None and at < floor:
+                at = floor
             floor = at
-            body = body_text(seq, at, d.workspace, d.actor, d.action, d.subject_type,
-                             d.subject_id, d.from_state, d.to_state, d.payload_json)  # fmt: skip
+            body = body_head + quote_text(at) + middle + str(seq) + tail
             digest = chain_hash(prev, body)
-            entries.append(
-                LedgerEntry(seq, at, d.workspace, d.actor, d.action, d.subject_type,
-                            d.subject_id, d.from_state, d.to_state, d.payload_json, prev, digest)
-            )  # fmt: skip
+            rows.append((seq, at, *columns, prev, digest))
             prev = digest
         self.head_seq, self.head_hash = seq, prev
-        return entries
+        return rows
 
     def _flush_postgres(self) -> None:
         """:meth:`flush` on PostgreSQL: lock the head row (held to commit), read its entry's
@@ -253,16 +218,15 @@ class LedgerAppender:
         # Read in a statement of its own: the locking one's snapshot predates the commit it
         # waited for, so it would not see that commit's entries.
         floor = self._conn.execute(_PG_ENTRY_AT, {"seq": start[0]}).scalar()
-        entries = self._chain(start, floor)
+        rows = self._chain(start, floor)
         params: dict[str, Any] = {
             "start": start[0],
             "seq": self.head_seq,
             "hash": self.head_hash,
             "note": str(self.head_seq),
         }
-        for column in _COLUMNS:
-            attribute = "payload_json" if column == "payload" else column
-            params[f"e_{column}"] = [getattr(e, attribute) for e in entries]
+        for column, values in zip(_COLUMNS, zip(*rows, strict=True), strict=True):
+            params[f"e_{column}"] = list(values)
         row = self._conn.execute(_PG_FLUSH_NOTIFY if self._notify else _PG_FLUSH, params).one()
         if row[0] != 1:
             raise LedgerHeadMoved("the ledger head moved under its lock")
