@@ -287,6 +287,51 @@ def test_three_nodes_share_5000_missions_without_double_claims(tmp_path: Path, u
     assert notified > 0, "the nodes announced no commit"
 
 
+CAPPED = 600
+CAP = 150
+CAP_POLICY = f"""
+[defaults]
+outcome = "allow"
+
+[floors]
+rate_caps = [{{ subject = "tool", limit = {CAP}, window_s = 3600 }}]
+"""
+
+
+def test_a_rate_cap_holds_across_nodes_deciding_at_once(tmp_path: Path, url: str) -> None:
+    # Three nodes claim (and so decide dispatches) side by side: each decision counts the
+    # dispatches allowed so far, and exactly the cap's worth may be allowed in all.
+    store = Store(url)
+    (tmp_path / "policy.toml").write_text(CAP_POLICY, encoding="utf-8")
+    config = write_config(
+        tmp_path, lanes={"fast": {"concurrency": 32}}, lease_s=10.0, sweep_interval_s=SWEEP_S,
+        policy=str(tmp_path / "policy.toml"),
+    )  # fmt: skip
+    with fleet(tmp_path, url) as nodes:
+        started = nodes.start_ready(config, "a", "b", "c")
+        submit(url, [task(f"capped-{i}", lane="fast") for i in range(CAPPED)])
+        wait_until(turns_done(store, CAPPED, nodes), 120, f"{CAPPED} turns to end", step=0.5)
+    deciders = {
+        r["owner"]
+        for r in store.rows(
+            "SELECT DISTINCT payload::jsonb ->> 'owner' AS owner FROM ledger "
+            "WHERE action = 'mission.running'"
+        )
+    }
+    assert len(deciders) >= 2, deciders
+    assert deciders <= {node.id for node in started}
+    verdicts = store.rows(
+        "SELECT verdict, count(*) AS n FROM decisions WHERE tool = 'mission.dispatch' "
+        "GROUP BY verdict ORDER BY verdict"
+    )
+    assert verdicts == [{"verdict": "allow", "n": CAP}, {"verdict": "deny", "n": CAPPED - CAP}]
+    assert store.rows("SELECT state, count(*) AS n FROM turns GROUP BY state ORDER BY state") == [
+        {"state": "completed", "n": CAP},
+        {"state": "failed", "n": CAPPED - CAP},
+    ]
+    verify_ledger(url)
+
+
 # --- 2. a node killed ----------------------------------------------------------------------------
 
 

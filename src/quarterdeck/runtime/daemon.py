@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -114,6 +115,9 @@ async def run_headless(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await runtime.start()
+    # What exists now (modules, configuration, the runtime) lives as long as the daemon: leave
+    # it out of the collector's full passes, which otherwise rescan it all now and then.
+    gc.freeze()
     server = None
     if metrics_port is not None:
         server = await serve_metrics(runtime, metrics_host, metrics_port)
