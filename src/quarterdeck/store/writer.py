@@ -127,7 +127,8 @@ class WriterClosed(RuntimeError):
 
 
 CommitListener = Callable[[int], None]
-"""Called after each commit with the ledger head seq."""
+"""Called after each commit with the ledger head seq (on PostgreSQL, where the head is read
+only to append, after each commit that appended)."""
 
 _Outcome = tuple[bool, Any]
 
@@ -170,7 +171,7 @@ class Writer:
         self._task = None
 
     def on_commit(self, listener: CommitListener) -> None:
-        """Call ``listener(head_seq)`` after every commit."""
+        """Call ``listener(head_seq)`` after every commit (see :data:`CommitListener`)."""
         self._listeners.append(listener)
 
     async def submit(self, op: WriteOp[T], *, concurrent: bool = False) -> T:
