@@ -848,7 +848,9 @@ def test_attached_to_a_headless_daemon_approve_reaches_the_agent(tmp_path: Path)
                         found["id"],
                     )
                     assert decided == {"actor": ACTOR}
-                    [sent] = app.sent
+                    # The app hears the command's result through its own wait, which may end a
+                    # moment after the daemon's commit is visible here.
+                    [sent] = await until(pilot, lambda: app.sent, "the app to hear the result")
                     assert sent["result"]["ok"] and sent["result"]["state"] == "approved"
             finally:
                 await db.dispose()
