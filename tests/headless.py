@@ -18,7 +18,7 @@ from tests.conftest import Store, quarterdeck
 
 from quarterdeck.client import Client
 from quarterdeck.client.submit import DEFAULT_WORKSPACE
-from quarterdeck.store.database import DB_FILENAME
+from quarterdeck.store.database import DB_FILENAME, WRITER_APPLICATION
 
 T = TypeVar("T")
 
@@ -109,6 +109,39 @@ class JsonLog:
     def logged(self, message: str) -> dict[str, Any] | None:
         """The first entry with this message, if logged yet."""
         return next((e for e in self.log_entries() if e.get("message") == message), None)
+
+
+def client_ports(pid: int) -> set[int]:
+    """The local TCP ports of the sockets process ``pid`` has open (``/proc``)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def in_write_transaction(url: str, pid: int) -> bool:
+    """Whether process ``pid`` has a PostgreSQL write session inside a transaction (holding the
+    writers' lock, and perhaps rows or the ledger head), found by its sessions' client ports."""
+    ports = sorted(client_ports(pid))
+    if not ports:
+        return False
+    found = Store(url).value(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = ? AND xact_start IS NOT NULL AND client_port = ANY(?)",
+        WRITER_APPLICATION,
+        ports,
+    )
+    return bool(found)
 
 
 def query(

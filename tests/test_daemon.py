@@ -40,7 +40,7 @@ from typing import Any
 import psycopg
 import pytest
 from tests.conftest import is_postgres, quarterdeck
-from tests.headless import JsonLog
+from tests.headless import JsonLog, in_write_transaction
 
 from quarterdeck.domain.clock import parse_instant
 
@@ -228,19 +228,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
-def write_lock_free(state: Site) -> bool:
-    """True when nobody holds the database's write lock (tried for up to 1 s): on SQLite the
-    file's, on PostgreSQL the ledger head row that every write transaction locks first."""
+def write_lock_free(state: Site, daemon: Daemon) -> bool:
+    """True when ``daemon`` (stopped) holds no write lock: on SQLite nobody holds the file's
+    (tried for up to 1 s); on PostgreSQL it has no write session inside a transaction."""
     if state.postgres:
-        with psycopg.connect(state.url) as pg_conn:
-            try:
-                pg_conn.execute("SET LOCAL lock_timeout = '1s'")
-                pg_conn.execute("SELECT seq FROM ledger_head WHERE id = 1 FOR UPDATE")
-                return True
-            except psycopg.errors.LockNotAvailable:
-                return False
-            finally:
-                pg_conn.rollback()
+        return not in_write_transaction(state.url, daemon.proc.pid)
     conn = sqlite3.connect(state.url, timeout=1.0, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")
@@ -662,7 +654,7 @@ def test_stopped_daemon_late_completions_are_fenced_off(
     # Freeze A, but never in the middle of a write transaction (it would hold the lock).
     for _ in range(50):
         a.signal(signal.SIGSTOP)
-        if write_lock_free(state):
+        if write_lock_free(state, a):
             break
         a.signal(signal.SIGCONT)
         time.sleep(0.05)

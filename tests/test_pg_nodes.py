@@ -9,8 +9,9 @@ SDK); the outcome is judged from the database (psycopg) and ``quarterdeck ledger
 2. a node SIGKILLed while it runs missions: the others reclaim its leases within a lease and a
    sweep, and nothing is done twice;
 3. a node SIGSTOPped past its lease, then resumed: its late writes are refused and counted;
-4. a node frozen inside a write transaction (holding the ledger head, so every node's writes)
-   does not stall the others for longer than the stall limit, whether it froze between two
+4. a node frozen inside a write transaction (holding the writers' lock, which the next
+   exclusive writer and then everyone queue behind; or, in the middle of a statement, the
+   ledger head) does not stall the others for longer than the stall limit, whether it froze between two
    statements (the server's idle-in-transaction timeout) or in the middle of one (nodes end
    such sessions);
 5. a control center attached to the database approves, while only node B runs, what was
@@ -35,6 +36,7 @@ from typing import Any
 import psycopg
 import pytest
 from tests.conftest import Store, run
+from tests.headless import in_write_transaction
 from tests.nodes import (
     TERMINAL_SQL,
     Fleet,
@@ -110,27 +112,27 @@ def stopped(node: Node) -> bool:
 
 
 def freeze(node: Node, url: str) -> None:
-    """SIGSTOP ``node``, but never inside a write transaction (it would hold the ledger head;
-    :func:`test_a_node_frozen_inside_a_write_transaction_does_not_stall_the_others` is about
-    that case)."""
+    """SIGSTOP ``node``, but never inside a write transaction (it would hold the writers'
+    lock; :func:`test_a_node_frozen_inside_a_write_transaction_does_not_stall_the_others` is
+    about that case)."""
     for _ in range(50):
         node.alive()
         node.signal(signal.SIGSTOP)
         wait_until(lambda: stopped(node), 5, f"{node.label} to stop", step=0.01)
-        if head_lock_free(url):
+        if not in_write_transaction(url, node.proc.pid):
             return
         node.signal(signal.SIGCONT)
         time.sleep(0.05)
-    pytest.fail(f"{node.label} always held the ledger head when stopped")
+    pytest.fail(f"{node.label} was always inside a write transaction when stopped")
 
 
 def freeze_inside_a_transaction(node: Node, url: str) -> int:
-    """SIGSTOP ``node`` until it is caught holding the ledger head (inside a write
-    transaction); returns how many tries it took."""
+    """SIGSTOP ``node`` until it is caught inside a write transaction; returns how many tries
+    it took."""
     for tries in range(1, 400):
         node.signal(signal.SIGSTOP)
         wait_until(lambda: stopped(node), 5, f"{node.label} to stop", step=0.005)
-        if not head_lock_free(url, wait_s=0.3):
+        if in_write_transaction(url, node.proc.pid):
             return tries
         node.signal(signal.SIGCONT)
         time.sleep(0.01)
@@ -486,10 +488,11 @@ def test_a_paused_nodes_late_writes_are_rejected(tmp_path: Path, url: str) -> No
 def test_a_node_frozen_inside_a_write_transaction_does_not_stall_the_others(
     tmp_path: Path, url: str
 ) -> None:
-    """Every write transaction holds the ledger head; a node frozen inside one would stop
-    every node's writes. Its session is ended instead (between statements by the server's
-    ``idle_in_transaction_session_timeout``, in the middle of one by the other node), and its
-    leases are reclaimed as usual; woken, it goes on."""
+    """A node frozen inside a write transaction holds the writers' lock (and perhaps rows or
+    the ledger head): the next exclusive writer (a sweep) queues behind it, and every writer
+    after that behind the sweep. Its session is ended instead (between statements by the
+    server's ``idle_in_transaction_session_timeout``, in the middle of one by the other node),
+    and its leases are reclaimed as usual; woken, it goes on."""
     from quarterdeck.store.database import POSTGRES_IDLE_IN_TRANSACTION_MS
 
     idle_s = POSTGRES_IDLE_IN_TRANSACTION_MS / 1000
@@ -523,7 +526,7 @@ def test_a_node_frozen_inside_a_write_transaction_does_not_stall_the_others(
         a.alive()
         late = store.counter("late_writes_rejected")
 
-    print(f"figures: B wrote again {resumed_s:.2f} s after A froze holding the head "
+    print(f"figures: B wrote again {resumed_s:.2f} s after A froze in a write transaction "
           f"(caught at try {tries}; {len(held)} missions of A reclaimed, {late} late writes "
           "refused)")  # fmt: skip
     assert resumed_s <= idle_s + RECLAIM_MARGIN_S, resumed_s
