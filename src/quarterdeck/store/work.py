@@ -345,10 +345,15 @@ def _refuse(
     return {"ok": False, "errors": details["errors"]}
 
 
-_FLAG_AND_TURN_COMMANDS = frozenset(
-    {"lane.pause", "lane.resume", "lane.force_fallback", "lane.shadow", "fallback.force",
-     "turn.requeue", "turn.cancel"}
-)  # fmt: skip
+_FLAG_COMMANDS: dict[str, tuple[str, bool | None]] = {
+    "lane.pause": ("paused", True),
+    "lane.resume": ("paused", False),
+    "lane.force_fallback": ("force_fallback", None),
+    "lane.shadow": ("shadow", None),
+    "fallback.force": ("force_fallback", None),
+}
+"""Lane-flag commands: the flag each sets, and to what (``None``: the command's ``on``)."""
+_TURN_COMMANDS = frozenset({"turn.requeue", "turn.cancel"})
 
 
 def apply_command(
@@ -361,26 +366,21 @@ def apply_command(
     name, args = spec.name, spec.args
     if isinstance(args.get("actor"), str):
         actor = str(args["actor"])
-    if name not in _FLAG_AND_TURN_COMMANDS:
-        from quarterdeck.store.commands import apply_supervision  # commands builds on this module
-
-        return apply_supervision(txn, workspace, spec, plan, actor)
-    if name.startswith("lane.") or name == "fallback.force":
+    if name in _FLAG_COMMANDS:
         lane = "*" if name == "fallback.force" else str(args["lane"])
         if lane != "*" and lane not in plan.lanes:
             errors = [f"payload.lane: no lane named {lane!r}"]
             return _refuse(
                 txn, workspace, actor, "command", actor, {"errors": errors, "command": name}
             )
-        column, value = {
-            "lane.pause": ("paused", True),
-            "lane.resume": ("paused", False),
-            "lane.force_fallback": ("force_fallback", bool(args.get("on"))),
-            "lane.shadow": ("shadow", bool(args.get("on"))),
-            "fallback.force": ("force_fallback", bool(args.get("on"))),
-        }[name]
+        column, fixed = _FLAG_COMMANDS[name]
+        value = bool(args.get("on")) if fixed is None else fixed
         set_flag(txn, lane, column, value, actor=actor, workspace=workspace)
         return {"ok": True, "command": name, "lane": lane, column: value}
+    if name not in _TURN_COMMANDS:
+        from quarterdeck.store.commands import apply_supervision  # commands builds on this module
+
+        return apply_supervision(txn, workspace, spec, plan, actor)
     turn_id = str(args["turn_id"])
     if name == "turn.requeue":
         return requeue_turn(txn, workspace, turn_id, plan, actor)
