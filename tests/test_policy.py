@@ -726,3 +726,60 @@ def test_deny_floors_cannot_be_overridden_by_allow_rules(
     decision = evaluate(policy(text), req, ctx)
     assert decision.rule == "allow-everything"
     assert decision.outcome is Outcome.DENY
+
+
+# --- what a denial names -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "req", "ctx", "floor", "reason"),
+    [
+        (
+            '[defaults]\noutcome = "allow"\n[[rules]]\nname = "no-deploys"\ntool = "deploy"\n'
+            'outcome = "deny"',
+            request(), context(), None, "denied by policy rule 'no-deploys'",
+        ),
+        ('[defaults]\noutcome = "deny"', request(), context(), None,
+         "denied by the policy's default outcome"),
+        (
+            '[defaults]\noutcome = "allow"\n[floors.tools."*"]\ndeny = ["dep*"]',
+            request(), context(), "floors.tools",
+            "denied by floors.tools: tool 'deploy' matches deny 'dep*' of tools['*']: deny",
+        ),
+        (
+            '[defaults]\noutcome = "allow"\n[floors]\n'
+            'rate_caps = [{ subject = "tool", limit = 2, window_s = 60 }]',
+            request(), context(counts={("tool", "deploy"): 2}), "floors.rate_caps[0]",
+            "denied by floors.rate_caps[0]: tool 'deploy': 2 in the last 60s, limit 2: deny",
+        ),
+        (
+            # Quiet hours would ask for approval; the red budget's deny is stricter and stands.
+            '[defaults]\noutcome = "allow"\n[floors]\nquiet_hours = "11:00-13:00"\n'
+            "budget_tiers = { yellow = 5.0, red = 10.0 }",
+            request(cost=4.0), context(spend=7.0), "floors.budget_tiers",
+            "denied by floors.budget_tiers: spend 11.0 (7.0 so far + 4.0 estimated) reaches "
+            "red 10.0: deny",
+        ),
+        (
+            # A rule that denies decides; a floor that would deny as well does not tighten it.
+            '[defaults]\noutcome = "allow"\n[[rules]]\nname = "no-deploys"\ntool = "deploy"\n'
+            'outcome = "deny"\n[floors.tools."*"]\ndeny = ["dep*"]',
+            request(), context(), None, "denied by policy rule 'no-deploys'",
+        ),
+    ],
+)  # fmt: skip
+def test_a_denial_names_the_floor_or_rule_that_decided_it(
+    text: str, req: ActionRequest, ctx: EvaluationContext, floor: str | None, reason: str
+) -> None:
+    decision = evaluate(policy(text), req, ctx)
+    assert decision.outcome is Outcome.DENY
+    assert decision.floor == floor
+    assert decision.denial_reason() == reason
+
+
+def test_a_floor_that_asks_for_approval_is_named_as_the_one_that_set_the_outcome() -> None:
+    text = '[defaults]\noutcome = "allow"\n[floors]\nquiet_hours = "11:00-13:00"'
+    decision = evaluate(policy(text), request(), context())
+    assert decision.outcome is Outcome.REQUIRE_APPROVAL
+    assert decision.floor == "floors.quiet_hours"
+    assert evaluate(policy('[defaults]\noutcome = "allow"'), request(), context()).floor is None

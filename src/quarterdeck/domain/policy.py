@@ -228,7 +228,8 @@ class PolicyDecision:
     """The result of evaluating a request: the outcome and how it was reached.
 
     ``rule`` is the rule that matched (``None`` when the default applied), even when a floor
-    then tightened the outcome. The approval fields are set only for ``require_approval``.
+    then tightened the outcome; ``floor`` is then the floor whose outcome stands. The approval
+    fields are set only for ``require_approval``.
     """
 
     outcome: Outcome
@@ -239,6 +240,19 @@ class PolicyDecision:
     ladder: tuple[str, ...]
     on_expiry: OnExpiry | None
     policy_hash: str
+    floor: str | None = None
+    """The floor that set the outcome (the last to tighten it), if any; the trace has why."""
+
+    def denial_reason(self) -> str:
+        """A one-line reason for a denial, naming the floor or rule that decided it."""
+        if self.floor is not None:
+            why = next(
+                (s.why for s in self.trace if s.kind == "floor" and s.rule == self.floor), ""
+            )
+            return f"denied by {self.floor}: {why}"
+        if self.rule is not None:
+            return f"denied by policy rule {self.rule!r}"
+        return "denied by the policy's default outcome"
 
     def to_dict(self) -> dict[str, Any]:
         """The decision as a dict that canonical JSON can encode."""
@@ -271,10 +285,12 @@ def evaluate(policy: Policy, request: ActionRequest, context: EvaluationContext)
             matched = rule
             break
     outcome = matched.outcome if matched is not None else policy.outcome
+    floor: str | None = None
     for step, floor_outcome in _floors(policy.floors, request, context):
         trace.append(step)
         if floor_outcome is not None and _SEVERITY[floor_outcome] > _SEVERITY[outcome]:
             outcome = floor_outcome  # floors only tighten: deny > require_approval > allow
+            floor = step.rule
     approval: Approval | None = None
     if outcome is Outcome.REQUIRE_APPROVAL:
         # A rule that asked for approval names its approver; an escalated allow uses defaults.
@@ -288,6 +304,7 @@ def evaluate(policy: Policy, request: ActionRequest, context: EvaluationContext)
         ladder=() if approval is None else approval.ladder,
         on_expiry=None if approval is None else approval.on_expiry,
         policy_hash=policy.hash,
+        floor=floor,
     )
 
 

@@ -28,7 +28,6 @@ from quarterdeck.store.approvals import (
 from quarterdeck.store.decisions import (
     decide,
     decision_row,
-    denial_reason,
     insert_decisions,
     release_action,
 )
@@ -145,7 +144,7 @@ def request_approval(
         action_key=key,
     )  # fmt: skip
     if decision.outcome is Outcome.DENY:
-        row["reason"] = denial_reason(decision)
+        row["reason"] = decision.denial_reason()
     insert_decisions(txn, [row])
     txn.ledger.append(
         at=txn.at, workspace=workspace, actor="policy", action="action.decided",

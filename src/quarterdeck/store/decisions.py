@@ -188,19 +188,6 @@ def insert_decisions(txn: WriteTxn, rows: list[dict[str, Any]]) -> None:
     txn.insert_many(_INSERT_DECISION, rows, postgres=_PG_INSERT_DECISION)
 
 
-def denial_reason(decision: PolicyDecision) -> str:
-    """A one-line reason for a denial, naming the rule or floor that decided it."""
-    floors = [step for step in decision.trace if step.kind == "floor" and step.matched]
-    for step in floors:
-        if "deny" in step.why or "denied" in step.why or "cap" in step.why:
-            return f"denied by {step.rule}: {step.why}"
-    if decision.rule is not None:
-        return f"denied by policy rule {decision.rule!r}"
-    if floors:
-        return f"denied by {floors[0].rule}: {floors[0].why}"
-    return "denied by the policy's default outcome"
-
-
 _INSERT_RELEASE = text(
     "INSERT INTO action_releases (id, workspace, at, turn_id, mission_id, action_key, "
     "decision_id, args) VALUES (:id, :workspace, :at, :turn_id, :mission_id, :action_key, "

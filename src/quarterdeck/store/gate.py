@@ -22,7 +22,6 @@ from quarterdeck.store.decisions import (
     NO_POLICY_HASH,
     decide,
     decision_row,
-    denial_reason,
     insert_decisions,
     release_action,
 )
@@ -117,7 +116,7 @@ def request_action(
         mission_id=claim.mission_id, action_key=key,
     )  # fmt: skip
     if decision.outcome is Outcome.DENY:
-        row["reason"] = denial_reason(decision)
+        row["reason"] = decision.denial_reason()
     insert_decisions(txn, [row])
     _record_request(txn, claim, key, tool, args, row["verdict"], row["reason"], decision)
     if decision.outcome is Outcome.ALLOW:

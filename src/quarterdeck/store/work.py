@@ -736,7 +736,14 @@ def claim_missions(
                 decided.append(drow)
                 decision_id = drow["id"]
             elif drow["verdict"] == "deny" or shadow or plan is None:
-                drow.update(verdict="deny", reason=decisions.denial_reason(verdict))
+                reason = (
+                    verdict.denial_reason()
+                    if drow["verdict"] == "deny"
+                    else "needs approval, and a shadow mission is never held for a person"
+                    if shadow
+                    else "needs approval, and nothing here can hold it for a person"
+                )
+                drow.update(verdict="deny", reason=reason)
                 decisions.insert_decisions(txn, [drow])
                 _refuse_dispatch(txn, row, drow, owner)
                 continue
