@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
+from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import Kind, machine
 from quarterdeck.store.outbox import Target, enqueue
@@ -360,12 +361,6 @@ def rebaseline_lane(
 # --- SLO figures -------------------------------------------------------------------------------
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def slo_figures(conn: Any, window_start_at: str, now: datetime | None = None) -> dict[str, Any]:
     """SLO figures over the window that starts at ``window_start_at`` (ledger time text).
 
@@ -432,7 +427,7 @@ def slo_figures(conn: Any, window_start_at: str, now: datetime | None = None) ->
         "fallback_rate": (
             round(int(started.fallback or 0) / started_count, 6) if started_count else None
         ),
-        "p95_latency_s": round(_percentile(latencies, 0.95), 6) if latencies else None,
+        "p95_latency_s": round(percentile(latencies, 0.95), 6) if latencies else None,
         "receipt_wait_s": round(wait, 6),
         "cost": float(cost or 0.0),
     }

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Table, and_, func, or_, select, text
 
 from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
+from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import LEDGER, ledger_head
@@ -237,14 +238,6 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
     return item
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def _seconds(start: str, end: str) -> float:
     return (parse_instant(end) - parse_instant(start)).total_seconds()
 
@@ -309,8 +302,8 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
     recovered = int(totals.recovered_finished or 0)
     running = int(totals.running or 0)
     return {
-        "mission_latency_p50_s": round(_percentile(latencies, 0.5), 6),
-        "mission_latency_p95_s": round(_percentile(latencies, 0.95), 6),
+        "mission_latency_p50_s": round(percentile(latencies, 0.5), 6),
+        "mission_latency_p95_s": round(percentile(latencies, 0.95), 6),
         "fallback_rate": round(int(totals.fallback or 0) / missions, 6) if missions else 0.0,
         "recovery_success_rate": (
             round(int(totals.recovered_completed or 0) / recovered, 6) if recovered else 1.0
