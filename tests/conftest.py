@@ -9,7 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,16 +48,23 @@ def line(value: Any) -> bytes:
 
 
 def quarterdeck(
-    *args: str, state_dir: Path, stdin: bytes | None = None, check: bool = False
+    *args: str,
+    state_dir: Path | None = None,
+    stdin: bytes | None = None,
+    check: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run the real ``quarterdeck`` command line in a subprocess."""
-    env = {**os.environ, "QUARTERDECK_STATE_DIR": str(state_dir)}
-    env.pop("QUARTERDECK_WORKSPACE", None)
+    """Run the real ``quarterdeck`` command line in a subprocess (with ``state_dir`` as its
+    state directory and ``env`` on top of this process's environment)."""
+    environment = {**os.environ, **(env or {})}
+    if state_dir is not None:
+        environment["QUARTERDECK_STATE_DIR"] = str(state_dir)
+    environment.pop("QUARTERDECK_WORKSPACE", None)
     return subprocess.run(
         [sys.executable, "-m", "quarterdeck", *args],
         input=stdin,
         capture_output=True,
-        env=env,
+        env=environment,
         check=check,
         timeout=300,
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.conftest import Store
+from tests.conftest import Store, quarterdeck
 from tests.headless import JsonLog, wait_until
 
 T = TypeVar("T")
@@ -88,21 +88,6 @@ def task(
             },
         },
     }
-
-
-def quarterdeck(
-    *args: str, env: Mapping[str, str] | None = None, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """Run the real ``quarterdeck`` command line in a subprocess."""
-    environment = {**os.environ, **(env or {})}
-    environment.pop("QUARTERDECK_WORKSPACE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "quarterdeck", *args],
-        input=stdin,
-        capture_output=True,
-        env=environment,
-        timeout=300,
-    )
 
 
 def submit(

@@ -53,6 +53,7 @@ from tests.nodes import (
     wait_until,
 )
 from tests.pgcluster import PgCluster
+from tests.test_tui_actions import until
 
 LEASE_S = 2.0
 SWEEP_S = 0.5
@@ -590,18 +591,6 @@ def test_a_write_session_stalled_mid_statement_is_ended_by_a_node(tmp_path: Path
 # --- 5. an attached control center approves across nodes -----------------------------------------
 
 
-async def _until(pilot: Any, probe: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    """Poll ``probe`` while the app runs; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}: {value!r}")
-        await pilot.pause(0.05)
-
-
 def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path, url: str) -> None:
     from quarterdeck.client import Client
     from quarterdeck.client.console import AttachedConsole
@@ -644,10 +633,11 @@ def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path,
                     app = create_app(AttachedConsole(db, actor="tess"))
                     async with app.run_test(size=(120, 40)) as pilot:
                         approvals = app.query_one("#approvals", LivePane)
-                        await _until(
+                        await until(
                             pilot,
                             lambda: {asked["id"], sdk["id"]} <= set(approvals.lines),
                             "both approvals on screen",
+                            timeout=20,
                         )
                         # From now on only B applies commands: A is paused.
                         await asyncio.to_thread(freeze, a, url)
@@ -656,10 +646,11 @@ def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path,
                                 approvals.focus()
                                 approvals.move_cursor(row=approvals.get_row_index(approval_id))
                                 await pilot.press("a")
-                                await _until(
+                                await until(
                                     pilot,
                                     lambda approval_id=approval_id: approved(store, approval_id),
                                     f"B to apply the approval of {approval_id}",
+                                    timeout=20,
                                 )
                             a_frozen = stopped(a)
                         finally:

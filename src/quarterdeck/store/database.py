@@ -7,9 +7,9 @@ separate engine so readers never take the write lock.
 
 PostgreSQL: asyncpg for writes and reads. The same synchronous write functions run on it
 through SQLAlchemy's ``run_sync`` bridge, so the layers above never know which database
-they talk to. Write transactions take a writers' advisory lock, exclusive unless all their
-operations are safe beside other writers, and serialize only their ledger append on the head
-row (see :class:`quarterdeck.store.ledger.LedgerAppender`). That keeps every single-writer
+they talk to. Write transactions take a writers' advisory lock (:func:`begin_write`),
+exclusive unless all their operations are safe beside other writers, and serialize only their
+ledger append on the head row (see :class:`quarterdeck.store.ledger.LedgerAppender`). That keeps every single-writer
 promise the SQLite code relies on across any number of nodes.
 """
 
@@ -20,6 +20,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,6 +67,36 @@ TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
 (serialization failure, deadlock, lock not available, statement timeout)."""
 NOTIFY_ENV = "QUARTERDECK_PG_NOTIFY"
 """Set to ``0``/``off`` to run PostgreSQL without ``LISTEN/NOTIFY`` (everyone polls)."""
+
+
+WRITERS_LOCK_KEY = 0x5144_5752
+"""The PostgreSQL advisory lock every write transaction takes first: shared by transactions
+whose operations are all safe beside other writers, exclusive otherwise."""
+DECISIONS_LOCK_KEY = 0x5144_4443
+"""The PostgreSQL advisory lock a shared write transaction takes before a policy decision
+reads counts or spend, so concurrent deciders see each other's decisions."""
+
+
+def begin_write(conn: Connection, *, exclusive: bool) -> datetime | None:
+    """The first statement of a write transaction; returns the database clock (PostgreSQL).
+
+    On PostgreSQL the transaction takes the writers' advisory lock: ``exclusive`` (no other
+    write transaction runs beside it, as on SQLite) or shared (only beside other shared ones,
+    whose operations lock or fence every row they read before writing). SQLite's write
+    transaction excludes every other writer already: nothing is done and None returned.
+    """
+    if conn.dialect.name != "postgresql":
+        return None
+    lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    now: datetime = conn.execute(
+        text(f"SELECT {lock}({WRITERS_LOCK_KEY}), clock_timestamp()")
+    ).one()[1]
+    return now
+
+
+def lock_decisions(conn: Connection) -> None:
+    """Take the deciders' advisory lock (PostgreSQL; held to commit)."""
+    conn.execute(text(f"SELECT pg_advisory_xact_lock({DECISIONS_LOCK_KEY})"))
 
 
 class DatabaseError(Exception):

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, insert, select, text, update
@@ -45,14 +44,6 @@ class LedgerHeadMoved(Exception):
     """Another writer appended to the ledger since this transaction read the head."""
 
 
-WRITERS_LOCK_KEY = 0x5144_5752
-"""The PostgreSQL advisory lock every write transaction takes first: shared by transactions
-whose operations are all safe beside other writers, exclusive otherwise."""
-DECISIONS_LOCK_KEY = 0x5144_4443
-"""The PostgreSQL advisory lock a shared write transaction takes before a policy decision
-reads counts or spend, so concurrent deciders see each other's decisions."""
-
-
 class _Draft(NamedTuple):
     """An entry appended in this transaction: its columns but ``seq``, ``prev_hash`` and
     ``hash``, which :meth:`LedgerAppender.flush` settles (``at`` may move forward then), and
@@ -72,32 +63,17 @@ class LedgerAppender:
     """
 
     def __init__(
-        self,
-        conn: Connection,
-        head: tuple[int, str] | None,
-        *,
-        notify: bool = False,
-        exclusive: bool = True,
+        self, conn: Connection, head: tuple[int, str] | None, *, notify: bool = False
     ) -> None:
         self._conn = conn
         self._start = head
         self.head_seq, self.head_hash = head if head is not None else (-1, "")
-        self.exclusive = exclusive
-        """Whether no other write transaction runs beside this one."""
         self._notify = notify
         self._drafts: list[_Draft] = []
-        self._decisions_locked = False
-        self.database_now: datetime | None = None
-        """The database clock at the start of the transaction (PostgreSQL)."""
 
     @classmethod
     def open(
-        cls,
-        conn: Connection,
-        known_head: tuple[int, str] | None = None,
-        *,
-        notify: bool = False,
-        exclusive: bool = True,
+        cls, conn: Connection, known_head: tuple[int, str] | None = None, *, notify: bool = False
     ) -> LedgerAppender:
         """Start appending inside the caller's write transaction.
 
@@ -106,35 +82,18 @@ class LedgerAppender:
         another process appended since, :meth:`flush` raises :class:`LedgerHeadMoved` and the
         caller retries.
 
-        On PostgreSQL the transaction first takes the writers' advisory lock: ``exclusive``
-        (no other write transaction runs beside it, as on SQLite) or shared (only beside other
-        shared ones, whose operations lock or fence every row they read before writing). The
-        ledger head row is locked only in :meth:`flush`, which chains the entries onto it: so
-        ``seq`` is gap-free in commit order and the chain is one chain, while the work of
-        shared transactions on several nodes overlaps. With ``notify``, :meth:`flush` announces
+        On PostgreSQL, where write transactions of several nodes may run side by side (see
+        :func:`quarterdeck.store.database.begin_write`), nothing is read here: the head row is
+        locked only in :meth:`flush`, which chains the entries onto it. So ``seq`` is gap-free
+        in commit order and the chain is one chain. With ``notify``, :meth:`flush` announces
         the new head seq on the ``quarterdeck_ledger`` channel (delivered at commit).
         """
         if conn.dialect.name == "postgresql":
-            lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-            found = conn.execute(
-                text(f"SELECT {lock}({WRITERS_LOCK_KEY}), clock_timestamp() AS now")
-            ).one()
-            appender = cls(conn, None, notify=notify, exclusive=exclusive)
-            appender.database_now = found.now
-            return appender
+            return cls(conn, None, notify=notify)
         if known_head is not None:
             return cls(conn, known_head)
         row = conn.execute(select(HEAD.c.seq, HEAD.c.hash).where(HEAD.c.id == 1)).one()
         return cls(conn, (int(row.seq), str(row.hash)))
-
-    def lock_decisions(self) -> None:
-        """Before a policy decision reads counts or spend: on PostgreSQL, a shared transaction
-        takes the deciders' lock (held to commit), so that no concurrent transaction decides
-        on counts that miss this one's decisions. Exclusive transactions need nothing."""
-        if self.exclusive or self._decisions_locked:
-            return
-        self._conn.execute(text(f"SELECT pg_advisory_xact_lock({DECISIONS_LOCK_KEY})"))
-        self._decisions_locked = True
 
     def append(
         self,

@@ -21,7 +21,13 @@ from sqlalchemy import Connection, Executable
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
-from quarterdeck.store.database import LOCK_RETRIES, Database, is_transient
+from quarterdeck.store.database import (
+    LOCK_RETRIES,
+    Database,
+    begin_write,
+    is_transient,
+    lock_decisions,
+)
 from quarterdeck.store.ledger import LedgerAppender, LedgerHeadMoved
 
 T = TypeVar("T")
@@ -38,22 +44,23 @@ class WriteTxn:
     conn: Connection
     now: datetime
     ledger: LedgerAppender
+    exclusive: bool = True
+    """Whether no other write transaction runs beside this one (always on SQLite; on
+    PostgreSQL unless every operation in it was submitted as ``concurrent``)."""
     at: str = ""
     """The transaction's time as ledger text."""
+    _decisions_locked: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.at = format_instant(self.now)
 
-    @property
-    def exclusive(self) -> bool:
-        """Whether no other write transaction runs beside this one (always on SQLite; on
-        PostgreSQL unless every operation in it was submitted as ``concurrent``)."""
-        return self.ledger.exclusive
-
     def lock_decisions(self) -> None:
-        """Call before a policy decision reads counts or spend (see
-        :meth:`LedgerAppender.lock_decisions`)."""
-        self.ledger.lock_decisions()
+        """Call before a policy decision reads counts or spend: a shared transaction then takes
+        the deciders' lock (held to commit), so that no concurrent transaction decides on
+        counts that miss this one's decisions. An exclusive one needs nothing."""
+        if not self.exclusive and not self._decisions_locked:
+            lock_decisions(self.conn)
+            self._decisions_locked = True
 
     def insert_many(
         self, statement: Executable, rows: list[dict[str, Any]], *, postgres: Executable | None
@@ -66,7 +73,7 @@ class WriteTxn:
         if not rows:
             return
         if postgres is not None and self.conn.dialect.name == "postgresql":
-            self.conn.execute(postgres, {name: [row[name] for row in rows] for name in rows[0]})
+            self.conn.execute(postgres, _as_columns(rows))
             return
         self.conn.execute(statement, rows)
 
@@ -94,9 +101,13 @@ class WriteTxn:
         if self.conn.dialect.name != "postgresql":
             return int(self.conn.execute(statement, rows).rowcount)
         if postgres is not None and len({row[key] for row in rows}) == len(rows):
-            columns = {name: [row[name] for row in rows] for name in rows[0]}
-            return int(self.conn.execute(postgres, columns).scalar_one())
+            return int(self.conn.execute(postgres, _as_columns(rows)).scalar_one())
         return sum(int(self.conn.execute(statement, row).rowcount) for row in rows)
+
+
+def _as_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows with the same keys as one list of values per key (``unnest`` parameters)."""
+    return {name: [row[name] for row in rows] for name in rows[0]}
 
 
 WriteOp = Callable[[WriteTxn], T]
@@ -214,7 +225,7 @@ class Writer:
     async def _commit_with_retry(self, batch: list[_Pending[Any]]) -> None:
         delay = 0.05
         ops = [pending.op for pending in batch]
-        exclusive = not all(pending.concurrent for pending in batch)
+        exclusive = not self.db.is_postgres or not all(pending.concurrent for pending in batch)
         for attempt in range(RETRIES + 1):
             try:
                 outcomes, head_seq = await self.db.run_write(
@@ -269,9 +280,10 @@ class Writer:
     ) -> tuple[list[_Outcome], int]:
         """Run the operations in the caller's transaction; a lone one needs no savepoint."""
         outcomes: list[_Outcome] = []
-        ledger = LedgerAppender.open(conn, self._head, notify=self._notify, exclusive=exclusive)
-        now = ledger.database_now if self._database_clock else None
-        txn = WriteTxn(conn=conn, now=now or self.clock(), ledger=ledger)
+        database_now = begin_write(conn, exclusive=exclusive)
+        now = database_now if self._database_clock else None
+        ledger = LedgerAppender.open(conn, self._head, notify=self._notify)
+        txn = WriteTxn(conn=conn, now=now or self.clock(), ledger=ledger, exclusive=exclusive)
         if len(ops) == 1:
             try:
                 outcomes.append((True, ops[0](txn)))
