@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 import pytest
 from tests.conftest import Store, run
-from tests.headless import in_write_transaction
+from tests.headless import POLICY, in_write_transaction
 from tests.nodes import (
     TERMINAL_SQL,
     Fleet,
@@ -59,19 +59,6 @@ LEASE_S = 2.0
 SWEEP_S = 0.5
 RECLAIM_MARGIN_S = 2.5
 """Slack on top of ``lease_s + sweep_interval_s`` for a loaded two-core machine."""
-
-POLICY = """
-[defaults]
-outcome = "allow"
-reject_reasons = ["unsafe", "other"]
-
-[[rules]]
-name = "deploys"
-tool = "deploy"
-outcome = "require_approval"
-approver = "release-lead"
-deadline_s = 600
-"""
 
 
 @pytest.fixture
