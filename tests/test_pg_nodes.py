@@ -439,6 +439,20 @@ def test_a_paused_nodes_late_writes_are_rejected(tmp_path: Path, url: str) -> No
 
         wait_until(every_stolen_mission_rejected, 20, "A's late writes to be refused")
         wait_until(turns_done(store, count, nodes), 60, "every turn to end", step=0.25)
+
+        # B's sweep found A's sessions orphaned while A was paused; nobody took them, so A's
+        # next heartbeat holds them again and says so.
+        def a_holds_its_sessions_again() -> bool:
+            states = store.rows("SELECT state FROM sessions WHERE lease_owner = ?", a.id)
+            return bool(states) and {s["state"] for s in states} == {"active"}
+
+        wait_until(a_holds_its_sessions_again, LEASE_S + 10, "A's sessions to be active again")
+        returned = store.rows(
+            "SELECT subject_id FROM ledger WHERE action = 'session.active' AND seq > ? "
+            "AND actor = ? AND payload::jsonb ->> 'reason' = 'holder returned'",
+            head, a.id,
+        )  # fmt: skip
+        assert len(returned) == 8, returned
         a.alive()
 
     stolen_ids = {m["id"] for m in stolen}

@@ -8,13 +8,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from tests.conftest import Store, run
 
 from quarterdeck.runtime.config import parse_config
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import open_database
-from quarterdeck.store.sessions import acquire_sessions, sweep_sessions
-from quarterdeck.store.writer import Writer
+from quarterdeck.store.sessions import (
+    HeldSession,
+    acquire_sessions,
+    heartbeat_sessions,
+    sweep_sessions,
+)
+from quarterdeck.store.writer import Writer, WriteTxn
 
 
 def _config(**lane: Any) -> Any:
@@ -117,6 +123,132 @@ def test_a_vanished_holders_sessions_are_recovered(tmp_path: Path, database: str
         ]
         counters = dict(_rows(database, "SELECT name, value FROM counters"))
         assert counters["sessions_orphaned"] == 2
+        await db.dispose()
+
+    run(main())
+
+
+def test_a_holder_that_comes_back_takes_its_recovering_sessions_back(
+    tmp_path: Path, database: str
+) -> None:
+    """A frozen node's sessions are swept ``recovering``; if nobody took them meanwhile, its
+    next heartbeat makes them its own again: ``active``, or ``paused`` on a paused lane."""
+
+    async def main() -> None:
+        db = await open_database(database)
+        async with Writer(db) as writer:
+            held = await writer.submit(
+                lambda txn: acquire_sessions(txn, "sim", 2, "slow-node", 0.05, tmp_path)
+            )
+            held += await writer.submit(
+                lambda txn: acquire_sessions(txn, "quiet", 1, "slow-node", 0.05, tmp_path)
+            )
+            await asyncio.sleep(0.1)
+            assert await writer.submit(lambda txn: sweep_sessions(txn, "sweeper")) == 3
+            lost = await writer.submit(
+                lambda txn: heartbeat_sessions(txn, held, 5, frozenset({"quiet"}))
+            )
+            assert lost == []
+            assert dict(_rows(database, "SELECT lane, state FROM sessions")) == {
+                "sim": "active",
+                "quiet": "paused",
+            }
+            # Renewed: the next sweep leaves them alone.
+            assert await writer.submit(lambda txn: sweep_sessions(txn, "sweeper")) == 0
+            again = await writer.submit(lambda txn: heartbeat_sessions(txn, held, 5))
+            assert again == []
+        history = _rows(
+            database,
+            "SELECT action, actor, payload FROM ledger WHERE subject_id = ? ORDER BY seq",
+            held[0].id,
+        )
+        assert [(action, actor) for action, actor, _ in history] == [
+            ("session.created", "slow-node"),
+            ("session.active", "slow-node"),
+            ("session.recovering", "sweeper"),
+            ("session.active", "slow-node"),
+        ]
+        assert json.loads(history[-1][2])["reason"] == "holder returned"
+        await db.dispose()
+
+    run(main())
+
+
+def test_sessions_taken_over_meanwhile_are_reported_lost_and_left_alone(
+    tmp_path: Path, database: str
+) -> None:
+    async def main() -> None:
+        db = await open_database(database)
+        async with Writer(db) as writer:
+            held = await writer.submit(
+                lambda txn: acquire_sessions(txn, "sim", 2, "slow-node", 0.05, tmp_path)
+            )
+            await asyncio.sleep(0.1)
+            await writer.submit(lambda txn: sweep_sessions(txn, "sweeper"))
+            (taken,) = await writer.submit(
+                lambda txn: acquire_sessions(txn, "sim", 1, "new-node", 5, tmp_path)
+            )
+            before = _rows(
+                database, "SELECT lease_expires_at, version FROM sessions WHERE id = ?", taken.id
+            )
+            lost = await writer.submit(lambda txn: heartbeat_sessions(txn, held, 5))
+        assert taken.id == held[0].id and lost == [held[0]]
+        rows = {
+            id_: (state, owner, attempt)
+            for id_, state, owner, attempt in _rows(
+                database, "SELECT id, state, lease_owner, attempt FROM sessions"
+            )
+        }
+        assert rows == {
+            held[0].id: ("active", "new-node", 2),
+            held[1].id: ("active", "slow-node", 1),
+        }
+        after = _rows(
+            database, "SELECT lease_expires_at, version FROM sessions WHERE id = ?", taken.id
+        )
+        assert after == before, "the old holder's heartbeat touched a session it lost"
+        await db.dispose()
+
+    run(main())
+
+
+def test_a_node_whose_session_was_taken_over_leases_another_and_stops_using_it(
+    tmp_path: Path, database: str
+) -> None:
+    async def main() -> None:
+        db = await open_database(database)
+        rt = Runtime(db, _config(), state_dir=tmp_path, node_id="node-a")
+        await rt.start()
+        mine = sorted(rt._sessions["sim"])
+        async with Writer(db) as writer:
+            # As if node-a had been frozen past its lease and another node started meanwhile
+            # (in one transaction, so that node-a's heartbeat cannot renew the lease between).
+            def take_over(txn: WriteTxn) -> list[HeldSession]:
+                txn.conn.execute(
+                    text("UPDATE sessions SET lease_expires_at = :past WHERE id = :id"),
+                    {"past": "2000-01-01T00:00:00.000000Z", "id": mine[0]},
+                )
+                return acquire_sessions(txn, "sim", 1, "node-z", 60, tmp_path)
+
+            (taken,) = await writer.submit(take_over)
+        assert taken.id == mine[0]
+        await _wait(lambda: taken.id not in rt._sessions["sim"] and len(rt._sessions["sim"]) == 3)
+        assert taken.id not in rt._free_sessions["sim"]
+        assert rt.metrics.sessions_lost == 1
+        held = _rows(database, "SELECT id FROM sessions WHERE lease_owner = ?", "node-a")
+        assert sorted(i for (i,) in held) == sorted(rt._sessions["sim"])
+        await rt.submit([_task(i) for i in range(9)])
+        await _wait(
+            lambda: (
+                _rows(database, "SELECT count(*) FROM turns WHERE state = 'completed'")[0][0] == 9
+            )
+        )
+        used = {i for (i,) in _rows(database, "SELECT session_id FROM missions")}
+        assert used and taken.id not in used
+        assert _rows(database, "SELECT lease_owner FROM sessions WHERE id = ?", taken.id) == [
+            ("node-z",)
+        ]
+        await rt.stop()
         await db.dispose()
 
     run(main())

@@ -23,6 +23,8 @@ class Metrics:
     """Results this node produced after losing the lease (rejected, recorded)."""
     leases_lost: int = 0
     """Leases this node found lost at a heartbeat."""
+    sessions_lost: int = 0
+    """Sessions this node found taken over by another node at a heartbeat."""
     reclaimed: int = 0
     """Expired leases this node's sweeper handed back."""
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))

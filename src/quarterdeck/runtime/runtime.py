@@ -764,8 +764,14 @@ class Runtime:
             await asyncio.sleep(period * random.uniform(0.8, 1.0))
             sessions = [s for lane in self._sessions.values() for s in lane.values()]
             if sessions:
-                with contextlib.suppress(Exception):
-                    await self.writer.submit(self._session_heartbeat_op(sessions))
+                try:
+                    lost_sessions = await self.writer.submit(self._session_heartbeat_op(sessions))
+                    if lost_sessions:
+                        await self._replace_sessions(lost_sessions)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("session heartbeat failed", extra={"node": self.node_id})
             held = [r.claim for r in self._running.values() if not r.lost and not r.finishing]
             if not held:
                 continue
@@ -783,8 +789,45 @@ class Runtime:
                     running.task.cancel()
                     self.metrics.leases_lost += 1
 
-    def _session_heartbeat_op(self, held: list[HeldSession]) -> Callable[[WriteTxn], int]:
-        return lambda txn: heartbeat_sessions(txn, held, self.config.lease_s)
+    def _session_heartbeat_op(
+        self, held: list[HeldSession]
+    ) -> Callable[[WriteTxn], list[HeldSession]]:
+        return lambda txn: heartbeat_sessions(txn, held, self.config.lease_s, self._paused_lanes)
+
+    def _replace_sessions_op(
+        self, lost: list[HeldSession]
+    ) -> Callable[[WriteTxn], list[HeldSession]]:
+        """Lease as many sessions as were lost, per lane; see :meth:`_replace_sessions`."""
+
+        def op(txn: WriteTxn) -> list[HeldSession]:
+            acquired: list[HeldSession] = []
+            for lane in sorted({s.lane for s in lost} & set(self.config.lanes)):
+                count = sum(1 for s in lost if s.lane == lane)
+                acquired += acquire_sessions(
+                    txn, lane, count, self.node_id, self.config.lease_s, self.state_dir
+                )
+            return acquired
+
+        return op
+
+    async def _replace_sessions(self, lost: list[HeldSession]) -> None:
+        """Forget sessions another node took over while this one was silent, and lease as many
+        others, so that the lanes keep their concurrency. A mission still running in a lost
+        session has lost its lease too; it does not give the session back when it ends."""
+        log.warning(
+            "sessions taken over by another node",
+            extra={"node": self.node_id, "sessions": [s.id for s in lost]},
+        )
+        self.metrics.sessions_lost += len(lost)
+        for session in lost:
+            self._sessions.get(session.lane, {}).pop(session.id, None)
+            free = self._free_sessions.get(session.lane, [])
+            if session.id in free:
+                free.remove(session.id)
+        for session in await self.writer.submit(self._replace_sessions_op(lost)):
+            self._sessions.setdefault(session.lane, {})[session.id] = session
+            self._free_sessions.setdefault(session.lane, []).append(session.id)
+        self._wake.set()
 
     def _heartbeat_op(self, held: list[Claim]) -> Callable[[WriteTxn], list[Claim]]:
         return lambda txn: heartbeat(txn, held, self.config.lease_s)

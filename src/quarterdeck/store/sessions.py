@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
@@ -139,21 +139,62 @@ def acquire_sessions(
     return held
 
 
-def heartbeat_sessions(txn: WriteTxn, sessions: Sequence[HeldSession], lease_s: float) -> int:
-    """Extend the leases of held sessions; return how many still held (the rest were lost)."""
+def heartbeat_sessions(
+    txn: WriteTxn,
+    sessions: Sequence[HeldSession],
+    lease_s: float,
+    paused_lanes: frozenset[str] = frozenset(),
+) -> list[HeldSession]:
+    """Extend the leases of held sessions; return those lost (another holder took them).
+
+    A session the sweep marked ``recovering`` while its holder was silent (a frozen or
+    partitioned node) but that nobody took over is still this holder's: it comes back
+    ``active`` (``paused`` on a paused lane), so its state says again who holds it.
+    """
     if not sessions:
-        return 0
+        return []
     expires = format_instant(txn.now + timedelta(seconds=lease_s))
-    return txn.update_many(
-        text(
-            "UPDATE sessions SET lease_expires_at = :expires, heartbeat_at = :at "
-            "WHERE id = :id AND lease_owner = :owner AND attempt = :attempt"
-        ),
-        [
-            {"expires": expires, "at": txn.at, "id": s.id, "owner": s.owner, "attempt": s.attempt}
-            for s in sessions
-        ],
-    )
+    rows = {
+        row.id: row
+        for row in txn.conn.execute(
+            text(
+                "SELECT id, state, version, attempt, lease_owner FROM sessions WHERE id IN :ids"
+            ).bindparams(bindparam("ids", expanding=True)),
+            {"ids": [s.id for s in sessions]},
+        )
+    }
+    held: list[HeldSession] = []
+    lost: list[HeldSession] = []
+    for session in sessions:
+        row = rows.get(session.id)
+        still = row is not None and (row.lease_owner, row.attempt) == (
+            session.owner,
+            session.attempt,
+        )
+        (held if still else lost).append(session)
+    if held:
+        txn.conn.execute(
+            text(
+                "UPDATE sessions SET lease_expires_at = :expires, heartbeat_at = :at "
+                "WHERE id IN :ids"
+            ).bindparams(bindparam("ids", expanding=True)),
+            {"expires": expires, "at": txn.at, "ids": [s.id for s in held]},
+        )
+    for session in held:
+        row = rows[session.id]
+        if row.state != "recovering":
+            continue
+        back = "paused" if session.lane in paused_lanes else "active"
+        _move(txn, session.id, "recovering", back, row.version + 1, session.owner,
+              reason="holder returned")  # fmt: skip
+        txn.conn.execute(
+            text(
+                "UPDATE sessions SET state = :to, version = version + 1, updated_at = :at "
+                "WHERE id = :id AND version = :version"
+            ),
+            {"to": back, "at": txn.at, "id": session.id, "version": row.version},
+        )
+    return lost
 
 
 def _held_row(txn: WriteTxn, session: HeldSession) -> Any:
