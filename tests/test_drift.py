@@ -38,6 +38,7 @@ from quarterdeck.store.alerts import (
 from quarterdeck.store.database import open_database
 from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.outbox import Target
+from quarterdeck.store.queries import slo
 from quarterdeck.store.work import set_flag
 from quarterdeck.store.writer import Writer, WriteTxn
 
@@ -628,7 +629,8 @@ def test_slo_latency_receipt_wait_and_cost(database: str) -> None:
         async with writer_for(database) as writer:
             _seed_missions(database, now, ["completed"] * 3, latency_s=45.0)
             _seed_missions(database, now, ["completed"], role="fallback")
-            _seed_missions(database, now, ["completed"] * 3, role="shadow")  # not counted
+            # Not counted, however slow: a shadow's result serves no turn.
+            _seed_missions(database, now, ["completed"] * 3, role="shadow", latency_s=500.0)
             store.execute(
                 "INSERT INTO receipts (id, workspace, dedupe_key, received_at, status, errors, "
                 "version) VALUES ('r1', 'w', 'k1', ?, 'accepted', '[]', 1)",
@@ -647,12 +649,17 @@ def test_slo_latency_receipt_wait_and_cost(database: str) -> None:
             await wait_until(lambda: len(store.open_alerts()) == 4, what="four SLO alerts")
             stop.set()
             await asyncio.wait_for(task, 5)
-            return await monitor.check_once()
+            report = await monitor.check_once()
+            # The status figures (the CLI, the control center, Prometheus) say the same.
+            report["status"] = await slo(writer.db, "w")
+            return report
 
     report = run(main())
     figures = report["figures"]
     assert figures["fallback_rate"] == 0.25 and figures["started"] == 4
     assert figures["p95_latency_s"] == 45.0
+    assert report["status"]["fallback_rate"] == 0.25
+    assert report["status"]["mission_latency_p95_s"] == 45.0
     assert figures["receipt_wait_s"] == 75.0
     assert figures["cost"] == 7.0
     assert report["breached"] == ["cost", "fallback_rate", "p95_latency_s", "receipt_wait_s"]

@@ -242,11 +242,17 @@ def _seconds(start: str, end: str) -> float:
     return (parse_instant(end) - parse_instant(start)).total_seconds()
 
 
+_SERVING = "(role IS NULL OR role != 'shadow')"
+"""Missions whose result can serve a turn: shadow missions (result recorded only) are left out
+of latency and fallback figures, here as in the SLO monitor (``alerts.slo_figures``)."""
+
+
 async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[str, Any]:
     """SLO figures from the store, shared by every node: mission latency p50/p95 (recent
-    missions), fallback rate, recovery success rate, orphaned missions (running past their
-    lease, unswept) and orphaned sessions (recovering now; ever), retries, dead letters,
-    lease conflicts and reclaimed leases."""
+    missions), fallback rate (missions run as fallback or routed off their lane, over started
+    ones), recovery success rate, orphaned missions (running past their lease, unswept) and
+    orphaned sessions (recovering now; ever), retries, dead letters, lease conflicts and
+    reclaimed leases. Shadow missions count in neither latency nor fallback figures."""
     where = "" if workspace is None else "WHERE workspace = :w"
     params = {} if workspace is None else {"w": workspace}
     async with db.read() as conn:
@@ -255,7 +261,8 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
                 text(
                     "SELECT started_at, finished_at FROM missions "
                     f"{where + ' AND' if where else 'WHERE'} finished_at IS NOT NULL "
-                    "AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT :n"
+                    f"AND started_at IS NOT NULL AND {_SERVING} "
+                    "ORDER BY finished_at DESC LIMIT :n"
                 ),
                 {**params, "n": recent},
             )
@@ -263,9 +270,12 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
         totals = (
             await conn.execute(
                 text(
-                    "SELECT count(*) AS missions, "
-                    "sum(CASE WHEN role = 'fallback' OR (routed_lane IS NOT NULL "
-                    "AND routed_lane != lane) THEN 1 ELSE 0 END) AS fallback, "
+                    "SELECT "
+                    f"sum(CASE WHEN started_at IS NOT NULL AND {_SERVING} THEN 1 ELSE 0 END) "
+                    "AS started, "
+                    f"sum(CASE WHEN {_SERVING} AND (role = 'fallback' OR (routed_lane IS NOT "
+                    "NULL AND routed_lane != lane)) AND started_at IS NOT NULL THEN 1 ELSE 0 END) "
+                    "AS fallback, "
                     "sum(CASE WHEN number > 1 THEN 1 ELSE 0 END) AS retries, "
                     "sum(CASE WHEN attempt > 1 AND state IN ('completed', 'failed', 'timed_out') "
                     "THEN 1 ELSE 0 END) AS recovered_finished, "
@@ -298,13 +308,13 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
         counter_rows = (await conn.execute(text("SELECT name, value FROM counters"))).all()
         counters: dict[str, int] = {str(name): int(value) for name, value in counter_rows}
     latencies = [_seconds(start, end) for start, end in finished]
-    missions = int(totals.missions or 0)
+    started = int(totals.started or 0)
     recovered = int(totals.recovered_finished or 0)
     running = int(totals.running or 0)
     return {
         "mission_latency_p50_s": round(percentile(latencies, 0.5), 6),
         "mission_latency_p95_s": round(percentile(latencies, 0.95), 6),
-        "fallback_rate": round(int(totals.fallback or 0) / missions, 6) if missions else 0.0,
+        "fallback_rate": round(int(totals.fallback or 0) / started, 6) if started else 0.0,
         "recovery_success_rate": (
             round(int(totals.recovered_completed or 0) / recovered, 6) if recovered else 1.0
         ),
