@@ -18,6 +18,7 @@ from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.runtime.items import Items
 from quarterdeck.store.database import open_database
+from quarterdeck.store.sessions import acquire_sessions
 from quarterdeck.store.writer import Writer
 
 KINDS = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
@@ -437,6 +438,30 @@ def test_workspaces_are_isolated(world: World) -> None:
     assert exported and {entry["workspace"] for entry in exported} == {"alpha"}
     complete = json_lines(world, "ledger", "export", "-A")
     assert [e for e in complete if e["workspace"] == "alpha"] == exported
+
+
+def test_the_runtimes_sessions_are_in_every_workspaces_view(fresh: World) -> None:
+    """Sessions belong to the runtime, not to a tenant: a workspace's status, listing and
+    detail show them (a daemon's workers are everyone's concern), while tenants stay apart."""
+
+    async def hold_sessions() -> list[str]:
+        db = await open_database(fresh.db)
+        async with Writer(db) as writer:
+            held = await writer.submit(
+                lambda txn: acquire_sessions(txn, "sim", 2, "node-a", 60, fresh.state_dir)
+            )
+            await Ingestor(writer).ingest([line(envelope(0, "beta"))])
+        await db.dispose()
+        return [s.id for s in held]
+
+    held = run(hold_sessions())
+    status = ok_json(fresh, "status", "--json", "-w", "alpha")
+    assert status["sessions"]["active"] == 2
+    assert status["receipts"]["accepted"] == 0  # beta's receipt stays beta's
+    listed = json_lines(fresh, "ls", "sessions", "-w", "alpha", "--json")
+    assert sorted(item["id"] for item in listed) == sorted(held)
+    assert {item["workspace"] for item in listed} == {"_runtime"}
+    assert ok_json(fresh, "show", held[0], "--json", "-w", "alpha")["lease_owner"] == "node-a"
 
 
 # --------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ MAX_LINE_BYTES: Final = 1024 * 1024
 MAX_KEY_CHARS: Final = 200
 MAX_REF_CHARS: Final = 200
 WORKSPACE_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+RUNTIME_WORKSPACE: Final = "_runtime"
+"""Where the runtime's own items live (sessions, runtime-wide flags); no envelope can name it."""
 _MISSING: Final = object()
 _NOT_UNICODE: Final = "holds a lone surrogate (\\ud800-\\udfff escape), which is not valid Unicode"
 FIELDS: Final = frozenset(

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Table, and_, func, or_, select, text
 
 from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.store.database import Database
@@ -23,11 +24,20 @@ ITEM_TABLES: dict[str, Table] = {kind: table_of(model) for kind, model in STATEF
 LISTABLE = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
 
 
+def _in_scope(table: Table, workspace: str | None) -> Any:
+    """The condition that keeps ``table``'s rows to ``workspace``'s view (None: every
+    workspace). The runtime's own items (sessions) are part of every workspace's view."""
+    if workspace is None:
+        return None
+    return table.c.workspace.in_((workspace, RUNTIME_WORKSPACE))
+
+
 async def status(db: Database, workspace: str | None) -> dict[str, Any]:
     """Counts by state for every kind, and the ledger's size and head.
 
     Args:
-        workspace: count only this workspace's items; None counts every workspace.
+        workspace: count only this workspace's items and the runtime's own (sessions);
+            None counts every workspace.
     """
     async with db.read() as conn:
         query = select(RECEIPTS.c.status, func.count())
@@ -43,8 +53,8 @@ async def status(db: Database, workspace: str | None) -> dict[str, Any]:
         for kind, table in ITEM_TABLES.items():
             counts = dict.fromkeys(MACHINES[Kind(kind)].states, 0)
             query = select(table.c.state, func.count())
-            if workspace is not None:
-                query = query.where(table.c.workspace == workspace)
+            if (scope := _in_scope(table, workspace)) is not None:
+                query = query.where(scope)
             for state, count in (await conn.execute(query.group_by(table.c.state))).all():
                 counts[state] = int(count)
             result[f"{kind}s"] = counts
@@ -105,7 +115,7 @@ async def list_items(
 
     Args:
         kind: one of :data:`LISTABLE`.
-        workspace: only this workspace's items; None for every workspace.
+        workspace: only this workspace's items and the runtime's own (sessions); None for every workspace.
         state: only items in this state (a receipt's status for receipts).
         limit: at most this many; None for all.
     """
@@ -115,8 +125,8 @@ async def list_items(
         table = ITEM_TABLES[kind.removesuffix("s")]
         state_column = table.c.state
     query = select(table).order_by(table.c.id.desc())
-    if workspace is not None:
-        query = query.where(table.c.workspace == workspace)
+    if (scope := _in_scope(table, workspace)) is not None:
+        query = query.where(scope)
     if state is not None:
         query = query.where(state_column == state)
     if limit is not None:
@@ -195,8 +205,8 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
         if item is None:
             for kind, table in ITEM_TABLES.items():
                 query = select(table).where(table.c.id == item_id)
-                if workspace is not None:
-                    query = query.where(table.c.workspace == workspace)
+                if (scope := _in_scope(table, workspace)) is not None:
+                    query = query.where(scope)
                 row = (await conn.execute(query)).first()
                 if row is not None:
                     item = _item_dict(kind, row)

@@ -22,12 +22,13 @@ from typing import Any
 from sqlalchemy import bindparam, text
 
 from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import Kind, check_transition
 from quarterdeck.store.work import bump_counter
 from quarterdeck.store.writer import WriteTxn
 
-SESSION_WORKSPACE = "_runtime"
+SESSION_WORKSPACE = RUNTIME_WORKSPACE
 """Sessions belong to the runtime, not to a tenant workspace."""
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.policy import ActionRequest, Policy
 from quarterdeck.domain.states import Kind, check_transition
@@ -1381,9 +1382,9 @@ def seed_flags(
             continue
         for flag, value in flags.items():
             if value:
-                set_flag(txn, lane, flag, True, actor=actor, workspace="_runtime")
+                set_flag(txn, lane, flag, True, actor=actor, workspace=RUNTIME_WORKSPACE)
     if "*" not in known and force_all and not existing.force_all:
-        set_flag(txn, "*", "force_fallback", True, actor=actor, workspace="_runtime")
+        set_flag(txn, "*", "force_fallback", True, actor=actor, workspace=RUNTIME_WORKSPACE)
 
 
 # --- events ------------------------------------------------------------------------------------
