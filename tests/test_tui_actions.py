@@ -549,6 +549,26 @@ def test_force_fallback_for_a_lane_and_for_every_lane(tmp_path: Path) -> None:
     run(main())
 
 
+def test_the_header_lays_itself_out_again_when_the_terminal_is_resized(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with center(tmp_path) as c:
+            _rt, _store, app, pilot = c
+            wide = header_text(app).split("\n")
+            assert len(wide) == 2 and wide[1].startswith(" turns ")
+            assert all(len(line) <= SIZE[0] for line in wide)
+            await pilot.resize_terminal(70, 30)
+            await until(pilot, lambda: len(header_text(app).split("\n")) > 2, "a narrow header")
+            narrow = header_text(app).split("\n")
+            assert all(len(line) <= 70 for line in narrow), narrow
+            # Whole figures only: no line starts inside one.
+            assert not any(line.startswith((" 0%", " done", "s fallback")) for line in narrow)
+            assert "ledger" in header_text(app) and "approvals 0" in header_text(app)
+            await pilot.resize_terminal(*SIZE)
+            await until(pilot, lambda: header_text(app).split("\n") == wide, "the wide header")
+
+    run(main())
+
+
 # --- alerts --------------------------------------------------------------------------------------
 
 

@@ -262,8 +262,10 @@ class Database:
 
     @property
     def display_url(self) -> str:
-        """The URL with any password masked, for logs and headers."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        """The URL as a person writes it (no driver name) with any password masked, for logs
+        and headers."""
+        url = make_url(self.url)
+        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
 
     @property
     def dsn(self) -> str:
