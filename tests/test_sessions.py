@@ -254,6 +254,32 @@ def test_a_node_whose_session_was_taken_over_leases_another_and_stops_using_it(
     run(main())
 
 
+def test_a_drained_node_hands_back_every_session_it_holds(tmp_path: Path, database: str) -> None:
+    """Including one its lists do not know yet (a replacement leased as the drain began)."""
+
+    async def main() -> None:
+        db = await open_database(database)
+        rt = Runtime(db, _config(), state_dir=tmp_path, node_id="node-a")
+        await rt.start()
+        async with Writer(db) as writer:
+            (extra,) = await writer.submit(
+                lambda txn: acquire_sessions(txn, "sim", 1, "node-a", 60, tmp_path)
+            )
+        assert extra.id not in rt._sessions["sim"]
+        await rt.stop()
+        rows = _rows(database, "SELECT state, lease_owner FROM sessions")
+        assert rows == [("idle", None)] * 4
+        released = _rows(
+            database,
+            "SELECT count(*) FROM ledger WHERE action = 'session.idle' AND actor = ?",
+            "node-a",
+        )
+        assert released == [(4,)]
+        await db.dispose()
+
+    run(main())
+
+
 def test_paused_lane_pauses_its_sessions(tmp_path: Path, database: str) -> None:
     async def main() -> None:
         db = await open_database(database)

@@ -354,9 +354,7 @@ class Runtime:
                 claims = [r.claim for r in leftovers]
                 await self.writer.submit(lambda txn: release_missions(txn, claims, self.node_id))
         await self._flush_events()
-        sessions = [s for lane in self._sessions.values() for s in lane.values()]
-        if sessions:
-            await self.writer.submit(lambda txn: release_sessions(txn, sessions))
+        await self.writer.submit(lambda txn: release_sessions(txn, self.node_id))
         self._stopped = True
         self._stop_event.set()
         for watcher in (self.policy_source, self.drift):
@@ -766,7 +764,7 @@ class Runtime:
             if sessions:
                 try:
                     lost_sessions = await self.writer.submit(self._session_heartbeat_op(sessions))
-                    if lost_sessions:
+                    if lost_sessions and self._claiming:  # (draining: released, not lost)
                         await self._replace_sessions(lost_sessions)
                 except asyncio.CancelledError:
                     raise
@@ -801,6 +799,8 @@ class Runtime:
 
         def op(txn: WriteTxn) -> list[HeldSession]:
             acquired: list[HeldSession] = []
+            if not self._claiming:
+                return acquired  # draining: the sessions are about to be handed back
             for lane in sorted({s.lane for s in lost} & set(self.config.lanes)):
                 count = sum(1 for s in lost if s.lane == lane)
                 acquired += acquire_sessions(

@@ -227,29 +227,27 @@ def set_session_state(
     return True
 
 
-def release_sessions(txn: WriteTxn, sessions: Sequence[HeldSession]) -> None:
-    """Hand held sessions back ``idle`` (a drained node)."""
-    for session in sessions:
-        row = _held_row(txn, session)
-        if row is None:
-            continue
+def release_sessions(txn: WriteTxn, owner: str) -> int:
+    """Hand every session ``owner`` holds back ``idle`` (a drained node); return how many.
+
+    By owner, not by the node's own list: a session leased in the last moments before the
+    drain (a replacement for one taken over) is released too.
+    """
+    rows = txn.conn.execute(
+        text("SELECT id, state, version FROM sessions WHERE lease_owner = :owner ORDER BY id"),
+        {"owner": owner},
+    ).all()
+    for row in rows:
         if row.state != "idle":
-            _move(
-                txn,
-                session.id,
-                row.state,
-                "idle",
-                row.version + 1,
-                session.owner,
-                reason="released",
-            )
+            _move(txn, row.id, row.state, "idle", row.version + 1, owner, reason="released")
         txn.conn.execute(
             text(
                 "UPDATE sessions SET state = 'idle', version = :version, lease_owner = NULL, "
                 "lease_expires_at = NULL, updated_at = :at WHERE id = :id"
             ),
-            {"version": row.version + (row.state != "idle"), "at": txn.at, "id": session.id},
+            {"version": row.version + (row.state != "idle"), "at": txn.at, "id": row.id},
         )
+    return len(rows)
 
 
 def sweep_sessions(txn: WriteTxn, actor: str) -> int:
