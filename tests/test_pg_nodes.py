@@ -53,7 +53,7 @@ from tests.nodes import (
     wait_until,
 )
 from tests.pgcluster import PgCluster
-from tests.test_tui_actions import until
+from tests.test_tui_actions import header_text, until
 
 LEASE_S = 2.0
 SWEEP_S = 0.5
@@ -639,6 +639,10 @@ def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path,
                             lambda: {asked["id"], sdk["id"]} <= set(approvals.lines),
                             "both approvals on screen",
                             timeout=20,
+                        )
+                        # Both nodes hold live sessions, and the header counts them.
+                        await until(
+                            pilot, lambda: "● 2 nodes alive" in header_text(app), "two nodes"
                         )
                         # From now on only B applies commands: A is paused.
                         await asyncio.to_thread(freeze, a, url)

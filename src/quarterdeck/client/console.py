@@ -137,8 +137,9 @@ class Header:
 
     target: str
     """What the console shows: ``embedded runtime (node ...)`` or ``attached to <db>``."""
-    alive: bool | None
-    """Attached: whether the daemon holds live sessions; embedded: None (it is this process)."""
+    alive: int | None
+    """Attached: how many runtime nodes hold live sessions (0: no daemon running); embedded:
+    None (the runtime is this process)."""
     read_only: bool
     force_all: bool
     forced: tuple[str, ...]
@@ -239,7 +240,7 @@ _LEDGER_BEFORE = text(
     "SELECT seq, at, workspace, actor, action, subject_type, subject_id, from_state, to_state "
     "FROM ledger WHERE seq < :before ORDER BY seq DESC LIMIT :limit"
 )
-_LIVE_SESSIONS = text("SELECT count(*) FROM sessions WHERE lease_expires_at > :now")
+_LIVE_NODES = text("SELECT count(DISTINCT lease_owner) FROM sessions WHERE lease_expires_at > :now")
 
 
 class _StoreConsole:
@@ -321,7 +322,7 @@ class _StoreConsole:
             reject_reasons=self.reject_reasons,
         )  # fmt: skip
 
-    async def _alive_async(self, conn: Any) -> bool | None:
+    async def _alive_async(self, conn: Any) -> int | None:
         return None
 
     async def _slo(self) -> Mapping[str, Any]:
@@ -445,10 +446,9 @@ class AttachedConsole(_StoreConsole):
         self._version = -1
         self._client: Any = None
 
-    async def _alive_async(self, conn: Any) -> bool | None:
+    async def _alive_async(self, conn: Any) -> int | None:
         now = format_instant(self.clock())
-        live = (await conn.execute(_LIVE_SESSIONS, {"now": now})).scalar()
-        return bool(live)
+        return int((await conn.execute(_LIVE_NODES, {"now": now})).scalar() or 0)
 
     async def command(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Send a command envelope and wait for the daemon's result."""

@@ -106,9 +106,11 @@ class StatusHeader(Static):
         identity = [badge, Text(head.target)]
         if head.alive is not None:
             identity.append(
-                Text("● daemon alive", style="green")
-                if head.alive
-                else Text("○ daemon not running", style="bold red")
+                Text("○ daemon not running", style="bold red")
+                if not head.alive
+                else Text("● daemon alive", style="green")
+                if head.alive == 1
+                else Text(f"● {head.alive} nodes alive", style="green")
             )
         if head.read_only:
             identity.append(Text("READ-ONLY", style="bold yellow"))
