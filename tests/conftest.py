@@ -86,16 +86,31 @@ RunAsync = Callable[[Awaitable[T]], T]
 def pg_cluster() -> Iterator[PgCluster]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 for the whole run (skipped, saying how to
     enable it, when the server binaries are missing)."""
+    cluster = _started_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def own_pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for one test alone (one that stops and starts its
+    server); skipped like :func:`pg_cluster`."""
+    cluster = _started_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _started_cluster() -> PgCluster:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         if os.environ.get("REQUIRE_POSTGRES_TESTS"):
             pytest.fail(ENABLE_HINT, pytrace=False)  # CI sets it: no silent skips there
         pytest.skip(ENABLE_HINT)
-    cluster = PgCluster(bin_dir).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    return PgCluster(bin_dir).start()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

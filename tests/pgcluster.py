@@ -62,6 +62,7 @@ class PgCluster:
         self.data = self.root / "data"
         self.port = _free_port()
         self._as_user: list[str] = []
+        self._options = ""
         self._spares: queue.Queue[str] = queue.Queue(maxsize=SPARE_DATABASES)
         self._stopping = threading.Event()
         self._maker: threading.Thread | None = None
@@ -88,9 +89,19 @@ class PgCluster:
         ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l",
-                  str(self.root / "server.log"), "-o", " ".join(options), "-w", "start")  # fmt: skip
+        self._options = " ".join(options)
+        self.start_server()
         return self
+
+    def start_server(self) -> None:
+        """Start the (initialised) server and wait until it accepts connections."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l",
+                  str(self.root / "server.log"), "-o", self._options, "-w", "start")  # fmt: skip
+
+    def stop_server(self) -> None:
+        """Stop the server as an operator's restart does (``-m fast``: sessions are ended,
+        open transactions roll back); :meth:`start_server` brings it back."""
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def url(self, database: str = "postgres") -> str:
         """The ``postgresql://`` URL of ``database`` on this cluster."""

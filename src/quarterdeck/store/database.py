@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from quarterdeck.store.migrations import HEAD_VERSION, current_version, migrate
@@ -64,7 +64,8 @@ statement, for their client (frozen between two protocol messages: the server's 
 does not apply there)."""
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014"})
 """PostgreSQL errors after which the same transaction may simply be tried again
-(serialization failure, deadlock, lock not available, statement timeout)."""
+(serialization failure, deadlock, lock not available, statement timeout); so may one that lost
+its connection (:func:`is_connection_lost`)."""
 NOTIFY_ENV = "QUARTERDECK_PG_NOTIFY"
 """Set to ``0``/``off`` to run PostgreSQL without ``LISTEN/NOTIFY`` (everyone polls)."""
 
@@ -141,15 +142,37 @@ def normalize_url(url: str) -> str:
     )
 
 
+CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "08003", "08004",
+                                  "08006"})  # fmt: skip
+"""PostgreSQL errors that end the session: the server shutting down, restarting or starting up,
+or the connection failed or lost."""
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection to the server is gone (refused, reset, closed by a
+    restart), so that the whole transaction failed, whatever statement met it."""
+    if isinstance(exc, OSError | PendingRollbackError):
+        return True  # refused or reset; or a statement after the connection was invalidated
+    cause: BaseException | None = exc
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        cause = exc.orig
+    # The driver's own error (asyncpg's, when it fails to connect) or the one SQLAlchemy wraps.
+    return (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) in (
+        CONNECTION_SQLSTATES
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed write transaction may simply be run again: another process held
     SQLite's write lock, or PostgreSQL reported a deadlock, serialization failure or lock
     timeout, or the connection to the server was lost (a restart, a failover)."""
     if isinstance(exc, OperationalError) and "locked" in str(exc):
         return True
+    if is_connection_lost(exc):
+        return True  # the pool hands out a fresh connection next
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True  # the server went away; the pool hands out a fresh connection next
         state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         return state in TRANSIENT_SQLSTATES
     return False
@@ -217,7 +240,12 @@ class Database:
             self._pg_writer = create_async_engine(
                 url, pool_size=2, max_overflow=2, connect_args=settings
             )
-            self.reader_engine = create_async_engine(url, pool_size=4, max_overflow=8)
+            # Readers check a pooled connection before use, so that the first reads after a
+            # server restart do not fail on connections it closed (the writer instead retries
+            # a transaction that fails on one, see Writer).
+            self.reader_engine = create_async_engine(
+                url, pool_size=4, max_overflow=8, pool_pre_ping=True
+            )
             return
         sync_url = parsed.set(drivername="sqlite+pysqlite")
         self._writer_engine = create_engine(

@@ -18,13 +18,14 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Executable
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.store.database import (
     LOCK_RETRIES,
     Database,
     begin_write,
+    is_connection_lost,
     is_transient,
     lock_decisions,
 )
@@ -234,7 +235,9 @@ class Writer:
             except _OperationFailed as failed:
                 # A lone operation failed: its transaction rolled back and nothing else ran.
                 outcomes, head_seq = [(False, failed.error)], -1
-            except (OperationalError, DBAPIError, LedgerHeadMoved) as exc:
+            except Exception as exc:
+                # Anything else failed the transaction as a whole (no operation ran to an
+                # outcome): a lost ledger head race, a lock, a dropped or refused connection.
                 self._head = None
                 retryable = isinstance(exc, LedgerHeadMoved | IntegrityError) or is_transient(exc)
                 if retryable and attempt < RETRIES:
@@ -246,10 +249,6 @@ class Writer:
                     await asyncio.sleep(delay * random.random())
                     delay = min(delay * 2, 1.0)
                     continue
-                self._fail(batch, exc)
-                return
-            except Exception as exc:
-                self._head = None
                 self._fail(batch, exc)
                 return
             break
@@ -289,11 +288,9 @@ class Writer:
                 outcomes.append((True, ops[0](txn)))
             except (OperationalError, LedgerHeadMoved):
                 raise
-            except DBAPIError as exc:
-                if is_transient(exc):
-                    raise
-                raise _OperationFailed(exc) from exc
             except Exception as exc:
+                if is_transient(exc):
+                    raise  # the transaction failed, not the operation: it is tried again
                 raise _OperationFailed(exc) from exc
         else:
             for op in ops:
@@ -302,6 +299,8 @@ class Writer:
                 try:
                     value = op(txn)
                 except Exception as exc:
+                    if is_connection_lost(exc):
+                        raise  # the transaction is gone, not just this operation: retried
                     savepoint.rollback()
                     ledger.rollback_to(mark)
                     outcomes.append((False, exc))
