@@ -971,6 +971,9 @@ def test_submit_metrics_and_idle_cpu_of_a_running_daemon(
         if line and not line.startswith("#")
     }
     assert "quarterdeck_mission_latency_p50_seconds" in samples, body
+    # A healthy node lost nothing.
+    for counter in ("leases_lost", "sessions_lost"):
+        assert samples[f'quarterdeck_node_{counter}_total{{node="obs-1"}}'] == 0, body
     assert samples["quarterdeck_mission_latency_p50_seconds"] >= 0.05 * 0.9
 
     time.sleep(1.5)  # let the last events and sweeps settle

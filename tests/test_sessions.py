@@ -12,6 +12,7 @@ from sqlalchemy import text
 from tests.conftest import Store, run
 
 from quarterdeck.runtime.config import parse_config
+from quarterdeck.runtime.prometheus import render
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import open_database
 from quarterdeck.store.sessions import (
@@ -235,6 +236,7 @@ def test_a_node_whose_session_was_taken_over_leases_another_and_stops_using_it(
         await _wait(lambda: taken.id not in rt._sessions["sim"] and len(rt._sessions["sim"]) == 3)
         assert taken.id not in rt._free_sessions["sim"]
         assert rt.metrics.sessions_lost == 1
+        assert 'quarterdeck_node_sessions_lost_total{node="node-a"} 1\n' in await render(rt)
         held = _rows(database, "SELECT id FROM sessions WHERE lease_owner = ?", "node-a")
         assert sorted(i for (i,) in held) == sorted(rt._sessions["sim"])
         await rt.submit([_task(i) for i in range(9)])

@@ -734,8 +734,12 @@ def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path)
             )  # fmt: skip
         assert json.loads(store.turn(turn)["deliverable"]) == {"by": "me", "completed_by": "erin"}
         assert store.counter("late_writes_rejected") >= 1
-        [rejected] = store.ledger(action="mission.late_write_rejected", subject=held.mission_id)
-        assert rejected["payload"]["write"] == "completed"
+        refused = store.ledger(action="mission.late_write_rejected", subject=held.mission_id)
+        # The late result is refused once; the node's own heartbeat of the lost lease may be
+        # refused too, if one came between the take-over and the end of the test.
+        assert [e["payload"]["write"] for e in refused if e["payload"]["write"] != "heartbeat"] == [
+            "completed"
+        ]
         alert = store.one("SELECT * FROM alerts WHERE alert_type = 'out_of_sequence'")
         assert alert is not None and alert["subject_id"] == held.mission_id
         assert store.rows("SELECT result FROM missions WHERE turn_id = ?", turn) == [

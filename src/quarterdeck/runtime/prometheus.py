@@ -24,7 +24,7 @@ async def render(runtime: Runtime) -> str:
         _line("quarterdeck_mission_latency_p95_seconds", figures["mission_latency_p95_s"],
               "95th percentile mission run time over recent missions."),
         _line("quarterdeck_fallback_rate", figures["fallback_rate"],
-              "Share of missions that ran on a fallback lane."),
+              "Share of started missions that ran on a fallback lane (shadows aside)."),
         _line("quarterdeck_recovery_success_rate", figures["recovery_success_rate"],
               "Share of reclaimed missions whose retry completed."),
         _line("quarterdeck_orphaned_session_rate", figures["orphaned_session_rate"],
@@ -43,5 +43,10 @@ async def render(runtime: Runtime) -> str:
               "Missions this node runs now.", labels=node),
         _line("quarterdeck_node_writer_commits_total", runtime.writer.commits,
               "Group commits by this node's writer.", "counter", node),
+        _line("quarterdeck_node_leases_lost_total", runtime.metrics.leases_lost,
+              "Mission leases this node found lost at a heartbeat (it was paused or cut off).",
+              "counter", node),
+        _line("quarterdeck_node_sessions_lost_total", runtime.metrics.sessions_lost,
+              "Sessions another node took over while this one was silent.", "counter", node),
     ]  # fmt: skip
     return "".join(parts)
