@@ -119,3 +119,37 @@ def test_missions_finishing_across_a_server_restart_are_recorded_not_run_again(
     ]
     assert store.value("SELECT count(*) FROM ledger WHERE action = 'mission.lease_expired'") == 0
     assert store.value("SELECT count(*) FROM ledger WHERE action = 'mission.completed'") == count
+
+
+class _DriverError(Exception):
+    """Stands for a driver exception carrying a SQLSTATE (asyncpg's do, as ``sqlstate``)."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+def test_which_failures_count_as_a_lost_connection() -> None:
+    from sqlalchemy.exc import DBAPIError, PendingRollbackError
+
+    from quarterdeck.store.database import is_connection_lost, is_transient
+
+    def wrapped(sqlstate: str) -> DBAPIError:
+        return DBAPIError("SELECT 1", None, _DriverError(sqlstate))
+
+    lost = [
+        ConnectionRefusedError(111, "refused"),
+        ConnectionResetError(104, "reset"),
+        TimeoutError("connect timed out"),
+        PendingRollbackError("invalid transaction"),
+        _DriverError("57P03"),  # the server is starting up (raised by asyncpg on connect)
+        wrapped("57P01"),  # terminated by an administrator (a fast shutdown)
+        wrapped("08006"),
+    ]
+    for exc in lost:
+        assert is_connection_lost(exc) and is_transient(exc), exc
+    # Transient, but the connection is fine: only the one operation's statement failed.
+    assert is_transient(wrapped("40P01")) and not is_connection_lost(wrapped("40P01"))
+    # An operation's own failure, never retried as a lost connection.
+    for exc in (FileNotFoundError("prompt.md"), ValueError("bad"), wrapped("23505")):
+        assert not is_connection_lost(exc) and not is_transient(exc), exc

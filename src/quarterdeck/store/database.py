@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -151,8 +152,8 @@ or the connection failed or lost."""
 def is_connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection to the server is gone (refused, reset, closed by a
     restart), so that the whole transaction failed, whatever statement met it."""
-    if isinstance(exc, OSError | PendingRollbackError):
-        return True  # refused or reset; or a statement after the connection was invalidated
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror | PendingRollbackError):
+        return True  # refused, reset, unreachable; or a statement after it was invalidated
     cause: BaseException | None = exc
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:

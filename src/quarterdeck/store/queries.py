@@ -115,7 +115,8 @@ async def list_items(
 
     Args:
         kind: one of :data:`LISTABLE`.
-        workspace: only this workspace's items and the runtime's own (sessions); None for every workspace.
+        workspace: only this workspace's items and the runtime's own (sessions); None for
+            every workspace.
         state: only items in this state (a receipt's status for receipts).
         limit: at most this many; None for all.
     """
