@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quarterdeck.domain.canonical import canonical_text
-from quarterdeck.domain.ledger import _quote, body_text, chain_hash, make_entry
+from quarterdeck.domain.ledger import body_text, chain_hash, make_entry
+from quarterdeck.domain.ledger import quote_text as _quote
 from quarterdeck.store.ledger import _SQL_BODY
 
 bindable_text = st.text(st.characters(exclude_categories=("Cs",)))

@@ -20,7 +20,6 @@ GENESIS_HASH: Final = "0" * 64
 quote_text = json.encoder.encode_basestring
 """A string as JSON text, escaped as ``json.dumps(..., ensure_ascii=False)`` (and so the
 canonical encoder) does; C-accelerated."""
-_quote = quote_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +73,10 @@ def body_text(
 
     Equal to ``canonical_text`` of the body dict whenever ``payload_json`` is canonical.
     """
-    head, middle, tail = body_parts(
+    parts = body_parts(
         workspace, actor, action, subject_type, subject_id, from_state, to_state, payload_json
     )
-    return head + _quote(at) + middle + str(seq) + tail
+    return join_body(parts, at, seq)
 
 
 def body_parts(
@@ -91,27 +90,33 @@ def body_parts(
     payload_json: str,
 ) -> tuple[str, str, str]:
     """The canonical body around its ``at`` and ``seq``, which are settled last: the body is
-    ``head + quoted at + middle + str(seq) + tail`` (see :func:`body_text`)."""
-    head = '{"action":' + _quote(action) + ',"actor":' + _quote(actor) + ',"at":'
+    joined by :func:`join_body`."""
+    head = '{"action":' + quote_text(action) + ',"actor":' + quote_text(actor) + ',"at":'
     middle = (
         ',"from_state":'
-        + ("null" if from_state is None else _quote(from_state))
+        + ("null" if from_state is None else quote_text(from_state))
         + ',"payload":'
         + payload_json
         + ',"seq":'
     )
     tail = (
         ',"subject_id":'
-        + _quote(subject_id)
+        + quote_text(subject_id)
         + ',"subject_type":'
-        + _quote(subject_type)
+        + quote_text(subject_type)
         + ',"to_state":'
-        + ("null" if to_state is None else _quote(to_state))
+        + ("null" if to_state is None else quote_text(to_state))
         + ',"workspace":'
-        + _quote(workspace)
+        + quote_text(workspace)
         + "}"
     )
     return head, middle, tail
+
+
+def join_body(parts: tuple[str, str, str], at: str, seq: int) -> str:
+    """The canonical body from :func:`body_parts` and the entry's ``at`` and ``seq``."""
+    head, middle, tail = parts
+    return head + quote_text(at) + middle + str(seq) + tail
 
 
 def chain_hash(prev_hash: str, body: str) -> str:
@@ -200,7 +205,7 @@ class ChainVerifier:
         """Check a block of rows; return the failure, or None if all of them hold."""
         expected = self.expected
         prev = self.prev
-        quote = _quote
+        quote = quote_text
         sha256 = hashlib.sha256
         try:
             for row in rows:

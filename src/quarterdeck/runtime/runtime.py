@@ -792,24 +792,6 @@ class Runtime:
     ) -> Callable[[WriteTxn], list[HeldSession]]:
         return lambda txn: heartbeat_sessions(txn, held, self.config.lease_s, self._paused_lanes)
 
-    def _replace_sessions_op(
-        self, lost: list[HeldSession]
-    ) -> Callable[[WriteTxn], list[HeldSession]]:
-        """Lease as many sessions as were lost, per lane; see :meth:`_replace_sessions`."""
-
-        def op(txn: WriteTxn) -> list[HeldSession]:
-            acquired: list[HeldSession] = []
-            if not self._claiming:
-                return acquired  # draining: the sessions are about to be handed back
-            for lane in sorted({s.lane for s in lost} & set(self.config.lanes)):
-                count = sum(1 for s in lost if s.lane == lane)
-                acquired += acquire_sessions(
-                    txn, lane, count, self.node_id, self.config.lease_s, self.state_dir
-                )
-            return acquired
-
-        return op
-
     async def _replace_sessions(self, lost: list[HeldSession]) -> None:
         """Forget sessions another node took over while this one was silent, and lease as many
         others, so that the lanes keep their concurrency. A mission still running in a lost
@@ -824,7 +806,19 @@ class Runtime:
             free = self._free_sessions.get(session.lane, [])
             if session.id in free:
                 free.remove(session.id)
-        for session in await self.writer.submit(self._replace_sessions_op(lost)):
+
+        def lease_others(txn: WriteTxn) -> list[HeldSession]:
+            acquired: list[HeldSession] = []
+            if not self._claiming:
+                return acquired  # draining: the sessions are about to be handed back
+            for lane in sorted({s.lane for s in lost} & set(self.config.lanes)):
+                count = sum(1 for s in lost if s.lane == lane)
+                acquired += acquire_sessions(
+                    txn, lane, count, self.node_id, self.config.lease_s, self.state_dir
+                )
+            return acquired
+
+        for session in await self.writer.submit(lease_others):
             self._sessions.setdefault(session.lane, {})[session.id] = session
             self._free_sessions.setdefault(session.lane, []).append(session.id)
         self._wake.set()

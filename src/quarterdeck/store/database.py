@@ -9,8 +9,8 @@ PostgreSQL: asyncpg for writes and reads. The same synchronous write functions r
 through SQLAlchemy's ``run_sync`` bridge, so the layers above never know which database
 they talk to. Write transactions take a writers' advisory lock (:func:`begin_write`),
 exclusive unless all their operations are safe beside other writers, and serialize only their
-ledger append on the head row (see :class:`quarterdeck.store.ledger.LedgerAppender`). That keeps every single-writer
-promise the SQLite code relies on across any number of nodes.
+ledger append on the head row (see :class:`quarterdeck.store.ledger.LedgerAppender`). That
+keeps every single-writer promise the SQLite code relies on across any number of nodes.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ POSTGRES_IDLE_IN_TRANSACTION_MS = 5_000
 """How long PostgreSQL lets a write transaction sit idle before it ends the session. Every
 write transaction holds the writers' lock (and, while it appends, the ledger head), so a node
 frozen inside one (SIGSTOP, a VM pause, a debugger) would hold up other nodes' writes until it
-woke; the server ends its session instead,
-its transaction rolls back, and the others go on (the frozen node's leases then expire)."""
+woke; the server ends its session instead, its transaction rolls back, and the others go on
+(the frozen node's leases then expire)."""
 WRITER_APPLICATION = "quarterdeck-writer"
 """The ``application_name`` of write connections (what :meth:`Database.end_stalled_writers`
 may end)."""
@@ -149,6 +149,12 @@ CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "
 or the connection failed or lost."""
 
 
+def _sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE a driver error carries (asyncpg's ``sqlstate``, psycopg's ``pgcode``)."""
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
 def is_connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection to the server is gone (refused, reset, closed by a
     restart), so that the whole transaction failed, whatever statement met it."""
@@ -160,9 +166,7 @@ def is_connection_lost(exc: BaseException) -> bool:
             return True
         cause = exc.orig
     # The driver's own error (asyncpg's, when it fails to connect) or the one SQLAlchemy wraps.
-    return (getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)) in (
-        CONNECTION_SQLSTATES
-    )
+    return _sqlstate(cause) in CONNECTION_SQLSTATES
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -173,10 +177,7 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if is_connection_lost(exc):
         return True  # the pool hands out a fresh connection next
-    if isinstance(exc, DBAPIError):
-        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        return state in TRANSIENT_SQLSTATES
-    return False
+    return isinstance(exc, DBAPIError) and _sqlstate(exc.orig) in TRANSIENT_SQLSTATES
 
 
 def notifications_enabled() -> bool:
@@ -343,9 +344,9 @@ class Database:
         """PostgreSQL: end the sessions of write transactions that block others while the
         server has waited ``stale_s`` or more for their client in the middle of a statement
         (a process frozen there holds the writers' lock or the ledger head, and so other
-        nodes' writes, until it wakes; the server's idle timeout only covers a freeze between statements). Their
-        transactions roll back; a woken process retries on a new connection. Returns how many
-        sessions were ended (always 0 on SQLite)."""
+        nodes' writes, until it wakes; the server's idle timeout only covers a freeze between
+        statements). Their transactions roll back; a woken process retries on a new
+        connection. Returns how many sessions were ended (always 0 on SQLite)."""
         if self._pg_writer is None:
             return 0
         async with self.reader_engine.connect() as conn:

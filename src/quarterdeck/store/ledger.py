@@ -17,7 +17,7 @@ from quarterdeck.domain.ledger import (
     VerifyResult,
     body_parts,
     chain_hash,
-    quote_text,
+    join_body,
 )
 from quarterdeck.store.database import Database
 from quarterdeck.store.tables import LedgerHeadRow, LedgerRow, table_of
@@ -151,13 +151,12 @@ class LedgerAppender:
         earlier than ``floor`` or than the entry before it."""
         seq, prev = head
         rows = []
-        for at, columns, (body_head, middle, tail) in self._drafts:
+        for at, columns, parts in self._drafts:
             seq += 1
             if floor is not None and at < floor:
                 at = floor
             floor = at
-            body = body_head + quote_text(at) + middle + str(seq) + tail
-            digest = chain_hash(prev, body)
+            digest = chain_hash(prev, join_body(parts, at, seq))
             rows.append((seq, at, *columns, prev, digest))
             prev = digest
         self.head_seq, self.head_hash = seq, prev
