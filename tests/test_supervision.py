@@ -749,6 +749,47 @@ def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path)
     run(main())
 
 
+def test_a_mission_finishing_during_the_revocation_check_is_not_a_lost_lease(
+    tmp_path: Path,
+) -> None:
+    """The check for taken-over missions reads beside running missions: a mission whose own
+    finish commits meanwhile has lost nothing, and its agent is left alone."""
+    from quarterdeck.store.work import finish_mission
+
+    async def main() -> None:
+        async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
+            turn = await turn_of(store, await submit_one(rt, task("h", outcome="hang")))
+            [running] = await wait_until(
+                lambda: [r for r in rt._running.values() if r.claim.turn_id == turn],
+                5,
+                "the runtime to hold the turn's mission",
+            )
+            # The worker's finish commits, and the check reads before the worker has seen it
+            # return: the row is finished at the claim's attempt, its lease owner cleared.
+            done = await rt.writer.submit(
+                lambda txn: finish_mission(
+                    txn, running.claim, "completed", rt.plan, result={"summary": "done"}
+                )
+            )
+            assert done.accepted
+            await rt._stop_revoked()
+            assert rt.metrics.leases_lost == 0
+            assert not running.lost and running.task is not None and not running.task.done()
+            # A take-over is still a revocation: the mission is cancelled at the same attempt.
+            other = await turn_of(store, await submit_one(rt, task("h2", outcome="hang")))
+            [taken] = await wait_until(
+                lambda: [r for r in rt._running.values() if r.claim.turn_id == other],
+                5,
+                "the runtime to hold the second turn's mission",
+            )
+            await rt.command("w", {"command": "turn.takeover", "turn_id": other}, "erin")
+            await wait_until(lambda: taken.lost, 5, "the taken-over agent to be stopped")
+            assert rt.metrics.leases_lost == 1
+        assert store.turn(turn)["state"] == "completed"
+
+    run(main())
+
+
 def test_taking_over_a_turn_waiting_for_dispatch_approval_holds_it(tmp_path: Path) -> None:
     async def main() -> None:
         async with runtime(tmp_path, config(), policy=policy()) as (rt, store):

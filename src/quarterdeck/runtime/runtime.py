@@ -53,6 +53,7 @@ from quarterdeck.store.sessions import (
     sweep_sessions,
 )
 from quarterdeck.store.work import (
+    SELF_FINISHED_STATES,
     Claim,
     ClaimConflict,
     Ending,
@@ -715,7 +716,11 @@ class Runtime:
                 future.set_result(None)
 
     async def _stop_revoked(self) -> None:
-        """Cancel the agents of missions that are no longer theirs (taken over, cancelled)."""
+        """Cancel the agents of missions that are no longer theirs (taken over, cancelled).
+
+        The read runs beside the missions: one may finish while it is under way, and its own
+        finish (the mission ended at the same attempt, or is ending now) is not a revocation.
+        """
         held = {r.claim.mission_id: r for r in self._running.values() if not r.finishing}
         if not held:
             return
@@ -731,6 +736,10 @@ class Runtime:
             running = held[row.id]
             if (row.attempt, row.lease_owner) == (running.claim.attempt, running.claim.owner):
                 continue
+            if running.finishing or self._running.get(row.id) is not running:
+                continue  # it finished while the read ran; its finish is fenced on its own
+            if row.attempt == running.claim.attempt and row.state in SELF_FINISHED_STATES:
+                continue  # its own finish committed (the runtime has not seen it return yet)
             if running.task is not None and not running.lost:
                 running.lost = True
                 running.task.cancel()
@@ -782,10 +791,12 @@ class Runtime:
                 continue
             for claim in lost:
                 running = self._running.get(claim.mission_id)
-                if running is not None and running.task is not None:
+                if running is None or running.task is None or running.lost:
+                    continue
+                self.metrics.leases_lost += 1
+                if not running.finishing:  # a finish under way is refused by its own fencing
                     running.lost = True
                     running.task.cancel()
-                    self.metrics.leases_lost += 1
 
     def _session_heartbeat_op(
         self, held: list[HeldSession]

@@ -36,6 +36,8 @@ from quarterdeck.store.writer import ExclusiveRequired, WriteTxn
 
 Role = Literal["primary", "fallback", "shadow"]
 Finish = Literal["completed", "failed", "timed_out", "cancelled"]
+SELF_FINISHED_STATES = frozenset({"completed", "failed", "timed_out"})
+"""The states a mission reaches only by its own worker's finish (a take-over cancels it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -937,11 +939,7 @@ def heartbeat(txn: WriteTxn, claims: Sequence[Claim], lease_s: float) -> list[Cl
         row = txn.conn.execute(
             text("SELECT state, attempt FROM missions WHERE id = :id"), {"id": claim.mission_id}
         ).first()
-        if (
-            row is not None
-            and row.attempt == claim.attempt
-            and row.state in ("completed", "failed", "timed_out")
-        ):
+        if row is not None and row.attempt == claim.attempt and row.state in SELF_FINISHED_STATES:
             continue
         lost.append(claim)
         _record_rejected(txn, claim, "heartbeat")
