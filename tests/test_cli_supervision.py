@@ -19,6 +19,7 @@ from tests.conftest import quarterdeck, run
 from tests.headless import Headless, headless_runtime, query, wait_until
 
 from quarterdeck.domain.clock import parse_instant
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.database import open_database
 from quarterdeck.store.writer import Writer, WriteTxn
@@ -288,15 +289,17 @@ def test_lane_pause_and_resume(runtime: Headless) -> None:
     ]
 
 
-def test_alert_ack_and_resolve(runtime: Headless) -> None:
-    async def raise_alert() -> str:
+def raise_alert(runtime: Headless, workspace: str = "default") -> str:
+    """Open an alert in ``workspace`` straight on the store; its id."""
+
+    async def main() -> str:
         db = await open_database(runtime.url)
         try:
             async with Writer(db) as writer:
 
                 def op(txn: WriteTxn) -> str:
                     alert_id, _ = open_alert(
-                        txn, (), workspace="default", alert_type="test", severity="warning",
+                        txn, (), workspace=workspace, alert_type="test", severity="warning",
                         subject_type="lane", subject_id="work", dedupe=str(uuid.uuid4()),
                         message="something moved", data={}, actor="test",
                     )  # fmt: skip
@@ -306,7 +309,11 @@ def test_alert_ack_and_resolve(runtime: Headless) -> None:
         finally:
             await db.dispose()
 
-    alert = run(raise_alert())
+    return run(main())
+
+
+def test_alert_ack_and_resolve(runtime: Headless) -> None:
+    alert = raise_alert(runtime)
     applied(runtime, "alert", "ack", alert)
     state = query(runtime, "SELECT state FROM alerts WHERE id = ?", (alert,))
     assert state[0]["state"] == "acked"
@@ -315,6 +322,39 @@ def test_alert_ack_and_resolve(runtime: Headless) -> None:
     assert state[0]["state"] == "resolved"
     [line] = refused(runtime, "alert", "ack", "no-such-alert")
     assert "no such alert" in line
+
+
+def test_an_alert_about_the_runtime_is_every_workspaces_to_see_and_act_on(
+    runtime: Headless,
+) -> None:
+    """A lane's drift concerns every tenant whose work runs on it: the runtime's alerts are in
+    each workspace's view and any of them acknowledges and resolves them; a tenant's own
+    alerts stay its own."""
+    shared = raise_alert(runtime, RUNTIME_WORKSPACE)
+    theirs = raise_alert(runtime, "beta")
+    listed = cli(runtime, "ls", "alerts", "-w", "acme", "--json", "--limit", "0")
+    assert listed.returncode == 0, listed.stderr.decode()
+    seen = {json.loads(raw)["id"] for raw in listed.stdout.splitlines() if raw.strip()}
+    assert shared in seen and theirs not in seen
+    assert (
+        applied(runtime, "alert", "ack", shared, "-w", "acme", "--actor", "ann")["state"] == "acked"
+    )
+    assert applied(runtime, "alert", "resolve", shared, "-w", "gamma")["state"] == "resolved"
+    [line] = refused(runtime, "alert", "ack", theirs, "-w", "acme")
+    assert "no such alert" in line
+    trail = query(
+        runtime,
+        "SELECT workspace, actor, action FROM ledger WHERE subject_id = ? ORDER BY seq",
+        (shared,),
+    )
+    assert [(e["workspace"], e["action"]) for e in trail] == [
+        (RUNTIME_WORKSPACE, "alert.opened"),
+        (RUNTIME_WORKSPACE, "alert.acked"),
+        (RUNTIME_WORKSPACE, "alert.resolved"),
+    ]
+    assert trail[1]["actor"] == "ann"
+    still = query(runtime, "SELECT state FROM alerts WHERE id = ?", (theirs,))
+    assert still[0]["state"] == "open"
 
 
 def test_rebaseline(runtime: Headless) -> None:

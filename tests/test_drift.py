@@ -25,6 +25,7 @@ from tests.conftest import Store as BaseStore
 from tests.conftest import run
 
 from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.policy import Policy
 from quarterdeck.runtime.config import ConfigError, LaneConfig, SloThresholds
 from quarterdeck.runtime.drift import DriftMonitor, FileWatch, PolicySource, SloMonitor, hash_file
@@ -237,6 +238,7 @@ def test_editing_an_attested_file_opens_an_alert_within_a_second(
     assert latency < 3.0
     (alert,) = store.alerts(dedupe)
     assert alert["alert_type"] == "attested_file" and alert["severity"] == "warn"
+    assert alert["workspace"] == RUNTIME_WORKSPACE  # a lane's drift is every tenant's concern
     assert (alert["subject_type"], alert["subject_id"]) == ("lane", "sim")
     assert str(prompt) in alert["message"] and sha("you are helpful")[:12] in alert["message"]
     assert alert["resolved_by"] == "drift"
@@ -425,6 +427,7 @@ def test_policy_hot_reload(database: str, tmp_path: Path) -> None:
     assert loaded[0]["payload"]["path"] == str(path)
     invalid, deleted = store.alerts(dedupe)
     assert invalid["alert_type"] == "policy_invalid" and invalid["severity"] == "error"
+    assert invalid["workspace"] == RUNTIME_WORKSPACE
     assert invalid["state"] == "resolved" and invalid["resolved_by"] == "policy"
     assert "defaults.outcome: must be one of allow, deny, require_approval" in invalid["message"]
     assert "rules[0].outcome: is required" in invalid["message"]
@@ -607,6 +610,7 @@ def test_slo_breach_opens_alerts_and_recovery_resolves_them(database: str) -> No
 
     (alert,) = store.alerts("slo:failure_rate")
     assert alert["alert_type"] == "slo_breach" and alert["severity"] == "warn"
+    assert alert["workspace"] == RUNTIME_WORKSPACE
     assert alert["message"] == "failure rate 0.62 over 300 s is above 0.50"
     assert alert["state"] == "resolved" and alert["resolved_by"] == "slo"
     assert len(store.alerts()) == 1

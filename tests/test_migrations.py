@@ -324,8 +324,12 @@ def test_the_versions_this_build_knows(schemas: dict[int, Schema]):
     assert schemas[0]["indexes"] == set()
     assert set(schemas[1]["tables"]) >= V1_TABLES
     assert set(schemas[2]["tables"]) >= V1_TABLES | V2_TABLES
+    changes_schema = {m.version: m.changes_schema for m in MIGRATIONS}
     for lower, higher in itertools.pairwise(VERSIONS):
-        assert schemas[lower] != schemas[higher], f"migration {higher} changes nothing"
+        if changes_schema[higher]:
+            assert schemas[lower] != schemas[higher], f"migration {higher} changes nothing"
+        else:
+            assert schemas[lower] == schemas[higher], f"data step {higher} changes the schema"
         assert set(schemas[lower]["tables"]) <= set(schemas[higher]["tables"])
 
 
@@ -493,6 +497,49 @@ def test_downgrade_one_step_at_a_time_then_back(database: str, schemas: dict[int
             await db.dispose()
 
     run(go())
+
+
+def test_step_5_moves_the_runtimes_alerts_to_its_workspace_and_back(database: str):
+    """Alerts about the runtime (drift, policy file, SLO) leave workspace ``default`` for the
+    runtime's own; a tenant's alerts stay. Down moves them back, except an unresolved alert
+    whose condition was opened again in ``default`` meanwhile (one per condition there)."""
+
+    def alert(conn: Connection, alert_id: str, workspace: str, kind: str, state: str) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO alerts (id, workspace, state, version, attempt, created_at, "
+                "updated_at, data, alert_type, severity, dedupe, message) VALUES (:id, :w, "
+                ":state, 1, 0, '2030-01-01T00:00:00.000000Z', '2030-01-01T00:00:00.000000Z', "
+                "'{}', :kind, 'warn', :dedupe, 'm')"
+            ),
+            {"id": alert_id, "w": workspace, "state": state, "kind": kind, "dedupe": f"d-{kind}"},
+        )
+
+    def placed(conn: Connection) -> dict[str, str]:
+        rows = conn.execute(text("SELECT id, workspace FROM alerts ORDER BY id")).all()
+        return {str(r.id): str(r.workspace) for r in rows}
+
+    with sync_conn(database) as conn:
+        migrate(conn, 4)
+        alert(conn, "a-drift", "default", "attested_file", "open")
+        alert(conn, "a-policy", "default", "policy_invalid", "resolved")
+        alert(conn, "a-slo", "default", "slo_breach", "acked")
+        alert(conn, "a-late", "default", "out_of_sequence", "open")
+        alert(conn, "a-tenant", "acme", "out_of_sequence", "open")
+    with sync_conn(database) as conn:
+        assert migrate(conn, 5) == [5]
+        assert placed(conn) == {
+            "a-drift": "_runtime", "a-policy": "_runtime", "a-slo": "_runtime",
+            "a-late": "default", "a-tenant": "acme",
+        }  # fmt: skip
+        # An older node, still up during the rolling upgrade, opens the SLO condition again.
+        alert(conn, "b-slo", "default", "slo_breach", "open")
+    with sync_conn(database) as conn:
+        assert migrate(conn, 4) == [5]
+        assert placed(conn) == {
+            "a-drift": "default", "a-policy": "default", "a-slo": "_runtime",
+            "a-late": "default", "a-tenant": "acme", "b-slo": "default",
+        }  # fmt: skip
 
 
 # --- the head schema is the models' schema -----------------------------------------------------

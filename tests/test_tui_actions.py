@@ -20,7 +20,6 @@ from typing import Any
 from tests.conftest import run
 from tests.headless import headless_runtime, query
 from tests.test_runtime import (
-    WS,
     Store,
     config,
     runtime,
@@ -38,10 +37,11 @@ from textual.widgets._footer import FooterKey
 
 from quarterdeck.client.console import AttachedConsole, EmbeddedConsole
 from quarterdeck.client.submit import Client
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.database import open_database
-from quarterdeck.store.writer import WriteTxn
+from quarterdeck.store.writer import Writer, WriteTxn
 from quarterdeck.tui.app import QuarterdeckApp, StatusHeader, create_app
 from quarterdeck.tui.keymap import ACTIONS
 from quarterdeck.tui.panes import LivePane
@@ -572,19 +572,22 @@ def test_the_header_lays_itself_out_again_when_the_terminal_is_resized(tmp_path:
 # --- alerts --------------------------------------------------------------------------------------
 
 
+def slo_alert(txn: WriteTxn) -> tuple[str, bool]:
+    """Open an SLO breach alert, where the runtime's monitor opens them (the runtime's own
+    workspace, which every supervisor sees and no command envelope may name)."""
+    return open_alert(
+        txn, (), workspace=RUNTIME_WORKSPACE, alert_type="slo_breach", severity="warn",
+        subject_type="metric", subject_id="failure_rate", dedupe="test:slo",
+        message="failure rate 40% over 10%", data={}, actor="test",
+    )  # fmt: skip
+
+
 def test_ack_then_resolve_an_alert(tmp_path: Path) -> None:
     async def main() -> None:
         async with center(tmp_path) as c:
             rt, store, app, pilot = c
 
-            def op(txn: WriteTxn) -> tuple[str, bool]:
-                return open_alert(
-                    txn, (), workspace=WS, alert_type="slo_breach", severity="warn",
-                    subject_type="metric", subject_id="failure_rate", dedupe="test:slo",
-                    message="failure rate 40% over 10%", data={}, actor="test",
-                )  # fmt: skip
-
-            alert_id, opened = await rt.writer.submit(op)
+            alert_id, opened = await rt.writer.submit(slo_alert)
             assert opened
             await pilot.press("4")
             await listed(pilot, app, "alerts", alert_id)
@@ -810,6 +813,44 @@ def test_a_read_only_console_refuses_and_sends_nothing(tmp_path: Path) -> None:
 
 
 # --- attached to a daemon in another process -----------------------------------------------------
+
+
+def test_attached_to_a_headless_daemon_ack_an_alert_about_the_runtime(tmp_path: Path) -> None:
+    """The alert belongs to the runtime's workspace, which no envelope may name: the attached
+    console sends the acknowledgement as a default-workspace command, and the daemon applies
+    it to the runtime's alert."""
+    with headless_runtime(tmp_path) as daemon:
+        state = daemon.state_dir
+
+        async def main() -> None:
+            db = await open_database(str(state / "quarterdeck.db"))
+            try:
+                async with Writer(db) as writer:
+                    alert_id, _ = await writer.submit(slo_alert)
+                app = create_app(AttachedConsole(db, actor=ACTOR))
+                async with app.run_test(size=SIZE) as pilot:
+                    await until(
+                        pilot, lambda: "daemon alive" in header_text(app), "alive", timeout=15
+                    )
+                    await pilot.press("4")
+                    await until(
+                        pilot, lambda: alert_id in pane(app, "alerts").lines,
+                        "the alert in the attached pane", timeout=15,
+                    )  # fmt: skip
+                    select(app, "alerts", alert_id)
+                    await pilot.press("k")
+                    [sent] = await until(pilot, lambda: app.sent, "the daemon's answer", timeout=15)
+                    assert sent["result"]["ok"], sent
+                    assert sent["result"]["state"] == "acked"
+            finally:
+                await db.dispose()
+            [acked] = query(
+                state, "SELECT workspace, actor FROM ledger WHERE action = 'alert.acked' "
+                "AND subject_id = ?", (alert_id,),
+            )  # fmt: skip
+            assert dict(acked) == {"workspace": RUNTIME_WORKSPACE, "actor": ACTOR}
+
+        run(main())
 
 
 def test_attached_to_a_headless_daemon_approve_reaches_the_agent(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from sqlalchemy import text
 
 from quarterdeck.domain.clock import Clock, format_instant, parse_instant, utc_now
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
 from quarterdeck.store.queries import get_item, slo
@@ -240,6 +241,20 @@ _LEDGER_BEFORE = text(
     "SELECT seq, at, workspace, actor, action, subject_type, subject_id, from_state, to_state "
     "FROM ledger WHERE seq < :before ORDER BY seq DESC LIMIT :limit"
 )
+COMMAND_WORKSPACE = "default"
+"""Where a command about one of the runtime's own items (an alert about a lane, say) is
+applied: those items belong to every workspace, and no envelope may name theirs."""
+
+
+def split_command(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A console command's workspace (the item's own; ``default`` when it names none or the
+    runtime's) and its body."""
+    workspace = str(payload.get("workspace") or COMMAND_WORKSPACE)
+    if workspace == RUNTIME_WORKSPACE:
+        workspace = COMMAND_WORKSPACE
+    return workspace, {k: v for k, v in payload.items() if k != "workspace"}
+
+
 _LIVE_NODES = text("SELECT count(DISTINCT lease_owner) FROM sessions WHERE lease_expires_at > :now")
 
 
@@ -403,8 +418,7 @@ class EmbeddedConsole(_StoreConsole):
     async def command(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Apply a command through the runtime (recorded with this console's actor)."""
         self._check_writable()
-        workspace = str(payload.get("workspace", "default"))
-        body = {k: v for k, v in payload.items() if k != "workspace"}
+        workspace, body = split_command(payload)
         result: dict[str, Any] = await self.runtime.command(workspace, body, actor=self.actor)
         return result
 
@@ -458,8 +472,7 @@ class AttachedConsole(_StoreConsole):
         if self._client is None:
             self._client = Client(self.db.url)
             await self._client.__aenter__()
-        self._client.workspace = str(payload.get("workspace", "default"))
-        body = {k: v for k, v in payload.items() if k != "workspace"}
+        self._client.workspace, body = split_command(payload)
         body.setdefault("actor", self.actor)
         result: dict[str, Any] = await self._client.command(body, timeout_s=self.command_timeout_s)
         return result

@@ -27,7 +27,8 @@ MAX_KEY_CHARS: Final = 200
 MAX_REF_CHARS: Final = 200
 WORKSPACE_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 RUNTIME_WORKSPACE: Final = "_runtime"
-"""Where the runtime's own items live (sessions, runtime-wide flags); no envelope can name it."""
+"""Where the runtime's own items live (sessions, runtime-wide flags, alerts about lanes, the
+policy file and SLOs); every workspace's view includes them; no envelope can name it."""
 _MISSING: Final = object()
 _NOT_UNICODE: Final = "holds a lone surrogate (\\ud800-\\udfff escape), which is not valid Unicode"
 FIELDS: Final = frozenset(

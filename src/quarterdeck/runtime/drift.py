@@ -21,6 +21,7 @@ from typing import Any
 from watchfiles import Change, awatch
 
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.policy import Policy, parse_policy
 from quarterdeck.runtime.config import ConfigError, LaneConfig, SloThresholds
 from quarterdeck.store.alerts import (
@@ -172,7 +173,7 @@ class DriftMonitor:
         targets: Sequence[Target] = (),
         actor: str = "drift",
         *,
-        workspace: str = "default",
+        workspace: str = RUNTIME_WORKSPACE,
         debounce_ms: int = DEBOUNCE_MS,
         step_ms: int = STEP_MS,
     ) -> None:
@@ -319,7 +320,7 @@ class PolicySource:
         on_change: Callable[[Policy], None] = lambda _policy: None,
         actor: str = "policy",
         *,
-        workspace: str = "default",
+        workspace: str = RUNTIME_WORKSPACE,
         debounce_ms: int = DEBOUNCE_MS,
         step_ms: int = STEP_MS,
     ) -> None:
@@ -461,7 +462,7 @@ class SloMonitor:
         clock: Clock = utc_now,
         *,
         actor: str = "slo",
-        workspace: str = "default",
+        workspace: str = RUNTIME_WORKSPACE,
     ) -> None:
         self.writer = writer
         self.thresholds = thresholds

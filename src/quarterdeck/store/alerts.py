@@ -4,6 +4,10 @@ drift monitoring reads.
 Every writing function here runs inside the writer's transaction (a :class:`WriteTxn`) and
 records each state change on the ledger. At most one unresolved alert exists per workspace
 and dedupe key (the ``ux_alerts_open`` index); opening the same condition again returns it.
+
+Alerts about the runtime itself (drifted attested files, an invalid policy file, SLO breaches)
+concern every workspace's work: they live in ``RUNTIME_WORKSPACE``, are part of every
+workspace's view, and a supervisor in any workspace can acknowledge or resolve them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from sqlalchemy import text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import Kind, machine
@@ -186,8 +191,11 @@ def _change(
     txn: WriteTxn, workspace: str, alert_id: str, to_state: str, actor: str, command: str
 ) -> dict[str, Any]:
     row = txn.conn.execute(
-        text("SELECT id, state, version FROM alerts WHERE id = :id AND workspace = :w"),
-        {"id": alert_id, "w": workspace},
+        text(
+            "SELECT id, workspace, state, version FROM alerts "
+            "WHERE id = :id AND workspace IN (:w, :runtime)"
+        ),
+        {"id": alert_id, "w": workspace, "runtime": RUNTIME_WORKSPACE},
     ).first()
 
     def refused(error: str) -> dict[str, Any]:
@@ -201,7 +209,7 @@ def _change(
         return {"ok": True, "alert_id": alert_id, "state": "resolved", "already": True}
     if not machine(Kind.ALERT).allows(row.state, to_state):
         return refused(f"alert is {row.state}: illegal transition {row.state} -> {to_state}")
-    if not _move(txn, workspace, row, to_state, actor):
+    if not _move(txn, row.workspace, row, to_state, actor):
         return refused("alert changed meanwhile")
     return {"ok": True, "alert_id": alert_id, "state": to_state, "version": row.version + 1}
 
@@ -269,7 +277,7 @@ def set_baselines(
     hashes: Mapping[str, str],
     actor: str,
     *,
-    workspace: str = "default",
+    workspace: str = RUNTIME_WORKSPACE,
 ) -> None:
     """Replace the lane's baselines with ``hashes``; recorded as ``lane.rebaselined``."""
     txn.conn.execute(text("DELETE FROM attestations WHERE lane = :lane"), {"lane": lane})
@@ -294,7 +302,7 @@ def add_baselines(
     hashes: Mapping[str, str],
     actor: str,
     *,
-    workspace: str = "default",
+    workspace: str = RUNTIME_WORKSPACE,
 ) -> dict[str, str]:
     """Record a baseline for each file that has none yet (first sight); recorded as
     ``lane.baselined``. Returns the baselines added."""
@@ -335,7 +343,7 @@ def rebaseline_lane(
     *,
     actor: str,
     drift_actor: str,
-    workspace: str = "default",
+    workspace: str = RUNTIME_WORKSPACE,
 ) -> dict[str, Any]:
     """Accept the lane's attested files as they are now: store ``hashes`` as its baselines,
     resolve its drift alerts, and resume the lane when the drift monitor (``drift_actor``)

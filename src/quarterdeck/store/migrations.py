@@ -39,6 +39,8 @@ class Migration:
     name: str
     up: Callable[[Connection], None]
     down: Callable[[Connection], None]
+    changes_schema: bool = True
+    """False for a step that only moves data (the schema stays as the step before left it)."""
 
 
 class MigrationError(Exception):
@@ -451,6 +453,31 @@ def _down_v4(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {name}")
 
 
+_V5_RUNTIME_ALERTS = "('attested_file', 'policy_invalid', 'slo_breach')"
+"""The alert types about the runtime itself, which step 5 moves to its own workspace."""
+
+
+def _up_v5(conn: Connection) -> None:
+    """Alerts about the runtime (drift, the policy file, SLO breaches) were written to workspace
+    ``default``; they concern every workspace's work and move to the runtime's workspace."""
+    conn.exec_driver_sql(
+        "UPDATE alerts SET workspace = '_runtime' "
+        f"WHERE workspace = 'default' AND alert_type IN {_V5_RUNTIME_ALERTS}"
+    )
+
+
+def _down_v5(conn: Connection) -> None:
+    """Back to ``default``, except an unresolved alert whose condition an older node meanwhile
+    opened there again (one unresolved alert per workspace and condition): it stays."""
+    conn.exec_driver_sql(
+        "UPDATE alerts SET workspace = 'default' "
+        f"WHERE workspace = '_runtime' AND alert_type IN {_V5_RUNTIME_ALERTS} "
+        "AND NOT (state != 'resolved' AND EXISTS (SELECT 1 FROM alerts AS twin "
+        "WHERE twin.workspace = 'default' AND twin.dedupe = alerts.dedupe "
+        "AND twin.state != 'resolved'))"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "receipts and ledger", _up_v1, _down_v1),
     Migration(2, "turns, missions, sessions, approvals, alerts", _up_v2, _down_v2),
@@ -461,6 +488,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _up_v4,
         _down_v4,
     ),
+    Migration(5, "alerts about the runtime move to its workspace", _up_v5, _down_v5, False),
 )
 HEAD_VERSION = MIGRATIONS[-1].version
 MIGRATION_LOCK_KEY = 0x5144_4D49
