@@ -501,8 +501,8 @@ def test_downgrade_one_step_at_a_time_then_back(database: str, schemas: dict[int
 
 def test_step_5_moves_the_runtimes_alerts_to_its_workspace_and_back(database: str):
     """Alerts about the runtime (drift, policy file, SLO) leave workspace ``default`` for the
-    runtime's own; a tenant's alerts stay. Down moves them back, except an unresolved alert
-    whose condition was opened again in ``default`` meanwhile (one per condition there)."""
+    runtime's own; a tenant's alerts stay. Either way, an unresolved alert whose condition is
+    unresolved where it would go stays put (one unresolved alert per condition there)."""
 
     def alert(conn: Connection, alert_id: str, workspace: str, kind: str, state: str) -> None:
         conn.execute(
@@ -538,6 +538,12 @@ def test_step_5_moves_the_runtimes_alerts_to_its_workspace_and_back(database: st
         assert migrate(conn, 4) == [5]
         assert placed(conn) == {
             "a-drift": "default", "a-policy": "default", "a-slo": "_runtime",
+            "a-late": "default", "a-tenant": "acme", "b-slo": "default",
+        }  # fmt: skip
+    with sync_conn(database) as conn:  # and up again: the twin left in default stays there
+        assert migrate(conn, 5) == [5]
+        assert placed(conn) == {
+            "a-drift": "_runtime", "a-policy": "_runtime", "a-slo": "_runtime",
             "a-late": "default", "a-tenant": "acme", "b-slo": "default",
         }  # fmt: skip
 

@@ -25,6 +25,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
 )
 from sqlalchemy import func as sql_func
 
@@ -457,25 +458,31 @@ _V5_RUNTIME_ALERTS = "('attested_file', 'policy_invalid', 'slo_breach')"
 """The alert types about the runtime itself, which step 5 moves to its own workspace."""
 
 
+def _move_v5(conn: Connection, source: str, target: str) -> None:
+    """Move the runtime's alerts from ``source`` to ``target``, except an unresolved alert
+    whose condition is unresolved in ``target`` already (one per workspace and condition)."""
+    conn.execute(
+        text(
+            "UPDATE alerts SET workspace = :target "
+            f"WHERE workspace = :source AND alert_type IN {_V5_RUNTIME_ALERTS} "
+            "AND NOT (state != 'resolved' AND EXISTS (SELECT 1 FROM alerts AS twin "
+            "WHERE twin.workspace = :target AND twin.dedupe = alerts.dedupe "
+            "AND twin.state != 'resolved'))"
+        ),
+        {"source": source, "target": target},
+    )
+
+
 def _up_v5(conn: Connection) -> None:
     """Alerts about the runtime (drift, the policy file, SLO breaches) were written to workspace
     ``default``; they concern every workspace's work and move to the runtime's workspace."""
-    conn.exec_driver_sql(
-        "UPDATE alerts SET workspace = '_runtime' "
-        f"WHERE workspace = 'default' AND alert_type IN {_V5_RUNTIME_ALERTS}"
-    )
+    _move_v5(conn, "default", "_runtime")
 
 
 def _down_v5(conn: Connection) -> None:
-    """Back to ``default``, except an unresolved alert whose condition an older node meanwhile
-    opened there again (one unresolved alert per workspace and condition): it stays."""
-    conn.exec_driver_sql(
-        "UPDATE alerts SET workspace = 'default' "
-        f"WHERE workspace = '_runtime' AND alert_type IN {_V5_RUNTIME_ALERTS} "
-        "AND NOT (state != 'resolved' AND EXISTS (SELECT 1 FROM alerts AS twin "
-        "WHERE twin.workspace = 'default' AND twin.dedupe = alerts.dedupe "
-        "AND twin.state != 'resolved'))"
-    )
+    """Back to ``default`` (an older node running meanwhile may have opened a condition there
+    again: that alert's moved twin stays)."""
+    _move_v5(conn, "_runtime", "default")
 
 
 MIGRATIONS: tuple[Migration, ...] = (
