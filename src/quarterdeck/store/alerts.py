@@ -369,6 +369,13 @@ def rebaseline_lane(
 # --- SLO figures -------------------------------------------------------------------------------
 
 
+SERVING = "(role IS NULL OR role != 'shadow')"
+"""SQL: missions whose result can serve a turn. Shadow missions (result recorded only) count in
+no SLO figure, here or in the status figures (``queries.slo``)."""
+ON_FALLBACK = "(role = 'fallback' OR (routed_lane IS NOT NULL AND routed_lane != lane))"
+"""SQL: missions that ran as a fallback, or were routed off their own lane."""
+
+
 def slo_figures(conn: Any, window_start_at: str, now: datetime | None = None) -> dict[str, Any]:
     """SLO figures over the window that starts at ``window_start_at`` (ledger time text).
 
@@ -385,22 +392,21 @@ def slo_figures(conn: Any, window_start_at: str, now: datetime | None = None) ->
         text(
             "SELECT count(*) AS finished, "
             "sum(CASE WHEN state IN ('failed', 'timed_out') THEN 1 ELSE 0 END) AS failed "
-            "FROM missions WHERE finished_at >= :start AND (role IS NULL OR role != 'shadow')"
+            f"FROM missions WHERE finished_at >= :start AND {SERVING}"
         ),
         params,
     ).one()
     started = conn.execute(
         text(
-            "SELECT count(*) AS started, sum(CASE WHEN role = 'fallback' OR "
-            "(routed_lane IS NOT NULL AND routed_lane != lane) THEN 1 ELSE 0 END) AS fallback "
-            "FROM missions WHERE started_at >= :start AND (role IS NULL OR role != 'shadow')"
+            f"SELECT count(*) AS started, sum(CASE WHEN {ON_FALLBACK} THEN 1 ELSE 0 END) "
+            f"AS fallback FROM missions WHERE started_at >= :start AND {SERVING}"
         ),
         params,
     ).one()
     spans = conn.execute(
         text(
             "SELECT started_at, finished_at FROM missions WHERE finished_at >= :start "
-            "AND started_at IS NOT NULL AND (role IS NULL OR role != 'shadow') "
+            f"AND started_at IS NOT NULL AND {SERVING} "
             "ORDER BY finished_at DESC LIMIT :n"
         ),
         {**params, "n": LATENCY_ROWS},

@@ -13,6 +13,7 @@ from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.states import MACHINES, Kind
+from quarterdeck.store.alerts import ON_FALLBACK, SERVING
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import LEDGER, ledger_head
 from quarterdeck.store.receipts import RECEIPTS
@@ -26,7 +27,8 @@ LISTABLE = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
 
 def _in_scope(table: Table, workspace: str | None) -> Any:
     """The condition that keeps ``table``'s rows to ``workspace``'s view (None: every
-    workspace). The runtime's own items (sessions) are part of every workspace's view."""
+    workspace). The runtime's own items (sessions, alerts about lanes, the policy file and
+    SLOs) are part of every workspace's view."""
     if workspace is None:
         return None
     return table.c.workspace.in_((workspace, RUNTIME_WORKSPACE))
@@ -36,8 +38,8 @@ async def status(db: Database, workspace: str | None) -> dict[str, Any]:
     """Counts by state for every kind, and the ledger's size and head.
 
     Args:
-        workspace: count only this workspace's items and the runtime's own (sessions);
-            None counts every workspace.
+        workspace: count only this workspace's items and the runtime's own; None counts
+            every workspace.
     """
     async with db.read() as conn:
         query = select(RECEIPTS.c.status, func.count())
@@ -115,8 +117,8 @@ async def list_items(
 
     Args:
         kind: one of :data:`LISTABLE`.
-        workspace: only this workspace's items and the runtime's own (sessions); None for
-            every workspace.
+        workspace: only this workspace's items and the runtime's own; None for every
+            workspace.
         state: only items in this state (a receipt's status for receipts).
         limit: at most this many; None for all.
     """
@@ -253,11 +255,6 @@ def _seconds(start: str, end: str) -> float:
     return (parse_instant(end) - parse_instant(start)).total_seconds()
 
 
-_SERVING = "(role IS NULL OR role != 'shadow')"
-"""Missions whose result can serve a turn: shadow missions (result recorded only) are left out
-of latency and fallback figures, here as in the SLO monitor (``alerts.slo_figures``)."""
-
-
 async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[str, Any]:
     """SLO figures from the store, shared by every node: mission latency p50/p95 (recent
     missions), fallback rate (missions run as fallback or routed off their lane, over started
@@ -272,7 +269,7 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
                 text(
                     "SELECT started_at, finished_at FROM missions "
                     f"{where + ' AND' if where else 'WHERE'} finished_at IS NOT NULL "
-                    f"AND started_at IS NOT NULL AND {_SERVING} "
+                    f"AND started_at IS NOT NULL AND {SERVING} "
                     "ORDER BY finished_at DESC LIMIT :n"
                 ),
                 {**params, "n": recent},
@@ -282,11 +279,10 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
             await conn.execute(
                 text(
                     "SELECT "
-                    f"sum(CASE WHEN started_at IS NOT NULL AND {_SERVING} THEN 1 ELSE 0 END) "
+                    f"sum(CASE WHEN started_at IS NOT NULL AND {SERVING} THEN 1 ELSE 0 END) "
                     "AS started, "
-                    f"sum(CASE WHEN {_SERVING} AND (role = 'fallback' OR (routed_lane IS NOT "
-                    "NULL AND routed_lane != lane)) AND started_at IS NOT NULL THEN 1 ELSE 0 END) "
-                    "AS fallback, "
+                    f"sum(CASE WHEN {SERVING} AND {ON_FALLBACK} AND started_at IS NOT NULL "
+                    "THEN 1 ELSE 0 END) AS fallback, "
                     "sum(CASE WHEN number > 1 THEN 1 ELSE 0 END) AS retries, "
                     "sum(CASE WHEN attempt > 1 AND state IN ('completed', 'failed', 'timed_out') "
                     "THEN 1 ELSE 0 END) AS recovered_finished, "
