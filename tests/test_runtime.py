@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from tests import agents
 from tests.conftest import Store, another_database, current_database, run
 
+from quarterdeck.domain.clock import format_instant
 from quarterdeck.runtime.config import load_config, parse_config
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.runtime.lanes.base import MissionContext
@@ -39,6 +41,7 @@ from quarterdeck.store.queries import get_item, slo, status
 from quarterdeck.store.work import (
     Ending,
     apply_receipts,
+    candidates_sql,
     claim_missions,
     finish_mission,
     finish_missions,
@@ -826,6 +829,71 @@ def test_fencing_rejects_a_stale_owner_after_its_lease_was_swept(tmp_path: Path)
                     == "completed"
                 )
                 assert result.status == "accepted"
+            await assert_ledger_ok(db)
+        finally:
+            await db.dispose()
+
+    run(main())
+
+
+def test_claims_take_the_oldest_due_missions_straight_off_the_queued_index(
+    tmp_path: Path,
+) -> None:
+    """A backlog of queued missions, most on another lane: each claim takes the oldest due
+    ones of its lane (a delayed mission waits its turn), and the database answers the claim
+    from the index of the lane's queued missions in order, with no sort of the backlog."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    plan = work_plan(parse_config(config()))
+    path = current_database(tmp_path)
+    store = Store(path)
+    backlog = 1_500
+
+    async def main() -> None:
+        db = await open_database(str(path))
+        try:
+            async with Writer(db, clock=lambda: now[0]) as writer:
+                tasks = [task(f"k{i}", lane="sim" if i % 10 == 0 else "fb") for i in range(backlog)]
+                await Ingestor(writer).ingest(tasks)
+                while await writer.submit(lambda t: apply_receipts(t, plan)):
+                    pass
+                queued = [
+                    r["id"]
+                    for r in store.rows(
+                        "SELECT id FROM missions WHERE state = 'queued' AND lane = 'sim' ORDER BY id"
+                    )
+                ]
+                assert len(queued) == backlog // 10
+                later = format_instant(now[0] + timedelta(seconds=60))
+                store.execute("UPDATE missions SET not_before = ? WHERE id = ?", later, queued[1])
+
+                claims = await writer.submit(
+                    lambda t: claim_missions(t, "sim", ["sim"], 3, "owner-A", 30.0)
+                )
+                assert [c.mission_id for c in claims] == [queued[0], queued[2], queued[3]]
+                claims = await writer.submit(
+                    lambda t: claim_missions(t, "sim", ["sim"], 2, "owner-A", 30.0)
+                )
+                assert [c.mission_id for c in claims] == queued[4:6]
+                now[0] += timedelta(seconds=61)  # the delayed mission is due: first in line
+                claims = await writer.submit(
+                    lambda t: claim_missions(t, "sim", ["sim"], 2, "owner-A", 30.0)
+                )
+                assert [c.mission_id for c in claims] == [queued[1], queued[6]]
+
+                def plan_of(conn: Any) -> str:
+                    sql = candidates_sql(conn.dialect.name, 1)
+                    params = {"lane0": "sim", "now": format_instant(now[0]), "limit": 16}
+                    if conn.dialect.name == "postgresql":
+                        conn.exec_driver_sql("ANALYZE missions")
+                        conn.exec_driver_sql("ANALYZE turns")
+                        rows = conn.execute(text("EXPLAIN " + sql), params).all()
+                    else:
+                        rows = conn.execute(text("EXPLAIN QUERY PLAN " + sql), params).all()
+                    return "\n".join(str(r[-1]) for r in rows)
+
+                shown = await db.run_write(plan_of)
+                assert "ix_missions_queued" in shown, shown
+                assert "Sort" not in shown and "TEMP B-TREE" not in shown, shown
             await assert_ledger_ok(db)
         finally:
             await db.dispose()

@@ -485,6 +485,22 @@ def _down_v5(conn: Connection) -> None:
     _move_v5(conn, "_runtime", "default")
 
 
+_V6_OLD_CLAIM_INDEX = "CREATE INDEX ix_missions_claim ON missions (state, lane, not_before)"
+_V6_QUEUED_INDEX = "CREATE INDEX ix_missions_queued ON missions (lane, id) WHERE state = 'queued'"
+
+
+def _up_v6(conn: Connection) -> None:
+    """Claims take a lane's queued missions in id order: an index of exactly those, in that
+    order, lets a claim read the first few instead of sorting the lane's whole backlog."""
+    conn.exec_driver_sql("DROP INDEX ix_missions_claim")
+    conn.exec_driver_sql(_V6_QUEUED_INDEX)
+
+
+def _down_v6(conn: Connection) -> None:
+    conn.exec_driver_sql("DROP INDEX ix_missions_queued")
+    conn.exec_driver_sql(_V6_OLD_CLAIM_INDEX)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "receipts and ledger", _up_v1, _down_v1),
     Migration(2, "turns, missions, sessions, approvals, alerts", _up_v2, _down_v2),
@@ -496,6 +512,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _down_v4,
     ),
     Migration(5, "alerts about the runtime move to its workspace", _up_v5, _down_v5, False),
+    Migration(6, "claims read a lane's queued missions in order", _up_v6, _down_v6),
 )
 HEAD_VERSION = MIGRATIONS[-1].version
 MIGRATION_LOCK_KEY = 0x5144_4D49

@@ -132,7 +132,13 @@ class MissionRow(_StatefulColumns, table=True):
     __tablename__ = "missions"
     __table_args__ = (
         Index("ix_missions_state", "workspace", "state"),
-        Index("ix_missions_claim", "state", "lane", "not_before"),
+        Index(
+            "ix_missions_queued",
+            "lane",
+            "id",
+            sqlite_where=text("state = 'queued'"),
+            postgresql_where=text("state = 'queued'"),
+        ),
         Index("ix_missions_turn", "turn_id"),
         Index("ix_missions_lease", "state", "lease_expires_at"),
     )

@@ -631,6 +631,20 @@ _CANDIDATES = (
 _SKIP_LOCKED_CLAIM = " FOR UPDATE OF m, t SKIP LOCKED"
 """On PostgreSQL a claim locks the rows it takes and passes over rows another transaction
 holds, so claims of several nodes run side by side and never take a row twice."""
+
+
+def candidates_sql(dialect: str, lane_count: int) -> str:
+    """The claim's query of due queued missions on ``lane_count`` source lanes (parameters
+    ``:lane0``..., ``:now``, ``:limit``), oldest first; on PostgreSQL it locks what it takes.
+
+    It reads the partial index ``ix_missions_queued`` (lane, id) in order, so a claim costs
+    the rows it takes, not the size of the backlog.
+    """
+    lanes = ", ".join(f":lane{i}" for i in range(lane_count))
+    sql = _CANDIDATES.format(lanes=lanes)
+    return sql + _SKIP_LOCKED_CLAIM if dialect == "postgresql" else sql
+
+
 _CLAIM_MISSION = text(
     "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
     "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
@@ -699,12 +713,9 @@ def claim_missions(
         limit = min(limit, len(sessions))
     if limit <= 0 or not source_lanes:
         return []
-    placeholders = ", ".join(f":lane{i}" for i in range(len(source_lanes)))
     params: dict[str, Any] = {f"lane{i}": lane for i, lane in enumerate(source_lanes)}
     params.update(now=txn.at, limit=limit)
-    sql = _CANDIDATES.format(lanes=placeholders)
-    if txn.conn.dialect.name == "postgresql":
-        sql += _SKIP_LOCKED_CLAIM
+    sql = candidates_sql(txn.conn.dialect.name, len(source_lanes))
     candidates = txn.conn.execute(text(sql), params).all()
     if not candidates:
         return []
