@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from tests.conftest import run
 
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.runtime.config import Webhook
 from quarterdeck.runtime.relay import Relay
 from quarterdeck.store.database import Database, open_database
@@ -26,6 +27,7 @@ from quarterdeck.store.outbox import (
     enqueue,
     mark_delivered,
     mark_failed,
+    notification_payload,
     outbox_counts,
 )
 from quarterdeck.store.writer import Writer, WriteTxn
@@ -446,3 +448,22 @@ def test_marks_apply_only_to_pending_notifications(database: str) -> None:
         await db.dispose()
 
     run(main())
+
+
+def test_a_slack_message_names_the_workspace_or_says_it_is_about_the_runtime() -> None:
+    def context_line(workspace: str) -> str:
+        body = notification_payload(
+            "slack", notification_id="n1", workspace=workspace, at="2030-01-01T00:00:00Z",
+            event="alert.opened", subject_type="alert", subject_id="a1",
+            summary="lane sim drifted", data={},
+        )  # fmt: skip
+        assert body["text"] == "[quarterdeck] alert.opened: lane sim drifted"
+        return str(body["blocks"][1]["elements"][0]["text"])
+
+    assert context_line("acme") == "alert `a1` in `acme` at 2030-01-01T00:00:00Z"
+    assert context_line(RUNTIME_WORKSPACE) == "alert `a1` about the runtime at 2030-01-01T00:00:00Z"
+    generic = notification_payload(
+        "json", notification_id="n1", workspace=RUNTIME_WORKSPACE, at="t", event="alert.opened",
+        subject_type="alert", subject_id="a1", summary="s", data={"k": 1},
+    )  # fmt: skip
+    assert generic["workspace"] == RUNTIME_WORKSPACE  # scripts still get the exact workspace

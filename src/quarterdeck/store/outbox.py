@@ -13,6 +13,7 @@ from sqlalchemy import Connection, text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.store.writer import WriteTxn
 
@@ -50,8 +51,11 @@ def notification_payload(
     summary: str,
     data: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The body sent to a webhook: the generic JSON document, or a Slack-compatible message."""
+    """The body sent to a webhook: the generic JSON document, or a Slack-compatible message
+    (which says "about the runtime" for the runtime's own items rather than naming its
+    workspace)."""
     if target_format == "slack":
+        where = "about the runtime" if workspace == RUNTIME_WORKSPACE else f"in `{workspace}`"
         return {
             "text": f"[quarterdeck] {event}: {summary}",
             "blocks": [
@@ -61,7 +65,7 @@ def notification_payload(
                     "elements": [
                         {
                             "type": "mrkdwn",
-                            "text": f"{subject_type} `{subject_id}` in `{workspace}` at {at}",
+                            "text": f"{subject_type} `{subject_id}` {where} at {at}",
                         }
                     ],
                 },
