@@ -252,6 +252,43 @@ def test_expiry_walks_the_ladder_and_pauses_the_lane(runtime: Headless) -> None:
     run(main())
 
 
+def test_an_expiry_that_cannot_pause_a_lane_says_why(runtime: Headless) -> None:
+    """The rule says pause the lane on expiry, but the request named no lane, or a lane this
+    runtime does not have: the action is rejected and the ledger says what was not applied."""
+    no_lane, unknown_lane = fresh_id("page"), fresh_id("page")
+
+    async def expire(action_id: str, lane: str | None) -> str:
+        async with runtime.client() as client:
+            with pytest.raises(ApprovalExpired) as caught:
+                await client.request_approval(
+                    "page", {"who": "oncall"}, action_id=action_id, lane=lane, timeout_s=20
+                )
+        assert caught.value.approval_id is not None
+        return caught.value.approval_id
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(expire(no_lane, None), expire(unknown_lane, "nope")))
+
+    before = query(runtime, "SELECT lane, paused, force_fallback FROM lane_flags ORDER BY lane")
+    expired = run(main())
+    why = {}
+    for approval_id in expired:
+        [entry] = query(
+            runtime,
+            "SELECT payload FROM ledger WHERE subject_id = ? AND action = 'approval.expired'",
+            (approval_id,),
+        )
+        payload = json.loads(entry["payload"])
+        assert payload["on_expiry"] == "pause_lane"
+        why[approval_id] = payload["on_expiry_not_applied"]
+    assert why == {
+        expired[0]: "the request named no lane (the SDK's lane= names one)",
+        expired[1]: "lane 'nope' is not configured on this runtime",
+    }
+    after = query(runtime, "SELECT lane, paused, force_fallback FROM lane_flags ORDER BY lane")
+    assert after == before  # nothing paused, and no flag row for the unknown lane
+
+
 def test_decorator_on_a_sync_function(runtime: Headless, tmp_path: Path) -> None:
     calls: list[tuple[str, str]] = []
 

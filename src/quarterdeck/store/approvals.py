@@ -21,7 +21,7 @@ from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, PolicyDecision
 from quarterdeck.domain.states import Kind, check_transition
-from quarterdeck.store.decisions import load_json, release_action
+from quarterdeck.store.decisions import SDK_LANE, load_json, release_action
 from quarterdeck.store.outbox import enqueue
 from quarterdeck.store.work import (
     WorkPlan,
@@ -239,8 +239,10 @@ def _settle(
     edited: Mapping[str, Any] | None = None,
     reason_code: str | None = None,
     reason: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Move an open approval to a decided state and apply what that means for its subject."""
+    """Move an open approval to a decided state and apply what that means for its subject
+    (``extra`` goes into the ledger entry's payload)."""
     check_transition(Kind.APPROVAL, row.state, target)
     changed = txn.conn.execute(
         text(
@@ -284,6 +286,7 @@ def _settle(
         payload["reason_code"] = reason_code
     if reason:
         payload["reason"] = reason
+    payload.update(extra or {})
     _entry(
         txn, row.workspace, actor, f"approval.{target}", "approval", row.id, row.state, target,
         payload,
@@ -515,18 +518,36 @@ def expire_due(txn: WriteTxn, plan: WorkPlan, actor: str, limit: int = 200) -> i
         if (row.level or 0) < len(ladder):
             _escalate(txn, plan, row, actor)
             continue
-        _settle(txn, plan, row, "expired", actor, reason_code="expired")
+        unapplied = _expiry_unapplied(plan, row)
+        expiry: dict[str, Any] = {"on_expiry": row.on_expiry}
+        if unapplied:
+            expiry["on_expiry_not_applied"] = unapplied
+        _settle(txn, plan, row, "expired", actor, reason_code="expired", extra=expiry)
+        summary = f"{row.tool} expired unanswered; applying {row.on_expiry}"
+        if unapplied:
+            summary = f"{row.tool} expired unanswered; rejected, {row.on_expiry} not applied: "
+            summary += unapplied
         enqueue(
             txn, plan.targets, workspace=row.workspace, event="approval.expired",
-            subject_type="approval", subject_id=row.id,
-            summary=f"{row.tool} expired unanswered; applying {row.on_expiry}",
-            data={"on_expiry": row.on_expiry, "lane": row.lane, "action_key": row.action_key},
+            subject_type="approval", subject_id=row.id, summary=summary,
+            data={"lane": row.lane, "action_key": row.action_key, **expiry},
         )  # fmt: skip
-        if row.lane and row.on_expiry in ("pause_lane", "fallback"):
+        if row.on_expiry in ("pause_lane", "fallback") and not unapplied:
             flag = "paused" if row.on_expiry == "pause_lane" else "force_fallback"
-            if row.lane in plan.lanes:
-                set_flag(txn, row.lane, flag, True, actor=actor, workspace=row.workspace)
+            set_flag(txn, row.lane, flag, True, actor=actor, workspace=row.workspace)
     return len(rows)
+
+
+def _expiry_unapplied(plan: WorkPlan, row: Any) -> str | None:
+    """Why an expired approval's lane action (pause the lane, force its fallback) cannot be
+    applied, or None when it can (or the action is only ``reject``)."""
+    if row.on_expiry not in ("pause_lane", "fallback"):
+        return None
+    if not row.lane or (row.kind == "sdk" and row.lane == SDK_LANE and row.lane not in plan.lanes):
+        return "the request named no lane (the SDK's lane= names one)"
+    if row.lane not in plan.lanes:
+        return f"lane {row.lane!r} is not configured on this runtime"
+    return None
 
 
 # --- the action gate: what an agent's tool call gets -----------------------------------------

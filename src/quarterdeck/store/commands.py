@@ -26,6 +26,7 @@ from quarterdeck.store.approvals import (
     snooze_approval,
 )
 from quarterdeck.store.decisions import (
+    SDK_LANE,
     decide,
     decision_row,
     insert_decisions,
@@ -133,7 +134,7 @@ def request_approval(
         return {"ok": True, "verdict": prior.verdict, "action_key": key, "reason": prior.reason,
                 "args": stored, "effective_args": stored, "approval": None}  # fmt: skip
     cost = args.get("estimated_cost")
-    lane = _text(args.get("lane")) or "sdk"
+    lane = _text(args.get("lane")) or SDK_LANE
     request = ActionRequest(
         workspace, lane, str(args["tool"]), tool_args,
         float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,

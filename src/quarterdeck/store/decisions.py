@@ -31,6 +31,8 @@ from quarterdeck.store.writer import WriteTxn
 
 DISPATCH_TOOL: Final = "mission.dispatch"
 """The tool name a mission's dispatch is evaluated as (its args are the task's input)."""
+SDK_LANE: Final = "sdk"
+"""The lane an SDK action request is made on when it names none (policy rules can match it)."""
 NO_POLICY_HASH: Final = "none"
 SPEND_WINDOW_S: Final = 86_400
 """Budget tiers compare the workspace's allowed estimated cost over the last day."""
