@@ -36,7 +36,8 @@ throughput (enqueue and dequeue batches of 100) on the same server, each run on 
 database that this script creates and drops (the URL's user needs CREATEDB; the URL's own
 database is only used to connect). pgqueuer is installed into ``bench/.deps`` on first use.
 Prints ``turns_per_s_1_node``, ``turns_per_s_3_nodes``, ``pgqueuer_jobs_per_s``,
-``ratio_vs_pgqueuer`` (target >= 0.5) and ``speedup_3_vs_1`` (target > 1) as JSON.
+``ratio_vs_pgqueuer`` (target >= 0.5) and ``speedup_3_vs_1`` (target > 1) as JSON, with the
+CPU each side spent per turn or job (nodes or consumer, server, bench).
 ``--start-cluster`` needs no server: it starts a throwaway local cluster with
 ``tests/pgcluster.py``'s ``PgCluster(durable=True)`` (fsync and synchronous commit on, as in
 production; the server binaries must be installed), runs against it and removes it; ``--db``

@@ -33,6 +33,15 @@ its consumer's status buffer; the same poll-and-offset method reads the newest l
 ``created``, the ``now()`` of that statement). The consumer's exit and an empty queue are
 checked after each run.
 
+Where the CPU went: over each measured window (first submit to the poll that saw the work
+done) the bench reads the CPU time of the node processes (or pgqueuer's consumer) and of the
+server processes serving that run's database from ``/proc`` (so the server part needs the
+server on this machine, as with ``--start-cluster``; otherwise it is null), and its own
+process time (the submitter and the poll). Printed as median microseconds per turn
+(``cpu_us_per_turn``: ``nodes``, ``server``, ``bench``) and per job
+(``pgqueuer_cpu_us_per_job``: ``consumer``, ``server``, ``bench``). Divided into the cores
+the machine has, they bound what either side can reach on it.
+
 Rounds rotate the order of the sides (1 node, pgqueuer, 3 nodes, ...); medians are reported.
 ``ratio_vs_pgqueuer`` is one node's turns/s over pgqueuer's jobs/s (target >= 0.5) and
 ``speedup_3_vs_1`` is 3 nodes' turns/s over one node's (target > 1). ``--profile`` adds one
@@ -150,6 +159,75 @@ def throwaway_cluster() -> Iterator[str]:
         yield cluster.url()
     finally:
         cluster.stop()
+
+
+# --- where the CPU went -----------------------------------------------------------------------
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far, from ``/proc``; None when
+    it cannot be read (gone, or no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def backend_pids(database: str) -> list[int]:
+    """The PostgreSQL server processes serving ``database`` on this machine (their title is
+    ``postgres: USER DATABASE ...``); empty for a server elsewhere."""
+    pids = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parts = title.split()
+        if len(parts) >= 3 and parts[0] == "postgres:" and parts[2] == database:
+            pids.append(int(entry.name))
+    return pids
+
+
+@dataclass
+class CpuWindow:
+    """CPU used over one measured window: by given processes, by the server's processes for
+    one database (when the server runs on this machine), and by this process."""
+
+    database: str
+    pids: list[int]
+    _start: dict[int, float] | None = None
+    _server_start: dict[int, float] | None = None
+    _own_start: float = 0.0
+
+    def _server(self) -> dict[int, float]:
+        found = {pid: process_cpu_s(pid) for pid in backend_pids(self.database)}
+        return {pid: cpu for pid, cpu in found.items() if cpu is not None}
+
+    def start(self) -> None:
+        self._start = {pid: process_cpu_s(pid) or 0.0 for pid in self.pids}
+        self._server_start = self._server()
+        self._own_start = time.process_time()
+
+    def stop(self) -> dict[str, float | None]:
+        """Seconds of CPU since :meth:`start`: ``processes``, ``server`` (None when no server
+        process was found here) and ``bench`` (this process: the submitter and the poll)."""
+        assert self._start is not None and self._server_start is not None
+        own = time.process_time() - self._own_start
+        ours = sum((process_cpu_s(pid) or start) - start for pid, start in self._start.items())
+        server_now = self._server()
+        server = sum(cpu - self._server_start.get(pid, 0.0) for pid, cpu in server_now.items())
+        return {
+            "processes": round(ours, 3),
+            "server": round(server, 3) if server_now else None,
+            "bench": round(own, 3),
+        }
 
 
 async def poll_done(
@@ -286,7 +364,10 @@ async def through_nodes(
             ]
             try:
                 await wait_running(nodes)
+                window = CpuWindow(str(make_url(url).database), [n.proc.pid for n in nodes])
+                window.start()
                 result = await submit_and_wait(url, lines, args)
+                result["cpu_s"] = window.stop()
             finally:
                 exits = [node.stop() for node in nodes]
             result["node_exit_codes"] = exits
@@ -442,7 +523,10 @@ async def through_pgqueuer(server_url: str, count: int, args: argparse.Namespace
                                 "pgqueuer's consumer did not start:\n" + log.read_text()[-3000:]
                             )
                         await asyncio.sleep(POLL_S)
+                    window = CpuWindow(str(make_url(url).database), [consumer.pid])
+                    window.start()
                     result = await enqueue_and_wait(url, queries, count, args)
+                    result["cpu_s"] = window.stop()
                 finally:
                     consumer.send_signal(signal.SIGTERM)
                     try:
@@ -540,6 +624,14 @@ async def compare(server_url: str, lines: list[bytes], args: argparse.Namespace)
     def rates(side: str, count: int) -> list[float]:
         return [count / r["elapsed_s"] for r in runs[side]]
 
+    def cpu_per_item(side: str, count: int, processes: str) -> dict[str, int | None]:
+        """Median CPU microseconds per turn (or job) over the side's rounds, by who spent it."""
+        shares: dict[str, int | None] = {}
+        for key, name in (("processes", processes), ("server", "server"), ("bench", "bench")):
+            spent = [r["cpu_s"][key] for r in runs[side] if r["cpu_s"][key] is not None]
+            shares[name] = round(median(spent) / count * 1e6) if spent else None
+        return shares
+
     total = len(lines)
     pgqueuer = importlib.import_module("pgqueuer")
     peer = median(rates("pgqueuer", jobs))
@@ -562,6 +654,7 @@ async def compare(server_url: str, lines: list[bytes], args: argparse.Namespace)
             "elapsed_s": round(median([r["elapsed_s"] for r in runs[side]]), 3),
             "observed_elapsed_s": round(median([r["observed_elapsed_s"] for r in runs[side]]), 3),
             "submit_s": round(median([r["submit_s"] for r in runs[side]]), 3),
+            "cpu_us_per_turn": cpu_per_item(side, total, "nodes"),
             "all_ok": all(r["ok"] for r in runs[side]),
             "ledger_verified": all(r["ledger_verified"] for r in runs[side]),
             "last": {key: runs[side][-1][key] for key in LAST_KEYS},
@@ -577,6 +670,7 @@ async def compare(server_url: str, lines: list[bytes], args: argparse.Namespace)
             median([r["observed_elapsed_s"] for r in runs["pgqueuer"]]), 3
         ),
         pgqueuer_enqueue_s=round(median([r["enqueue_s"] for r in runs["pgqueuer"]]), 3),
+        pgqueuer_cpu_us_per_job=cpu_per_item("pgqueuer", jobs, "consumer"),
         pgqueuer_all_ok=all(r["ok"] for r in runs["pgqueuer"]),
     )
     first = node_counts[0]
