@@ -261,6 +261,50 @@ def test_takeover_complete_and_release(runtime: Headless, tmp_path: Path) -> Non
     assert "cannot read deliverable" in err and "No such file or directory" in err
 
 
+def test_requeue_a_held_turn_and_cancel_a_waiting_one(runtime: Headless) -> None:
+    async def submit_failing() -> str:
+        async with runtime.client() as client:
+            [result] = await client.submit(
+                [{"idempotency_key": str(uuid.uuid4()), "workspace": "default", "kind": "task",
+                  "payload": {"lane": "work", "objective": "always fails",
+                              "input": {"sim": {"outcome": "fail", "actions": []}}}}]
+            )  # fmt: skip
+        return result.receipt
+
+    receipt = run(submit_failing())
+    doomed = wait_until(
+        lambda: (rows := query(runtime, "SELECT produced_id FROM receipts WHERE id = ?",
+                               (receipt,))) and rows[0]["produced_id"],
+        10, "the turn",
+    )  # fmt: skip
+    [waiting] = new_turns(runtime, 1)  # queued on the paused lane: live, not held
+    assert refused(runtime, "requeue", waiting) == [
+        "quarterdeck: refused: turn is not held (dead_letter=None)"
+    ]
+    wait_until(lambda: turn_state(runtime, doomed)["dead_letter"] == "held", 20, "held")
+    tries = query(runtime, "SELECT id FROM missions WHERE turn_id = ?", (doomed,))
+    answer = applied(runtime, "requeue", doomed, "--actor", "erin")
+    assert answer["turn"] == doomed and answer["mission"] not in {row["id"] for row in tries}
+    [mission] = query(runtime, "SELECT turn_id FROM missions WHERE id = ?", (answer["mission"],))
+    assert mission["turn_id"] == doomed  # a fresh try (which fails too, and is held again)
+    requeued = query(
+        runtime, "SELECT actor FROM ledger WHERE action = 'turn.requeued' AND subject_id = ?",
+        (doomed,),
+    )  # fmt: skip
+    assert [row["actor"] for row in requeued] == ["erin"]
+
+    answer = applied(runtime, "cancel", waiting, "--actor", "erin")
+    assert answer == {"ok": True, "command": "turn.cancel", "turn": waiting,
+                      "rejected_approvals": 0}  # fmt: skip
+    assert turn_state(runtime, waiting)["state"] == "cancelled"
+    states = query(runtime, "SELECT state FROM missions WHERE turn_id = ?", (waiting,))
+    assert [row["state"] for row in states] == ["cancelled"]
+    assert refused(runtime, "cancel", waiting) == [
+        "quarterdeck: refused: turn is already cancelled"
+    ]
+    assert refused(runtime, "requeue", "no-such-turn") == ["quarterdeck: refused: no such turn"]
+
+
 # --- lanes, fallback, alerts, rebaseline -------------------------------------------------------
 
 

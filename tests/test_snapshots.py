@@ -198,6 +198,11 @@ def test_confirm_takeover(snap_compare: Any, world: Path) -> None:
     assert snap_compare(build(attach(world)), run_before=then("2", "t"))
 
 
+def test_confirm_cancel_turn(snap_compare: Any, world: Path) -> None:
+    """``X`` on the Turns pane asks before cancelling the turn (Cancel focused)."""
+    assert snap_compare(build(attach(world)), run_before=then("2", "X"))
+
+
 def test_confirm_fallback_lane(snap_compare: Any, world: Path) -> None:
     """``f`` on the escalated approval (lane triage) asks before forcing that lane's fallback."""
     assert snap_compare(build(attach(world)), run_before=then("down", "f"))

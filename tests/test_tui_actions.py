@@ -485,6 +485,55 @@ def test_a_held_turn_is_completed_with_c_or_released_with_u(tmp_path: Path) -> N
     run(main())
 
 
+def test_a_held_turn_is_requeued_with_n_and_a_waiting_one_cancelled_with_x(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with center(tmp_path) as c:
+            rt, store, app, pilot = c
+            doomed = await turn_of(store, await submit_one(rt, task("doomed", outcome="fail")))
+            await until(pilot, lambda: store.turn(doomed)["dead_letter"] == "held", "held", 15)
+            tries = len(store.missions(doomed))
+            await pilot.press("2")
+            await listed(pilot, app, "turns", doomed)
+            select(app, "turns", doomed)
+            await pilot.press("n")
+            requeued = await recorded(pilot, store, "turn.requeued", doomed)
+            assert requeued["actor"] == ACTOR
+            await until(pilot, lambda: len(store.missions(doomed)) > tries, "a fresh try")
+
+            await pilot.press("1")
+            turn, row = await waiting(c, "cancel-me")
+            await pilot.press("2")
+            await listed(pilot, app, "turns", turn)
+            select(app, "turns", turn)
+            await pilot.press("X")
+            await screen_is(pilot, app, ConfirmScreen)
+            await pilot.press("escape")  # Cancel is the default: nothing happens
+            await until(pilot, lambda: not app.screen.is_modal, "the main screen")
+            assert store.turn(turn)["state"] == "awaiting_approval"
+            await pilot.press("X")
+            await screen_is(pilot, app, ConfirmScreen)
+            await pilot.press("y")
+            cancelled = await recorded(pilot, store, "turn.cancelled", turn)
+            assert (cancelled["actor"], cancelled["from_state"]) == (ACTOR, "awaiting_approval")
+            decided = approval(store, row["id"])
+            assert (decided["state"], decided["reason_code"]) == ("rejected", "cancelled")
+            assert {m["state"] for m in store.missions(turn)} == {"cancelled"}
+            await pilot.press("1")
+            await until(pilot, lambda: row["id"] not in pane(app, "approvals").lines, "gone")
+            await pilot.press("2")
+            select(app, "turns", turn)
+            await pilot.press("X")
+            await screen_is(pilot, app, ConfirmScreen)
+            await pilot.press("y")
+            await until(
+                pilot, lambda: any("already cancelled" in n for n in notes(app)), "the refusal"
+            )
+
+    run(main())
+
+
 # --- lanes ---------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,8 @@ Usage errors print one line on stderr and exit 2; a failed check (a broken ledge
 id, a rejected line) exits 1.
 
 Supervision commands (``approve``, ``reject``, ``escalate``, ``snooze``, ``claim``,
-``takeover``, ``release``, ``complete``, ``fallback``, ``lane``, ``alert``, ``rebaseline``) each
+``takeover``, ``release``, ``complete``, ``requeue``, ``cancel``, ``fallback``, ``lane``,
+``alert``, ``rebaseline``) each
 send one command envelope and wait (``--wait``, default 10 s) for a running runtime to apply
 it: the result is printed as JSON; exit 0 when it was applied, 1 when it was refused (each
 error on stderr), 3 when no runtime applied it in time (it stays queued).
@@ -46,7 +47,7 @@ DEFAULT_WAIT_S = 10.0
 EXIT_NOT_APPLIED = 3
 SUPERVISION = (
     "approve", "reject", "escalate", "snooze", "claim", "takeover", "release", "complete",
-    "fallback", "lane", "alert", "rebaseline",
+    "requeue", "cancel", "fallback", "lane", "alert", "rebaseline",
 )  # fmt: skip
 
 
@@ -239,6 +240,12 @@ def _supervision_parsers(commands: Any, common: _Parser) -> None:
         "--deliverable", required=True, metavar="FILE|-",
         help="a JSON object, or text (becomes {\"text\": ...})",
     )  # fmt: skip
+    add("requeue", "give a held (dead-lettered) turn a fresh try on its lane").add_argument(
+        "turn", metavar="TURN"
+    )
+    add("cancel", "cancel a live turn (its agent is stopped, its approvals rejected)").add_argument(
+        "turn", metavar="TURN"
+    )
     fallback = add("fallback", "force (or stop forcing) fallback lanes")
     fallback.add_argument("--force", required=True, choices=("on", "off"))
     fallback.add_argument("--lane", metavar="L", help="only this lane (default: every lane)")
@@ -653,7 +660,7 @@ def command_payload(args: argparse.Namespace) -> dict[str, Any]:
         if args.for_s is not None:
             payload["for_s"] = args.for_s
         return payload
-    if name in ("takeover", "release"):
+    if name in ("takeover", "release", "requeue", "cancel"):
         return {"command": f"turn.{name}", "turn_id": args.turn}
     if name == "complete":
         deliverable = _read_deliverable(args.deliverable)

@@ -1,6 +1,7 @@
 """A person takes over a turn: the agent's lease is revoked (its mission cancelled, so every
 later write of the agent is fenced off), the person holds the turn, and either writes the
-deliverable that completes it or releases it back to its lane."""
+deliverable that completes it or releases it back to its lane. Or a person cancels a turn
+outright, with the same revocation."""
 
 from __future__ import annotations
 
@@ -119,3 +120,42 @@ def complete_turn(
         extra={"by": holder_of(actor)},
     )  # fmt: skip
     return {"ok": True, "command": "turn.complete", "turn": turn_id}
+
+
+def cancel_turn(
+    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
+) -> dict[str, Any]:
+    """Cancel a live turn: its live missions are cancelled (a running agent is fenced off and
+    stopped) and its open approvals rejected (``cancelled``), so nothing waits on a person for
+    a turn that is over."""
+    turn = txn.conn.execute(
+        text("SELECT state, version, attempt FROM turns WHERE id = :id AND workspace = :w"),
+        {"id": turn_id, "w": workspace},
+    ).first()
+    if turn is None or turn.state in ("completed", "failed", "cancelled", "timed_out"):
+        reason = "no such turn" if turn is None else f"turn is already {turn.state}"
+        return _refuse(
+            txn, workspace, actor, "turn", turn_id, {"command": "turn.cancel", "errors": [reason]}
+        )
+    _move_turn(
+        txn,
+        workspace,
+        turn_id,
+        turn.state,
+        "cancelled",
+        turn.version,
+        actor,
+        deliverable={"cancelled_by": actor},
+    )
+    for mission in txn.conn.execute(
+        text(
+            "SELECT id, state, version FROM missions WHERE turn_id = :t "
+            "AND state IN ('queued', 'running', 'blocked')"
+        ),
+        {"t": turn_id},
+    ).all():
+        _move_mission(
+            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
+        )
+    rejected = reject_open(txn, plan, turn_id, actor, "cancelled")
+    return {"ok": True, "command": "turn.cancel", "turn": turn_id, "rejected_approvals": rejected}

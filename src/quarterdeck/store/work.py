@@ -387,7 +387,9 @@ def apply_command(
     turn_id = str(args["turn_id"])
     if name == "turn.requeue":
         return requeue_turn(txn, workspace, turn_id, plan, actor)
-    return cancel_turn(txn, workspace, turn_id, actor)
+    from quarterdeck.store.takeover import cancel_turn  # takeover builds on this module
+
+    return cancel_turn(txn, plan, workspace, turn_id, actor)
 
 
 def set_flag(
@@ -477,40 +479,6 @@ def requeue_turn(
     row = _mission_row(txn, mission_id, workspace, turn_id, turn.lane, "primary", 1)
     txn.conn.execute(_INSERT_MISSION, row)
     return {"ok": True, "command": "turn.requeue", "turn": turn_id, "mission": mission_id}
-
-
-def cancel_turn(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> dict[str, Any]:
-    """Cancel a live turn and its queued missions (running ones are fenced off by the version)."""
-    turn = txn.conn.execute(
-        text("SELECT state, version, attempt FROM turns WHERE id = :id AND workspace = :w"),
-        {"id": turn_id, "w": workspace},
-    ).first()
-    if turn is None or turn.state in ("completed", "failed", "cancelled", "timed_out"):
-        reason = "no such turn" if turn is None else f"turn is already {turn.state}"
-        return _refuse(
-            txn, workspace, actor, "turn", turn_id, {"command": "turn.cancel", "errors": [reason]}
-        )
-    _move_turn(
-        txn,
-        workspace,
-        turn_id,
-        turn.state,
-        "cancelled",
-        turn.version,
-        actor,
-        deliverable={"cancelled_by": actor},
-    )
-    for mission in txn.conn.execute(
-        text(
-            "SELECT id, state, version FROM missions WHERE turn_id = :t "
-            "AND state IN ('queued', 'running', 'blocked')"
-        ),
-        {"t": turn_id},
-    ).all():
-        _move_mission(
-            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
-        )
-    return {"ok": True, "command": "turn.cancel", "turn": turn_id}
 
 
 def _move_turn(

@@ -669,8 +669,11 @@ class QuarterdeckApp(App[None]):
         self.notify(f"approved {done} of {len(lines)}")
         await self._confirm()
 
-    def action_takeover(self) -> None:
-        """Take the selected turn over (after confirmation), then write its deliverable."""
+    def _confirm_for_turn(
+        self, question: str, button: str, then: Callable[[str, str], object]
+    ) -> None:
+        """Ask ``question`` (``{turn}`` is the selected turn's short id); on yes, call
+        ``then(turn, workspace)``."""
         turn = self._selected_turn()
         if turn is None or not self._writable():
             return
@@ -678,11 +681,14 @@ class QuarterdeckApp(App[None]):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self._take_over(turn, workspace)
+                then(turn, workspace)
 
-        self.push_screen(
-            ConfirmScreen(f"Take over turn {short(turn)}? Its agent is stopped.", "Take over"),
-            confirmed,
+        self.push_screen(ConfirmScreen(question.format(turn=short(turn)), button), confirmed)
+
+    def action_takeover(self) -> None:
+        """Take the selected turn over (after confirmation), then write its deliverable."""
+        self._confirm_for_turn(
+            "Take over turn {turn}? Its agent is stopped.", "Take over", self._take_over
         )
 
     @work(group="commands")
@@ -720,6 +726,27 @@ class QuarterdeckApp(App[None]):
         if turn is not None and self._writable():
             self.send({"command": "turn.release", "turn_id": turn,
                        "workspace": self._turn_workspace(turn)}, f"released {short(turn)}")  # fmt: skip
+
+    def action_requeue(self) -> None:
+        """Give the selected held (dead-lettered) turn a fresh try on its lane."""
+        turn = self._selected_turn()
+        if turn is not None and self._writable():
+            self.send({"command": "turn.requeue", "turn_id": turn,
+                       "workspace": self._turn_workspace(turn)}, f"requeued {short(turn)}")  # fmt: skip
+
+    def action_cancel_turn(self) -> None:
+        """Cancel the selected turn (after confirmation): its agent is stopped and its open
+        approvals are rejected."""
+
+        def cancel(turn: str, workspace: str) -> None:
+            self.send({"command": "turn.cancel", "turn_id": turn, "workspace": workspace},
+                      f"cancelled {short(turn)}")  # fmt: skip
+
+        self._confirm_for_turn(
+            "Cancel turn {turn}? Its agent is stopped and it gets no deliverable.",
+            "Yes, cancel it",
+            cancel,
+        )
 
     def action_pause_lane(self) -> None:
         """Pause the selected item's lane, or resume it when paused."""

@@ -45,6 +45,8 @@ ACTIONS: Final[tuple[KeyAction, ...]] = (
     KeyAction("takeover", "t", "Take over", ("turns", "missions", "approvals"), confirm=True),
     KeyAction("release", "u", "Release", ("turns",)),
     KeyAction("complete", "c", "Complete", ("turns",)),
+    KeyAction("requeue", "n", "Requeue held", ("turns",)),
+    KeyAction("cancel_turn", "X", "Cancel turn", ("turns", "missions"), confirm=True),
     KeyAction("pause_lane", "p", "Pause/resume lane", ("turns", "missions", "approvals")),
     KeyAction(
         "fallback_lane",
