@@ -86,14 +86,18 @@ def open_approvals(
     return run(main())
 
 
-def new_turns(runtime: Headless, count: int) -> list[str]:
-    """Submit ``count`` tasks to the paused lane ``held``; the ids of their (queued) turns."""
+def new_turns(
+    runtime: Headless, count: int, lane: str = "held", task_input: dict[str, Any] | None = None
+) -> list[str]:
+    """Submit ``count`` tasks (by default to the paused lane ``held``, where their turns stay
+    queued); the ids of their turns."""
 
     async def main() -> list[str]:
         async with runtime.client() as client:
             tasks = [
                 {"idempotency_key": str(uuid.uuid4()), "workspace": "default", "kind": "task",
-                 "payload": {"lane": "held", "objective": "wait", "input": {"i": i}}}
+                 "payload": {"lane": lane, "objective": "wait",
+                             "input": {"i": i, **(task_input or {})}}}
                 for i in range(count)
             ]  # fmt: skip
             results = await client.submit(tasks)
@@ -262,21 +266,7 @@ def test_takeover_complete_and_release(runtime: Headless, tmp_path: Path) -> Non
 
 
 def test_requeue_a_held_turn_and_cancel_a_waiting_one(runtime: Headless) -> None:
-    async def submit_failing() -> str:
-        async with runtime.client() as client:
-            [result] = await client.submit(
-                [{"idempotency_key": str(uuid.uuid4()), "workspace": "default", "kind": "task",
-                  "payload": {"lane": "work", "objective": "always fails",
-                              "input": {"sim": {"outcome": "fail", "actions": []}}}}]
-            )  # fmt: skip
-        return result.receipt
-
-    receipt = run(submit_failing())
-    doomed = wait_until(
-        lambda: (rows := query(runtime, "SELECT produced_id FROM receipts WHERE id = ?",
-                               (receipt,))) and rows[0]["produced_id"],
-        10, "the turn",
-    )  # fmt: skip
+    [doomed] = new_turns(runtime, 1, "work", {"sim": {"outcome": "fail", "actions": []}})
     [waiting] = new_turns(runtime, 1)  # queued on the paused lane: live, not held
     assert refused(runtime, "requeue", waiting) == [
         "quarterdeck: refused: turn is not held (dead_letter=None)"

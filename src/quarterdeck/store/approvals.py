@@ -541,13 +541,11 @@ def expire_due(txn: WriteTxn, plan: WorkPlan, actor: str, limit: int = 200) -> i
 def _expiry_unapplied(plan: WorkPlan, row: Any) -> str | None:
     """Why an expired approval's lane action (pause the lane, force its fallback) cannot be
     applied, or None when it can (or the action is only ``reject``)."""
-    if row.on_expiry not in ("pause_lane", "fallback"):
+    if row.on_expiry not in ("pause_lane", "fallback") or (row.lane and row.lane in plan.lanes):
         return None
-    if not row.lane or (row.kind == "sdk" and row.lane == SDK_LANE and row.lane not in plan.lanes):
+    if not row.lane or (row.kind == "sdk" and row.lane == SDK_LANE):
         return "the request named no lane (the SDK's lane= names one)"
-    if row.lane not in plan.lanes:
-        return f"lane {row.lane!r} is not configured on this runtime"
-    return None
+    return f"lane {row.lane!r} is not configured on this runtime"
 
 
 # --- the action gate: what an agent's tool call gets -----------------------------------------

@@ -32,7 +32,7 @@ from quarterdeck.store.decisions import (
     insert_decisions,
     release_action,
 )
-from quarterdeck.store.takeover import complete_turn, release_turn, take_over
+from quarterdeck.store.takeover import cancel_turn, complete_turn, release_turn, take_over
 from quarterdeck.store.work import WorkPlan, _refuse
 from quarterdeck.store.writer import WriteTxn
 
@@ -85,6 +85,8 @@ def apply_supervision(
         return release_turn(txn, plan, workspace, str(args["turn_id"]), actor)
     if name == "turn.complete":
         return complete_turn(txn, workspace, str(args["turn_id"]), args["deliverable"], actor)
+    if name == "turn.cancel":
+        return cancel_turn(txn, plan, workspace, str(args["turn_id"]), actor)
     if name == "alert.ack":
         return alerts.ack_alert(txn, workspace, str(args["alert_id"]), actor)
     if name == "alert.resolve":

@@ -5,11 +5,12 @@ outright, with the same revocation."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import text
 
+from quarterdeck.domain.states import Kind, machine
 from quarterdeck.store.approvals import new_mission_for, reject_open
 from quarterdeck.store.work import _INSERT_MISSION, WorkPlan, _move_mission, _move_turn, _refuse
 from quarterdeck.store.writer import WriteTxn
@@ -43,17 +44,7 @@ def take_over(
         return _refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.takeover", "errors": [reason]}
         )
-    missions = txn.conn.execute(
-        text(
-            "SELECT id, state, version, lease_owner FROM missions WHERE turn_id = :t "
-            "AND state IN ('queued', 'running', 'blocked')"
-        ),
-        {"t": turn_id},
-    ).all()
-    for mission in missions:
-        _move_mission(
-            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
-        )
+    missions = _cancel_live_missions(txn, workspace, turn_id, actor)
     _move_turn(
         txn, workspace, turn_id, turn.state, "taken_over", turn.version, actor,
         extra={"holder": holder_of(actor), "revoked": [m.lease_owner for m in missions
@@ -73,6 +64,23 @@ def take_over(
         "cancelled_missions": [m.id for m in missions],
         "rejected_approvals": rejected,
     }
+
+
+def _cancel_live_missions(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> Sequence[Any]:
+    """Cancel the turn's live missions (their version moves: a running agent's later writes are
+    fenced off, and its node stops it); returns them as they were."""
+    missions = txn.conn.execute(
+        text(
+            "SELECT id, state, version, lease_owner FROM missions WHERE turn_id = :t "
+            "AND state IN ('queued', 'running', 'blocked')"
+        ),
+        {"t": turn_id},
+    ).all()
+    for mission in missions:
+        _move_mission(
+            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
+        )
+    return missions
 
 
 def _held(txn: WriteTxn, workspace: str, turn_id: str, actor: str, command: str) -> Any:
@@ -125,37 +133,19 @@ def complete_turn(
 def cancel_turn(
     txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
 ) -> dict[str, Any]:
-    """Cancel a live turn: its live missions are cancelled (a running agent is fenced off and
-    stopped) and its open approvals rejected (``cancelled``), so nothing waits on a person for
-    a turn that is over."""
-    turn = txn.conn.execute(
-        text("SELECT state, version, attempt FROM turns WHERE id = :id AND workspace = :w"),
-        {"id": turn_id, "w": workspace},
-    ).first()
-    if turn is None or turn.state in ("completed", "failed", "cancelled", "timed_out"):
+    """Cancel a turn that has not finished: its live missions are cancelled (a running agent is
+    fenced off and stopped) and its open approvals rejected (``cancelled``), so nothing waits on
+    a person for a turn that is over."""
+    turn = _turn(txn, workspace, turn_id)
+    if turn is None or not machine(Kind.TURN).allows(turn.state, "cancelled"):
         reason = "no such turn" if turn is None else f"turn is already {turn.state}"
         return _refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.cancel", "errors": [reason]}
         )
     _move_turn(
-        txn,
-        workspace,
-        turn_id,
-        turn.state,
-        "cancelled",
-        turn.version,
-        actor,
+        txn, workspace, turn_id, turn.state, "cancelled", turn.version, actor,
         deliverable={"cancelled_by": actor},
-    )
-    for mission in txn.conn.execute(
-        text(
-            "SELECT id, state, version FROM missions WHERE turn_id = :t "
-            "AND state IN ('queued', 'running', 'blocked')"
-        ),
-        {"t": turn_id},
-    ).all():
-        _move_mission(
-            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
-        )
+    )  # fmt: skip
+    _cancel_live_missions(txn, workspace, turn_id, actor)
     rejected = reject_open(txn, plan, turn_id, actor, "cancelled")
     return {"ok": True, "command": "turn.cancel", "turn": turn_id, "rejected_approvals": rejected}

@@ -356,7 +356,6 @@ _FLAG_COMMANDS: dict[str, tuple[str, bool | None]] = {
     "fallback.force": ("force_fallback", None),
 }
 """Lane-flag commands: the flag each sets, and to what (``None``: the command's ``on``)."""
-_TURN_COMMANDS = frozenset({"turn.requeue", "turn.cancel"})
 
 
 def apply_command(
@@ -380,16 +379,11 @@ def apply_command(
         value = bool(args.get("on")) if fixed is None else fixed
         set_flag(txn, lane, column, value, actor=actor, workspace=workspace)
         return {"ok": True, "command": name, "lane": lane, column: value}
-    if name not in _TURN_COMMANDS:
+    if name != "turn.requeue":
         from quarterdeck.store.commands import apply_supervision  # commands builds on this module
 
         return apply_supervision(txn, workspace, spec, plan, actor)
-    turn_id = str(args["turn_id"])
-    if name == "turn.requeue":
-        return requeue_turn(txn, workspace, turn_id, plan, actor)
-    from quarterdeck.store.takeover import cancel_turn  # takeover builds on this module
-
-    return cancel_turn(txn, plan, workspace, turn_id, actor)
+    return requeue_turn(txn, workspace, str(args["turn_id"]), plan, actor)
 
 
 def set_flag(
