@@ -85,11 +85,20 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEPS = BENCH / ".deps"
 POLL_S = 0.05
-PGQUEUER_PACKAGES = ("pgqueuer==1.6.0", "croniter")
-"""Installed with ``--no-deps`` (the version the bench's calls were written against): its
-other requirements are either in the environment already (anyio, pydantic,
-pydantic-settings, asyncpg, python-dateutil) or only needed by its command line (typer,
-tabulate, uvloop), so nothing the project imports is shadowed."""
+PGQUEUER_PACKAGES = (
+    "pgqueuer==1.6.0",
+    "croniter",
+    "python-dateutil",
+    "tzdata",
+    "pydantic-settings",
+    "python-dotenv",
+)
+"""Installed with ``--no-deps`` (pgqueuer at the version the bench's calls were written
+against), so nothing the project imports is shadowed: pgqueuer's other requirements are in the
+project's environment already (anyio, pydantic, typing-inspection, asyncpg) or only needed by
+its command line (typer, tabulate, uvloop). The rest — croniter with python-dateutil and tzdata,
+pydantic-settings with python-dotenv — are not installed by the project, so a fresh clone gets
+them here."""
 
 
 # --- servers and databases ------------------------------------------------------------------
