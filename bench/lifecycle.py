@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib
 import io
 import json
 import logging
@@ -226,6 +227,7 @@ def import_huey() -> Any:
                 [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(DEPS), "huey"],
                 check=True,
             )
+            importlib.invalidate_caches()  # bench/.deps did not exist when it joined sys.path
             import huey
     logging.getLogger("huey").setLevel(logging.WARNING)
     return huey
