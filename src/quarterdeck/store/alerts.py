@@ -25,8 +25,9 @@ from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import Kind, machine
+from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import Target, enqueue
-from quarterdeck.store.work import _entry, _refuse, set_flag
+from quarterdeck.store.transitions import append_entry, refuse
 from quarterdeck.store.writer import WriteTxn
 
 LATENCY_ROWS = 2_000
@@ -109,7 +110,7 @@ def open_alert(
         },
     )
     subject = {"type": subject_type, "id": subject_id}
-    _entry(
+    append_entry(
         txn,
         workspace,
         actor,
@@ -173,7 +174,7 @@ def _move(
     ).rowcount
     if changed != 1:
         return False
-    _entry(
+    append_entry(
         txn,
         workspace,
         actor,
@@ -199,7 +200,7 @@ def _change(
     ).first()
 
     def refused(error: str) -> dict[str, Any]:
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "alert", alert_id, {"command": command, "errors": [error]}
         )
 
@@ -283,7 +284,7 @@ def set_baselines(
     txn.conn.execute(text("DELETE FROM attestations WHERE lane = :lane"), {"lane": lane})
     if hashes:
         txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, hashes, actor))
-    _entry(
+    append_entry(
         txn,
         workspace,
         actor,
@@ -310,7 +311,9 @@ def add_baselines(
     added = {path: digest for path, digest in hashes.items() if path not in known}
     if added:
         txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, added, actor))
-        _entry(txn, workspace, actor, "lane.baselined", "lane", lane, None, None, {"hashes": added})
+        append_entry(
+            txn, workspace, actor, "lane.baselined", "lane", lane, None, None, {"hashes": added}
+        )
     return added
 
 

@@ -22,15 +22,15 @@ from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, PolicyDecision
 from quarterdeck.domain.states import Kind, check_transition
 from quarterdeck.store.decisions import SDK_LANE, load_json, release_action
+from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import enqueue
-from quarterdeck.store.work import (
-    WorkPlan,
-    _entry,
-    _mission_row,
-    _move_mission,
-    _move_turn,
-    _refuse,
-    set_flag,
+from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.transitions import (
+    append_entry,
+    mission_row,
+    move_mission,
+    move_turn,
+    refuse,
 )
 from quarterdeck.store.writer import WriteTxn
 
@@ -131,7 +131,7 @@ def create_approval(
         "mission": new.mission_id,
         "version": 1,
     }
-    _entry(
+    append_entry(
         txn, new.workspace, new.requested_by, "approval.requested", "approval", approval_id,
         None, "pending", payload,
     )  # fmt: skip
@@ -148,7 +148,7 @@ _SELECT = text("SELECT * FROM approvals WHERE id = :id AND workspace = :w")
 def _refused(
     txn: WriteTxn, workspace: str, actor: str, approval_id: str, command: str, error: str
 ) -> dict[str, Any]:
-    return {**_refuse(txn, workspace, actor, "approval", approval_id,
+    return {**refuse(txn, workspace, actor, "approval", approval_id,
                       {"command": command, "errors": [error]}), "approval": approval_id}  # fmt: skip
 
 
@@ -287,7 +287,7 @@ def _settle(
     if reason:
         payload["reason"] = reason
     payload.update(extra or {})
-    _entry(
+    append_entry(
         txn, row.workspace, actor, f"approval.{target}", "approval", row.id, row.state, target,
         payload,
     )  # fmt: skip
@@ -329,18 +329,18 @@ def _settle_dispatch(
                 {"input": canonical_text(dict(edited_input)), "id": row.turn_id},
             )
         if turn is not None and turn.state == "awaiting_approval":
-            _move_turn(
+            move_turn(
                 txn, row.workspace, row.turn_id, turn.state, "queued", turn.version, actor,
                 extra={"approval": row.id},
             )  # fmt: skip
         return
     if mission is not None and mission.state == "queued":
-        _move_mission(
+        move_mission(
             txn, row.workspace, row.mission_id, "queued", "cancelled", mission.version, actor
         )
     if turn is not None and turn.state == "awaiting_approval":
         reason = f"dispatch not approved ({row.id})"
-        _move_turn(
+        move_turn(
             txn, row.workspace, row.turn_id, turn.state, "failed", turn.version, actor,
             error=reason, deliverable={"error": reason, "approval": row.id},
         )  # fmt: skip
@@ -382,7 +382,7 @@ def _escalate(txn: WriteTxn, plan: WorkPlan, row: Any, actor: str) -> None:
         "previous_approver": row.approver,
         "deadline_at": deadline_at,
     }
-    _entry(
+    append_entry(
         txn, row.workspace, actor, "approval.escalated", "approval", row.id, row.state,
         "escalated", payload,
     )  # fmt: skip
@@ -414,7 +414,7 @@ def snooze_approval(
         ),
         {"until": until, "deadline": deadline, "at": txn.at, "id": row.id},
     )
-    _entry(
+    append_entry(
         txn, workspace, actor, "approval.snoozed", "approval", row.id, None, None,
         {"version": row.version + 1, "until": until, "deadline_at": deadline},
     )  # fmt: skip
@@ -445,7 +445,7 @@ def claim_approval(
         ),
         {"who": None if release else actor, "until": until, "at": txn.at, "id": row.id},
     )
-    _entry(
+    append_entry(
         txn, workspace, actor, "approval.unclaimed" if release else "approval.claimed",
         "approval", row.id, None, None, {"version": row.version + 1, "until": until},
     )  # fmt: skip
@@ -468,7 +468,7 @@ def bulk_decide(
     globs, ``kind``), each on its own ledger entry; those claimed by others are skipped."""
     if verdict == "reject" and reason_code not in reason_codes(plan):
         error = f"reason code {reason_code!r} is not one of {', '.join(reason_codes(plan))}"
-        _entry(
+        append_entry(
             txn, workspace or "*", actor, "command.refused", "command", actor, None, None,
             {"command": "approval.bulk", "errors": [error]},
         )  # fmt: skip
@@ -611,4 +611,4 @@ def reject_open(txn: WriteTxn, plan: WorkPlan, turn_id: str, actor: str, code: s
 
 def new_mission_for(txn: WriteTxn, workspace: str, turn_id: str, lane: str) -> dict[str, Any]:
     """A fresh primary mission row for ``turn_id`` on ``lane`` (recorded; insert it)."""
-    return _mission_row(txn, new_ids(1)[0], workspace, turn_id, lane, "primary", 1)
+    return mission_row(txn, new_ids(1)[0], workspace, turn_id, lane, "primary", 1)

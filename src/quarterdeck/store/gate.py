@@ -25,7 +25,8 @@ from quarterdeck.store.decisions import (
     insert_decisions,
     release_action,
 )
-from quarterdeck.store.work import Claim, WorkPlan, _entry, _move_turn
+from quarterdeck.store.plan import Claim, WorkPlan
+from quarterdeck.store.transitions import append_entry, move_turn
 from quarterdeck.store.writer import WriteTxn
 
 
@@ -182,7 +183,7 @@ def _block(txn: WriteTxn, claim: Claim) -> None:
         text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
     ).first()
     if turn is not None and turn.state == "running":
-        _move_turn(
+        move_turn(
             txn, claim.workspace, claim.turn_id, "running", "awaiting_approval", turn.version,
             claim.owner, extra={"mission": claim.mission_id},
         )  # fmt: skip
@@ -205,7 +206,7 @@ def _move_state(txn: WriteTxn, claim: Claim, from_state: str, to_state: str) -> 
         ),
         {"to": to_state, "at": txn.at, "id": claim.mission_id, "version": row.version},
     )
-    _entry(
+    append_entry(
         txn, claim.workspace, claim.owner, f"mission.{to_state}", "mission", claim.mission_id,
         from_state, to_state, {"version": row.version + 1, "attempt": claim.attempt},
     )  # fmt: skip
@@ -233,7 +234,7 @@ def resume_action(
             text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
         ).first()
         if turn is not None and turn.state == "awaiting_approval":
-            _move_turn(
+            move_turn(
                 txn, claim.workspace, claim.turn_id, "awaiting_approval", "running",
                 turn.version, claim.owner, extra={"approval": approval_id},
             )  # fmt: skip

@@ -25,7 +25,7 @@ from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import Kind, check_transition
-from quarterdeck.store.work import bump_counter
+from quarterdeck.store.flags import bump_counter
 from quarterdeck.store.writer import WriteTxn
 
 SESSION_WORKSPACE = RUNTIME_WORKSPACE

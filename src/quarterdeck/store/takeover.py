@@ -12,7 +12,8 @@ from sqlalchemy import text
 
 from quarterdeck.domain.states import Kind, machine
 from quarterdeck.store.approvals import new_mission_for, reject_open
-from quarterdeck.store.work import _INSERT_MISSION, WorkPlan, _move_mission, _move_turn, _refuse
+from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.transitions import INSERT_MISSION, move_mission, move_turn, refuse
 from quarterdeck.store.writer import WriteTxn
 
 HUMAN: Final = "human:"
@@ -41,11 +42,11 @@ def take_over(
     turn = _turn(txn, workspace, turn_id)
     if turn is None or turn.state not in LIVE:
         reason = "no such turn" if turn is None else f"turn is {turn.state}"
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.takeover", "errors": [reason]}
         )
     missions = _cancel_live_missions(txn, workspace, turn_id, actor)
-    _move_turn(
+    move_turn(
         txn, workspace, turn_id, turn.state, "taken_over", turn.version, actor,
         extra={"holder": holder_of(actor), "revoked": [m.lease_owner for m in missions
                                                        if m.lease_owner]},
@@ -77,9 +78,7 @@ def _cancel_live_missions(txn: WriteTxn, workspace: str, turn_id: str, actor: st
         {"t": turn_id},
     ).all()
     for mission in missions:
-        _move_mission(
-            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
-        )
+        move_mission(txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor)
     return missions
 
 
@@ -100,12 +99,12 @@ def release_turn(
     """Hand a taken-over turn back to its lane: queued again with a fresh mission."""
     turn, error = _held(txn, workspace, turn_id, actor, "turn.release")
     if error is not None:
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.release", "errors": [error]}
         )
-    _move_turn(txn, workspace, turn_id, "taken_over", "queued", turn.version, actor)
+    move_turn(txn, workspace, turn_id, "taken_over", "queued", turn.version, actor)
     row = new_mission_for(txn, workspace, turn_id, turn.lane)
-    txn.conn.execute(_INSERT_MISSION, row)
+    txn.conn.execute(INSERT_MISSION, row)
     return {"ok": True, "command": "turn.release", "turn": turn_id, "mission": row["id"]}
 
 
@@ -119,10 +118,10 @@ def complete_turn(
     """Complete a taken-over turn with the person's deliverable (the only one it gets)."""
     turn, error = _held(txn, workspace, turn_id, actor, "turn.complete")
     if error is not None:
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.complete", "errors": [error]}
         )
-    _move_turn(
+    move_turn(
         txn, workspace, turn_id, "taken_over", "completed", turn.version, actor,
         deliverable={**dict(deliverable), "completed_by": actor},
         extra={"by": holder_of(actor)},
@@ -139,10 +138,10 @@ def cancel_turn(
     turn = _turn(txn, workspace, turn_id)
     if turn is None or not machine(Kind.TURN).allows(turn.state, "cancelled"):
         reason = "no such turn" if turn is None else f"turn is already {turn.state}"
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.cancel", "errors": [reason]}
         )
-    _move_turn(
+    move_turn(
         txn, workspace, turn_id, turn.state, "cancelled", turn.version, actor,
         deliverable={"cancelled_by": actor},
     )  # fmt: skip
