@@ -27,7 +27,7 @@ from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import Kind, machine
 from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import Target, enqueue
-from quarterdeck.store.transitions import append_entry, refuse
+from quarterdeck.store.transitions import append_entry, move, refuse
 from quarterdeck.store.writer import WriteTxn
 
 LATENCY_ROWS = 2_000
@@ -158,34 +158,11 @@ def _move(
 ) -> bool:
     """Move one alert (compare-and-set on its version); False when it changed underneath."""
     column = "acked_by" if to_state == "acked" else "resolved_by"
-    changed = txn.conn.execute(
-        text(
-            f"UPDATE alerts SET state = :to, version = version + 1, updated_at = :at, "
-            f"{column} = :actor WHERE id = :id AND version = :version AND state = :from"
-        ),
-        {
-            "to": to_state,
-            "at": txn.at,
-            "actor": actor,
-            "id": row.id,
-            "version": row.version,
-            "from": row.state,
-        },
-    ).rowcount
-    if changed != 1:
-        return False
-    append_entry(
-        txn,
-        workspace,
-        actor,
-        f"alert.{to_state}",
-        "alert",
-        row.id,
-        row.state,
-        to_state,
-        {"version": row.version + 1, **(extra or {})},
-    )
-    return True
+    moved = move(
+        txn, Kind.ALERT, row.id, row.state, to_state, workspace=workspace, actor=actor,
+        version=row.version, columns={column: actor}, payload=extra,
+    )  # fmt: skip
+    return moved is not None
 
 
 def _change(

@@ -20,7 +20,7 @@ from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, PolicyDecision
-from quarterdeck.domain.states import Kind, check_transition
+from quarterdeck.domain.states import Kind
 from quarterdeck.store.decisions import SDK_LANE, load_json, release_action
 from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import enqueue
@@ -28,6 +28,7 @@ from quarterdeck.store.plan import WorkPlan
 from quarterdeck.store.transitions import (
     append_entry,
     mission_row,
+    move,
     move_mission,
     move_turn,
     refuse,
@@ -243,29 +244,28 @@ def _settle(
 ) -> dict[str, Any]:
     """Move an open approval to a decided state and apply what that means for its subject
     (``extra`` goes into the ledger entry's payload)."""
-    check_transition(Kind.APPROVAL, row.state, target)
-    changed = txn.conn.execute(
-        text(
-            "UPDATE approvals SET state = :to, version = version + 1, updated_at = :at, "
-            "edited_args = :edited, reason_code = :code, reason_text = :reason, "
-            "decided_by = :actor, decided_at = :at, claimed_by = NULL, claim_expires_at = NULL "
-            "WHERE id = :id AND version = :version"
-        ),
-        {
-            "to": target,
-            "at": txn.at,
-            "edited": canonical_text(dict(edited)) if edited is not None else None,
-            "code": reason_code,
-            "reason": reason,
-            "actor": actor,
-            "id": row.id,
-            "version": row.version,
-        },
-    ).rowcount
-    if changed != 1:
-        raise StaleApproval(row.id)
     allowed = target in ("approved", "edited")
     args = dict(edited) if edited is not None else load_json(row.args, {})
+    payload: dict[str, Any] = {"action_key": row.action_key}
+    if target == "edited":
+        payload["args"] = args
+        payload["original_args"] = load_json(row.args, {})
+    if reason_code is not None:
+        payload["reason_code"] = reason_code
+    if reason:
+        payload["reason"] = reason
+    payload.update(extra or {})
+    moved = move(
+        txn, Kind.APPROVAL, row.id, row.state, target, workspace=row.workspace, actor=actor,
+        version=row.version, payload=payload,
+        columns={
+            "edited_args": canonical_text(dict(edited)) if edited is not None else None,
+            "reason_code": reason_code, "reason_text": reason, "decided_by": actor,
+            "decided_at": txn.at, "claimed_by": None, "claim_expires_at": None,
+        },
+    )  # fmt: skip
+    if moved is None:
+        raise StaleApproval(row.id)
     txn.conn.execute(
         text(
             "UPDATE decisions SET verdict = :verdict, decided_by = :actor, reason = :reason "
@@ -278,19 +278,6 @@ def _settle(
             "id": row.id,
         },
     )
-    payload: dict[str, Any] = {"version": row.version + 1, "action_key": row.action_key}
-    if target == "edited":
-        payload["args"] = args
-        payload["original_args"] = load_json(row.args, {})
-    if reason_code is not None:
-        payload["reason_code"] = reason_code
-    if reason:
-        payload["reason"] = reason
-    payload.update(extra or {})
-    append_entry(
-        txn, row.workspace, actor, f"approval.{target}", "approval", row.id, row.state, target,
-        payload,
-    )  # fmt: skip
     if row.kind == "dispatch":
         _settle_dispatch(txn, plan, row, allowed, args if target == "edited" else None, actor)
     elif row.kind == "sdk" and allowed:
@@ -357,41 +344,41 @@ def escalate_approval(
     if row.state not in OPEN:
         error = f"approval is already {row.state}"
         return _refused(txn, workspace, actor, approval_id, "approval.escalate", error)
-    _escalate(txn, plan, row, actor)
+    if not _escalate(txn, plan, row, actor):
+        return _refused(
+            txn, workspace, actor, approval_id, "approval.escalate", "approval changed meanwhile"
+        )
     fresh = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     return {"ok": True, **approval_view(fresh)}
 
 
-def _escalate(txn: WriteTxn, plan: WorkPlan, row: Any, actor: str) -> None:
+def _escalate(txn: WriteTxn, plan: WorkPlan, row: Any, actor: str) -> bool:
+    """Raise ``row`` one level and notify; False (nothing written) when it changed since read."""
     ladder = load_json(row.ladder, [])
     level = (row.level or 0) + 1
     approver = ladder[level - 1] if level - 1 < len(ladder) else row.approver
     deadline_at = _later(txn, row.deadline_s or 900)
-    check_transition(Kind.APPROVAL, row.state, "escalated")
-    txn.conn.execute(
-        text(
-            "UPDATE approvals SET state = 'escalated', version = version + 1, updated_at = :at, "
-            "level = :level, approver = :approver, deadline_at = :deadline WHERE id = :id"
-        ),
-        {"at": txn.at, "level": level, "approver": approver, "deadline": deadline_at, "id": row.id},
-    )
     payload = {
-        "version": row.version + 1,
         "level": level,
         "approver": approver,
         "previous_approver": row.approver,
         "deadline_at": deadline_at,
     }
-    append_entry(
-        txn, row.workspace, actor, "approval.escalated", "approval", row.id, row.state,
-        "escalated", payload,
+    version = move(
+        txn, Kind.APPROVAL, row.id, row.state, "escalated", workspace=row.workspace, actor=actor,
+        version=row.version, payload=payload,
+        columns={"level": level, "approver": approver, "deadline_at": deadline_at},
     )  # fmt: skip
+    if version is None:
+        return False
+    payload["version"] = version
     enqueue(
         txn, plan.targets, workspace=row.workspace, event="approval.escalated",
         subject_type="approval", subject_id=row.id,
         summary=f"{row.tool} escalated to {approver} (level {level}, deadline {deadline_at})",
         data={**payload, "tool": row.tool, "lane": row.lane, "action_key": row.action_key},
     )  # fmt: skip
+    return True
 
 
 def snooze_approval(
@@ -513,16 +500,18 @@ def expire_due(txn: WriteTxn, plan: WorkPlan, actor: str, limit: int = 200) -> i
         ),
         {"now": txn.at, "limit": limit},
     ).all()
+    moved = 0
     for row in rows:
         ladder = load_json(row.ladder, [])
         if (row.level or 0) < len(ladder):
-            _escalate(txn, plan, row, actor)
+            moved += _escalate(txn, plan, row, actor)  # one moved meanwhile is skipped
             continue
         unapplied = _expiry_unapplied(plan, row)
         expiry: dict[str, Any] = {"on_expiry": row.on_expiry}
         if unapplied:
             expiry["on_expiry_not_applied"] = unapplied
         _settle(txn, plan, row, "expired", actor, reason_code="expired", extra=expiry)
+        moved += 1
         summary = f"{row.tool} expired unanswered; applying {row.on_expiry}"
         if unapplied:
             summary = f"{row.tool} expired unanswered; rejected, {row.on_expiry} not applied: "
@@ -535,7 +524,7 @@ def expire_due(txn: WriteTxn, plan: WorkPlan, actor: str, limit: int = 200) -> i
         if row.on_expiry in ("pause_lane", "fallback") and not unapplied:
             flag = "paused" if row.on_expiry == "pause_lane" else "force_fallback"
             set_flag(txn, row.lane, flag, True, actor=actor, workspace=row.workspace)
-    return len(rows)
+    return moved
 
 
 def _expiry_unapplied(plan: WorkPlan, row: Any) -> str | None:

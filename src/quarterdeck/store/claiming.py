@@ -13,10 +13,16 @@ from sqlalchemy import text
 
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.policy import ActionRequest
+from quarterdeck.domain.states import Kind
 from quarterdeck.store import decisions
 from quarterdeck.store.approvals import NewApproval, create_approval
 from quarterdeck.store.plan import Claim, WorkPlan
-from quarterdeck.store.transitions import ClaimConflict, append_entry, move_mission, move_turn
+from quarterdeck.store.transitions import (
+    ClaimConflict,
+    move_mission,
+    move_turn,
+    record_transition,
+)
 from quarterdeck.store.writer import WriteTxn
 
 _CANDIDATES = (
@@ -178,16 +184,9 @@ def claim_missions(
                 "decision": decision_id,
             }
         )
-        append_entry(
-            txn,
-            row.workspace,
-            owner,
-            "mission.running",
-            "mission",
-            row.id,
-            "queued",
-            "running",
-            {
+        record_transition(
+            txn, Kind.MISSION, row.id, "queued", "running", workspace=row.workspace, actor=owner,
+            payload={
                 "version": row.version + 1,
                 "attempt": row.attempt + 1,
                 "owner": owner,
@@ -197,7 +196,7 @@ def claim_missions(
                 "session": session,
                 "decision": decision_id,
             },
-        )
+        )  # fmt: skip
         if not shadow:
             turn_rows.append(
                 {
@@ -209,32 +208,15 @@ def claim_missions(
                     "from": row.turn_state,
                 }
             )
-            append_entry(
-                txn,
-                row.workspace,
-                owner,
-                "turn.leased",
-                "turn",
-                row.turn_id,
-                row.turn_state,
-                "leased",
-                {
-                    "version": row.turn_version + 1,
-                    "attempt": row.turn_attempt + 1,
-                    "mission": row.id,
-                },
-            )
-            append_entry(
-                txn,
-                row.workspace,
-                owner,
-                "turn.running",
-                "turn",
-                row.turn_id,
-                "leased",
-                "running",
-                {"version": row.turn_version + 2, "mission": row.id},
-            )
+            record_transition(
+                txn, Kind.TURN, row.turn_id, row.turn_state, "leased", workspace=row.workspace,
+                actor=owner, payload={"version": row.turn_version + 1,
+                                      "attempt": row.turn_attempt + 1, "mission": row.id},
+            )  # fmt: skip
+            record_transition(
+                txn, Kind.TURN, row.turn_id, "leased", "running", workspace=row.workspace,
+                actor=owner, payload={"version": row.turn_version + 2, "mission": row.id},
+            )  # fmt: skip
         claims.append(
             Claim(
                 mission_id=row.id,
@@ -268,10 +250,11 @@ def claim_missions(
 def _refuse_dispatch(txn: WriteTxn, row: Any, drow: Mapping[str, Any], actor: str) -> None:
     """The policy denied a dispatch: the mission fails, and so does its turn (not a shadow's)."""
     reason = str(drow["reason"])
-    move_mission(
+    if not move_mission(
         txn, row.workspace, row.id, "queued", "failed", row.version, actor,
         error=reason, decision_id=str(drow["id"]),
-    )  # fmt: skip
+    ):  # fmt: skip
+        return
     if row.role != "shadow" and row.turn_state == "queued":
         move_turn(
             txn, row.workspace, row.turn_id, "queued", "failed", row.turn_version, actor,

@@ -14,24 +14,19 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
+from quarterdeck.domain.states import Kind
 from quarterdeck.domain.tasks import backoff_delay
 from quarterdeck.store.leases import record_late_write
 from quarterdeck.store.plan import Claim, Finish, Role, WorkPlan
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
     ClaimConflict,
-    append_entry,
     mission_row,
+    move,
     move_turn,
+    record_transition,
 )
 from quarterdeck.store.writer import WriteTxn
-
-_FINISH_MISSION = text(
-    "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, finished_at = :at, "
-    "lease_owner = NULL, lease_expires_at = NULL, result = :result, error = :error "
-    "WHERE id = :id AND attempt = :attempt AND version = :version AND lease_owner = :owner "
-    "AND state IN ('running', 'blocked')"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,41 +52,26 @@ def finish_mission(
     """Record a mission's end (fenced by attempt, version and owner), then move its turn:
     completed with the deliverable, or retried (backoff), routed to the fallback lane, or
     dead-lettered (``held``) when every budget is spent. A shadow mission only records."""
-    changed = txn.conn.execute(
-        _FINISH_MISSION,
-        {
-            "to": outcome,
-            "at": txn.at,
-            "result": canonical_text(dict(result)) if result is not None else None,
-            "error": error,
-            "id": claim.mission_id,
-            "attempt": claim.attempt,
-            "version": claim.version,
-            "owner": claim.owner,
-        },
-    ).rowcount
-    if changed != 1:
-        record_late_write(txn, claim, outcome)
-        return Finished(accepted=False)
     payload: dict[str, Any] = {
-        "version": claim.version + 1,
         "attempt": claim.attempt,
         "lane": claim.exec_lane,
         "role": claim.role,
     }
     if error is not None:
         payload["error"] = error
-    append_entry(
-        txn,
-        claim.workspace,
-        claim.owner,
-        f"mission.{outcome}",
-        "mission",
-        claim.mission_id,
-        "running",
-        outcome,
-        payload,
-    )
+    moved = move(
+        txn, Kind.MISSION, claim.mission_id, "running", outcome, workspace=claim.workspace,
+        actor=claim.owner, version=claim.version, lease=(claim.attempt, claim.owner),
+        columns={
+            "finished_at": txn.at, "lease_owner": None, "lease_expires_at": None,
+            "result": canonical_text(dict(result)) if result is not None else None,
+            "error": error,
+        },
+        payload=payload,
+    )  # fmt: skip
+    if moved is None:
+        record_late_write(txn, claim, outcome)
+        return Finished(accepted=False)
     if claim.role == "shadow":
         return Finished(accepted=True)
     turn = txn.conn.execute(
@@ -144,6 +124,12 @@ _PG_LIVE_TURNS = text(
 )
 """On PostgreSQL the rows a finish reads stay as read until it commits (locked in id order,
 missions before turns), beside other nodes' writes."""
+_FINISH_MISSION = text(
+    "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, finished_at = :at, "
+    "lease_owner = NULL, lease_expires_at = NULL, result = :result, error = :error "
+    "WHERE id = :id AND attempt = :attempt AND version = :version AND lease_owner = :owner "
+    "AND state IN ('running', 'blocked')"
+)
 _COMPLETE_TURN = text(
     "UPDATE turns SET state = 'completed', version = version + 1, updated_at = :at, "
     "deliverable = :deliverable, dead_letter = NULL, lease_owner = NULL, "
@@ -231,22 +217,12 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
                     "owner": claim.owner,
                 }
             )
-            append_entry(
-                txn,
-                claim.workspace,
-                claim.owner,
-                "mission.completed",
-                "mission",
-                claim.mission_id,
-                "running",
-                "completed",
-                {
-                    "version": claim.version + 1,
-                    "attempt": claim.attempt,
-                    "lane": claim.exec_lane,
-                    "role": claim.role,
-                },
-            )
+            record_transition(
+                txn, Kind.MISSION, claim.mission_id, "running", "completed",
+                workspace=claim.workspace, actor=claim.owner,
+                payload={"version": claim.version + 1, "attempt": claim.attempt,
+                         "lane": claim.exec_lane, "role": claim.role},
+            )  # fmt: skip
             turn = turns[claim.turn_id]
             turn_rows.append(
                 {
@@ -257,17 +233,11 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
                     "from": turn.state,
                 }
             )
-            append_entry(
-                txn,
-                claim.workspace,
-                claim.owner,
-                "turn.completed",
-                "turn",
-                claim.turn_id,
-                turn.state,
-                "completed",
-                {"version": turn.version + 1, "mission": claim.mission_id, "lane": claim.exec_lane},
-            )
+            record_transition(
+                txn, Kind.TURN, claim.turn_id, turn.state, "completed", workspace=claim.workspace,
+                actor=claim.owner, payload={"version": turn.version + 1,
+                                            "mission": claim.mission_id, "lane": claim.exec_lane},
+            )  # fmt: skip
             results[id(ending)] = Finished(accepted=True, turn_state="completed")
         moved = txn.update_many(_FINISH_MISSION, mission_rows, postgres=_PG_FINISH_MISSION)
         if moved != len(mission_rows):

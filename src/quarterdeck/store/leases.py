@@ -4,18 +4,19 @@ ran out. Runs inside the writer's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import text
 
 from quarterdeck.domain.clock import format_instant
-from quarterdeck.domain.states import Kind, check_transition
+from quarterdeck.domain.states import Kind
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.flags import bump_counter
 from quarterdeck.store.plan import SELF_FINISHED_STATES, Claim
-from quarterdeck.store.transitions import append_entry, move_turn
+from quarterdeck.store.transitions import append_entry, move, move_turn
 from quarterdeck.store.writer import WriteTxn
 
 _HEARTBEAT = text(
@@ -85,34 +86,14 @@ def release_missions(txn: WriteTxn, claims: Sequence[Claim], actor: str) -> None
     """Hand claimed missions back (a drain): lease cleared, mission and turn queued again,
     fenced like every write for claimed work."""
     for claim in claims:
-        changed = txn.conn.execute(
-            text(
-                "UPDATE missions SET state = 'queued', version = version + 1, "
-                "lease_owner = NULL, lease_expires_at = NULL, updated_at = :at "
-                "WHERE id = :id AND attempt = :attempt AND version = :version "
-                "AND lease_owner = :owner AND state IN ('running', 'blocked')"
-            ),
-            {
-                "at": txn.at,
-                "id": claim.mission_id,
-                "attempt": claim.attempt,
-                "version": claim.version,
-                "owner": claim.owner,
-            },
-        ).rowcount
-        if changed != 1:
+        released = move(
+            txn, Kind.MISSION, claim.mission_id, "running", "queued", workspace=claim.workspace,
+            actor=actor, version=claim.version, lease=(claim.attempt, claim.owner),
+            columns=_LEASE_CLEARED, payload={"attempt": claim.attempt, "reason": "drain"},
+            action="mission.released",
+        )  # fmt: skip
+        if released is None:
             continue
-        append_entry(
-            txn,
-            claim.workspace,
-            actor,
-            "mission.released",
-            "mission",
-            claim.mission_id,
-            "running",
-            "queued",
-            {"version": claim.version + 1, "attempt": claim.attempt, "reason": "drain"},
-        )
         if claim.role == "shadow":
             continue
         turn = txn.conn.execute(
@@ -129,6 +110,9 @@ def release_missions(txn: WriteTxn, claims: Sequence[Claim], actor: str) -> None
                 actor,
                 extra={"reason": "drain"},
             )
+
+
+_LEASE_CLEARED: Mapping[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,26 +135,17 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
         ),
         {"now": txn.at, "limit": limit},
     ).all()
+    reclaimed = 0
     for row in expired:
-        check_transition(Kind.MISSION, row.state, "queued")
-        txn.conn.execute(
-            text(
-                "UPDATE missions SET state = 'queued', version = version + 1, lease_owner = NULL, "
-                "lease_expires_at = NULL, updated_at = :at WHERE id = :id AND version = :version"
-            ),
-            {"at": txn.at, "id": row.id, "version": row.version},
-        )
-        append_entry(
-            txn,
-            row.workspace,
-            actor,
-            "mission.lease_expired",
-            "mission",
-            row.id,
-            row.state,
-            "queued",
-            {"version": row.version + 1, "attempt": row.attempt, "previous_owner": row.lease_owner},
-        )
+        moved = move(
+            txn, Kind.MISSION, row.id, row.state, "queued", workspace=row.workspace, actor=actor,
+            version=row.version, columns=_LEASE_CLEARED,
+            payload={"attempt": row.attempt, "previous_owner": row.lease_owner},
+            action="mission.lease_expired",
+        )  # fmt: skip
+        if moved is None:
+            continue  # another writer moved it since it was read: nothing to reclaim
+        reclaimed += 1
         if row.role == "shadow":
             continue
         turn = txn.conn.execute(
@@ -212,8 +187,8 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
             dead_letter="dead",
         ):
             dead += 1
-    if expired:
-        bump_counter(txn, "leases_reclaimed", len(expired))
+    if reclaimed:
+        bump_counter(txn, "leases_reclaimed", reclaimed)
     if dead:
         bump_counter(txn, "dead_letters_dead", dead)
-    return Swept(reclaimed=len(expired), dead=dead)
+    return Swept(reclaimed=reclaimed, dead=dead)

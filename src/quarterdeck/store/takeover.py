@@ -69,7 +69,7 @@ def take_over(
 
 def _cancel_live_missions(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> Sequence[Any]:
     """Cancel the turn's live missions (their version moves: a running agent's later writes are
-    fenced off, and its node stops it); returns them as they were."""
+    fenced off, and its node stops it); returns those cancelled, as they were."""
     missions = txn.conn.execute(
         text(
             "SELECT id, state, version, lease_owner FROM missions WHERE turn_id = :t "
@@ -77,9 +77,13 @@ def _cancel_live_missions(txn: WriteTxn, workspace: str, turn_id: str, actor: st
         ),
         {"t": turn_id},
     ).all()
-    for mission in missions:
-        move_mission(txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor)
-    return missions
+    return [
+        mission
+        for mission in missions
+        if move_mission(
+            txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
+        )
+    ]
 
 
 def _held(txn: WriteTxn, workspace: str, turn_id: str, actor: str, command: str) -> Any:
