@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.policy import Policy
+from quarterdeck.domain.states import MISSION_SELF_FINISHED as SELF_FINISHED_STATES
 from quarterdeck.runtime.config import LaneConfig, RuntimeConfig
 from quarterdeck.runtime.drift import DriftMonitor, PolicySource, SloMonitor
 from quarterdeck.runtime.ingest import Ingestor, RawInput
@@ -53,7 +54,7 @@ from quarterdeck.store.flags import Flags, bump_counter, read_flags, seed_flags
 from quarterdeck.store.gate import request_action, resume_action
 from quarterdeck.store.leases import heartbeat, release_missions, sweep
 from quarterdeck.store.outbox import Target
-from quarterdeck.store.plan import SELF_FINISHED_STATES, Claim, Finish, LanePlan, WorkPlan
+from quarterdeck.store.plan import Claim, Finish, LanePlan, WorkPlan
 from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sessions import (
     HeldSession,

@@ -24,9 +24,10 @@ from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.states import Kind, machine
+from quarterdeck.domain.states import MISSION_FAILED, Kind, machine
 from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import Target, enqueue
+from quarterdeck.store.sql import in_list
 from quarterdeck.store.transitions import append_entry, move, refuse
 from quarterdeck.store.writer import WriteTxn
 
@@ -371,7 +372,7 @@ def slo_figures(conn: Any, window_start_at: str, now: datetime | None = None) ->
     finished = conn.execute(
         text(
             "SELECT count(*) AS finished, "
-            "sum(CASE WHEN state IN ('failed', 'timed_out') THEN 1 ELSE 0 END) AS failed "
+            f"sum(CASE WHEN state IN {in_list(MISSION_FAILED)} THEN 1 ELSE 0 END) AS failed "
             f"FROM missions WHERE finished_at >= :start AND {SERVING}"
         ),
         params,

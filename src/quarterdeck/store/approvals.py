@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import text
 
@@ -20,11 +20,18 @@ from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, PolicyDecision
-from quarterdeck.domain.states import Kind
+from quarterdeck.domain.states import (
+    APPROVAL_ALLOWED,
+    APPROVAL_DECIDED,
+    APPROVAL_OPEN,
+    APPROVAL_REFUSED,
+    Kind,
+)
 from quarterdeck.store.decisions import SDK_LANE, load_json, release_action
 from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import enqueue
 from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.sql import in_list
 from quarterdeck.store.transitions import (
     append_entry,
     mission_row,
@@ -34,9 +41,6 @@ from quarterdeck.store.transitions import (
     refuse,
 )
 from quarterdeck.store.writer import WriteTxn
-
-OPEN: Final = ("pending", "escalated")
-DECIDED: Final = ("approved", "rejected", "edited", "expired")
 
 
 def reason_codes(plan: WorkPlan) -> tuple[str, ...]:
@@ -212,7 +216,7 @@ def decide_approval(
     if action_key is not None and action_key != row.action_key:
         error = f"approval {approval_id} is for {row.action_key}, not {action_key}"
         return _refused(txn, workspace, actor, approval_id, command, error)
-    if row.state in DECIDED:
+    if row.state in APPROVAL_DECIDED:
         return {"ok": True, "already": True, **approval_view(row)}
     held = _claimed_by_other(txn, row, actor)
     if held is not None:
@@ -244,7 +248,7 @@ def _settle(
 ) -> dict[str, Any]:
     """Move an open approval to a decided state and apply what that means for its subject
     (``extra`` goes into the ledger entry's payload)."""
-    allowed = target in ("approved", "edited")
+    allowed = target in APPROVAL_ALLOWED
     args = dict(edited) if edited is not None else load_json(row.args, {})
     payload: dict[str, Any] = {"action_key": row.action_key}
     if target == "edited":
@@ -341,7 +345,7 @@ def escalate_approval(
     row = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     if row is None:
         return _refused(txn, workspace, actor, approval_id, "approval.escalate", "no such approval")
-    if row.state not in OPEN:
+    if row.state not in APPROVAL_OPEN:
         error = f"approval is already {row.state}"
         return _refused(txn, workspace, actor, approval_id, "approval.escalate", error)
     if not _escalate(txn, plan, row, actor):
@@ -389,7 +393,7 @@ def snooze_approval(
     row = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     if row is None:
         return _refused(txn, workspace, actor, approval_id, "approval.snooze", "no such approval")
-    if row.state not in OPEN:
+    if row.state not in APPROVAL_OPEN:
         error = f"approval is already {row.state}"
         return _refused(txn, workspace, actor, approval_id, "approval.snooze", error)
     until = _later(txn, for_s)
@@ -419,7 +423,7 @@ def claim_approval(
     row = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     if row is None:
         return _refused(txn, workspace, actor, approval_id, command, "no such approval")
-    if row.state not in OPEN:
+    if row.state not in APPROVAL_OPEN:
         return {"ok": True, "already": True, **approval_view(row)}
     held = _claimed_by_other(txn, row, actor)
     if held is not None:
@@ -463,7 +467,7 @@ def bulk_decide(
     rows = txn.conn.execute(
         text(
             "SELECT id, workspace, lane, tool, approver, kind FROM approvals "
-            "WHERE state IN ('pending', 'escalated') ORDER BY created_at, id"
+            f"WHERE state IN {in_list(APPROVAL_OPEN)} ORDER BY created_at, id"
         )
     ).all()
     decided: list[str] = []
@@ -494,7 +498,7 @@ def expire_due(txn: WriteTxn, plan: WorkPlan, actor: str, limit: int = 200) -> i
     force the lane's fallback). Returns how many approvals moved."""
     rows = txn.conn.execute(
         text(
-            "SELECT * FROM approvals WHERE state IN ('pending', 'escalated') "
+            f"SELECT * FROM approvals WHERE state IN {in_list(APPROVAL_OPEN)} "
             "AND deadline_at <= :now AND (snoozed_until IS NULL OR snoozed_until <= :now) "
             "ORDER BY deadline_at LIMIT :limit"
         ),
@@ -563,7 +567,7 @@ def approval_by_key(txn: WriteTxn, workspace: str, action_key: str) -> Any:
 
 def gate_from_approval(row: Any) -> Gate:
     """What a decided approval means for the agent waiting on it."""
-    if row.state in ("approved", "edited"):
+    if row.state in APPROVAL_ALLOWED:
         args = load_json(row.edited_args) if row.state == "edited" else None
         return Gate(
             "released",
@@ -572,7 +576,7 @@ def gate_from_approval(row: Any) -> Gate:
             reason=f"{row.state} by {row.decided_by}",
             approval_id=row.id,
         )
-    if row.state in ("rejected", "expired"):
+    if row.state in APPROVAL_REFUSED:
         reason = f"{row.state} by {row.decided_by}"
         if row.reason_code:
             reason += f": {row.reason_code}"
@@ -585,7 +589,7 @@ def gate_from_approval(row: Any) -> Gate:
 def open_approvals_of(txn: WriteTxn, turn_id: str) -> Sequence[Any]:
     """The turn's approvals still open."""
     return txn.conn.execute(
-        text("SELECT * FROM approvals WHERE turn_id = :t AND state IN ('pending', 'escalated')"),
+        text(f"SELECT * FROM approvals WHERE turn_id = :t AND state IN {in_list(APPROVAL_OPEN)}"),
         {"t": turn_id},
     ).all()
 

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.policy import ActionRequest, Outcome
+from quarterdeck.domain.states import APPROVAL_ALLOWED, APPROVAL_REFUSED
 from quarterdeck.domain.tasks import CommandSpec
 from quarterdeck.store import alerts
 from quarterdeck.store.approvals import (
@@ -181,9 +182,9 @@ def request_approval(
 
 
 def _verdict(state: str) -> str:
-    if state in ("approved", "edited"):
+    if state in APPROVAL_ALLOWED:
         return "allow"
-    if state in ("rejected", "expired"):
+    if state in APPROVAL_REFUSED:
         return "deny"
     return "pending"
 

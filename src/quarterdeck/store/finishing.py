@@ -14,10 +14,11 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.states import Kind
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE, TURN_HOLDS_LEASE, Kind
 from quarterdeck.domain.tasks import backoff_delay
 from quarterdeck.store.leases import record_late_write
 from quarterdeck.store.plan import Claim, Finish, Role, WorkPlan
+from quarterdeck.store.sql import in_list
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
     ClaimConflict,
@@ -77,7 +78,7 @@ def finish_mission(
     turn = txn.conn.execute(
         text("SELECT state, version, lane FROM turns WHERE id = :id"), {"id": claim.turn_id}
     ).first()
-    if turn is None or turn.state not in ("leased", "running", "awaiting_approval"):
+    if turn is None or turn.state not in TURN_HOLDS_LEASE:
         return Finished(accepted=True, turn_state=None if turn is None else turn.state)
     if outcome == "completed":
         deliverable = dict(result or {})
@@ -128,7 +129,7 @@ _FINISH_MISSION = text(
     "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, finished_at = :at, "
     "lease_owner = NULL, lease_expires_at = NULL, result = :result, error = :error "
     "WHERE id = :id AND attempt = :attempt AND version = :version AND lease_owner = :owner "
-    "AND state IN ('running', 'blocked')"
+    f"AND state IN {in_list(MISSION_HOLDS_LEASE)}"
 )
 _COMPLETE_TURN = text(
     "UPDATE turns SET state = 'completed', version = version + 1, updated_at = :at, "
@@ -143,7 +144,7 @@ _PG_FINISH_MISSION = text(
     "CAST(:attempt AS INTEGER[]), CAST(:version AS INTEGER[]), CAST(:owner AS TEXT[])) "
     "AS r(to_state, at, result, error, id, attempt, version, owner) "
     "WHERE m.id = r.id AND m.attempt = r.attempt AND m.version = r.version "
-    "AND m.lease_owner = r.owner AND m.state IN ('running', 'blocked') "
+    f"AND m.lease_owner = r.owner AND m.state IN {in_list(MISSION_HOLDS_LEASE)} "
     "RETURNING 1) SELECT COUNT(*) FROM changed"
 )
 _PG_COMPLETE_TURN = text(
@@ -190,9 +191,9 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
             and row is not None
             and (row.attempt, row.version, row.lease_owner)
             == (claim.attempt, claim.version, claim.owner)
-            and row.state in ("running", "blocked")
+            and row.state in MISSION_HOLDS_LEASE
             and turn is not None
-            and turn.state in ("leased", "running", "awaiting_approval")
+            and turn.state in TURN_HOLDS_LEASE
             and claim.turn_id not in fast_turns
         ):
             fast.append(ending)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 
 from quarterdeck.domain.policy import ActionRequest, Outcome, PolicyDecision, TraceStep
-from quarterdeck.domain.states import Kind
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE, Kind
 from quarterdeck.store.approvals import (
     Gate,
     NewApproval,
@@ -74,7 +74,7 @@ def request_action(
         guard = "the mission's lease is gone"
     elif holder.turn_state == "taken_over":
         guard = "a person has taken over the turn"
-    elif holder.mission_state not in ("running", "blocked"):
+    elif holder.mission_state not in MISSION_HOLDS_LEASE:
         guard = f"the mission is {holder.mission_state}"
     if guard is not None:
         decision = _guard(guard, policy_hash)

@@ -12,16 +12,23 @@ from typing import Any
 from sqlalchemy import text
 
 from quarterdeck.domain.clock import format_instant
-from quarterdeck.domain.states import Kind
+from quarterdeck.domain.states import (
+    MISSION_HOLDS_LEASE,
+    MISSION_SELF_FINISHED,
+    TURN_HOLDS_LEASE,
+    TURN_WORKING,
+    Kind,
+)
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.flags import bump_counter
-from quarterdeck.store.plan import SELF_FINISHED_STATES, Claim
+from quarterdeck.store.plan import Claim
+from quarterdeck.store.sql import in_list
 from quarterdeck.store.transitions import append_entry, move, move_turn
 from quarterdeck.store.writer import WriteTxn
 
 _HEARTBEAT = text(
     "UPDATE missions SET lease_expires_at = :expires WHERE id = :id AND attempt = :attempt "
-    "AND lease_owner = :owner AND state IN ('running', 'blocked')"
+    f"AND lease_owner = :owner AND state IN {in_list(MISSION_HOLDS_LEASE)}"
 )
 """Fenced by the lease (attempt and owner) and the live states: a heartbeat changes no state,
 so it does not compare the version, which moves when a mission blocks on an approval."""
@@ -52,7 +59,7 @@ def heartbeat(txn: WriteTxn, claims: Sequence[Claim], lease_s: float) -> list[Cl
         row = txn.conn.execute(
             text("SELECT state, attempt FROM missions WHERE id = :id"), {"id": claim.mission_id}
         ).first()
-        if row is not None and row.attempt == claim.attempt and row.state in SELF_FINISHED_STATES:
+        if row is not None and row.attempt == claim.attempt and row.state in MISSION_SELF_FINISHED:
             continue
         lost.append(claim)
         record_late_write(txn, claim, "heartbeat")
@@ -99,7 +106,7 @@ def release_missions(txn: WriteTxn, claims: Sequence[Claim], actor: str) -> None
         turn = txn.conn.execute(
             text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
         ).first()
-        if turn is not None and turn.state in ("leased", "running"):
+        if turn is not None and turn.state in TURN_WORKING:
             move_turn(
                 txn,
                 claim.workspace,
@@ -129,7 +136,7 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
     expired = txn.conn.execute(
         text(
             "SELECT m.id, m.workspace, m.state, m.version, m.attempt, m.lease_owner, m.turn_id, "
-            "m.role FROM missions m WHERE m.state IN ('running', 'blocked') "
+            f"m.role FROM missions m WHERE m.state IN {in_list(MISSION_HOLDS_LEASE)} "
             "AND m.lease_expires_at < :now ORDER BY m.lease_expires_at LIMIT :limit"
             + (" FOR UPDATE SKIP LOCKED" if txn.conn.dialect.name == "postgresql" else "")
         ),
@@ -151,7 +158,7 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
         turn = txn.conn.execute(
             text("SELECT state, version FROM turns WHERE id = :id"), {"id": row.turn_id}
         ).first()
-        if turn is not None and turn.state in ("leased", "running", "awaiting_approval"):
+        if turn is not None and turn.state in TURN_HOLDS_LEASE:
             move_turn(
                 txn,
                 row.workspace,

@@ -12,8 +12,6 @@ from quarterdeck.store.outbox import Target
 
 Role = Literal["primary", "fallback", "shadow"]
 Finish = Literal["completed", "failed", "timed_out", "cancelled"]
-SELF_FINISHED_STATES = frozenset({"completed", "failed", "timed_out"})
-"""The states a mission reaches only by its own worker's finish (a take-over cancels it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,9 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.states import Kind
+from quarterdeck.domain.states import SESSION_HELD, Kind
 from quarterdeck.store.flags import bump_counter
+from quarterdeck.store.sql import in_list
 from quarterdeck.store.transitions import move, record_transition
 from quarterdeck.store.writer import WriteTxn
 
@@ -243,7 +244,7 @@ def sweep_sessions(txn: WriteTxn, actor: str) -> int:
     stale = txn.conn.execute(
         text(
             "SELECT id, state, version, lease_owner FROM sessions WHERE lease_owner IS NOT NULL "
-            "AND lease_expires_at < :now AND state NOT IN ('recovering', 'retired', 'idle')"
+            f"AND lease_expires_at < :now AND state IN {in_list(SESSION_HELD)}"
         ),
         {"now": txn.at},
     ).all()

@@ -10,14 +10,14 @@ from typing import Any, Final
 
 from sqlalchemy import text
 
-from quarterdeck.domain.states import Kind, machine
+from quarterdeck.domain.states import MISSION_LIVE, TURN_LIVE, Kind, machine
 from quarterdeck.store.approvals import new_mission_for, reject_open
 from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.sql import in_list
 from quarterdeck.store.transitions import INSERT_MISSION, move_mission, move_turn, refuse
 from quarterdeck.store.writer import WriteTxn
 
 HUMAN: Final = "human:"
-LIVE: Final = ("queued", "leased", "running", "awaiting_approval", "escalated")
 
 
 def holder_of(actor: str) -> str:
@@ -40,7 +40,7 @@ def take_over(
     """Take a live turn from its agent: cancel its live missions (fenced), reject its open
     approvals (``taken_over``), and hold the turn as ``human:<actor>``."""
     turn = _turn(txn, workspace, turn_id)
-    if turn is None or turn.state not in LIVE:
+    if turn is None or turn.state not in TURN_LIVE:
         reason = "no such turn" if turn is None else f"turn is {turn.state}"
         return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.takeover", "errors": [reason]}
@@ -73,7 +73,7 @@ def _cancel_live_missions(txn: WriteTxn, workspace: str, turn_id: str, actor: st
     missions = txn.conn.execute(
         text(
             "SELECT id, state, version, lease_owner FROM missions WHERE turn_id = :t "
-            "AND state IN ('queued', 'running', 'blocked')"
+            f"AND state IN {in_list(MISSION_LIVE)}"
         ),
         {"t": turn_id},
     ).all()

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import TextClause, text
 
 from quarterdeck.domain.canonical import canonical_text
-from quarterdeck.domain.states import Kind, check_transition
+from quarterdeck.domain.states import TURN_HOLDS_LEASE, TURN_NO_DEAD_LETTER, Kind, check_transition
 from quarterdeck.store.plan import Role
 from quarterdeck.store.tables import STATEFUL_TABLES, table_of
 from quarterdeck.store.writer import WriteTxn
@@ -143,7 +143,7 @@ def record_transition(
     *,
     workspace: str,
     actor: str,
-    payload: Mapping[str, Any],
+    payload: dict[str, Any],
     action: str | None = None,
 ) -> None:
     """Check ``from_state -> to_state`` against the table and append its ledger entry
@@ -158,7 +158,7 @@ def record_transition(
         subject_id=item_id,
         from_state=from_state,
         to_state=to_state,
-        payload=dict(payload),
+        payload=payload,
     )
 
 
@@ -235,10 +235,6 @@ def move(
     return new_version
 
 
-TURN_HOLDS_LEASE = frozenset({"leased", "running", "awaiting_approval"})
-_TURN_CLEARS_DEAD_LETTER = frozenset({"completed", "cancelled"})
-
-
 def move_turn(
     txn: WriteTxn,
     workspace: str,
@@ -266,7 +262,7 @@ def move_turn(
         columns.update(lease_owner=None, lease_expires_at=None)
     if dead_letter is not None:
         columns.update(dead_letter=dead_letter, held_until=held_until)
-    elif to_state in _TURN_CLEARS_DEAD_LETTER:
+    elif to_state in TURN_NO_DEAD_LETTER:
         columns["dead_letter"] = None
     moved = move(
         txn, Kind.TURN, turn_id, from_state, to_state, workspace=workspace, actor=actor,
