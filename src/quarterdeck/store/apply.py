@@ -17,9 +17,9 @@ from quarterdeck.domain.tasks import CommandSpec, TaskSpec, parse_command, parse
 from quarterdeck.store.commands import apply_supervision
 from quarterdeck.store.flags import FLAG_COMMANDS, set_flag
 from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.sql import Bulk, Statement
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
-    PG_INSERT_MISSION,
     append_entry,
     mission_row,
     refuse,
@@ -36,39 +36,42 @@ class Applied:
     produced_id: str
 
 
-_UNAPPLIED = text(
+_UNAPPLIED_SQL = (
     "SELECT id, workspace, kind, payload FROM receipts "
     "WHERE status = 'accepted' AND produced_type IS NULL ORDER BY id LIMIT :limit"
 )
-_PG_UNAPPLIED = text(_UNAPPLIED.text + " FOR UPDATE SKIP LOCKED")
-"""Receipts another node is applying right now are passed over."""
-_MARK_PRODUCED = text(
-    "UPDATE receipts SET produced_type = :type, produced_id = :produced, version = version + 1 "
-    "WHERE id = :id AND produced_type IS NULL"
+_UNAPPLIED = Statement(text(_UNAPPLIED_SQL), text(_UNAPPLIED_SQL + " FOR UPDATE SKIP LOCKED"))
+"""On PostgreSQL, receipts another node is applying right now are passed over."""
+_MARK_PRODUCED = Bulk(
+    text(
+        "UPDATE receipts SET produced_type = :type, produced_id = :produced, version = version + 1 "
+        "WHERE id = :id AND produced_type IS NULL"
+    ),
+    text(
+        "WITH changed AS (UPDATE receipts AS x SET produced_type = r.type, produced_id = r.produced, "
+        "version = x.version + 1 FROM unnest(CAST(:type AS TEXT[]), CAST(:produced AS TEXT[]), "
+        "CAST(:id AS TEXT[])) AS r(type, produced, id) WHERE x.id = r.id AND x.produced_type IS NULL "
+        "RETURNING 1) SELECT COUNT(*) FROM changed"
+    ),
 )
-_PG_MARK_PRODUCED = text(
-    "WITH changed AS (UPDATE receipts AS x SET produced_type = r.type, produced_id = r.produced, "
-    "version = x.version + 1 FROM unnest(CAST(:type AS TEXT[]), CAST(:produced AS TEXT[]), "
-    "CAST(:id AS TEXT[])) AS r(type, produced, id) WHERE x.id = r.id AND x.produced_type IS NULL "
-    "RETURNING 1) SELECT COUNT(*) FROM changed"
-)
-"""``_MARK_PRODUCED`` for all rows in one statement (PostgreSQL; see ``update_many``)."""
-_INSERT_TURN = text(
-    "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
-    "receipt_id, lane, objective, input, budget, deliverable, error) VALUES (:id, :workspace, "
-    ":state, 1, 0, :at, :at, '{}', :receipt_id, :lane, :objective, :input, :budget, "
-    ":deliverable, :error)"
-)
-_PG_INSERT_TURN = text(
-    "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
-    "receipt_id, lane, objective, input, budget, deliverable, error) SELECT r.id, r.workspace, "
-    "r.state, 1, 0, r.at, r.at, '{}', r.receipt_id, r.lane, r.objective, r.input, r.budget, "
-    "r.deliverable, r.error FROM unnest(CAST(:id AS TEXT[]), CAST(:workspace AS TEXT[]), "
-    "CAST(:state AS TEXT[]), CAST(:at AS TEXT[]), CAST(:receipt_id AS TEXT[]), "
-    "CAST(:lane AS TEXT[]), CAST(:objective AS TEXT[]), CAST(:input AS TEXT[]), "
-    "CAST(:budget AS TEXT[]), CAST(:deliverable AS TEXT[]), CAST(:error AS TEXT[])) "
-    "AS r(id, workspace, state, at, receipt_id, lane, objective, input, budget, deliverable, "
-    "error)"
+_INSERT_TURN = Bulk(
+    text(
+        "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
+        "receipt_id, lane, objective, input, budget, deliverable, error) VALUES (:id, :workspace, "
+        ":state, 1, 0, :at, :at, '{}', :receipt_id, :lane, :objective, :input, :budget, "
+        ":deliverable, :error)"
+    ),
+    text(
+        "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
+        "receipt_id, lane, objective, input, budget, deliverable, error) SELECT r.id, r.workspace, "
+        "r.state, 1, 0, r.at, r.at, '{}', r.receipt_id, r.lane, r.objective, r.input, r.budget, "
+        "r.deliverable, r.error FROM unnest(CAST(:id AS TEXT[]), CAST(:workspace AS TEXT[]), "
+        "CAST(:state AS TEXT[]), CAST(:at AS TEXT[]), CAST(:receipt_id AS TEXT[]), "
+        "CAST(:lane AS TEXT[]), CAST(:objective AS TEXT[]), CAST(:input AS TEXT[]), "
+        "CAST(:budget AS TEXT[]), CAST(:deliverable AS TEXT[]), CAST(:error AS TEXT[])) "
+        "AS r(id, workspace, state, at, receipt_id, lane, objective, input, budget, deliverable, "
+        "error)"
+    ),
 )
 
 
@@ -83,8 +86,7 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
     commands: a shared transaction stops before the first command receipt, or raises
     :class:`ExclusiveRequired` when a command comes first.
     """
-    postgres = txn.conn.dialect.name == "postgresql"
-    rows = txn.conn.execute(_PG_UNAPPLIED if postgres else _UNAPPLIED, {"limit": limit}).all()
+    rows = txn.conn.execute(_UNAPPLIED.on(txn.conn), {"limit": limit}).all()
     if not rows:
         return []
     applied: list[Applied] = []
@@ -173,12 +175,12 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
         marks.append(
             {"type": item.produced_type, "produced": item.produced_id, "id": item.receipt_id}
         )
-    marked = txn.update_many(_MARK_PRODUCED, marks, postgres=_PG_MARK_PRODUCED)
+    marked = txn.update_many(_MARK_PRODUCED, marks)
     if marked != len(marks):
         # Another writer applied some of these first; nothing here may stand twice.
         raise ReceiptsAlreadyApplied(f"{len(marks) - marked} receipts were applied elsewhere")
-    txn.insert_many(_INSERT_TURN, turns, postgres=_PG_INSERT_TURN)
-    txn.insert_many(INSERT_MISSION, missions, postgres=PG_INSERT_MISSION)
+    txn.insert_many(_INSERT_TURN, turns)
+    txn.insert_many(INSERT_MISSION, missions)
     return applied
 
 
@@ -249,5 +251,5 @@ def requeue_turn(
     )
     mission_id = new_ids(1)[0]
     row = mission_row(txn, mission_id, workspace, turn_id, turn.lane, "primary", 1)
-    txn.conn.execute(INSERT_MISSION, row)
+    txn.conn.execute(INSERT_MISSION.each, row)
     return {"ok": True, "command": "turn.requeue", "turn": turn_id, "mission": mission_id}

@@ -17,6 +17,7 @@ from quarterdeck.domain.states import Kind
 from quarterdeck.store import decisions
 from quarterdeck.store.approvals import NewApproval, create_approval
 from quarterdeck.store.plan import Claim, WorkPlan
+from quarterdeck.store.sql import Bulk
 from quarterdeck.store.transitions import (
     ClaimConflict,
     move_mission,
@@ -51,43 +52,46 @@ def candidates_sql(dialect: str, lane_count: int) -> str:
     return sql + _SKIP_LOCKED_CLAIM if dialect == "postgresql" else sql
 
 
-_CLAIM_MISSION = text(
-    "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
-    "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
-    "session_id = :session, started_at = :at, updated_at = :at, decision_id = :decision "
-    "WHERE id = :id AND version = :version AND (state = 'queued') IS TRUE"
+_CLAIM_MISSION = Bulk(
+    text(
+        "UPDATE missions SET state = 'running', attempt = attempt + 1, version = version + 1, "
+        "lease_owner = :owner, lease_expires_at = :expires, routed_lane = :exec_lane, "
+        "session_id = :session, started_at = :at, updated_at = :at, decision_id = :decision "
+        "WHERE id = :id AND version = :version AND (state = 'queued') IS TRUE"
+    ),
+    text(
+        "WITH changed AS (UPDATE missions AS m SET state = 'running', attempt = m.attempt + 1, "
+        "version = m.version + 1, lease_owner = r.owner, lease_expires_at = r.expires, "
+        "routed_lane = r.exec_lane, session_id = r.session, started_at = r.at, updated_at = r.at, "
+        "decision_id = r.decision FROM unnest(CAST(:owner AS TEXT[]), CAST(:expires AS TEXT[]), "
+        "CAST(:exec_lane AS TEXT[]), CAST(:session AS TEXT[]), CAST(:at AS TEXT[]), "
+        "CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:decision AS TEXT[])) "
+        "AS r(owner, expires, exec_lane, session, at, id, version, decision) "
+        "WHERE m.id = r.id AND m.version = r.version AND (m.state = 'queued') IS TRUE "
+        "RETURNING 1) SELECT COUNT(*) FROM changed"
+    ),
 )
 """``(state = 'queued') IS TRUE``, not ``state = 'queued'``: the same test, but one that no
 index on ``state`` serves, so PostgreSQL's planner cannot pick such an index over the primary
 key (it did on tables not yet analyzed, scanning every queued mission for each claimed row)."""
-_LEASE_TURN = text(
-    "UPDATE turns SET state = 'running', attempt = attempt + 1, version = version + 2, "
-    "lease_owner = :owner, lease_expires_at = :expires, updated_at = :at "
-    "WHERE id = :id AND version = :version AND state = :from"
+_LEASE_TURN = Bulk(
+    text(
+        "UPDATE turns SET state = 'running', attempt = attempt + 1, version = version + 2, "
+        "lease_owner = :owner, lease_expires_at = :expires, updated_at = :at "
+        "WHERE id = :id AND version = :version AND state = :from"
+    ),
+    text(
+        "WITH changed AS (UPDATE turns AS t SET state = 'running', attempt = t.attempt + 1, "
+        "version = t.version + 2, lease_owner = r.owner, lease_expires_at = r.expires, "
+        "updated_at = r.at FROM unnest(CAST(:owner AS TEXT[]), CAST(:expires AS TEXT[]), "
+        "CAST(:at AS TEXT[]), CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), "
+        "CAST(:from AS TEXT[])) AS r(owner, expires, at, id, version, from_state) "
+        "WHERE t.id = r.id AND t.version = r.version AND t.state = r.from_state "
+        "RETURNING 1) SELECT COUNT(*) FROM changed"
+    ),
 )
 """A claimed turn is leased and, the worker starting at once, running: two transitions, two
 ledger entries, one row update."""
-_PG_CLAIM_MISSION = text(
-    "WITH changed AS (UPDATE missions AS m SET state = 'running', attempt = m.attempt + 1, "
-    "version = m.version + 1, lease_owner = r.owner, lease_expires_at = r.expires, "
-    "routed_lane = r.exec_lane, session_id = r.session, started_at = r.at, updated_at = r.at, "
-    "decision_id = r.decision FROM unnest(CAST(:owner AS TEXT[]), CAST(:expires AS TEXT[]), "
-    "CAST(:exec_lane AS TEXT[]), CAST(:session AS TEXT[]), CAST(:at AS TEXT[]), "
-    "CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:decision AS TEXT[])) "
-    "AS r(owner, expires, exec_lane, session, at, id, version, decision) "
-    "WHERE m.id = r.id AND m.version = r.version AND (m.state = 'queued') IS TRUE "
-    "RETURNING 1) SELECT COUNT(*) FROM changed"
-)
-_PG_LEASE_TURN = text(
-    "WITH changed AS (UPDATE turns AS t SET state = 'running', attempt = t.attempt + 1, "
-    "version = t.version + 2, lease_owner = r.owner, lease_expires_at = r.expires, "
-    "updated_at = r.at FROM unnest(CAST(:owner AS TEXT[]), CAST(:expires AS TEXT[]), "
-    "CAST(:at AS TEXT[]), CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), "
-    "CAST(:from AS TEXT[])) AS r(owner, expires, at, id, version, from_state) "
-    "WHERE t.id = r.id AND t.version = r.version AND t.state = r.from_state "
-    "RETURNING 1) SELECT COUNT(*) FROM changed"
-)
-"""``_CLAIM_MISSION`` and ``_LEASE_TURN`` for all rows in one statement each (PostgreSQL)."""
 
 
 def claim_missions(
@@ -237,11 +241,11 @@ def claim_missions(
         )
     decisions.insert_decisions(txn, decided)
     if mission_rows:
-        moved = txn.update_many(_CLAIM_MISSION, mission_rows, postgres=_PG_CLAIM_MISSION)
+        moved = txn.update_many(_CLAIM_MISSION, mission_rows)
         if moved != len(mission_rows):
             raise ClaimConflict("missions changed under the claim")
     if turn_rows:
-        moved = txn.update_many(_LEASE_TURN, turn_rows, postgres=_PG_LEASE_TURN)
+        moved = txn.update_many(_LEASE_TURN, turn_rows)
         if moved != len(turn_rows):
             raise ClaimConflict("turns changed under the claim")
     return claims

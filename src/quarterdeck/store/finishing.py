@@ -18,7 +18,7 @@ from quarterdeck.domain.states import MISSION_HOLDS_LEASE, TURN_HOLDS_LEASE, Kin
 from quarterdeck.domain.tasks import backoff_delay
 from quarterdeck.store.leases import record_late_write
 from quarterdeck.store.plan import Claim, Finish, Role, WorkPlan
-from quarterdeck.store.sql import in_list
+from quarterdeck.store.sql import Bulk, Statement, in_list
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
     ClaimConflict,
@@ -109,55 +109,61 @@ class Ending:
     error: str | None = None
 
 
-_HOLDERS = text(
-    "SELECT id, attempt, version, lease_owner, state FROM missions WHERE id IN :ids"
-).bindparams(bindparam("ids", expanding=True))
-_LIVE_TURNS = text("SELECT id, state, version FROM turns WHERE id IN :ids").bindparams(
-    bindparam("ids", expanding=True)
+_HOLDERS = Statement(
+    text(
+        "SELECT id, attempt, version, lease_owner, state FROM missions WHERE id IN :ids"
+    ).bindparams(bindparam("ids", expanding=True)),
+    text(
+        "SELECT id, attempt, version, lease_owner, state FROM missions "
+        "WHERE id = ANY(CAST(:ids AS TEXT[])) ORDER BY id FOR UPDATE"
+    ),
 )
-_PG_HOLDERS = text(
-    "SELECT id, attempt, version, lease_owner, state FROM missions "
-    "WHERE id = ANY(CAST(:ids AS TEXT[])) ORDER BY id FOR UPDATE"
-)
-_PG_LIVE_TURNS = text(
-    "SELECT id, state, version FROM turns WHERE id = ANY(CAST(:ids AS TEXT[])) "
-    "ORDER BY id FOR UPDATE"
+_LIVE_TURNS = Statement(
+    text("SELECT id, state, version FROM turns WHERE id IN :ids").bindparams(
+        bindparam("ids", expanding=True)
+    ),
+    text(
+        "SELECT id, state, version FROM turns WHERE id = ANY(CAST(:ids AS TEXT[])) "
+        "ORDER BY id FOR UPDATE"
+    ),
 )
 """On PostgreSQL the rows a finish reads stay as read until it commits (locked in id order,
 missions before turns), beside other nodes' writes."""
-_FINISH_MISSION = text(
-    "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, finished_at = :at, "
-    "lease_owner = NULL, lease_expires_at = NULL, result = :result, error = :error "
-    "WHERE id = :id AND attempt = :attempt AND version = :version AND lease_owner = :owner "
-    f"AND state IN {in_list(MISSION_HOLDS_LEASE)}"
+_FINISH_MISSION = Bulk(
+    text(
+        "UPDATE missions SET state = :to, version = version + 1, updated_at = :at, finished_at = :at, "
+        "lease_owner = NULL, lease_expires_at = NULL, result = :result, error = :error "
+        "WHERE id = :id AND attempt = :attempt AND version = :version AND lease_owner = :owner "
+        f"AND state IN {in_list(MISSION_HOLDS_LEASE)}"
+    ),
+    text(
+        "WITH changed AS (UPDATE missions AS m SET state = r.to_state, version = m.version + 1, "
+        "updated_at = r.at, finished_at = r.at, lease_owner = NULL, lease_expires_at = NULL, "
+        "result = r.result, error = r.error FROM unnest(CAST(:to AS TEXT[]), CAST(:at AS TEXT[]), "
+        "CAST(:result AS TEXT[]), CAST(:error AS TEXT[]), CAST(:id AS TEXT[]), "
+        "CAST(:attempt AS INTEGER[]), CAST(:version AS INTEGER[]), CAST(:owner AS TEXT[])) "
+        "AS r(to_state, at, result, error, id, attempt, version, owner) "
+        "WHERE m.id = r.id AND m.attempt = r.attempt AND m.version = r.version "
+        f"AND m.lease_owner = r.owner AND m.state IN {in_list(MISSION_HOLDS_LEASE)} "
+        "RETURNING 1) SELECT COUNT(*) FROM changed"
+    ),
 )
-_COMPLETE_TURN = text(
-    "UPDATE turns SET state = 'completed', version = version + 1, updated_at = :at, "
-    "deliverable = :deliverable, dead_letter = NULL, lease_owner = NULL, "
-    "lease_expires_at = NULL WHERE id = :id AND version = :version AND state = :from"
+_COMPLETE_TURN = Bulk(
+    text(
+        "UPDATE turns SET state = 'completed', version = version + 1, updated_at = :at, "
+        "deliverable = :deliverable, dead_letter = NULL, lease_owner = NULL, "
+        "lease_expires_at = NULL WHERE id = :id AND version = :version AND state = :from"
+    ),
+    text(
+        "WITH changed AS (UPDATE turns AS t SET state = 'completed', version = t.version + 1, "
+        "updated_at = r.at, deliverable = r.deliverable, dead_letter = NULL, lease_owner = NULL, "
+        "lease_expires_at = NULL FROM unnest(CAST(:at AS TEXT[]), CAST(:deliverable AS TEXT[]), "
+        "CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:from AS TEXT[])) "
+        "AS r(at, deliverable, id, version, from_state) "
+        "WHERE t.id = r.id AND t.version = r.version AND t.state = r.from_state "
+        "RETURNING 1) SELECT COUNT(*) FROM changed"
+    ),
 )
-_PG_FINISH_MISSION = text(
-    "WITH changed AS (UPDATE missions AS m SET state = r.to_state, version = m.version + 1, "
-    "updated_at = r.at, finished_at = r.at, lease_owner = NULL, lease_expires_at = NULL, "
-    "result = r.result, error = r.error FROM unnest(CAST(:to AS TEXT[]), CAST(:at AS TEXT[]), "
-    "CAST(:result AS TEXT[]), CAST(:error AS TEXT[]), CAST(:id AS TEXT[]), "
-    "CAST(:attempt AS INTEGER[]), CAST(:version AS INTEGER[]), CAST(:owner AS TEXT[])) "
-    "AS r(to_state, at, result, error, id, attempt, version, owner) "
-    "WHERE m.id = r.id AND m.attempt = r.attempt AND m.version = r.version "
-    f"AND m.lease_owner = r.owner AND m.state IN {in_list(MISSION_HOLDS_LEASE)} "
-    "RETURNING 1) SELECT COUNT(*) FROM changed"
-)
-_PG_COMPLETE_TURN = text(
-    "WITH changed AS (UPDATE turns AS t SET state = 'completed', version = t.version + 1, "
-    "updated_at = r.at, deliverable = r.deliverable, dead_letter = NULL, lease_owner = NULL, "
-    "lease_expires_at = NULL FROM unnest(CAST(:at AS TEXT[]), CAST(:deliverable AS TEXT[]), "
-    "CAST(:id AS TEXT[]), CAST(:version AS INTEGER[]), CAST(:from AS TEXT[])) "
-    "AS r(at, deliverable, id, version, from_state) "
-    "WHERE t.id = r.id AND t.version = r.version AND t.state = r.from_state "
-    "RETURNING 1) SELECT COUNT(*) FROM changed"
-)
-"""``_FINISH_MISSION`` and ``_COMPLETE_TURN`` for all rows in one statement each
-(PostgreSQL)."""
 
 
 def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) -> list[Finished]:
@@ -169,17 +175,10 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
     """
     if not endings:
         return []
-    postgres = txn.conn.dialect.name == "postgresql"
     mission_ids = sorted({e.claim.mission_id for e in endings})
     turn_ids = sorted({e.claim.turn_id for e in endings})
-    held = {
-        row.id: row
-        for row in txn.conn.execute(_PG_HOLDERS if postgres else _HOLDERS, {"ids": mission_ids})
-    }
-    turns = {
-        row.id: row
-        for row in txn.conn.execute(_PG_LIVE_TURNS if postgres else _LIVE_TURNS, {"ids": turn_ids})
-    }
+    held = {row.id: row for row in txn.conn.execute(_HOLDERS.on(txn.conn), {"ids": mission_ids})}
+    turns = {row.id: row for row in txn.conn.execute(_LIVE_TURNS.on(txn.conn), {"ids": turn_ids})}
     fast: list[Ending] = []
     fast_turns: set[str] = set()
     for ending in endings:
@@ -240,10 +239,10 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
                                             "mission": claim.mission_id, "lane": claim.exec_lane},
             )  # fmt: skip
             results[id(ending)] = Finished(accepted=True, turn_state="completed")
-        moved = txn.update_many(_FINISH_MISSION, mission_rows, postgres=_PG_FINISH_MISSION)
+        moved = txn.update_many(_FINISH_MISSION, mission_rows)
         if moved != len(mission_rows):
             raise ClaimConflict("missions changed while being finished")
-        moved = txn.update_many(_COMPLETE_TURN, turn_rows, postgres=_PG_COMPLETE_TURN)
+        moved = txn.update_many(_COMPLETE_TURN, turn_rows)
         if moved != len(turn_rows):
             raise ClaimConflict("turns changed while being finished")
     finished = []
@@ -311,7 +310,7 @@ def _retry_or_dead_letter(
     )
     mission_id = new_ids(1)[0]
     txn.conn.execute(
-        INSERT_MISSION,
+        INSERT_MISSION.each,
         mission_row(
             txn, mission_id, claim.workspace, claim.turn_id, next_lane, role, number, not_before
         ),
@@ -325,7 +324,7 @@ def add_shadow_mission(txn: WriteTxn, claim: Claim, fallback_lane: str) -> str:
     """Queue a shadow run of a claimed mission's work on ``fallback_lane`` (result recorded only)."""
     mission_id = new_ids(1)[0]
     txn.conn.execute(
-        INSERT_MISSION,
+        INSERT_MISSION.each,
         mission_row(txn, mission_id, claim.workspace, claim.turn_id, fallback_lane, "shadow", 1),
     )
     return mission_id

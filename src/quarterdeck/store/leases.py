@@ -22,7 +22,7 @@ from quarterdeck.domain.states import (
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.flags import bump_counter
 from quarterdeck.store.plan import Claim
-from quarterdeck.store.sql import in_list
+from quarterdeck.store.sql import Statement, in_list
 from quarterdeck.store.transitions import append_entry, move, move_turn
 from quarterdeck.store.writer import WriteTxn
 
@@ -122,6 +122,15 @@ def release_missions(txn: WriteTxn, claims: Sequence[Claim], actor: str) -> None
 _LEASE_CLEARED: Mapping[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
 
+_EXPIRED_SQL = (
+    "SELECT m.id, m.workspace, m.state, m.version, m.attempt, m.lease_owner, m.turn_id, "
+    f"m.role FROM missions m WHERE m.state IN {in_list(MISSION_HOLDS_LEASE)} "
+    "AND m.lease_expires_at < :now ORDER BY m.lease_expires_at LIMIT :limit"
+)
+_EXPIRED = Statement(text(_EXPIRED_SQL), text(_EXPIRED_SQL + " FOR UPDATE SKIP LOCKED"))
+"""Missions whose lease expired; on PostgreSQL those another sweep holds are passed over."""
+
+
 @dataclass(frozen=True, slots=True)
 class Swept:
     """What one sweep did."""
@@ -133,15 +142,7 @@ class Swept:
 def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
     """Hand back missions whose lease expired (``running -> queued``, turn back to ``queued``)
     and bury held turns whose hold ran out (``held -> dead``, turn ``queued -> failed``)."""
-    expired = txn.conn.execute(
-        text(
-            "SELECT m.id, m.workspace, m.state, m.version, m.attempt, m.lease_owner, m.turn_id, "
-            f"m.role FROM missions m WHERE m.state IN {in_list(MISSION_HOLDS_LEASE)} "
-            "AND m.lease_expires_at < :now ORDER BY m.lease_expires_at LIMIT :limit"
-            + (" FOR UPDATE SKIP LOCKED" if txn.conn.dialect.name == "postgresql" else "")
-        ),
-        {"now": txn.at, "limit": limit},
-    ).all()
+    expired = txn.conn.execute(_EXPIRED.on(txn.conn), {"now": txn.at, "limit": limit}).all()
     reclaimed = 0
     for row in expired:
         moved = move(

@@ -108,7 +108,7 @@ def release_turn(
         )
     move_turn(txn, workspace, turn_id, "taken_over", "queued", turn.version, actor)
     row = new_mission_for(txn, workspace, turn_id, turn.lane)
-    txn.conn.execute(INSERT_MISSION, row)
+    txn.conn.execute(INSERT_MISSION.each, row)
     return {"ok": True, "command": "turn.release", "turn": turn_id, "mission": row["id"]}
 
 

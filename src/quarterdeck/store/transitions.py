@@ -20,24 +20,26 @@ from sqlalchemy import TextClause, text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.states import TURN_HOLDS_LEASE, TURN_NO_DEAD_LETTER, Kind, check_transition
 from quarterdeck.store.plan import Role
+from quarterdeck.store.sql import Bulk
 from quarterdeck.store.tables import STATEFUL_TABLES, table_of
 from quarterdeck.store.writer import WriteTxn
 
-INSERT_MISSION = text(
-    "INSERT INTO missions (id, workspace, state, version, attempt, created_at, updated_at, data, "
-    "turn_id, lane, role, number, not_before) VALUES (:id, :workspace, 'queued', 1, 0, :at, :at, "
-    "'{}', :turn_id, :lane, :role, :number, :not_before)"
+INSERT_MISSION = Bulk(
+    text(
+        "INSERT INTO missions (id, workspace, state, version, attempt, created_at, updated_at, data, "
+        "turn_id, lane, role, number, not_before) VALUES (:id, :workspace, 'queued', 1, 0, :at, :at, "
+        "'{}', :turn_id, :lane, :role, :number, :not_before)"
+    ),
+    text(
+        "INSERT INTO missions (id, workspace, state, version, attempt, created_at, updated_at, data, "
+        "turn_id, lane, role, number, not_before) SELECT r.id, r.workspace, 'queued', 1, 0, r.at, "
+        "r.at, '{}', r.turn_id, r.lane, r.role, r.number, r.not_before FROM unnest("
+        "CAST(:id AS TEXT[]), CAST(:workspace AS TEXT[]), CAST(:at AS TEXT[]), "
+        "CAST(:turn_id AS TEXT[]), CAST(:lane AS TEXT[]), CAST(:role AS TEXT[]), "
+        "CAST(:number AS INTEGER[]), CAST(:not_before AS TEXT[])) "
+        "AS r(id, workspace, at, turn_id, lane, role, number, not_before)"
+    ),
 )
-PG_INSERT_MISSION = text(
-    "INSERT INTO missions (id, workspace, state, version, attempt, created_at, updated_at, data, "
-    "turn_id, lane, role, number, not_before) SELECT r.id, r.workspace, 'queued', 1, 0, r.at, "
-    "r.at, '{}', r.turn_id, r.lane, r.role, r.number, r.not_before FROM unnest("
-    "CAST(:id AS TEXT[]), CAST(:workspace AS TEXT[]), CAST(:at AS TEXT[]), "
-    "CAST(:turn_id AS TEXT[]), CAST(:lane AS TEXT[]), CAST(:role AS TEXT[]), "
-    "CAST(:number AS INTEGER[]), CAST(:not_before AS TEXT[])) "
-    "AS r(id, workspace, at, turn_id, lane, role, number, not_before)"
-)
-"""``_INSERT_TURN`` and ``INSERT_MISSION`` for many rows in one statement (PostgreSQL)."""
 
 
 def append_entry(
