@@ -37,10 +37,10 @@ from quarterdeck.store.alerts import (
     resolve_by_dedupe,
 )
 from quarterdeck.store.database import open_database
+from quarterdeck.store.flags import set_flag
 from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.outbox import Target
 from quarterdeck.store.queries import slo
-from quarterdeck.store.work import set_flag
 from quarterdeck.store.writer import Writer, WriteTxn
 
 WS = "default"

@@ -20,7 +20,7 @@ MODULES = [
     "quarterdeck.runtime.items",
     "quarterdeck.runtime.runtime",
     "quarterdeck.runtime.daemon",
-    "quarterdeck.store.work",
+    "quarterdeck.store.apply",
     "quarterdeck.store.sessions",
     "quarterdeck.client",
     "quarterdeck.cli",

@@ -18,9 +18,10 @@ from tests.conftest import run
 from tests.pgcluster import PgCluster
 
 from quarterdeck.runtime.ingest import Ingestor
+from quarterdeck.store.apply import apply_receipts
 from quarterdeck.store.database import Database, open_database
 from quarterdeck.store.ledger import iter_entries, verify_ledger
-from quarterdeck.store.work import LanePlan, WorkPlan, apply_receipts
+from quarterdeck.store.plan import LanePlan, WorkPlan
 from quarterdeck.store.writer import ExclusiveRequired, Writer, WriteTxn
 
 HOLD_S = 0.6

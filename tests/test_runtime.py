@@ -35,19 +35,13 @@ from quarterdeck.runtime.config import load_config, parse_config
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.runtime.lanes.base import MissionContext
 from quarterdeck.runtime.runtime import Runtime, work_plan
+from quarterdeck.store.apply import apply_receipts
+from quarterdeck.store.claiming import candidates_sql, claim_missions
 from quarterdeck.store.database import Database, open_database
+from quarterdeck.store.finishing import Ending, finish_mission, finish_missions
+from quarterdeck.store.leases import heartbeat, sweep
 from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.queries import get_item, slo, status
-from quarterdeck.store.work import (
-    Ending,
-    apply_receipts,
-    candidates_sql,
-    claim_missions,
-    finish_mission,
-    finish_missions,
-    heartbeat,
-    sweep,
-)
 from quarterdeck.store.writer import Writer
 
 REPO = Path(__file__).resolve().parent.parent

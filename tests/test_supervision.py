@@ -709,7 +709,7 @@ def test_an_approval_shows_the_request_its_rule_trace_recent_events_and_cost(
 
 
 def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path) -> None:
-    from quarterdeck.store.work import finish_mission
+    from quarterdeck.store.finishing import finish_mission
 
     async def main() -> None:
         async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
@@ -754,7 +754,7 @@ def test_a_mission_finishing_during_the_revocation_check_is_not_a_lost_lease(
 ) -> None:
     """The check for taken-over missions reads beside running missions: a mission whose own
     finish commits meanwhile has lost nothing, and its agent is left alone."""
-    from quarterdeck.store.work import finish_mission
+    from quarterdeck.store.finishing import finish_mission
 
     async def main() -> None:
         async with runtime(tmp_path, config(), policy=policy()) as (rt, store):

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from tests.conftest import Store, run
 
 from quarterdeck.store.database import open_database
+from quarterdeck.store.sql import Bulk
 from quarterdeck.store.writer import Writer, WriteTxn
 
 BUMP = text("UPDATE counters SET value = value + 1 WHERE name = :id AND value = :value")
@@ -35,7 +36,8 @@ def _apply(database: str, rows: list[dict[str, Any]], **kwargs: Any) -> int:
         try:
             async with Writer(db) as writer:
                 await writer.submit(seed)
-                return await writer.submit(lambda txn: txn.update_many(BUMP, rows, **kwargs))
+                bulk = Bulk(BUMP, kwargs.get("postgres"))
+                return await writer.submit(lambda txn: txn.update_many(bulk, rows))
         finally:
             await db.dispose()
 

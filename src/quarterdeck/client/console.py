@@ -28,8 +28,8 @@ from quarterdeck.domain.clock import Clock, format_instant, parse_instant, utc_n
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
+from quarterdeck.store.flags import read_flags
 from quarterdeck.store.queries import get_item, slo
-from quarterdeck.store.work import read_flags
 
 APPROVALS_SHOWN = 1_000
 TURNS_SHOWN = 200

@@ -1,7 +1,8 @@
-"""The state machines, as data: one transition table per kind of item.
+"""The state machines, as data: one transition table per kind of item, and the named groups
+of states (an open approval, a mission that holds a lease, ...) checked against the tables.
 
-Every change of state anywhere goes through :func:`check_transition`; the store's
-one transition function calls it before it writes anything.
+Every change of state anywhere goes through :func:`check_transition`; the store's mover
+(``store/transitions.move``) calls it before it writes anything.
 """
 
 from __future__ import annotations
@@ -126,6 +127,72 @@ MACHINES: Final[Mapping[Kind, Machine]] = {
         transitions=_table({"open": "acked resolved", "acked": "resolved", "resolved": ""}),
     ),
 }
+
+
+def _group(kind: Kind, states: frozenset[str] | str) -> tuple[str, ...]:
+    """A named group of ``kind``'s states, in table order; every name must be a state."""
+    names = frozenset(states.split()) if isinstance(states, str) else states
+    table = MACHINES[kind]
+    unknown = names - set(table.states)
+    if unknown:
+        raise ValueError(f"{kind}: {sorted(unknown)} are not states")
+    return tuple(state for state in table.states if state in names)
+
+
+def _live(kind: Kind) -> frozenset[str]:
+    table = MACHINES[kind]
+    return frozenset(table.states) - table.terminal
+
+
+# Named state groups: where code asks "is it open?", "does it hold a lease?", it asks these.
+# Each is checked against (or derived from) the tables above when this module loads.
+
+TURN_LIVE: Final = _group(Kind.TURN, _live(Kind.TURN) - {"taken_over"})
+"""A turn still with its agent or waiting for one: a person may take it over."""
+TURN_HOLDS_LEASE: Final = _group(Kind.TURN, "leased running awaiting_approval")
+"""A turn whose mission's worker holds it (its lease columns stay set)."""
+TURN_WORKING: Final = _group(Kind.TURN, "leased running")
+"""A turn a worker is running and not waiting on a person."""
+TURN_NO_DEAD_LETTER: Final = _group(Kind.TURN, "completed cancelled")
+"""Ends that clear a turn's dead-letter stage."""
+
+MISSION_LIVE: Final = _group(Kind.MISSION, _live(Kind.MISSION))
+"""A mission not finished: queued, or held by a worker."""
+MISSION_HOLDS_LEASE: Final = _group(Kind.MISSION, "running blocked")
+"""A mission a worker holds under a lease (blocked: waiting on an approval)."""
+MISSION_SELF_FINISHED: Final = _group(Kind.MISSION, "completed failed timed_out")
+"""The ends a mission reaches only by its own worker's finish (a take-over cancels it)."""
+MISSION_FAILED: Final = _group(Kind.MISSION, "failed timed_out")
+"""The ends that count as a failure in the SLO figures."""
+
+APPROVAL_OPEN: Final = _group(Kind.APPROVAL, _live(Kind.APPROVAL))
+"""An approval still waiting for a decision."""
+APPROVAL_DECIDED: Final = _group(Kind.APPROVAL, MACHINES[Kind.APPROVAL].terminal)
+"""An approval decided (by a person, or by its deadline)."""
+APPROVAL_ALLOWED: Final = _group(Kind.APPROVAL, "approved edited")
+"""A decision that lets the action run (with edited arguments for ``edited``)."""
+APPROVAL_REFUSED: Final = _group(Kind.APPROVAL, "rejected expired")
+"""A decision that refuses the action."""
+
+SESSION_HELD: Final = _group(Kind.SESSION, "active paused degraded")
+"""A session its holder keeps (the sweep marks it ``recovering`` when the lease runs out)."""
+
+ALERT_UNRESOLVED: Final = _group(Kind.ALERT, _live(Kind.ALERT))
+"""An alert still open or acknowledged."""
+
+
+def _check_groups() -> None:
+    assert set(APPROVAL_ALLOWED) | set(APPROVAL_REFUSED) == set(APPROVAL_DECIDED)
+    assert set(TURN_WORKING) <= set(TURN_HOLDS_LEASE) <= set(TURN_LIVE)
+    assert set(MISSION_HOLDS_LEASE) <= set(MISSION_LIVE)
+    terminal = MACHINES[Kind.MISSION].terminal
+    assert set(MISSION_SELF_FINISHED) <= terminal and set(TURN_NO_DEAD_LETTER) <= (
+        MACHINES[Kind.TURN].terminal
+    )
+    assert all(MACHINES[Kind.TURN].allows(state, "taken_over") for state in TURN_LIVE)
+
+
+_check_groups()
 
 
 class TransitionError(Exception):

@@ -34,8 +34,8 @@ from quarterdeck.store.alerts import (
     resolve_by_dedupe,
     slo_figures,
 )
+from quarterdeck.store.flags import read_flags, set_flag
 from quarterdeck.store.outbox import Target
-from quarterdeck.store.work import read_flags, set_flag
 from quarterdeck.store.writer import Writer, WriteTxn
 
 log = logging.getLogger(__name__)

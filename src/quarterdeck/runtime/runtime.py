@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.policy import Policy
+from quarterdeck.domain.states import MISSION_SELF_FINISHED as SELF_FINISHED_STATES
 from quarterdeck.runtime.config import LaneConfig, RuntimeConfig
 from quarterdeck.runtime.drift import DriftMonitor, PolicySource, SloMonitor
 from quarterdeck.runtime.ingest import Ingestor, RawInput
@@ -36,12 +37,24 @@ from quarterdeck.runtime.lanes.base import (
 )
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.relay import Relay
+from quarterdeck.store.apply import ReceiptsAlreadyApplied, apply_command, apply_receipts
 from quarterdeck.store.approvals import Gate, expire_due
 from quarterdeck.store.changes import ChangeFeed
+from quarterdeck.store.claiming import claim_missions
 from quarterdeck.store.commands import DRIFT_ACTOR
 from quarterdeck.store.database import Database
+from quarterdeck.store.finishing import (
+    Ending,
+    Finished,
+    add_shadow_mission,
+    finish_missions,
+    record_events,
+)
+from quarterdeck.store.flags import Flags, bump_counter, read_flags, seed_flags
 from quarterdeck.store.gate import request_action, resume_action
+from quarterdeck.store.leases import heartbeat, release_missions, sweep
 from quarterdeck.store.outbox import Target
+from quarterdeck.store.plan import Claim, Finish, LanePlan, WorkPlan
 from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sessions import (
     HeldSession,
@@ -52,30 +65,7 @@ from quarterdeck.store.sessions import (
     set_session_state,
     sweep_sessions,
 )
-from quarterdeck.store.work import (
-    SELF_FINISHED_STATES,
-    Claim,
-    ClaimConflict,
-    Ending,
-    Finish,
-    Finished,
-    Flags,
-    LanePlan,
-    ReceiptsAlreadyApplied,
-    WorkPlan,
-    add_shadow_mission,
-    apply_command,
-    apply_receipts,
-    bump_counter,
-    claim_missions,
-    finish_missions,
-    heartbeat,
-    read_flags,
-    record_events,
-    release_missions,
-    seed_flags,
-    sweep,
-)
+from quarterdeck.store.transitions import ClaimConflict
 from quarterdeck.store.writer import Writer, WriteTxn
 
 log = logging.getLogger("quarterdeck.runtime")

@@ -24,9 +24,11 @@ from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.figures import percentile
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.states import Kind, machine
+from quarterdeck.domain.states import MISSION_FAILED, Kind, machine
+from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import Target, enqueue
-from quarterdeck.store.work import _entry, _refuse, set_flag
+from quarterdeck.store.sql import in_list
+from quarterdeck.store.transitions import append_entry, move, refuse
 from quarterdeck.store.writer import WriteTxn
 
 LATENCY_ROWS = 2_000
@@ -109,7 +111,7 @@ def open_alert(
         },
     )
     subject = {"type": subject_type, "id": subject_id}
-    _entry(
+    append_entry(
         txn,
         workspace,
         actor,
@@ -157,34 +159,11 @@ def _move(
 ) -> bool:
     """Move one alert (compare-and-set on its version); False when it changed underneath."""
     column = "acked_by" if to_state == "acked" else "resolved_by"
-    changed = txn.conn.execute(
-        text(
-            f"UPDATE alerts SET state = :to, version = version + 1, updated_at = :at, "
-            f"{column} = :actor WHERE id = :id AND version = :version AND state = :from"
-        ),
-        {
-            "to": to_state,
-            "at": txn.at,
-            "actor": actor,
-            "id": row.id,
-            "version": row.version,
-            "from": row.state,
-        },
-    ).rowcount
-    if changed != 1:
-        return False
-    _entry(
-        txn,
-        workspace,
-        actor,
-        f"alert.{to_state}",
-        "alert",
-        row.id,
-        row.state,
-        to_state,
-        {"version": row.version + 1, **(extra or {})},
-    )
-    return True
+    moved = move(
+        txn, Kind.ALERT, row.id, row.state, to_state, workspace=workspace, actor=actor,
+        version=row.version, columns={column: actor}, payload=extra,
+    )  # fmt: skip
+    return moved is not None
 
 
 def _change(
@@ -199,7 +178,7 @@ def _change(
     ).first()
 
     def refused(error: str) -> dict[str, Any]:
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "alert", alert_id, {"command": command, "errors": [error]}
         )
 
@@ -283,7 +262,7 @@ def set_baselines(
     txn.conn.execute(text("DELETE FROM attestations WHERE lane = :lane"), {"lane": lane})
     if hashes:
         txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, hashes, actor))
-    _entry(
+    append_entry(
         txn,
         workspace,
         actor,
@@ -310,7 +289,9 @@ def add_baselines(
     added = {path: digest for path, digest in hashes.items() if path not in known}
     if added:
         txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, added, actor))
-        _entry(txn, workspace, actor, "lane.baselined", "lane", lane, None, None, {"hashes": added})
+        append_entry(
+            txn, workspace, actor, "lane.baselined", "lane", lane, None, None, {"hashes": added}
+        )
     return added
 
 
@@ -391,7 +372,7 @@ def slo_figures(conn: Any, window_start_at: str, now: datetime | None = None) ->
     finished = conn.execute(
         text(
             "SELECT count(*) AS finished, "
-            "sum(CASE WHEN state IN ('failed', 'timed_out') THEN 1 ELSE 0 END) AS failed "
+            f"sum(CASE WHEN state IN {in_list(MISSION_FAILED)} THEN 1 ELSE 0 END) AS failed "
             f"FROM missions WHERE finished_at >= :start AND {SERVING}"
         ),
         params,

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import text
 
@@ -20,22 +20,27 @@ from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, PolicyDecision
-from quarterdeck.domain.states import Kind, check_transition
+from quarterdeck.domain.states import (
+    APPROVAL_ALLOWED,
+    APPROVAL_DECIDED,
+    APPROVAL_OPEN,
+    APPROVAL_REFUSED,
+    Kind,
+)
 from quarterdeck.store.decisions import SDK_LANE, load_json, release_action
+from quarterdeck.store.flags import set_flag
 from quarterdeck.store.outbox import enqueue
-from quarterdeck.store.work import (
-    WorkPlan,
-    _entry,
-    _mission_row,
-    _move_mission,
-    _move_turn,
-    _refuse,
-    set_flag,
+from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.sql import in_list
+from quarterdeck.store.transitions import (
+    append_entry,
+    mission_row,
+    move,
+    move_mission,
+    move_turn,
+    refuse,
 )
 from quarterdeck.store.writer import WriteTxn
-
-OPEN: Final = ("pending", "escalated")
-DECIDED: Final = ("approved", "rejected", "edited", "expired")
 
 
 def reason_codes(plan: WorkPlan) -> tuple[str, ...]:
@@ -131,7 +136,7 @@ def create_approval(
         "mission": new.mission_id,
         "version": 1,
     }
-    _entry(
+    append_entry(
         txn, new.workspace, new.requested_by, "approval.requested", "approval", approval_id,
         None, "pending", payload,
     )  # fmt: skip
@@ -148,7 +153,7 @@ _SELECT = text("SELECT * FROM approvals WHERE id = :id AND workspace = :w")
 def _refused(
     txn: WriteTxn, workspace: str, actor: str, approval_id: str, command: str, error: str
 ) -> dict[str, Any]:
-    return {**_refuse(txn, workspace, actor, "approval", approval_id,
+    return {**refuse(txn, workspace, actor, "approval", approval_id,
                       {"command": command, "errors": [error]}), "approval": approval_id}  # fmt: skip
 
 
@@ -211,7 +216,7 @@ def decide_approval(
     if action_key is not None and action_key != row.action_key:
         error = f"approval {approval_id} is for {row.action_key}, not {action_key}"
         return _refused(txn, workspace, actor, approval_id, command, error)
-    if row.state in DECIDED:
+    if row.state in APPROVAL_DECIDED:
         return {"ok": True, "already": True, **approval_view(row)}
     held = _claimed_by_other(txn, row, actor)
     if held is not None:
@@ -243,29 +248,28 @@ def _settle(
 ) -> dict[str, Any]:
     """Move an open approval to a decided state and apply what that means for its subject
     (``extra`` goes into the ledger entry's payload)."""
-    check_transition(Kind.APPROVAL, row.state, target)
-    changed = txn.conn.execute(
-        text(
-            "UPDATE approvals SET state = :to, version = version + 1, updated_at = :at, "
-            "edited_args = :edited, reason_code = :code, reason_text = :reason, "
-            "decided_by = :actor, decided_at = :at, claimed_by = NULL, claim_expires_at = NULL "
-            "WHERE id = :id AND version = :version"
-        ),
-        {
-            "to": target,
-            "at": txn.at,
-            "edited": canonical_text(dict(edited)) if edited is not None else None,
-            "code": reason_code,
-            "reason": reason,
-            "actor": actor,
-            "id": row.id,
-            "version": row.version,
-        },
-    ).rowcount
-    if changed != 1:
-        raise StaleApproval(row.id)
-    allowed = target in ("approved", "edited")
+    allowed = target in APPROVAL_ALLOWED
     args = dict(edited) if edited is not None else load_json(row.args, {})
+    payload: dict[str, Any] = {"action_key": row.action_key}
+    if target == "edited":
+        payload["args"] = args
+        payload["original_args"] = load_json(row.args, {})
+    if reason_code is not None:
+        payload["reason_code"] = reason_code
+    if reason:
+        payload["reason"] = reason
+    payload.update(extra or {})
+    moved = move(
+        txn, Kind.APPROVAL, row.id, row.state, target, workspace=row.workspace, actor=actor,
+        version=row.version, payload=payload,
+        columns={
+            "edited_args": canonical_text(dict(edited)) if edited is not None else None,
+            "reason_code": reason_code, "reason_text": reason, "decided_by": actor,
+            "decided_at": txn.at, "claimed_by": None, "claim_expires_at": None,
+        },
+    )  # fmt: skip
+    if moved is None:
+        raise StaleApproval(row.id)
     txn.conn.execute(
         text(
             "UPDATE decisions SET verdict = :verdict, decided_by = :actor, reason = :reason "
@@ -278,19 +282,6 @@ def _settle(
             "id": row.id,
         },
     )
-    payload: dict[str, Any] = {"version": row.version + 1, "action_key": row.action_key}
-    if target == "edited":
-        payload["args"] = args
-        payload["original_args"] = load_json(row.args, {})
-    if reason_code is not None:
-        payload["reason_code"] = reason_code
-    if reason:
-        payload["reason"] = reason
-    payload.update(extra or {})
-    _entry(
-        txn, row.workspace, actor, f"approval.{target}", "approval", row.id, row.state, target,
-        payload,
-    )  # fmt: skip
     if row.kind == "dispatch":
         _settle_dispatch(txn, plan, row, allowed, args if target == "edited" else None, actor)
     elif row.kind == "sdk" and allowed:
@@ -329,18 +320,18 @@ def _settle_dispatch(
                 {"input": canonical_text(dict(edited_input)), "id": row.turn_id},
             )
         if turn is not None and turn.state == "awaiting_approval":
-            _move_turn(
+            move_turn(
                 txn, row.workspace, row.turn_id, turn.state, "queued", turn.version, actor,
                 extra={"approval": row.id},
             )  # fmt: skip
         return
     if mission is not None and mission.state == "queued":
-        _move_mission(
+        move_mission(
             txn, row.workspace, row.mission_id, "queued", "cancelled", mission.version, actor
         )
     if turn is not None and turn.state == "awaiting_approval":
         reason = f"dispatch not approved ({row.id})"
-        _move_turn(
+        move_turn(
             txn, row.workspace, row.turn_id, turn.state, "failed", turn.version, actor,
             error=reason, deliverable={"error": reason, "approval": row.id},
         )  # fmt: skip
@@ -354,44 +345,44 @@ def escalate_approval(
     row = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     if row is None:
         return _refused(txn, workspace, actor, approval_id, "approval.escalate", "no such approval")
-    if row.state not in OPEN:
+    if row.state not in APPROVAL_OPEN:
         error = f"approval is already {row.state}"
         return _refused(txn, workspace, actor, approval_id, "approval.escalate", error)
-    _escalate(txn, plan, row, actor)
+    if not _escalate(txn, plan, row, actor):
+        return _refused(
+            txn, workspace, actor, approval_id, "approval.escalate", "approval changed meanwhile"
+        )
     fresh = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     return {"ok": True, **approval_view(fresh)}
 
 
-def _escalate(txn: WriteTxn, plan: WorkPlan, row: Any, actor: str) -> None:
+def _escalate(txn: WriteTxn, plan: WorkPlan, row: Any, actor: str) -> bool:
+    """Raise ``row`` one level and notify; False (nothing written) when it changed since read."""
     ladder = load_json(row.ladder, [])
     level = (row.level or 0) + 1
     approver = ladder[level - 1] if level - 1 < len(ladder) else row.approver
     deadline_at = _later(txn, row.deadline_s or 900)
-    check_transition(Kind.APPROVAL, row.state, "escalated")
-    txn.conn.execute(
-        text(
-            "UPDATE approvals SET state = 'escalated', version = version + 1, updated_at = :at, "
-            "level = :level, approver = :approver, deadline_at = :deadline WHERE id = :id"
-        ),
-        {"at": txn.at, "level": level, "approver": approver, "deadline": deadline_at, "id": row.id},
-    )
     payload = {
-        "version": row.version + 1,
         "level": level,
         "approver": approver,
         "previous_approver": row.approver,
         "deadline_at": deadline_at,
     }
-    _entry(
-        txn, row.workspace, actor, "approval.escalated", "approval", row.id, row.state,
-        "escalated", payload,
+    version = move(
+        txn, Kind.APPROVAL, row.id, row.state, "escalated", workspace=row.workspace, actor=actor,
+        version=row.version, payload=payload,
+        columns={"level": level, "approver": approver, "deadline_at": deadline_at},
     )  # fmt: skip
+    if version is None:
+        return False
+    payload["version"] = version
     enqueue(
         txn, plan.targets, workspace=row.workspace, event="approval.escalated",
         subject_type="approval", subject_id=row.id,
         summary=f"{row.tool} escalated to {approver} (level {level}, deadline {deadline_at})",
         data={**payload, "tool": row.tool, "lane": row.lane, "action_key": row.action_key},
     )  # fmt: skip
+    return True
 
 
 def snooze_approval(
@@ -402,7 +393,7 @@ def snooze_approval(
     row = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     if row is None:
         return _refused(txn, workspace, actor, approval_id, "approval.snooze", "no such approval")
-    if row.state not in OPEN:
+    if row.state not in APPROVAL_OPEN:
         error = f"approval is already {row.state}"
         return _refused(txn, workspace, actor, approval_id, "approval.snooze", error)
     until = _later(txn, for_s)
@@ -414,7 +405,7 @@ def snooze_approval(
         ),
         {"until": until, "deadline": deadline, "at": txn.at, "id": row.id},
     )
-    _entry(
+    append_entry(
         txn, workspace, actor, "approval.snoozed", "approval", row.id, None, None,
         {"version": row.version + 1, "until": until, "deadline_at": deadline},
     )  # fmt: skip
@@ -432,7 +423,7 @@ def claim_approval(
     row = txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
     if row is None:
         return _refused(txn, workspace, actor, approval_id, command, "no such approval")
-    if row.state not in OPEN:
+    if row.state not in APPROVAL_OPEN:
         return {"ok": True, "already": True, **approval_view(row)}
     held = _claimed_by_other(txn, row, actor)
     if held is not None:
@@ -445,7 +436,7 @@ def claim_approval(
         ),
         {"who": None if release else actor, "until": until, "at": txn.at, "id": row.id},
     )
-    _entry(
+    append_entry(
         txn, workspace, actor, "approval.unclaimed" if release else "approval.claimed",
         "approval", row.id, None, None, {"version": row.version + 1, "until": until},
     )  # fmt: skip
@@ -468,7 +459,7 @@ def bulk_decide(
     globs, ``kind``), each on its own ledger entry; those claimed by others are skipped."""
     if verdict == "reject" and reason_code not in reason_codes(plan):
         error = f"reason code {reason_code!r} is not one of {', '.join(reason_codes(plan))}"
-        _entry(
+        append_entry(
             txn, workspace or "*", actor, "command.refused", "command", actor, None, None,
             {"command": "approval.bulk", "errors": [error]},
         )  # fmt: skip
@@ -476,7 +467,7 @@ def bulk_decide(
     rows = txn.conn.execute(
         text(
             "SELECT id, workspace, lane, tool, approver, kind FROM approvals "
-            "WHERE state IN ('pending', 'escalated') ORDER BY created_at, id"
+            f"WHERE state IN {in_list(APPROVAL_OPEN)} ORDER BY created_at, id"
         )
     ).all()
     decided: list[str] = []
@@ -507,22 +498,24 @@ def expire_due(txn: WriteTxn, plan: WorkPlan, actor: str, limit: int = 200) -> i
     force the lane's fallback). Returns how many approvals moved."""
     rows = txn.conn.execute(
         text(
-            "SELECT * FROM approvals WHERE state IN ('pending', 'escalated') "
+            f"SELECT * FROM approvals WHERE state IN {in_list(APPROVAL_OPEN)} "
             "AND deadline_at <= :now AND (snoozed_until IS NULL OR snoozed_until <= :now) "
             "ORDER BY deadline_at LIMIT :limit"
         ),
         {"now": txn.at, "limit": limit},
     ).all()
+    moved = 0
     for row in rows:
         ladder = load_json(row.ladder, [])
         if (row.level or 0) < len(ladder):
-            _escalate(txn, plan, row, actor)
+            moved += _escalate(txn, plan, row, actor)  # one moved meanwhile is skipped
             continue
         unapplied = _expiry_unapplied(plan, row)
         expiry: dict[str, Any] = {"on_expiry": row.on_expiry}
         if unapplied:
             expiry["on_expiry_not_applied"] = unapplied
         _settle(txn, plan, row, "expired", actor, reason_code="expired", extra=expiry)
+        moved += 1
         summary = f"{row.tool} expired unanswered; applying {row.on_expiry}"
         if unapplied:
             summary = f"{row.tool} expired unanswered; rejected, {row.on_expiry} not applied: "
@@ -535,7 +528,7 @@ def expire_due(txn: WriteTxn, plan: WorkPlan, actor: str, limit: int = 200) -> i
         if row.on_expiry in ("pause_lane", "fallback") and not unapplied:
             flag = "paused" if row.on_expiry == "pause_lane" else "force_fallback"
             set_flag(txn, row.lane, flag, True, actor=actor, workspace=row.workspace)
-    return len(rows)
+    return moved
 
 
 def _expiry_unapplied(plan: WorkPlan, row: Any) -> str | None:
@@ -574,7 +567,7 @@ def approval_by_key(txn: WriteTxn, workspace: str, action_key: str) -> Any:
 
 def gate_from_approval(row: Any) -> Gate:
     """What a decided approval means for the agent waiting on it."""
-    if row.state in ("approved", "edited"):
+    if row.state in APPROVAL_ALLOWED:
         args = load_json(row.edited_args) if row.state == "edited" else None
         return Gate(
             "released",
@@ -583,7 +576,7 @@ def gate_from_approval(row: Any) -> Gate:
             reason=f"{row.state} by {row.decided_by}",
             approval_id=row.id,
         )
-    if row.state in ("rejected", "expired"):
+    if row.state in APPROVAL_REFUSED:
         reason = f"{row.state} by {row.decided_by}"
         if row.reason_code:
             reason += f": {row.reason_code}"
@@ -596,7 +589,7 @@ def gate_from_approval(row: Any) -> Gate:
 def open_approvals_of(txn: WriteTxn, turn_id: str) -> Sequence[Any]:
     """The turn's approvals still open."""
     return txn.conn.execute(
-        text("SELECT * FROM approvals WHERE turn_id = :t AND state IN ('pending', 'escalated')"),
+        text(f"SELECT * FROM approvals WHERE turn_id = :t AND state IN {in_list(APPROVAL_OPEN)}"),
         {"t": turn_id},
     ).all()
 
@@ -611,4 +604,4 @@ def reject_open(txn: WriteTxn, plan: WorkPlan, turn_id: str, actor: str, code: s
 
 def new_mission_for(txn: WriteTxn, workspace: str, turn_id: str, lane: str) -> dict[str, Any]:
     """A fresh primary mission row for ``turn_id`` on ``lane`` (recorded; insert it)."""
-    return _mission_row(txn, new_ids(1)[0], workspace, turn_id, lane, "primary", 1)
+    return mission_row(txn, new_ids(1)[0], workspace, turn_id, lane, "primary", 1)

@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.policy import ActionRequest, Outcome
+from quarterdeck.domain.states import APPROVAL_ALLOWED, APPROVAL_REFUSED
 from quarterdeck.domain.tasks import CommandSpec
 from quarterdeck.store import alerts
 from quarterdeck.store.approvals import (
@@ -32,8 +33,9 @@ from quarterdeck.store.decisions import (
     insert_decisions,
     release_action,
 )
+from quarterdeck.store.plan import WorkPlan
 from quarterdeck.store.takeover import cancel_turn, complete_turn, release_turn, take_over
-from quarterdeck.store.work import WorkPlan, _refuse
+from quarterdeck.store.transitions import refuse
 from quarterdeck.store.writer import WriteTxn
 
 
@@ -67,7 +69,7 @@ def apply_supervision(
     if name == "approval.bulk":
         verdict = args["decision"]
         if verdict not in ("approve", "reject"):
-            return _refuse(
+            return refuse(
                 txn, workspace, actor, "command", actor,
                 {"command": name, "errors": ["payload.decision: must be approve or reject"]},
             )  # fmt: skip
@@ -119,7 +121,7 @@ def request_approval(
     ).first()
     tool_args = args.get("args", {})
     if not isinstance(tool_args, Mapping):
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "command", actor,
             {"command": "approval.request", "errors": ["payload.args: must be an object"]},
         )  # fmt: skip
@@ -128,7 +130,7 @@ def request_approval(
             canonical_text(dict(tool_args))
         ):
             error = f"action {action_id!r} was decided for other tool or arguments"
-            return _refuse(
+            return refuse(
                 txn, workspace, actor, "action", key,
                 {"command": "approval.request", "errors": [error]},
             )  # fmt: skip
@@ -180,9 +182,9 @@ def request_approval(
 
 
 def _verdict(state: str) -> str:
-    if state in ("approved", "edited"):
+    if state in APPROVAL_ALLOWED:
         return "allow"
-    if state in ("rejected", "expired"):
+    if state in APPROVAL_REFUSED:
         return "deny"
     return "pending"
 
@@ -197,7 +199,7 @@ def rebaseline(
     """Accept a lane's attested files as they are now: new baseline hashes, its drift alerts
     resolved, and the lane resumed when drift had paused it."""
     if lane not in plan.lanes:
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "lane", lane,
             {"command": "lane.rebaseline", "errors": [f"payload.lane: no lane named {lane!r}"]},
         )  # fmt: skip

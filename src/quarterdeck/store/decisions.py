@@ -27,6 +27,7 @@ from quarterdeck.domain.policy import (
     TraceStep,
     evaluate,
 )
+from quarterdeck.store.sql import Bulk
 from quarterdeck.store.writer import WriteTxn
 
 DISPATCH_TOOL: Final = "mission.dispatch"
@@ -113,14 +114,6 @@ def decide(
     return evaluate(policy, request, EvaluationContext(txn.now, count, spend))
 
 
-_INSERT_DECISION = text(
-    "INSERT INTO decisions (id, workspace, at, kind, turn_id, mission_id, action_key, lane, "
-    "tool, args, estimated_cost, outcome, verdict, rule, trace, policy_hash, approval_id, "
-    "decided_by, reason) VALUES (:id, :workspace, :at, :kind, :turn_id, :mission_id, "
-    ":action_key, :lane, :tool, :args, :estimated_cost, :outcome, :verdict, :rule, :trace, "
-    ":policy_hash, :approval_id, :decided_by, :reason)"
-)
-
 _DECISION_COLUMNS: Final = (
     ("id", "TEXT"), ("workspace", "TEXT"), ("at", "TEXT"), ("kind", "TEXT"), ("turn_id", "TEXT"),
     ("mission_id", "TEXT"), ("action_key", "TEXT"), ("lane", "TEXT"), ("tool", "TEXT"),
@@ -128,13 +121,21 @@ _DECISION_COLUMNS: Final = (
     ("verdict", "TEXT"), ("rule", "TEXT"), ("trace", "TEXT"), ("policy_hash", "TEXT"),
     ("approval_id", "TEXT"), ("decided_by", "TEXT"), ("reason", "TEXT"),
 )  # fmt: skip
-_PG_INSERT_DECISION = text(
-    f"INSERT INTO decisions ({', '.join(name for name, _ in _DECISION_COLUMNS)}) "
-    "SELECT * FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _DECISION_COLUMNS)
-    + ")"
+_INSERT_DECISION = Bulk(
+    text(
+        "INSERT INTO decisions (id, workspace, at, kind, turn_id, mission_id, action_key, lane, "
+        "tool, args, estimated_cost, outcome, verdict, rule, trace, policy_hash, approval_id, "
+        "decided_by, reason) VALUES (:id, :workspace, :at, :kind, :turn_id, :mission_id, "
+        ":action_key, :lane, :tool, :args, :estimated_cost, :outcome, :verdict, :rule, :trace, "
+        ":policy_hash, :approval_id, :decided_by, :reason)"
+    ),
+    text(
+        f"INSERT INTO decisions ({', '.join(name for name, _ in _DECISION_COLUMNS)}) "
+        "SELECT * FROM unnest("
+        + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _DECISION_COLUMNS)
+        + ")"
+    ),
 )
-"""``_INSERT_DECISION`` for many rows in one statement, over column arrays (PostgreSQL)."""
 
 
 def verdict_of(decision: PolicyDecision) -> str:
@@ -187,7 +188,7 @@ def decision_row(
 
 def insert_decisions(txn: WriteTxn, rows: list[dict[str, Any]]) -> None:
     """Persist decision rows (one statement)."""
-    txn.insert_many(_INSERT_DECISION, rows, postgres=_PG_INSERT_DECISION)
+    txn.insert_many(_INSERT_DECISION, rows)
 
 
 _INSERT_RELEASE = text(

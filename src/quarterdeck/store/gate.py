@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 
 from quarterdeck.domain.policy import ActionRequest, Outcome, PolicyDecision, TraceStep
-from quarterdeck.domain.states import Kind, check_transition
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE, Kind
 from quarterdeck.store.approvals import (
     Gate,
     NewApproval,
@@ -25,7 +25,8 @@ from quarterdeck.store.decisions import (
     insert_decisions,
     release_action,
 )
-from quarterdeck.store.work import Claim, WorkPlan, _entry, _move_turn
+from quarterdeck.store.plan import Claim, WorkPlan
+from quarterdeck.store.transitions import move, move_turn
 from quarterdeck.store.writer import WriteTxn
 
 
@@ -73,7 +74,7 @@ def request_action(
         guard = "the mission's lease is gone"
     elif holder.turn_state == "taken_over":
         guard = "a person has taken over the turn"
-    elif holder.mission_state not in ("running", "blocked"):
+    elif holder.mission_state not in MISSION_HOLDS_LEASE:
         guard = f"the mission is {holder.mission_state}"
     if guard is not None:
         decision = _guard(guard, policy_hash)
@@ -182,34 +183,20 @@ def _block(txn: WriteTxn, claim: Claim) -> None:
         text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
     ).first()
     if turn is not None and turn.state == "running":
-        _move_turn(
+        move_turn(
             txn, claim.workspace, claim.turn_id, "running", "awaiting_approval", turn.version,
             claim.owner, extra={"mission": claim.mission_id},
         )  # fmt: skip
 
 
-def _move_state(txn: WriteTxn, claim: Claim, from_state: str, to_state: str) -> bool:
-    check_transition(Kind.MISSION, from_state, to_state)
-    row = txn.conn.execute(
-        text("SELECT version FROM missions WHERE id = :id AND state = :from "
-             "AND attempt = :attempt AND lease_owner = :owner"),
-        {"id": claim.mission_id, "from": from_state, "attempt": claim.attempt,
-         "owner": claim.owner},
-    ).first()  # fmt: skip
-    if row is None:
-        return False
-    txn.conn.execute(
-        text(
-            "UPDATE missions SET state = :to, version = version + 1, updated_at = :at "
-            "WHERE id = :id AND version = :version"
-        ),
-        {"to": to_state, "at": txn.at, "id": claim.mission_id, "version": row.version},
-    )
-    _entry(
-        txn, claim.workspace, claim.owner, f"mission.{to_state}", "mission", claim.mission_id,
-        from_state, to_state, {"version": row.version + 1, "attempt": claim.attempt},
+def _move_state(txn: WriteTxn, claim: Claim, from_state: str, to_state: str) -> int | None:
+    """Block or unblock the claimed mission, fenced by its lease alone (its version moved on
+    with the approval); returns its new version, or None when the lease is gone."""
+    return move(
+        txn, Kind.MISSION, claim.mission_id, from_state, to_state, workspace=claim.workspace,
+        actor=claim.owner, version=None, lease=(claim.attempt, claim.owner),
+        payload={"attempt": claim.attempt},
     )  # fmt: skip
-    return True
 
 
 def resume_action(
@@ -226,20 +213,18 @@ def resume_action(
     gate = gate_from_approval(row)
     if gate.status == "waiting":
         return gate, None
-    if not _move_state(txn, claim, "blocked", "running"):
+    version = _move_state(txn, claim, "blocked", "running")
+    if version is None:
         return Gate("rejected", gate.args, "rejected", "the mission's lease is gone"), None
     if claim.role != "shadow":
         turn = txn.conn.execute(
             text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
         ).first()
         if turn is not None and turn.state == "awaiting_approval":
-            _move_turn(
+            move_turn(
                 txn, claim.workspace, claim.turn_id, "awaiting_approval", "running",
                 turn.version, claim.owner, extra={"approval": approval_id},
             )  # fmt: skip
-    version = txn.conn.execute(
-        text("SELECT version FROM missions WHERE id = :id"), {"id": claim.mission_id}
-    ).scalar_one()
     if gate.status == "released":
         own = decision_id or txn.conn.execute(
             text("SELECT id FROM decisions WHERE approval_id = :a AND mission_id = :m "
@@ -250,6 +235,6 @@ def resume_action(
             txn, workspace=claim.workspace, turn_id=claim.turn_id, mission_id=claim.mission_id,
             action_key=row.action_key, decision_id=str(own), args=gate.args, actor=claim.owner,
         )  # fmt: skip
-    return Gate(gate.status, gate.args, gate.outcome, gate.reason, approval_id, decision_id), int(
-        version
-    )
+    return Gate(
+        gate.status, gate.args, gate.outcome, gate.reason, approval_id, decision_id
+    ), version

@@ -1,5 +1,7 @@
-"""Stateful items (turns, missions, sessions, approvals, alerts): creation and the one
-transition function. Both append their ledger entry in the caller's write transaction.
+"""Stateful items (turns, missions, sessions, approvals, alerts) by kind: creation, and a
+transition by target state that reads the item and moves it through
+:func:`quarterdeck.store.transitions.move`. Both append their ledger entry in the caller's
+write transaction.
 """
 
 from __future__ import annotations
@@ -7,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import insert, select, text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.ids import new_id
@@ -20,6 +22,7 @@ from quarterdeck.domain.states import (
     machine,
 )
 from quarterdeck.store.tables import STATEFUL_TABLES, table_of
+from quarterdeck.store.transitions import move
 from quarterdeck.store.writer import WriteTxn
 
 _TABLES = {Kind(kind): table_of(model) for kind, model in STATEFUL_TABLES.items()}
@@ -139,33 +142,15 @@ def transition(
     if kind is Kind.MISSION and (from_state, to_state) == ("queued", "running"):
         _require_dispatch_decision(txn, item_id, columns.get("decision_id"))
     new_attempt = attempt + 1 if bump_attempt else attempt
-    condition = [table.c.id == item_id, table.c.version == expected_version]
-    if expected_attempt is not None:
-        condition.append(table.c.attempt == expected_attempt)
-    changed = txn.conn.execute(
-        update(table)
-        .where(*condition)
-        .values(
-            state=to_state,
-            version=version + 1,
-            attempt=new_attempt,
-            updated_at=txn.at,
-            **columns,
-        )
-    )
-    if changed.rowcount != 1:
+    if bump_attempt:
+        columns["attempt"] = new_attempt
+    moved = move(
+        txn, kind, item_id, from_state, to_state, workspace=workspace, actor=actor,
+        version=expected_version, columns=columns,
+        payload={"attempt": new_attempt, **(payload or {})}, action=action,
+    )  # fmt: skip
+    if moved is None:
         raise StaleWrite(kind, item_id, (expected_version, expected_attempt), (version, attempt))
-    txn.ledger.append(
-        at=txn.at,
-        workspace=workspace,
-        actor=actor,
-        action=action or f"{kind}.{to_state}",
-        subject_type=str(kind),
-        subject_id=item_id,
-        from_state=from_state,
-        to_state=to_state,
-        payload={"version": version + 1, "attempt": new_attempt, **(payload or {})},
-    )
     return ItemState(kind, item_id, workspace, to_state, version + 1, new_attempt)
 
 

@@ -12,11 +12,19 @@ from sqlalchemy import Table, and_, func, or_, select, text
 from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.figures import percentile
-from quarterdeck.domain.states import MACHINES, Kind
+from quarterdeck.domain.states import (
+    APPROVAL_OPEN,
+    MACHINES,
+    MISSION_HOLDS_LEASE,
+    MISSION_LIVE,
+    MISSION_SELF_FINISHED,
+    Kind,
+)
 from quarterdeck.store.alerts import ON_FALLBACK, SERVING
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import LEDGER, ledger_head
 from quarterdeck.store.receipts import RECEIPTS
+from quarterdeck.store.sql import in_list
 from quarterdeck.store.tables import STATEFUL_TABLES, ReceiptCounterRow, table_of
 
 COUNTERS = table_of(ReceiptCounterRow)
@@ -284,12 +292,15 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
                     f"sum(CASE WHEN {SERVING} AND {ON_FALLBACK} AND started_at IS NOT NULL "
                     "THEN 1 ELSE 0 END) AS fallback, "
                     "sum(CASE WHEN number > 1 THEN 1 ELSE 0 END) AS retries, "
-                    "sum(CASE WHEN attempt > 1 AND state IN ('completed', 'failed', 'timed_out') "
+                    "sum(CASE WHEN attempt > 1 AND state IN "
+                    f"{in_list(MISSION_SELF_FINISHED)} "
                     "THEN 1 ELSE 0 END) AS recovered_finished, "
                     "sum(CASE WHEN attempt > 1 AND state = 'completed' THEN 1 ELSE 0 END) "
                     "AS recovered_completed, "
-                    "sum(CASE WHEN state IN ('running', 'blocked') THEN 1 ELSE 0 END) AS running, "
-                    "sum(CASE WHEN state IN ('running', 'blocked') AND lease_expires_at < :now "
+                    f"sum(CASE WHEN state IN {in_list(MISSION_HOLDS_LEASE)} THEN 1 ELSE 0 END) "
+                    "AS running, "
+                    f"sum(CASE WHEN state IN {in_list(MISSION_HOLDS_LEASE)} "
+                    "AND lease_expires_at < :now "
                     f"THEN 1 ELSE 0 END) AS orphaned FROM missions {where}"
                 ),
                 {**params, "now": format_instant(utc_now())},
@@ -350,9 +361,7 @@ async def pending_work(db: Database) -> int:
         ).scalar_one()
         missions = (
             await conn.execute(
-                text(
-                    "SELECT count(*) FROM missions WHERE state IN ('queued', 'running', 'blocked')"
-                )
+                text(f"SELECT count(*) FROM missions WHERE state IN {in_list(MISSION_LIVE)}")
             )
         ).scalar_one()
     return int(receipts) + int(missions)
@@ -373,7 +382,7 @@ async def open_approvals(
         lane, tool: only those whose lane / tool matches this glob (case-sensitive).
         limit: at most this many; None for all.
     """
-    where = "state IN ('pending', 'escalated')"
+    where = f"state IN {in_list(APPROVAL_OPEN)}"
     params: dict[str, Any] = {}
     if workspace is not None:
         where += " AND workspace = :w"

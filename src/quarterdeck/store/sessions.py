@@ -13,7 +13,7 @@ States: ``idle`` (not held), ``active`` (held by a live node), ``paused`` (its l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -24,8 +24,10 @@ from sqlalchemy import bindparam, text
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.states import Kind, check_transition
-from quarterdeck.store.work import bump_counter
+from quarterdeck.domain.states import SESSION_HELD, Kind
+from quarterdeck.store.flags import bump_counter
+from quarterdeck.store.sql import in_list
+from quarterdeck.store.transitions import move, record_transition
 from quarterdeck.store.writer import WriteTxn
 
 SESSION_WORKSPACE = RUNTIME_WORKSPACE
@@ -43,6 +45,9 @@ class HeldSession:
     owner: str
 
 
+_LEASE_CLEARED: Mapping[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+
+
 def _move(
     txn: WriteTxn,
     session_id: str,
@@ -50,20 +55,18 @@ def _move(
     to_state: str,
     version: int,
     actor: str,
+    *,
+    lease: tuple[int, str] | None = None,
+    columns: Mapping[str, Any] | None = None,
     **payload: object,
-) -> None:
-    check_transition(Kind.SESSION, from_state, to_state)
-    txn.ledger.append(
-        at=txn.at,
-        workspace=SESSION_WORKSPACE,
-        actor=actor,
-        action=f"session.{to_state}",
-        subject_type="session",
-        subject_id=session_id,
-        from_state=from_state,
-        to_state=to_state,
-        payload={"version": version, **payload},
-    )
+) -> bool:
+    """:func:`move` for a session of the runtime's workspace (fenced by ``version``, and by
+    ``lease`` when its holder moves it)."""
+    moved = move(
+        txn, Kind.SESSION, session_id, from_state, to_state, workspace=SESSION_WORKSPACE,
+        actor=actor, version=version, lease=lease, columns=columns, payload=payload,
+    )  # fmt: skip
+    return moved is not None
 
 
 def acquire_sessions(
@@ -84,26 +87,17 @@ def acquire_sessions(
     for row in free:
         state, version = row.state, row.version
         if row.lease_owner is not None and state != "recovering":
-            _move(
-                txn, row.id, state, "recovering", version + 1, owner, previous_owner=row.lease_owner
-            )
+            if not _move(
+                txn, row.id, state, "recovering", version, owner, previous_owner=row.lease_owner
+            ):
+                continue  # another node took it meanwhile
             state, version = "recovering", version + 1
-        _move(txn, row.id, state, "active", version + 1, owner, attempt=row.attempt + 1)
-        txn.conn.execute(
-            text(
-                "UPDATE sessions SET state = 'active', version = :version, attempt = attempt + 1, "
-                "lease_owner = :owner, lease_expires_at = :expires, heartbeat_at = :at, "
-                "updated_at = :at WHERE id = :id AND version = :old"
-            ),
-            {
-                "version": version + 1,
-                "owner": owner,
-                "expires": expires,
-                "at": txn.at,
-                "id": row.id,
-                "old": row.version,
-            },
-        )
+        columns = {"attempt": row.attempt + 1, "lease_owner": owner, "lease_expires_at": expires,
+                   "heartbeat_at": txn.at}  # fmt: skip
+        if not _move(
+            txn, row.id, state, "active", version, owner, columns=columns, attempt=row.attempt + 1
+        ):
+            continue
         held.append(HeldSession(row.id, lane, row.workdir, row.attempt + 1, owner))
     for session_id in new_ids(count - len(held)):
         workdir = str(state_dir / "sessions" / session_id)
@@ -135,7 +129,11 @@ def acquire_sessions(
             to_state="idle",
             payload={"version": 1, "lane": lane, "workdir": workdir},
         )
-        _move(txn, session_id, "idle", "active", 2, owner, attempt=1)
+        # Inserted active at version 2: created idle and taken at once, as two entries.
+        record_transition(
+            txn, Kind.SESSION, session_id, "idle", "active", workspace=SESSION_WORKSPACE,
+            actor=owner, payload={"version": 2, "attempt": 1},
+        )  # fmt: skip
         held.append(HeldSession(session_id, lane, workdir, 1, owner))
     return held
 
@@ -186,15 +184,8 @@ def heartbeat_sessions(
         if row.state != "recovering":
             continue
         back = "paused" if session.lane in paused_lanes else "active"
-        _move(txn, session.id, "recovering", back, row.version + 1, session.owner,
+        _move(txn, session.id, "recovering", back, row.version, session.owner,
               reason="holder returned")  # fmt: skip
-        txn.conn.execute(
-            text(
-                "UPDATE sessions SET state = :to, version = version + 1, updated_at = :at "
-                "WHERE id = :id AND version = :version"
-            ),
-            {"to": back, "at": txn.at, "id": session.id, "version": row.version},
-        )
     return lost
 
 
@@ -216,15 +207,11 @@ def set_session_state(
     row = _held_row(txn, session)
     if row is None or row.state == to_state:
         return False
-    _move(txn, session.id, row.state, to_state, row.version + 1, session.owner, error=error)
-    txn.conn.execute(
-        text(
-            "UPDATE sessions SET state = :to, version = version + 1, updated_at = :at, "
-            "last_error = COALESCE(:error, last_error) WHERE id = :id AND version = :version"
-        ),
-        {"to": to_state, "at": txn.at, "error": error, "id": session.id, "version": row.version},
-    )
-    return True
+    return _move(
+        txn, session.id, row.state, to_state, row.version, session.owner,
+        lease=(session.attempt, session.owner),
+        columns={"last_error": error} if error is not None else None, error=error,
+    )  # fmt: skip
 
 
 def release_sessions(txn: WriteTxn, owner: str) -> int:
@@ -239,13 +226,15 @@ def release_sessions(txn: WriteTxn, owner: str) -> int:
     ).all()
     for row in rows:
         if row.state != "idle":
-            _move(txn, row.id, row.state, "idle", row.version + 1, owner, reason="released")
+            _move(txn, row.id, row.state, "idle", row.version, owner, columns=_LEASE_CLEARED,
+                  reason="released")  # fmt: skip
+            continue
         txn.conn.execute(
             text(
-                "UPDATE sessions SET state = 'idle', version = :version, lease_owner = NULL, "
-                "lease_expires_at = NULL, updated_at = :at WHERE id = :id"
+                "UPDATE sessions SET lease_owner = NULL, lease_expires_at = NULL, "
+                "updated_at = :at WHERE id = :id AND version = :version"
             ),
-            {"version": row.version + (row.state != "idle"), "at": txn.at, "id": row.id},
+            {"at": txn.at, "id": row.id, "version": row.version},
         )
     return len(rows)
 
@@ -255,30 +244,19 @@ def sweep_sessions(txn: WriteTxn, actor: str) -> int:
     stale = txn.conn.execute(
         text(
             "SELECT id, state, version, lease_owner FROM sessions WHERE lease_owner IS NOT NULL "
-            "AND lease_expires_at < :now AND state NOT IN ('recovering', 'retired', 'idle')"
+            f"AND lease_expires_at < :now AND state IN {in_list(SESSION_HELD)}"
         ),
         {"now": txn.at},
     ).all()
-    for row in stale:
+    orphaned = sum(
         _move(
-            txn,
-            row.id,
-            row.state,
-            "recovering",
-            row.version + 1,
-            actor,
-            previous_owner=row.lease_owner,
+            txn, row.id, row.state, "recovering", row.version, actor, previous_owner=row.lease_owner
         )
-        txn.conn.execute(
-            text(
-                "UPDATE sessions SET state = 'recovering', version = version + 1, "
-                "updated_at = :at WHERE id = :id AND version = :version"
-            ),
-            {"at": txn.at, "id": row.id, "version": row.version},
-        )
-    if stale:
-        bump_counter(txn, "sessions_orphaned", len(stale))
-    return len(stale)
+        for row in stale
+    )
+    if orphaned:
+        bump_counter(txn, "sessions_orphaned", orphaned)
+    return orphaned
 
 
 def retire_sessions(txn: WriteTxn, lanes: Sequence[str], actor: str) -> int:
@@ -296,13 +274,6 @@ def retire_sessions(txn: WriteTxn, lanes: Sequence[str], actor: str) -> int:
     for row in rows:
         if row.lane in lanes:
             continue
-        _move(txn, row.id, row.state, "retired", row.version + 1, actor, reason="lane removed")
-        txn.conn.execute(
-            text(
-                "UPDATE sessions SET state = 'retired', version = version + 1, lease_owner = NULL, "
-                "lease_expires_at = NULL, updated_at = :at WHERE id = :id"
-            ),
-            {"at": txn.at, "id": row.id},
-        )
-        retired += 1
+        retired += _move(txn, row.id, row.state, "retired", row.version, actor,
+                         columns=_LEASE_CLEARED, reason="lane removed")  # fmt: skip
     return retired

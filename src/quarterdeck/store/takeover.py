@@ -10,13 +10,14 @@ from typing import Any, Final
 
 from sqlalchemy import text
 
-from quarterdeck.domain.states import Kind, machine
+from quarterdeck.domain.states import MISSION_LIVE, TURN_LIVE, Kind, machine
 from quarterdeck.store.approvals import new_mission_for, reject_open
-from quarterdeck.store.work import _INSERT_MISSION, WorkPlan, _move_mission, _move_turn, _refuse
+from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.sql import in_list
+from quarterdeck.store.transitions import INSERT_MISSION, move_mission, move_turn, refuse
 from quarterdeck.store.writer import WriteTxn
 
 HUMAN: Final = "human:"
-LIVE: Final = ("queued", "leased", "running", "awaiting_approval", "escalated")
 
 
 def holder_of(actor: str) -> str:
@@ -39,13 +40,13 @@ def take_over(
     """Take a live turn from its agent: cancel its live missions (fenced), reject its open
     approvals (``taken_over``), and hold the turn as ``human:<actor>``."""
     turn = _turn(txn, workspace, turn_id)
-    if turn is None or turn.state not in LIVE:
+    if turn is None or turn.state not in TURN_LIVE:
         reason = "no such turn" if turn is None else f"turn is {turn.state}"
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.takeover", "errors": [reason]}
         )
     missions = _cancel_live_missions(txn, workspace, turn_id, actor)
-    _move_turn(
+    move_turn(
         txn, workspace, turn_id, turn.state, "taken_over", turn.version, actor,
         extra={"holder": holder_of(actor), "revoked": [m.lease_owner for m in missions
                                                        if m.lease_owner]},
@@ -68,19 +69,21 @@ def take_over(
 
 def _cancel_live_missions(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> Sequence[Any]:
     """Cancel the turn's live missions (their version moves: a running agent's later writes are
-    fenced off, and its node stops it); returns them as they were."""
+    fenced off, and its node stops it); returns those cancelled, as they were."""
     missions = txn.conn.execute(
         text(
             "SELECT id, state, version, lease_owner FROM missions WHERE turn_id = :t "
-            "AND state IN ('queued', 'running', 'blocked')"
+            f"AND state IN {in_list(MISSION_LIVE)}"
         ),
         {"t": turn_id},
     ).all()
-    for mission in missions:
-        _move_mission(
+    return [
+        mission
+        for mission in missions
+        if move_mission(
             txn, workspace, mission.id, mission.state, "cancelled", mission.version, actor
         )
-    return missions
+    ]
 
 
 def _held(txn: WriteTxn, workspace: str, turn_id: str, actor: str, command: str) -> Any:
@@ -100,12 +103,12 @@ def release_turn(
     """Hand a taken-over turn back to its lane: queued again with a fresh mission."""
     turn, error = _held(txn, workspace, turn_id, actor, "turn.release")
     if error is not None:
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.release", "errors": [error]}
         )
-    _move_turn(txn, workspace, turn_id, "taken_over", "queued", turn.version, actor)
+    move_turn(txn, workspace, turn_id, "taken_over", "queued", turn.version, actor)
     row = new_mission_for(txn, workspace, turn_id, turn.lane)
-    txn.conn.execute(_INSERT_MISSION, row)
+    txn.conn.execute(INSERT_MISSION.each, row)
     return {"ok": True, "command": "turn.release", "turn": turn_id, "mission": row["id"]}
 
 
@@ -119,10 +122,10 @@ def complete_turn(
     """Complete a taken-over turn with the person's deliverable (the only one it gets)."""
     turn, error = _held(txn, workspace, turn_id, actor, "turn.complete")
     if error is not None:
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.complete", "errors": [error]}
         )
-    _move_turn(
+    move_turn(
         txn, workspace, turn_id, "taken_over", "completed", turn.version, actor,
         deliverable={**dict(deliverable), "completed_by": actor},
         extra={"by": holder_of(actor)},
@@ -139,10 +142,10 @@ def cancel_turn(
     turn = _turn(txn, workspace, turn_id)
     if turn is None or not machine(Kind.TURN).allows(turn.state, "cancelled"):
         reason = "no such turn" if turn is None else f"turn is already {turn.state}"
-        return _refuse(
+        return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.cancel", "errors": [reason]}
         )
-    _move_turn(
+    move_turn(
         txn, workspace, turn_id, turn.state, "cancelled", turn.version, actor,
         deliverable={"cancelled_by": actor},
     )  # fmt: skip

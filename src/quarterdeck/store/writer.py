@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Connection, Executable
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
@@ -30,6 +30,7 @@ from quarterdeck.store.database import (
     lock_decisions,
 )
 from quarterdeck.store.ledger import LedgerAppender, LedgerHeadMoved
+from quarterdeck.store.sql import Bulk
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -63,47 +64,31 @@ class WriteTxn:
             lock_decisions(self.conn)
             self._decisions_locked = True
 
-    def insert_many(
-        self, statement: Executable, rows: list[dict[str, Any]], *, postgres: Executable | None
-    ) -> None:
-        """Insert ``rows`` (dicts with the same keys) with ``statement`` (one ``executemany``).
-
-        On PostgreSQL ``postgres`` gives the same insert as one statement over column arrays
-        (``unnest``): each parameter is the list of the rows' values.
-        """
+    def insert_many(self, statement: Bulk, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` (dicts with the same keys): ``statement.each`` as one
+        ``executemany``, or on PostgreSQL its ``postgres`` form over column arrays."""
         if not rows:
             return
-        if postgres is not None and self.conn.dialect.name == "postgresql":
-            self.conn.execute(postgres, _as_columns(rows))
+        if statement.postgres is not None and self.conn.dialect.name == "postgresql":
+            self.conn.execute(statement.postgres, _as_columns(rows))
             return
-        self.conn.execute(statement, rows)
+        self.conn.execute(statement.each, rows)
 
-    def update_many(
-        self,
-        statement: Executable,
-        rows: list[dict[str, Any]],
-        *,
-        postgres: Executable | None = None,
-        key: str = "id",
-    ) -> int:
+    def update_many(self, statement: Bulk, rows: list[dict[str, Any]], *, key: str = "id") -> int:
         """Run an UPDATE once per parameter row; return how many rows it changed in all.
 
         SQLite counts an executemany's rows exactly. asyncpg's executemany reports no count,
         so on PostgreSQL the rows run one by one (fences that check the count need it) unless
-        a set-based form is given.
-
-        ``postgres`` may give the same change as one set-based statement for PostgreSQL: it
-        takes every parameter as an array of the rows' values (``unnest``) and selects the
-        number of rows it changed. It is used when the rows' ``key`` values are distinct (each
-        row then changes its own target, exactly as one by one would).
+        the statement has a set-based ``postgres`` form. That form is used when the rows' ``key``
+        values are distinct (each row then changes its own target, exactly as one by one would).
         """
         if not rows:
             return 0
         if self.conn.dialect.name != "postgresql":
-            return int(self.conn.execute(statement, rows).rowcount)
-        if postgres is not None and len({row[key] for row in rows}) == len(rows):
-            return int(self.conn.execute(postgres, _as_columns(rows)).scalar_one())
-        return sum(int(self.conn.execute(statement, row).rowcount) for row in rows)
+            return int(self.conn.execute(statement.each, rows).rowcount)
+        if statement.postgres is not None and len({row[key] for row in rows}) == len(rows):
+            return int(self.conn.execute(statement.postgres, _as_columns(rows)).scalar_one())
+        return sum(int(self.conn.execute(statement.each, row).rowcount) for row in rows)
 
 
 def _as_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:

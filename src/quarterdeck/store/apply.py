@@ -1,0 +1,255 @@
+"""Applying accepted receipts: a task becomes a turn with its first mission, a command is
+applied (lane flags, requeue, and the supervision commands), an event is recorded; each
+receipt then points at what it produced. Runs inside the writer's transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+
+from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.ids import new_ids
+from quarterdeck.domain.tasks import CommandSpec, TaskSpec, parse_command, parse_task
+from quarterdeck.store.commands import apply_supervision
+from quarterdeck.store.flags import FLAG_COMMANDS, set_flag
+from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.sql import Bulk, Statement
+from quarterdeck.store.transitions import (
+    INSERT_MISSION,
+    append_entry,
+    mission_row,
+    refuse,
+)
+from quarterdeck.store.writer import ExclusiveRequired, WriteTxn
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one receipt produced."""
+
+    receipt_id: str
+    produced_type: str
+    produced_id: str
+
+
+_UNAPPLIED_SQL = (
+    "SELECT id, workspace, kind, payload FROM receipts "
+    "WHERE status = 'accepted' AND produced_type IS NULL ORDER BY id LIMIT :limit"
+)
+_UNAPPLIED = Statement(text(_UNAPPLIED_SQL), text(_UNAPPLIED_SQL + " FOR UPDATE SKIP LOCKED"))
+"""On PostgreSQL, receipts another node is applying right now are passed over."""
+_MARK_PRODUCED = Bulk(
+    text(
+        "UPDATE receipts SET produced_type = :type, produced_id = :produced, version = version + 1 "
+        "WHERE id = :id AND produced_type IS NULL"
+    ),
+    text(
+        "WITH changed AS (UPDATE receipts AS x SET produced_type = r.type, produced_id = r.produced, "
+        "version = x.version + 1 FROM unnest(CAST(:type AS TEXT[]), CAST(:produced AS TEXT[]), "
+        "CAST(:id AS TEXT[])) AS r(type, produced, id) WHERE x.id = r.id AND x.produced_type IS NULL "
+        "RETURNING 1) SELECT COUNT(*) FROM changed"
+    ),
+)
+_INSERT_TURN = Bulk(
+    text(
+        "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
+        "receipt_id, lane, objective, input, budget, deliverable, error) VALUES (:id, :workspace, "
+        ":state, 1, 0, :at, :at, '{}', :receipt_id, :lane, :objective, :input, :budget, "
+        ":deliverable, :error)"
+    ),
+    text(
+        "INSERT INTO turns (id, workspace, state, version, attempt, created_at, updated_at, data, "
+        "receipt_id, lane, objective, input, budget, deliverable, error) SELECT r.id, r.workspace, "
+        "r.state, 1, 0, r.at, r.at, '{}', r.receipt_id, r.lane, r.objective, r.input, r.budget, "
+        "r.deliverable, r.error FROM unnest(CAST(:id AS TEXT[]), CAST(:workspace AS TEXT[]), "
+        "CAST(:state AS TEXT[]), CAST(:at AS TEXT[]), CAST(:receipt_id AS TEXT[]), "
+        "CAST(:lane AS TEXT[]), CAST(:objective AS TEXT[]), CAST(:input AS TEXT[]), "
+        "CAST(:budget AS TEXT[]), CAST(:deliverable AS TEXT[]), CAST(:error AS TEXT[])) "
+        "AS r(id, workspace, state, at, receipt_id, lane, objective, input, budget, deliverable, "
+        "error)"
+    ),
+)
+
+
+def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Applied]:
+    """Turn accepted receipts that produced nothing yet into turns (with their first mission),
+    applied commands, or recorded events; each receipt then points at what it produced.
+
+    A task that cannot run (a malformed task payload, an unknown lane) still becomes a turn,
+    failed at once with the reason as its deliverable: every task gets exactly one.
+
+    Safe beside other writers (receipts being applied elsewhere are skipped), except for
+    commands: a shared transaction stops before the first command receipt, or raises
+    :class:`ExclusiveRequired` when a command comes first.
+    """
+    rows = txn.conn.execute(_UNAPPLIED.on(txn.conn), {"limit": limit}).all()
+    if not rows:
+        return []
+    applied: list[Applied] = []
+    turns: list[dict[str, Any]] = []
+    missions: list[dict[str, Any]] = []
+    marks: list[dict[str, Any]] = []
+    ids = iter(new_ids(2 * len(rows)))
+    for receipt_id, workspace, kind, payload_text in rows:
+        if kind == "command" and not txn.exclusive:
+            # A command may touch anything: it is applied with no other writer beside it.
+            if not applied:
+                raise ExclusiveRequired(f"receipt {receipt_id} is a command")
+            break
+        payload = json.loads(payload_text)
+        if kind == "task":
+            turn_id, mission_id = next(ids), next(ids)
+            spec = parse_task(payload)
+            if isinstance(spec, TaskSpec):
+                lane = spec.lane or plan.default_lane
+                problems = [] if lane in plan.lanes else [f"payload.lane: no lane named {lane!r}"]
+            else:
+                lane, problems = payload.get("lane") or plan.default_lane, spec
+            turn = {
+                "id": turn_id,
+                "workspace": workspace,
+                "state": "queued",
+                "at": txn.at,
+                "receipt_id": receipt_id,
+                "lane": str(lane),
+                "objective": spec.objective if isinstance(spec, TaskSpec) else None,
+                "input": canonical_text(dict(spec.input)) if isinstance(spec, TaskSpec) else None,
+                "budget": canonical_text(dict(spec.budget)) if isinstance(spec, TaskSpec) else None,
+                "deliverable": None,
+                "error": None,
+            }
+            append_entry(
+                txn,
+                workspace,
+                "coordinator",
+                "turn.created",
+                "turn",
+                turn_id,
+                None,
+                "queued",
+                {"receipt": receipt_id, "lane": str(lane), "version": 1, "attempt": 0},
+            )
+            if problems:
+                reason = "; ".join(problems)
+                turn.update(
+                    state="failed", error=reason, deliverable=canonical_text({"error": reason})
+                )
+                append_entry(
+                    txn,
+                    workspace,
+                    "coordinator",
+                    "turn.failed",
+                    "turn",
+                    turn_id,
+                    "queued",
+                    "failed",
+                    {"error": reason, "version": 1, "attempt": 0},
+                )
+            else:
+                missions.append(
+                    mission_row(txn, mission_id, workspace, turn_id, lane, "primary", 1)
+                )
+            turns.append(turn)
+            applied.append(Applied(receipt_id, "turn", turn_id))
+        elif kind == "command":
+            result = apply_command(txn, workspace, payload, plan, actor=f"receipt:{receipt_id}")
+            applied.append(Applied(receipt_id, "command", canonical_text(result)))
+        else:
+            append_entry(
+                txn,
+                workspace,
+                "coordinator",
+                "event.recorded",
+                "receipt",
+                receipt_id,
+                None,
+                None,
+                {"payload": payload},
+            )
+            applied.append(Applied(receipt_id, "event", receipt_id))
+    for item in applied:
+        marks.append(
+            {"type": item.produced_type, "produced": item.produced_id, "id": item.receipt_id}
+        )
+    marked = txn.update_many(_MARK_PRODUCED, marks)
+    if marked != len(marks):
+        # Another writer applied some of these first; nothing here may stand twice.
+        raise ReceiptsAlreadyApplied(f"{len(marks) - marked} receipts were applied elsewhere")
+    txn.insert_many(_INSERT_TURN, turns)
+    txn.insert_many(INSERT_MISSION, missions)
+    return applied
+
+
+class ReceiptsAlreadyApplied(Exception):
+    """Another runtime applied some of the same receipts first; the operation rolls back."""
+
+
+def apply_command(
+    txn: WriteTxn, workspace: str, payload: Mapping[str, Any], plan: WorkPlan, actor: str
+) -> dict[str, Any]:
+    """Apply one supervisor command; return its result (``ok`` and what happened)."""
+    spec = parse_command(payload)
+    if not isinstance(spec, CommandSpec):
+        return refuse(txn, workspace, actor, "command", actor, {"errors": spec})
+    name, args = spec.name, spec.args
+    if isinstance(args.get("actor"), str):
+        actor = str(args["actor"])
+    if name in FLAG_COMMANDS:
+        lane = "*" if name == "fallback.force" else str(args["lane"])
+        if lane != "*" and lane not in plan.lanes:
+            errors = [f"payload.lane: no lane named {lane!r}"]
+            return refuse(
+                txn, workspace, actor, "command", actor, {"errors": errors, "command": name}
+            )
+        column, fixed = FLAG_COMMANDS[name]
+        value = bool(args.get("on")) if fixed is None else fixed
+        set_flag(txn, lane, column, value, actor=actor, workspace=workspace)
+        return {"ok": True, "command": name, "lane": lane, column: value}
+    if name != "turn.requeue":
+        return apply_supervision(txn, workspace, spec, plan, actor)
+    return requeue_turn(txn, workspace, str(args["turn_id"]), plan, actor)
+
+
+def requeue_turn(
+    txn: WriteTxn, workspace: str, turn_id: str, plan: WorkPlan, actor: str
+) -> dict[str, Any]:
+    """Give a held (dead-lettered) turn a fresh mission on its own lane."""
+    turn = txn.conn.execute(
+        text(
+            "SELECT state, version, lane, dead_letter FROM turns WHERE id = :id AND workspace = :w"
+        ),
+        {"id": turn_id, "w": workspace},
+    ).first()
+    if turn is None or turn.dead_letter != "held":
+        reason = (
+            "no such turn" if turn is None else f"turn is not held (dead_letter={turn.dead_letter})"
+        )
+        return refuse(
+            txn, workspace, actor, "turn", turn_id, {"command": "turn.requeue", "errors": [reason]}
+        )
+    txn.conn.execute(
+        text(
+            "UPDATE turns SET dead_letter = NULL, held_until = NULL, version = version + 1, "
+            "updated_at = :at WHERE id = :id"
+        ),
+        {"at": txn.at, "id": turn_id},
+    )
+    append_entry(
+        txn,
+        workspace,
+        actor,
+        "turn.requeued",
+        "turn",
+        turn_id,
+        None,
+        None,
+        {"version": turn.version + 1},
+    )
+    mission_id = new_ids(1)[0]
+    row = mission_row(txn, mission_id, workspace, turn_id, turn.lane, "primary", 1)
+    txn.conn.execute(INSERT_MISSION.each, row)
+    return {"ok": True, "command": "turn.requeue", "turn": turn_id, "mission": mission_id}
