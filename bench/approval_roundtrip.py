@@ -110,8 +110,8 @@ def start_runtime(root: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-async def wait_visible(db_file: Path, action_key: str) -> float:
-    """The monotonic time the approval for ``action_key`` was first seen."""
+async def wait_visible(db_file: Path, action_key: str) -> tuple[float, str]:
+    """The monotonic time the approval for ``action_key`` was first seen, and its id."""
     conn = sqlite3.connect(db_file, isolation_level=None)
     try:
         seen = -1
@@ -120,10 +120,10 @@ async def wait_visible(db_file: Path, action_key: str) -> float:
             if version != seen:
                 seen = version
                 found = conn.execute(
-                    "SELECT 1 FROM approvals WHERE action_key = ?", (action_key,)
+                    "SELECT id FROM approvals WHERE action_key = ?", (action_key,)
                 ).fetchone()
                 if found is not None:
-                    return time.monotonic()
+                    return time.monotonic(), str(found[0])
             await asyncio.sleep(VISIBLE_POLL_S)
     finally:
         conn.close()
@@ -149,10 +149,9 @@ async def measure(root: Path, rounds: int, warmup: int, poll_s: float) -> dict[s
                         timeout_s=30,
                     )
                 )  # fmt: skip
-                seen_at = await wait_visible(state_dir / "quarterdeck.db", f"sdk:{action_id}")
-                approval_id = (await client.watch().query(
-                    "SELECT id FROM approvals WHERE action_key = :k", {"k": f"sdk:{action_id}"}
-                ) or {})["id"]  # fmt: skip
+                seen_at, approval_id = await wait_visible(
+                    state_dir / "quarterdeck.db", f"sdk:{action_id}"
+                )
                 helper.stdin.write(f"{approval_id}\n".encode())
                 await helper.stdin.drain()
                 answer = (await helper.stdout.readline()).decode().split()

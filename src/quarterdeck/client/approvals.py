@@ -15,8 +15,9 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from quarterdeck.client.connection import Connection
 from quarterdeck.client.errors import (
     ActionDenied,
     ApprovalConflict,
@@ -27,21 +28,12 @@ from quarterdeck.client.errors import (
     CommandTimeout,
 )
 from quarterdeck.domain.canonical import canonical_json, canonical_text
-
-if TYPE_CHECKING:
-    from quarterdeck.client.submit import Client
+from quarterdeck.store.queries.outcomes import decided_approval, receipt_payload
 
 Outcome = Literal["approved", "edited", "allowed"]
 
 MAX_KEY = 200
 """Longest idempotency key an envelope may carry."""
-
-_APPROVAL = (
-    "SELECT id, state, args, edited_args, reason_code, reason_text, decided_by "
-    "FROM approvals WHERE id = :id"
-)
-_OPEN = ("pending", "escalated")
-_PAYLOAD = "SELECT payload FROM receipts WHERE id = :id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +65,7 @@ def _json_object(value: Any) -> dict[str, Any]:
 
 
 async def request_approval(
-    client: Client,
+    client: Connection,
     action: str,
     args: Mapping[str, Any] | None = None,
     *,
@@ -164,12 +156,11 @@ async def request_approval(
 
 
 async def _check_same_request(
-    client: Client, receipt: str, action: str, tool_args: dict[str, Any], action_id: str
+    client: Connection, receipt: str, action: str, tool_args: dict[str, Any], action_id: str
 ) -> None:
     """A repeated action id must ask for the same tool with the same arguments: the first
     request's answer must not be taken for another action."""
-    row = await client.watch().query(_PAYLOAD, {"id": receipt})
-    original = _json_object(row["payload"] if row is not None else None)
+    original = _json_object(await receipt_payload(await client.watch().feed(), receipt))
     first_args = canonical_text(_json_object(original.get("args")))
     if original.get("tool") != action or first_args != canonical_text(tool_args):
         raise ApprovalConflict(
@@ -181,7 +172,7 @@ async def _check_same_request(
 
 
 async def wait_for_decision(
-    client: Client,
+    client: Connection,
     approval_id: str,
     *,
     action_id: str,
@@ -193,28 +184,24 @@ async def wait_for_decision(
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + max(0.0, timeout_s)
     watch = client.watch()
-
-    async def probe() -> dict[str, Any] | None:
-        row = await watch.query(_APPROVAL, {"id": approval_id})
-        return row if row is not None and row["state"] not in _OPEN else None
-
-    row = await watch.wait_for(probe, deadline=deadline, poll_s=poll_s)
+    feed = await watch.feed()
+    row = await watch.wait_for(
+        lambda: decided_approval(feed, approval_id), deadline=deadline, poll_s=poll_s
+    )
     if row is None:
         raise ApprovalTimeout(timeout_s or 0.0, action_id=action_id, approval_id=approval_id)
-    state = row["state"]
-    if state == "approved":
+    if row.state == "approved":
         return ApprovalDecision(
-            "approved", _json_object(row["args"]), approval_id, row["decided_by"],
-            row["reason_text"],
-        )  # fmt: skip
-    if state == "edited":
+            "approved", _json_object(row.args), approval_id, row.decided_by, row.reason_text
+        )
+    if row.state == "edited":
         return ApprovalDecision(
-            "edited", _json_object(row["edited_args"]), approval_id, row["decided_by"],
-            row["reason_text"],
+            "edited", _json_object(row.edited_args), approval_id, row.decided_by,
+            row.reason_text,
         )  # fmt: skip
-    if state == "expired":
-        raise ApprovalExpired(row["decided_by"], action_id=action_id, approval_id=approval_id)
+    if row.state == "expired":
+        raise ApprovalExpired(row.decided_by, action_id=action_id, approval_id=approval_id)
     raise ApprovalRejected(
-        row["reason_code"], row["reason_text"], row["decided_by"],
+        row.reason_code, row.reason_text, row.decided_by,
         action_id=action_id, approval_id=approval_id,
     )  # fmt: skip

@@ -22,14 +22,48 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from sqlalchemy import text
-
+from quarterdeck.client.connection import Connection
 from quarterdeck.domain.clock import Clock, format_instant, parse_instant, utc_now
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
-from quarterdeck.store.flags import read_flags
+from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.queries import get_item, slo
+from quarterdeck.store.queries.panes import (
+    AlertLine,
+    ApprovalLine,
+    LedgerLine,
+    MissionLine,
+    SessionLine,
+    TurnLine,
+    ledger_page,
+    read_panes,
+)
+
+__all__ = [
+    "ALERTS_SHOWN",
+    "APPROVALS_SHOWN",
+    "COMMAND_WORKSPACE",
+    "LEDGER_PAGE",
+    "MISSIONS_SHOWN",
+    "SLO_EVERY_S",
+    "TURNS_SHOWN",
+    "AlertLine",
+    "ApprovalLine",
+    "AttachedConsole",
+    "Console",
+    "EmbeddedConsole",
+    "Header",
+    "LedgerLine",
+    "MissionLine",
+    "ReadOnly",
+    "SessionLine",
+    "Snapshot",
+    "TurnLine",
+    "args_preview",
+    "remaining_s",
+    "split_command",
+]
 
 APPROVALS_SHOWN = 1_000
 TURNS_SHOWN = 200
@@ -37,99 +71,6 @@ MISSIONS_SHOWN = 200
 ALERTS_SHOWN = 200
 LEDGER_PAGE = 200
 SLO_EVERY_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalLine:
-    """One open approval as the Approvals pane lists it."""
-
-    id: str
-    workspace: str
-    state: str
-    kind: str
-    tool: str
-    lane: str
-    approver: str
-    level: int
-    deadline_at: str
-    snoozed_until: str | None
-    claimed_by: str | None
-    claim_expires_at: str | None
-    turn_id: str | None
-    action_key: str
-    args: str
-    created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class TurnLine:
-    """One turn as the Turns pane lists it."""
-
-    id: str
-    workspace: str
-    state: str
-    lane: str
-    attempt: int
-    objective: str
-    dead_letter: str | None
-    lease_owner: str | None
-    updated_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class MissionLine:
-    """One mission with its lease, as the Missions pane lists it."""
-
-    id: str
-    turn_id: str
-    state: str
-    lane: str
-    role: str
-    attempt: int
-    lease_owner: str | None
-    lease_expires_at: str | None
-    session_id: str | None
-    updated_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionLine:
-    """One lane session (a durable worker identity) and its lease."""
-
-    id: str
-    lane: str
-    state: str
-    lease_owner: str | None
-    lease_expires_at: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AlertLine:
-    """One drift alert."""
-
-    id: str
-    workspace: str
-    state: str
-    severity: str
-    alert_type: str
-    subject_id: str
-    message: str
-    created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerLine:
-    """One ledger entry, without its payload."""
-
-    seq: int
-    at: str
-    workspace: str
-    actor: str
-    action: str
-    subject_type: str
-    subject_id: str
-    from_state: str | None
-    to_state: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,39 +149,6 @@ class Console(Protocol):
         ...
 
 
-_APPROVALS = text(
-    "SELECT id, workspace, state, kind, tool, lane, approver, level, deadline_at, snoozed_until, "
-    "claimed_by, claim_expires_at, turn_id, action_key, args, created_at FROM approvals "
-    "WHERE state IN ('pending', 'escalated') ORDER BY created_at, id LIMIT :limit"
-)
-_TURNS = text(
-    "SELECT id, workspace, state, lane, attempt, objective, dead_letter, lease_owner, updated_at "
-    "FROM turns ORDER BY id DESC LIMIT :limit"
-)
-_MISSIONS = text(
-    "SELECT id, turn_id, state, COALESCE(routed_lane, lane) AS lane, role, attempt, lease_owner, "
-    "lease_expires_at, session_id, updated_at FROM missions ORDER BY id DESC LIMIT :limit"
-)
-_SESSIONS = text(
-    "SELECT id, lane, state, lease_owner, lease_expires_at FROM sessions "
-    "WHERE state != 'retired' ORDER BY lane, id"
-)
-_ALERTS = text(
-    "SELECT id, workspace, state, severity, alert_type, subject_id, message, created_at "
-    "FROM alerts ORDER BY CASE state WHEN 'open' THEN 0 WHEN 'acked' THEN 1 ELSE 2 END, "
-    "created_at DESC LIMIT :limit"
-)
-_TURN_COUNTS = text("SELECT state, count(*) AS n FROM turns GROUP BY state")
-_OPEN_COUNTS = text(
-    "SELECT (SELECT count(*) FROM approvals WHERE state IN ('pending', 'escalated')) AS approvals, "
-    "(SELECT count(*) FROM alerts WHERE state = 'open') AS alerts, "
-    "(SELECT count(*) FROM missions WHERE state IN ('running', 'blocked')) AS missions"
-)
-_HEAD = text("SELECT seq FROM ledger_head WHERE id = 1")
-_LEDGER_BEFORE = text(
-    "SELECT seq, at, workspace, actor, action, subject_type, subject_id, from_state, to_state "
-    "FROM ledger WHERE seq < :before ORDER BY seq DESC LIMIT :limit"
-)
 COMMAND_WORKSPACE = "default"
 """Where a command about one of the runtime's own items (an alert about a lane, say) is
 applied: those items belong to every workspace, and no envelope may name theirs."""
@@ -253,9 +161,6 @@ def split_command(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if workspace == RUNTIME_WORKSPACE:
         workspace = COMMAND_WORKSPACE
     return workspace, {k: v for k, v in payload.items() if k != "workspace"}
-
-
-_LIVE_NODES = text("SELECT count(DISTINCT lease_owner) FROM sessions WHERE lease_expires_at > :now")
 
 
 class _StoreConsole:
@@ -283,61 +188,39 @@ class _StoreConsole:
 
     async def snapshot(self) -> Snapshot:
         """Read the live panes' contents in one snapshot transaction."""
-        async with self.db.read() as conn:
-            approvals = (await conn.execute(_APPROVALS, {"limit": APPROVALS_SHOWN})).all()
-            turns = (await conn.execute(_TURNS, {"limit": TURNS_SHOWN})).all()
-            missions = (await conn.execute(_MISSIONS, {"limit": MISSIONS_SHOWN})).all()
-            sessions = (await conn.execute(_SESSIONS)).all()
-            alerts = (await conn.execute(_ALERTS, {"limit": ALERTS_SHOWN})).all()
-            counts = {row.state: int(row.n) for row in (await conn.execute(_TURN_COUNTS)).all()}
-            open_counts = (await conn.execute(_OPEN_COUNTS)).one()
-            head = (await conn.execute(_HEAD)).scalar() or 0
-            flags = await conn.run_sync(lambda sync: read_flags(sync))
-            alive = await self._alive_async(conn)
+        panes = await read_panes(
+            self.db, approvals=APPROVALS_SHOWN, turns=TURNS_SHOWN, missions=MISSIONS_SHOWN,
+            alerts=ALERTS_SHOWN, live_since=self._live_since(),
+        )  # fmt: skip
         figures = await self._slo()
-        lanes = self.lanes or tuple(sorted({s.lane for s in sessions if s.lane}))
+        lanes = self.lanes or tuple(sorted({s.lane for s in panes.sessions if s.lane}))
         header = Header(
             target=self.target,
-            alive=alive,
+            alive=panes.live_nodes,
             read_only=self.read_only,
-            force_all=flags.force_all,
-            forced=tuple(sorted(flags.forced)),
-            paused=tuple(sorted(flags.paused)),
-            turns=counts,
-            approvals_open=int(open_counts.approvals),
-            alerts_open=int(open_counts.alerts),
-            missions_live=int(open_counts.missions),
+            force_all=panes.force_all,
+            forced=panes.forced,
+            paused=panes.paused,
+            turns=panes.turn_counts,
+            approvals_open=panes.approvals_open,
+            alerts_open=panes.alerts_open,
+            missions_live=panes.missions_live,
             slo=figures,
-            head_seq=int(head),
+            head_seq=panes.head_seq,
         )
         return Snapshot(
             header=header,
-            approvals=tuple(ApprovalLine(
-                r.id, r.workspace, r.state, r.kind or "", r.tool or "", r.lane or "",
-                r.approver or "", int(r.level or 0), r.deadline_at or "", r.snoozed_until,
-                r.claimed_by, r.claim_expires_at, r.turn_id, r.action_key or "",
-                r.args or "{}", r.created_at,
-            ) for r in approvals),
-            turns=tuple(TurnLine(
-                r.id, r.workspace, r.state, r.lane or "", int(r.attempt), r.objective or "",
-                r.dead_letter, r.lease_owner, r.updated_at,
-            ) for r in turns),
-            missions=tuple(MissionLine(
-                r.id, r.turn_id or "", r.state, r.lane or "", r.role or "", int(r.attempt),
-                r.lease_owner, r.lease_expires_at, r.session_id, r.updated_at,
-            ) for r in missions),
-            sessions=tuple(SessionLine(
-                r.id, r.lane or "", r.state, r.lease_owner, r.lease_expires_at
-            ) for r in sessions),
-            alerts=tuple(AlertLine(
-                r.id, r.workspace, r.state, r.severity or "", r.alert_type or "",
-                r.subject_id or "", r.message or "", r.created_at,
-            ) for r in alerts),
+            approvals=panes.approvals,
+            turns=panes.turns,
+            missions=panes.missions,
+            sessions=panes.sessions,
+            alerts=panes.alerts,
             lanes=lanes,
             reject_reasons=self.reject_reasons,
-        )  # fmt: skip
+        )
 
-    async def _alive_async(self, conn: Any) -> int | None:
+    def _live_since(self) -> str | None:
+        """Count the nodes whose session leases outlive this instant (None: do not count)."""
         return None
 
     async def _slo(self) -> Mapping[str, Any]:
@@ -353,15 +236,7 @@ class _StoreConsole:
     ) -> list[LedgerLine]:
         """Ledger entries older than ``before_seq`` (the newest when None), newest first."""
         before = before_seq if before_seq is not None else 2**62
-        async with self.db.read() as conn:
-            rows = (await conn.execute(_LEDGER_BEFORE, {"before": before, "limit": limit})).all()
-        return [
-            LedgerLine(
-                int(r.seq), r.at, r.workspace, r.actor, r.action, r.subject_type, r.subject_id,
-                r.from_state, r.to_state,
-            )
-            for r in rows
-        ]  # fmt: skip
+        return await ledger_page(self.db, before, limit)
 
     async def detail(self, item_id: str) -> dict[str, Any] | None:
         """One item with its history (and an approval's context)."""
@@ -369,8 +244,6 @@ class _StoreConsole:
 
     async def verify_ledger(self) -> dict[str, Any]:
         """Verify the ledger's chain (off the event loop's critical path: it reads in pages)."""
-        from quarterdeck.store.ledger import verify_ledger
-
         result = await verify_ledger(self.db)
         return {
             "ok": result.ok,
@@ -458,24 +331,21 @@ class AttachedConsole(_StoreConsole):
         self.command_timeout_s = command_timeout_s
         self._watch: ChangeFeed | None = None
         self._version = -1
-        self._client: Any = None
+        self._client: Connection | None = None
 
-    async def _alive_async(self, conn: Any) -> int | None:
-        now = format_instant(self.clock())
-        return int((await conn.execute(_LIVE_NODES, {"now": now})).scalar() or 0)
+    def _live_since(self) -> str | None:
+        """The daemon counts as alive while one of its sessions holds an unexpired lease."""
+        return format_instant(self.clock())
 
     async def command(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Send a command envelope and wait for the daemon's result."""
         self._check_writable()
-        from quarterdeck.client.submit import Client
-
         if self._client is None:
-            self._client = Client(self.db.url)
+            self._client = Connection(self.db.url)
             await self._client.__aenter__()
         self._client.workspace, body = split_command(payload)
         body.setdefault("actor", self.actor)
-        result: dict[str, Any] = await self._client.command(body, timeout_s=self.command_timeout_s)
-        return result
+        return await self._client.command(body, timeout_s=self.command_timeout_s)
 
     async def wait_change(self, timeout_s: float) -> bool:
         """Wait for a commit by another process (SQLite's data version; PostgreSQL's NOTIFY,

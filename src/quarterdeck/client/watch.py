@@ -9,8 +9,8 @@ at least once a second as a safety net.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
@@ -22,14 +22,16 @@ SAFETY_REQUERY_S = 1.0
 
 
 class ChangeWatch:
-    """Notices commits to one database and answers small read queries (it never writes)."""
+    """Notices commits to one database, so that small reads run only after one (it never
+    writes)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._feed: ChangeFeed | None = None
         self._version: int | None = None
 
-    async def _open_feed(self) -> ChangeFeed:
+    async def feed(self) -> ChangeFeed:
+        """The open change feed (opened on first use); the store's client reads run on it."""
         if self._feed is None:
             feed = ChangeFeed(self._db)
             await feed.open()
@@ -38,14 +40,10 @@ class ChangeWatch:
 
     async def changed(self) -> bool:
         """Whether anything was committed since the last call (True on the first call)."""
-        version = (await self._open_feed()).version()
+        version = (await self.feed()).version()
         changed = version != self._version
         self._version = version
         return changed
-
-    async def query(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The first row of a read query (named ``:params``), or None."""
-        return await (await self._open_feed()).query_one(sql, params)
 
     async def wait_for(
         self,
@@ -58,7 +56,7 @@ class ChangeWatch:
         running it only after a commit was noticed. Returns that value, or None when the
         loop-time ``deadline`` passed first."""
         loop = asyncio.get_running_loop()
-        feed = await self._open_feed()
+        feed = await self.feed()
         feed.poll_s = min(feed.poll_s, poll_s)
         last_query = -SAFETY_REQUERY_S
         while True:

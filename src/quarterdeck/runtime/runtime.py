@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import bindparam, text
-
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.policy import Policy
@@ -55,6 +53,7 @@ from quarterdeck.store.gate import request_action, resume_action
 from quarterdeck.store.leases import heartbeat, release_missions, sweep
 from quarterdeck.store.outbox import Target
 from quarterdeck.store.plan import Claim, Finish, LanePlan, WorkPlan
+from quarterdeck.store.queries.supervision import approvals_due, decided_approvals, mission_holds
 from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sessions import (
     HeldSession,
@@ -678,30 +677,14 @@ class Runtime:
     async def _approvals_due(self) -> bool:
         """Whether an open approval's deadline has passed (a read, so an idle node takes no
         write transaction for it)."""
-        async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT 1 FROM approvals WHERE state IN ('pending', 'escalated') "
-                         "AND deadline_at <= :now LIMIT 1"),
-                    {"now": format_instant(self.clock())},
-                )
-            ).first()  # fmt: skip
-        return row is not None
+        return await approvals_due(self.db, format_instant(self.clock()))
 
     async def _resolve_waiters(self) -> None:
         waiting = [key for key, future in self._waiters.items() if not future.done()]
         if not waiting:
             return
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    text("SELECT id FROM approvals WHERE id IN :ids AND state NOT IN "
-                         "('pending', 'escalated')").bindparams(bindparam("ids", expanding=True)),
-                    {"ids": waiting},
-                )
-            ).all()  # fmt: skip
-        for row in rows:
-            future = self._waiters.get(row.id)
+        for approval_id in await decided_approvals(self.db, waiting):
+            future = self._waiters.get(approval_id)
             if future is not None and not future.done():
                 future.set_result(None)
 
@@ -714,15 +697,7 @@ class Runtime:
         held = {r.claim.mission_id: r for r in self._running.values() if not r.finishing}
         if not held:
             return
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    text("SELECT id, attempt, lease_owner, state FROM missions WHERE id IN :ids")
-                    .bindparams(bindparam("ids", expanding=True)),
-                    {"ids": list(held)},
-                )
-            ).all()  # fmt: skip
-        for row in rows:
+        for row in await mission_holds(self.db, list(held)):
             running = held[row.id]
             if (row.attempt, row.lease_owner) == (running.claim.attempt, running.claim.owner):
                 continue
