@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from tests.conftest import quarterdeck
 
-from quarterdeck.runtime.config import ConfigError, parse_config
+from quarterdeck.runtime.config import ConfigError, LaneConfig, parse_config
+from quarterdeck.runtime.lanes.registry import ADAPTERS, build_lane
+from quarterdeck.runtime.lanes.sim import SimLane
 
 
 def test_parse_config_lists_every_problem() -> None:
@@ -88,6 +90,61 @@ def test_adapter_options_the_lanes_reject_are_configuration_problems(
     with pytest.raises(ConfigError) as caught:
         parse_config({"lanes": {"x": lane}})
     assert any(p.startswith(f"lanes.x.options.{option}") for p in caught.value.problems)
+
+
+def test_nested_tables_report_every_problem_with_its_path() -> None:
+    data = {
+        "lanes": {
+            "llm": {
+                "adapter": "http",
+                "options": {"providers": [{"url": "http://x"}, {"timeout_s": 0}]},
+            }
+        },
+        "slo": {"window_s": 0, "failure_rate": -1, "colour": 1},
+        "keymap": {"approve": ""},
+        "webhooks": [
+            {"name": "ops", "url": "ftp://x", "format": "xml"},
+            {"name": "ops", "url": "http://a"},
+            {"name": "ops", "url": "http://b"},
+        ],
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data)
+    assert sorted(caught.value.problems) == sorted(
+        [
+            "lanes.llm.options.providers[1].url: a URL string is required",
+            "lanes.llm.options.providers[1].timeout_s: must be greater than 0",
+            "slo.window_s: must be greater than 0",
+            "slo.failure_rate: must be a number of at least 0",
+            "slo.colour: unknown setting",
+            "keymap.approve: must be a key name such as 'y' or 'ctrl+y'",
+            "webhooks[0].url: must start with http:// or https://",
+            "webhooks[0].format: must be json or slack",
+            "webhooks: duplicate name 'ops'",
+        ]
+    )
+
+
+def test_relative_paths_are_taken_from_the_file_folder(tmp_path: Path) -> None:
+    parsed = parse_config(
+        {
+            "policy": "policy.toml",
+            "lanes": {"sim": {"adapter": "sim", "attest": ["prompt.md", "/abs/agent.toml"]}},
+        },
+        base=tmp_path,
+    )
+    assert parsed.policy == tmp_path / "policy.toml"
+    assert parsed.lanes["sim"].attest == (tmp_path / "prompt.md", Path("/abs/agent.toml"))
+
+
+def test_lanes_are_built_through_the_registry_with_the_same_option_checks() -> None:
+    assert list(ADAPTERS) == ["sim", "command", "http", "python"]
+    lane = build_lane(LaneConfig("x", "sim", {"seed": 4}))
+    assert isinstance(lane, SimLane) and lane.name == "x" and lane.seed == 4
+    with pytest.raises(ValueError, match=r"options\.argv"):
+        LaneConfig("x", "command", options={})
+    with pytest.raises(ValueError, match=r"options\.seed: must be an integer"):
+        ADAPTERS["sim"].build("x", {"seed": "4"})
 
 
 def test_run_with_a_bad_configuration_exits_2_listing_every_problem(tmp_path: Path) -> None:

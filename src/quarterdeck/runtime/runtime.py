@@ -22,7 +22,7 @@ from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.policy import Policy
 from quarterdeck.domain.states import MISSION_SELF_FINISHED as SELF_FINISHED_STATES
-from quarterdeck.runtime.config import LaneConfig, RuntimeConfig
+from quarterdeck.runtime.config import RuntimeConfig
 from quarterdeck.runtime.drift import DriftMonitor, PolicySource, SloMonitor
 from quarterdeck.runtime.ingest import Ingestor, RawInput
 from quarterdeck.runtime.items import Items
@@ -33,6 +33,7 @@ from quarterdeck.runtime.lanes.base import (
     LaneFailure,
     MissionContext,
 )
+from quarterdeck.runtime.lanes.registry import build_lane
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.relay import Relay
 from quarterdeck.store.apply import ReceiptsAlreadyApplied, apply_command, apply_receipts
@@ -74,36 +75,6 @@ SESSION_DEGRADED_AFTER = 3
 """Missions failed in a row on one session before it is marked degraded."""
 WATCH_INTERVAL_S = 0.05
 SUPERVISION_INTERVAL_S = 0.1
-
-
-def build_lane(config: LaneConfig) -> Lane:
-    """Instantiate the adapter a lane's configuration names.
-
-    Raises:
-        ValueError: the adapter is unknown or its options are unusable.
-    """
-    lane: Lane
-    if config.adapter == "sim":
-        from quarterdeck.runtime.lanes.sim import SimLane
-
-        lane = SimLane(config.name, config.options)
-        return lane
-    if config.adapter == "python":
-        from quarterdeck.runtime.lanes.python import PythonLane
-
-        lane = PythonLane(config.name, config.options)
-        return lane
-    if config.adapter == "command":
-        from quarterdeck.runtime.lanes.command import CommandLane
-
-        lane = CommandLane(config.name, config.options)
-        return lane
-    if config.adapter == "http":
-        from quarterdeck.runtime.lanes.http import HttpLane
-
-        lane = HttpLane(config.name, config.options)
-        return lane
-    raise ValueError(f"unknown adapter {config.adapter!r}")
 
 
 def work_plan(config: RuntimeConfig) -> WorkPlan:

@@ -1,11 +1,16 @@
-"""The lane interface shared by every adapter."""
+"""The lane interface shared by every adapter, and what an adapter declares about itself
+(:class:`Adapter`: its name, its options, how a lane is built)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from quarterdeck.runtime.validation import problems
 
 DecisionOutcome = Literal["approved", "rejected", "edited"]
 
@@ -76,3 +81,32 @@ class Lane(Protocol):
     async def close(self) -> None:
         """Release whatever the lane holds (connections, processes)."""
         ...
+
+
+class LaneOptions(BaseModel):
+    """An adapter's options (a lane's ``options = {...}``): TOML's types as written, nothing
+    coerced ("3" is not a number); keys the adapter does not know are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    @classmethod
+    def parse(cls, lane: str, options: Mapping[str, Any]) -> Self:
+        """Validate a lane's options.
+
+        Raises:
+            ValueError: every problem, as ``lane 'x': options.key: message; ...``.
+        """
+        try:
+            return cls.model_validate(dict(options))
+        except ValidationError as exc:
+            raise ValueError(f"lane {lane!r}: " + "; ".join(problems(exc, "options"))) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """A kind of lane: the name a lane's ``adapter`` gives, the options it takes, and how a
+    lane is built from its name and options (refusing bad options with ``ValueError``)."""
+
+    name: str
+    options: type[LaneOptions]
+    build: Callable[[str, Mapping[str, Any]], Lane]

@@ -31,9 +31,12 @@ import json
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from quarterdeck.runtime.lanes.base import LaneFailure, MissionContext
+from pydantic import Field
+
+from quarterdeck.runtime.lanes.base import Adapter, LaneFailure, LaneOptions, MissionContext
+from quarterdeck.runtime.validation import required, says
 
 DEFAULT_KILL_GRACE_S: Final = 2.0
 DEFAULT_MAX_LINE_BYTES: Final = 1_048_576
@@ -54,30 +57,32 @@ LineHandler = Callable[[bytes, int], Awaitable[None]]
 length before the cut."""
 
 
+class CommandOptions(LaneOptions):
+    """The options listed in the module's docstring. The limits are numbers (a fraction is
+    cut off), as they have always been read."""
+
+    argv: Annotated[
+        list[str], Field(min_length=1), says("a non-empty list of strings is required")
+    ] = required()
+    env: Annotated[dict[str, str], says("must be a table of strings")] = Field(default_factory=dict)
+    kill_grace_s: Annotated[float, Field(ge=0)] = DEFAULT_KILL_GRACE_S
+    max_line_bytes: Annotated[float, Field(ge=1)] = DEFAULT_MAX_LINE_BYTES
+    max_log_lines: Annotated[float, Field(ge=0)] = DEFAULT_MAX_LOG_LINES
+    max_log_line_bytes: Annotated[float, Field(ge=1)] = DEFAULT_MAX_LOG_LINE_BYTES
+
+
 class CommandLane:
     """Runs each mission as a subprocess speaking the lane protocol on stdin and stdout."""
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
-        argv = options.get("argv")
-        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
-            raise ValueError(f"lane {name!r}: options.argv must be a non-empty list of strings")
-        env = options.get("env", {})
-        if not (
-            isinstance(env, Mapping)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-        ):
-            raise ValueError(f"lane {name!r}: options.env must be a table of strings")
-        self.argv: list[str] = list(argv)
-        self.env: dict[str, str] = dict(env)
-        self.kill_grace_s = _number(name, options, "kill_grace_s", DEFAULT_KILL_GRACE_S)
-        self.max_line_bytes = int(
-            _number(name, options, "max_line_bytes", DEFAULT_MAX_LINE_BYTES, minimum=1)
-        )
-        self.max_log_lines = int(_number(name, options, "max_log_lines", DEFAULT_MAX_LOG_LINES))
-        self.max_log_line_bytes = int(
-            _number(name, options, "max_log_line_bytes", DEFAULT_MAX_LOG_LINE_BYTES, minimum=1)
-        )
+        parsed = CommandOptions.parse(name, options)
+        self.argv: list[str] = list(parsed.argv)
+        self.env: dict[str, str] = dict(parsed.env)
+        self.kill_grace_s = parsed.kill_grace_s
+        self.max_line_bytes = int(parsed.max_line_bytes)
+        self.max_log_lines = int(parsed.max_log_lines)
+        self.max_log_line_bytes = int(parsed.max_log_line_bytes)
         self._groups: set[int] = set()
 
     async def run(self, ctx: MissionContext) -> dict[str, Any]:
@@ -391,15 +396,6 @@ class _Agent:
         return f"{head}: {detail}" if detail else head
 
 
-def _number(
-    lane: str, options: Mapping[str, Any], key: str, default: float, minimum: float = 0
-) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise ValueError(f"lane {lane!r}: options.{key} must be a number >= {minimum:g}")
-    return float(value)
-
-
 def _encode(message: Mapping[str, Any]) -> bytes:
     """One JSON line. Mappings nested in the mission (read-only views) are written as objects."""
 
@@ -457,3 +453,6 @@ async def _settle(tasks: list[asyncio.Task[None]], timeout: float) -> None:
 async def _discard(stream: asyncio.StreamReader) -> None:
     while await stream.read(_CHUNK):
         pass
+
+
+ADAPTER = Adapter("command", CommandOptions, CommandLane)

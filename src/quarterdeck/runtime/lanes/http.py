@@ -23,11 +23,13 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import httpx
+from pydantic import Field
 
-from quarterdeck.runtime.lanes.base import LaneFailure, MissionContext
+from quarterdeck.runtime.lanes.base import Adapter, LaneFailure, LaneOptions, MissionContext
+from quarterdeck.runtime.validation import otherwise, required, says
 
 DEFAULT_TIMEOUT_S: Final = 30.0
 DEFAULT_MAX_ROUNDS: Final = 8
@@ -70,29 +72,42 @@ class _Reply:
     usage: Mapping[str, Any] | None
 
 
-def _parse_providers(name: str, options: Mapping[str, Any]) -> list[Provider]:
-    raw = options.get("providers")
-    if not isinstance(raw, list) or not raw:
-        raise ValueError(f"lane {name!r}: options.providers must be a non-empty list")
-    default_model = options.get("model")
-    providers = []
-    for index, entry in enumerate(raw):
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("url"), str):
-            raise ValueError(f"lane {name!r}: options.providers[{index}].url is required")
-        model = entry.get("model", default_model)
-        key_env = entry.get("api_key_env")
-        timeout_s = entry.get("timeout_s", DEFAULT_TIMEOUT_S)
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
-            raise ValueError(f"lane {name!r}: options.providers[{index}].timeout_s must be > 0")
-        providers.append(
+class ProviderOptions(LaneOptions):
+    """One entry of ``providers``; a ``model`` or ``api_key_env`` that is not a usable string
+    is ignored, as it always was."""
+
+    url: Annotated[str, says("a URL string is required")] = required()
+    model: Annotated[str | None, otherwise(None)] = None
+    """Absent: the lane's ``model``."""
+    api_key_env: Annotated[str | None, otherwise(None)] = None
+    timeout_s: Annotated[float, Field(gt=0)] = DEFAULT_TIMEOUT_S
+
+
+class HttpOptions(LaneOptions):
+    """The options listed in the module's docstring; a ``model``, ``system_prompt``, ``tools``
+    or ``max_rounds`` that is unusable falls back to its default, as it always did."""
+
+    providers: Annotated[
+        list[ProviderOptions],
+        Field(min_length=1),
+        says("a non-empty list of provider tables is required", parts=False),
+    ] = required()
+    model: Annotated[str | None, otherwise(None)] = None
+    system_prompt: Annotated[str, otherwise(DEFAULT_SYSTEM_PROMPT)] = DEFAULT_SYSTEM_PROMPT
+    tools: Annotated[list[Any] | None, otherwise(None)] = None
+    max_rounds: Annotated[int, Field(gt=0), otherwise(DEFAULT_MAX_ROUNDS)] = DEFAULT_MAX_ROUNDS
+
+    def provider_list(self) -> list[Provider]:
+        """The providers in order, each with its model (or the lane's)."""
+        return [
             Provider(
-                url=entry["url"],
-                model=model if isinstance(model, str) else None,
-                api_key_env=key_env if isinstance(key_env, str) and key_env else None,
-                timeout_s=float(timeout_s),
+                url=entry.url,
+                model=entry.model if "model" in entry.model_fields_set else self.model,
+                api_key_env=entry.api_key_env or None,
+                timeout_s=entry.timeout_s,
             )
-        )
-    return providers
+            for entry in self.providers
+        ]
 
 
 def _snippet(response: httpx.Response) -> str:
@@ -121,19 +136,11 @@ class HttpLane:
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
-        self.providers = _parse_providers(name, options)
-        system_prompt = options.get("system_prompt")
-        self.system_prompt = (
-            system_prompt if isinstance(system_prompt, str) else DEFAULT_SYSTEM_PROMPT
-        )
-        tools = options.get("tools")
-        self.tools: list[Any] | None = list(tools) if isinstance(tools, list) and tools else None
-        max_rounds = options.get("max_rounds", DEFAULT_MAX_ROUNDS)
-        self.max_rounds = (
-            max_rounds
-            if isinstance(max_rounds, int) and not isinstance(max_rounds, bool) and max_rounds > 0
-            else DEFAULT_MAX_ROUNDS
-        )
+        parsed = HttpOptions.parse(name, options)
+        self.providers = parsed.provider_list()
+        self.system_prompt = parsed.system_prompt
+        self.tools: list[Any] | None = list(parsed.tools) if parsed.tools else None
+        self.max_rounds = parsed.max_rounds
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
@@ -308,3 +315,6 @@ class HttpLane:
             model=model if isinstance(model, str) else None,
             usage=usage if isinstance(usage, Mapping) else None,
         )
+
+
+ADAPTER = Adapter("http", HttpOptions, HttpLane)

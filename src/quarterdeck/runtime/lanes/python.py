@@ -13,9 +13,32 @@ import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from quarterdeck.runtime.lanes.base import Decision, LaneFailure, MissionContext
+from pydantic import AfterValidator
+
+from quarterdeck.runtime.lanes.base import (
+    Adapter,
+    Decision,
+    LaneFailure,
+    LaneOptions,
+    MissionContext,
+)
+from quarterdeck.runtime.validation import problem, required, says
+
+
+def _import_path(target: str) -> str:
+    if ":" not in target:
+        raise problem("needs a colon")
+    return target
+
+
+class PythonOptions(LaneOptions):
+    """``callable``: the function, as ``package.module:function`` (required)."""
+
+    callable: Annotated[
+        str, AfterValidator(_import_path), says("'package.module:function' is required")
+    ] = required()
 
 
 def load_callable(target: str) -> Callable[..., Any]:
@@ -41,7 +64,7 @@ class PythonLane:
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
-        self.target = str(options["callable"])
+        self.target = PythonOptions.parse(name, options).callable
         self._function: Callable[..., Any] | None = None
 
     async def run(self, ctx: MissionContext) -> dict[str, Any]:
@@ -81,3 +104,6 @@ def _threadsafe(ctx: MissionContext, loop: asyncio.AbstractEventLoop) -> Mission
         return future.result()
 
     return dataclasses.replace(ctx, emit=emit, request_action=request_action)  # type: ignore[arg-type]
+
+
+ADAPTER = Adapter("python", PythonOptions, PythonLane)

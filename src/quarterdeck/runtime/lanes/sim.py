@@ -16,11 +16,26 @@ import asyncio
 import hashlib
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from quarterdeck.runtime.lanes.base import LaneFailure, MissionContext
+from pydantic import Field
+
+from quarterdeck.runtime.lanes.base import Adapter, LaneFailure, LaneOptions, MissionContext
+from quarterdeck.runtime.validation import says
 
 _TOOLS = ("search", "read_file", "write_file", "deploy", "send_email", "refund")
+
+Rate = Annotated[float, Field(ge=0, le=1), says("must be a number from 0 to 1")]
+
+
+class SimOptions(LaneOptions):
+    """``seed`` (the draws), ``failure_rate`` and ``action_rate`` (0 to 1) and
+    ``max_latency_ms`` (at least 20)."""
+
+    seed: int = 0
+    failure_rate: Rate = 0.1
+    action_rate: Rate = 0.2
+    max_latency_ms: Annotated[int, Field(ge=20), says("must be an integer of at least 20")] = 400
 
 
 class SimLane:
@@ -28,10 +43,11 @@ class SimLane:
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
-        self.seed = int(options.get("seed", 0))
-        self.failure_rate = float(options.get("failure_rate", 0.1))
-        self.action_rate = float(options.get("action_rate", 0.2))
-        self.max_latency_ms = int(options.get("max_latency_ms", 400))
+        parsed = SimOptions.parse(name, options)
+        self.seed = parsed.seed
+        self.failure_rate = parsed.failure_rate
+        self.action_rate = parsed.action_rate
+        self.max_latency_ms = parsed.max_latency_ms
 
     def _rng(self, ctx: MissionContext) -> random.Random:
         key = f"{self.seed}:{ctx.turn_id}:{ctx.lane}:{ctx.number}:{ctx.attempt}"
@@ -87,3 +103,6 @@ class SimLane:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+ADAPTER = Adapter("sim", SimOptions, SimLane)
