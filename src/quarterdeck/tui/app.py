@@ -29,15 +29,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, Static
 from quarterdeck.client.console import Console, ReadOnly, Snapshot
 from quarterdeck.domain.clock import Clock, utc_now
 from quarterdeck.tui.keymap import ACTIONS, BY_NAME, KeyAction, keymap_problems
-from quarterdeck.tui.panes import (
-    AlertsPane,
-    ApprovalsPane,
-    LedgerPane,
-    LivePane,
-    MissionsPane,
-    TurnsPane,
-    short,
-)
+from quarterdeck.tui.panes import AlertsPane, ApprovalsPane, LedgerPane, MissionsPane, TurnsPane
 from quarterdeck.tui.screens import (
     ConfirmScreen,
     DetailScreen,
@@ -46,6 +38,7 @@ from quarterdeck.tui.screens import (
     ReasonScreen,
     TextEditScreen,
 )
+from quarterdeck.tui.table import LivePane, short
 
 PANES = ("approvals", "turns", "missions", "alerts", "ledger")
 MIN_REFRESH_S = 0.25
