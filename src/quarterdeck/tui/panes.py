@@ -1,5 +1,5 @@
-"""The five panes of the control center: approvals, turns, missions and alerts (live tables)
-and the ledger, paged by seq.
+"""The five panes of the control center: approvals, turns, missions and alerts (live tables
+whose supervision actions come from :mod:`quarterdeck.tui.actions`) and the ledger, paged by seq.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from quarterdeck.client.console import (
     args_preview,
     remaining_s,
 )
+from quarterdeck.tui.actions import AlertActions, ApprovalActions, LaneActions, TurnActions
 from quarterdeck.tui.table import Column, LivePane, Row, Styled, countdown, short, state_text
 
 
-class ApprovalsPane(LivePane[ApprovalLine]):
-    """Open approvals, oldest first, with their SLA countdown and who holds a claim."""
+class ApprovalsPane(ApprovalActions, TurnActions, LaneActions, LivePane[ApprovalLine]):
+    """Open approvals, oldest first, with their SLA countdown and who holds a claim; its
+    actions decide the selected approval, and act on its turn and its lane."""
 
     TITLE = "1 Approvals"
     EMPTY = "no approvals waiting"
@@ -67,8 +69,8 @@ class ApprovalsPane(LivePane[ApprovalLine]):
         )
 
 
-class TurnsPane(LivePane[TurnLine]):
-    """Recent turns, newest first."""
+class TurnsPane(TurnActions, LaneActions, LivePane[TurnLine]):
+    """Recent turns, newest first; its actions act on the selected turn and its lane."""
 
     TITLE = "2 Turns"
     EMPTY = "no turns yet"
@@ -94,9 +96,15 @@ class TurnsPane(LivePane[TurnLine]):
             short(line.id),
         )
 
+    def selected_turn(self) -> str | None:
+        """The turn under the cursor."""
+        line = self.selected()
+        return None if line is None else line.id
 
-class MissionsPane(LivePane[MissionLine]):
-    """Recent missions with their leases (owner, attempt, time to expiry) and sessions."""
+
+class MissionsPane(TurnActions, LaneActions, LivePane[MissionLine]):
+    """Recent missions with their leases (owner, attempt, time to expiry) and sessions; its
+    actions act on the selected mission's turn and lane."""
 
     TITLE = "3 Missions"
     EMPTY = "no missions yet"
@@ -134,8 +142,8 @@ class MissionsPane(LivePane[MissionLine]):
         )
 
 
-class AlertsPane(LivePane[AlertLine]):
-    """Drift alerts: open first."""
+class AlertsPane(AlertActions, LivePane[AlertLine]):
+    """Drift alerts: open first; its actions acknowledge, resolve and rebaseline."""
 
     TITLE = "4 Alerts"
     EMPTY = "no drift alerts"
