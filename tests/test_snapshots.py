@@ -23,8 +23,9 @@ from textual.widgets import Input, TextArea
 
 from quarterdeck.client.console import AttachedConsole, Snapshot
 from quarterdeck.tui.app import QuarterdeckApp, create_app
-from quarterdeck.tui.panes import LedgerPane, short
+from quarterdeck.tui.panes import LedgerPane
 from quarterdeck.tui.screens import DetailScreen, TextEditScreen
+from quarterdeck.tui.table import short
 from quarterdeck.tui.themes import resolve_theme
 from tui_world import APPROVAL, TURN, attach, clock, empty_world, seed_world
 

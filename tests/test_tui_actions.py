@@ -44,7 +44,6 @@ from quarterdeck.store.database import open_database
 from quarterdeck.store.writer import Writer, WriteTxn
 from quarterdeck.tui.app import QuarterdeckApp, StatusHeader, create_app
 from quarterdeck.tui.keymap import ACTIONS
-from quarterdeck.tui.panes import LivePane
 from quarterdeck.tui.screens import (
     ConfirmScreen,
     DetailScreen,
@@ -53,6 +52,7 @@ from quarterdeck.tui.screens import (
     ReasonScreen,
     TextEditScreen,
 )
+from quarterdeck.tui.table import LivePane
 
 ACTOR = "tess"
 SIZE = (120, 40)

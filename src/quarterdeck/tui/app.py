@@ -3,54 +3,42 @@
 
 The screen refreshes from the console's change feed on a coalescing loop (at most four
 snapshots a second, never overlapping); panes diff by key and touch only what changed. Every
-action is a binding (with an id a keymap can rebind) and a command-palette entry; actions that
-change the runtime run as workers, so input never waits on the store.
+action is a binding here (with an id a keymap can rebind) and a command-palette entry; the app
+itself moves between panes, filters, opens details and help, and runs an action offered on some
+panes only on the pane in view, which owns it (:mod:`quarterdeck.tui.actions`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.actions import ActionParseResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
+from textual.dom import DOMNode
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widgets import ContentSwitcher, Footer, Input, Static
 
-from quarterdeck.client.console import Console, ReadOnly, Snapshot
+from quarterdeck.client.console import Console, Snapshot
 from quarterdeck.domain.clock import Clock, utc_now
+from quarterdeck.tui import commands
+from quarterdeck.tui.actions import SupervisorApp
 from quarterdeck.tui.keymap import ACTIONS, BY_NAME, KeyAction, keymap_problems
-from quarterdeck.tui.panes import (
-    AlertsPane,
-    ApprovalsPane,
-    LedgerPane,
-    LivePane,
-    MissionsPane,
-    TurnsPane,
-    short,
-)
-from quarterdeck.tui.screens import (
-    ConfirmScreen,
-    DetailScreen,
-    HelpScreen,
-    JsonEditScreen,
-    ReasonScreen,
-    TextEditScreen,
-)
+from quarterdeck.tui.panes import AlertsPane, ApprovalsPane, LedgerPane, MissionsPane, TurnsPane
+from quarterdeck.tui.screens import DetailScreen, HelpScreen
+from quarterdeck.tui.table import LivePane
 
 PANES = ("approvals", "turns", "missions", "alerts", "ledger")
 MIN_REFRESH_S = 0.25
 IDLE_REFRESH_S = 1.0
-SNOOZE_S = 600
 KEY_LABELS = {"slash": "/", "question_mark": "?", "enter": "enter", "tab": "tab"}
 """How key names read on screen."""
 
@@ -188,7 +176,7 @@ def _bindings() -> list[BindingType]:
     return bindings
 
 
-class QuarterdeckApp(App[None]):
+class QuarterdeckApp(SupervisorApp):
     """The Quarterdeck control center."""
 
     CSS_PATH = "app.tcss"
@@ -207,13 +195,10 @@ class QuarterdeckApp(App[None]):
         live: bool = True,
         on_exit: Callable[[], Any] | None = None,
     ) -> None:
-        super().__init__()
-        self.source = console
+        super().__init__(console, live=live)
         self.clock = clock
-        self.snapshot: Snapshot | None = None
         self.error: str | None = None
         self.current = "approvals"
-        self.live = live
         self.seen_approvals: set[str] | None = None
         self._theme = theme
         self._theme_problem = theme_problem
@@ -222,10 +207,6 @@ class QuarterdeckApp(App[None]):
         self._refreshing = asyncio.Lock()
         self._again = False
         self._frozen = False
-        self._decided: set[str] = set()
-        """Approvals decided here that the last snapshot still listed."""
-        self.sent: list[dict[str, Any]] = []
-        """Every command this app sent, with its result (for the record and for tests)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -290,13 +271,6 @@ class QuarterdeckApp(App[None]):
         except NoMatches:
             return
 
-    async def _confirm(self) -> None:
-        """After a command: read a snapshot to confirm what it did, unless the live loop is
-        about to (the command's commit wakes it), so keys pressed in a row do not each add a
-        read of the store to the loop's."""
-        if not self.live:
-            await self.refresh_now()
-
     async def _refresh_now(self) -> None:
         if self._refreshing.locked():
             self._again = True  # the refresh under way may have read before this change
@@ -310,7 +284,7 @@ class QuarterdeckApp(App[None]):
                 self.error = f"cannot read the store: {type(exc).__name__}: {exc}"
                 self.query_one("#status", StatusHeader).show(self.snapshot, self.error)
                 return
-            self.snapshot = self._undecided(snapshot)
+            self.snapshot = self.undecided(snapshot)
             self._show(self.snapshot)
             ledger = self.query_one("#ledger", LedgerPane)
             if ledger.following and self.current == "ledger":
@@ -394,6 +368,21 @@ class QuarterdeckApp(App[None]):
             return False  # a dialog's keys are its own (the detail view may act on its item)
         return spec.applies_to(self.current)
 
+    async def run_action(
+        self,
+        action: str | ActionParseResult,
+        default_namespace: DOMNode | None = None,
+        namespaces: Mapping[str, DOMNode] | None = None,
+    ) -> bool:
+        """Run an action; one offered on some panes only runs on the pane in view, which owns
+        it (its key is bound here, so that the footer lists every key in the keymap's order)."""
+        spec = BY_NAME.get(action) if isinstance(action, str) else None
+        if spec is not None and spec.on_pane and default_namespace in (None, self):
+            if not self.check_action(spec.name, ()):
+                return False
+            default_namespace = self.pane()
+        return await super().run_action(action, default_namespace, namespaces)
+
     def _show_pane(self, name: str) -> None:
         self.current = name
         if self.snapshot is not None:
@@ -475,9 +464,7 @@ class QuarterdeckApp(App[None]):
     @work(group="detail")
     async def _open_detail(self, item_id: str, workspace: str) -> None:
         if self.current == "approvals" and not self.source.read_only:
-            claim = await self._command(
-                {"command": "approval.claim", "approval_id": item_id, "workspace": workspace}
-            )
+            claim = await self.command(commands.claim(item_id, workspace=workspace))
             if claim is not None and not claim.get("ok"):
                 self.notify("; ".join(claim.get("errors", [])), severity="warning")
         item = await self.source.detail(item_id)
@@ -494,344 +481,6 @@ class QuarterdeckApp(App[None]):
         if isinstance(pane, LedgerPane):
             return str(line.subject_id)
         return str(line.id)
-
-    def _selected_turn(self) -> str | None:
-        line = self.pane().selected()
-        if line is None:
-            return None
-        if self.current == "turns":
-            return str(line.id)
-        turn = getattr(line, "turn_id", None)
-        return str(turn) if turn else None
-
-    def _turn_workspace(self, turn: str) -> str:
-        """The workspace of the selected item's turn (turn commands are applied in it): the
-        line's own, else (a mission) its turn's as last read."""
-        workspace = getattr(self.pane().selected(), "workspace", None)
-        if workspace:
-            return str(workspace)
-        turns = self.snapshot.turns if self.snapshot is not None else ()
-        return next((line.workspace for line in turns if line.id == turn), "default")
-
-    def _selected_lane(self) -> str | None:
-        line = self.pane().selected()
-        lane = getattr(line, "lane", None) or getattr(line, "subject_id", None)
-        return str(lane) if lane else None
-
-    # --- commands ------------------------------------------------------------------------------
-
-    async def _command(self, payload: Mapping[str, Any]) -> dict[str, Any] | None:
-        try:
-            result = await self.source.command(payload)
-        except ReadOnly as exc:
-            self.notify(str(exc), title="read-only", severity="error")
-            return None
-        except Exception as exc:
-            self.notify(f"{type(exc).__name__}: {exc}", title="not sent", severity="error")
-            return None
-        self.sent.append({"payload": dict(payload), "result": result})
-        return dict(result)
-
-    @work(group="commands")
-    async def send(self, payload: dict[str, Any], done: str) -> None:
-        """Send a command and report how it went; a snapshot confirms it afterwards."""
-        result = await self._command(payload)
-        if result is None:
-            return
-        if result.get("ok"):
-            self._settled(result)
-            self.notify(done + (" (already decided)" if result.get("already") else ""))
-        else:
-            self.notify("; ".join(result.get("errors", ["refused"])), title="refused",
-                        severity="error")  # fmt: skip
-        await self._confirm()
-
-    def _settled(self, result: Mapping[str, Any]) -> None:
-        """Show a decided approval as decided at once (the runtime committed it; the next
-        snapshot agrees)."""
-        approval = result.get("approval")
-        if self.snapshot is None or not approval or result.get("state") in ("pending", "escalated"):
-            return
-        self._decided.add(str(approval))
-        remaining = tuple(line for line in self.snapshot.approvals if line.id != approval)
-        if len(remaining) != len(self.snapshot.approvals):
-            self.snapshot = replace(self.snapshot, approvals=remaining)
-            self.query_one("#approvals", ApprovalsPane).discard(str(approval))
-
-    def _undecided(self, snapshot: Snapshot) -> Snapshot:
-        """A snapshot just read, without the approvals decided here that it still lists (it
-        was read before their commits), so that a decided row does not come back for a
-        moment."""
-        listed = {line.id for line in snapshot.approvals}
-        self._decided &= listed  # a snapshot without them was read after: they are done with
-        if not self._decided:
-            return snapshot
-        kept = tuple(line for line in snapshot.approvals if line.id not in self._decided)
-        return replace(snapshot, approvals=kept)
-
-    def _writable(self) -> bool:
-        if self.source.read_only:
-            self.notify(
-                "read-only console: actions are refused (attached with --read-only)",
-                title="read-only", severity="error",
-            )  # fmt: skip
-            return False
-        return True
-
-    def _approval(self) -> Any:
-        line = self.query_one("#approvals", ApprovalsPane).selected()
-        if line is None:
-            self.notify("no approval selected", severity="warning")
-        return line
-
-    def action_approve(self) -> None:
-        """Approve the selected approval."""
-        line = self._approval()
-        if line is not None and self._writable():
-            self.send({"command": "approval.approve", "approval_id": line.id,
-                       "action_key": line.action_key, "workspace": line.workspace},
-                      f"approved {line.tool} ({short(line.id)})")  # fmt: skip
-
-    def action_edit_approve(self) -> None:
-        """Edit the arguments (validated JSON), then approve with them."""
-        line = self._approval()
-        if line is None or not self._writable():
-            return
-
-        def sent(value: dict[str, Any] | None) -> None:
-            if value is not None:
-                self.send({"command": "approval.approve", "approval_id": line.id,
-                           "action_key": line.action_key, "args": value,
-                           "workspace": line.workspace},
-                          f"approved {line.tool} with edits")  # fmt: skip
-
-        self.push_screen(JsonEditScreen(f"Edit {line.tool} arguments", json.loads(line.args)), sent)
-
-    def action_reject(self) -> None:
-        """Reject with a reason code picked by one key."""
-        line = self._approval()
-        if line is None or not self._writable():
-            return
-        codes = (self.snapshot.reject_reasons if self.snapshot else ()) or (
-            "unsafe", "wrong_target", "needs_context", "policy", "other",
-        )  # fmt: skip
-
-        def sent(choice: tuple[str, str] | None) -> None:
-            if choice is not None:
-                code, note = choice
-                payload = {"command": "approval.reject", "approval_id": line.id,
-                           "action_key": line.action_key, "reason_code": code,
-                           "workspace": line.workspace}  # fmt: skip
-                if note:
-                    payload["reason"] = note
-                self.send(payload, f"rejected {line.tool}: {code}")
-
-        self.push_screen(ReasonScreen(codes), sent)
-
-    def action_escalate(self) -> None:
-        """Escalate the selected approval."""
-        line = self._approval()
-        if line is not None and self._writable():
-            self.send({"command": "approval.escalate", "approval_id": line.id,
-                       "workspace": line.workspace}, f"escalated {line.tool}")  # fmt: skip
-
-    def action_snooze(self) -> None:
-        """Snooze the selected approval for ten minutes."""
-        line = self._approval()
-        if line is not None and self._writable():
-            self.send({"command": "approval.snooze", "approval_id": line.id, "for_s": SNOOZE_S,
-                       "workspace": line.workspace}, f"snoozed {line.tool} for 10m")  # fmt: skip
-
-    def action_approve_all(self) -> None:
-        """Approve every approval shown (after confirmation), each on its own record."""
-        pane = self.query_one("#approvals", ApprovalsPane)
-        lines = list(pane.lines.values())
-        if not lines or not self._writable():
-            return
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self._approve_each(lines)
-
-        self.push_screen(
-            ConfirmScreen(f"Approve all {len(lines)} approvals shown?", "Approve all"), confirmed
-        )
-
-    @work(group="commands")
-    async def _approve_each(self, lines: list[Any]) -> None:
-        done = 0
-        for line in lines:
-            result = await self._command(
-                {"command": "approval.approve", "approval_id": line.id,
-                 "action_key": line.action_key, "workspace": line.workspace}
-            )  # fmt: skip
-            done += bool(result and result.get("ok") and not result.get("already"))
-        self.notify(f"approved {done} of {len(lines)}")
-        await self._confirm()
-
-    def _confirm_for_turn(
-        self, question: str, button: str, then: Callable[[str, str], object]
-    ) -> None:
-        """Ask ``question`` (``{turn}`` is the selected turn's short id); on yes, call
-        ``then(turn, workspace)``."""
-        turn = self._selected_turn()
-        if turn is None or not self._writable():
-            return
-        workspace = self._turn_workspace(turn)
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                then(turn, workspace)
-
-        self.push_screen(ConfirmScreen(question.format(turn=short(turn)), button), confirmed)
-
-    def action_takeover(self) -> None:
-        """Take the selected turn over (after confirmation), then write its deliverable."""
-        self._confirm_for_turn(
-            "Take over turn {turn}? Its agent is stopped.", "Take over", self._take_over
-        )
-
-    @work(group="commands")
-    async def _take_over(self, turn: str, workspace: str) -> None:
-        result = await self._command(
-            {"command": "turn.takeover", "turn_id": turn, "workspace": workspace}
-        )
-        if result is None:
-            return
-        if not result.get("ok"):
-            self.notify("; ".join(result.get("errors", [])), title="refused", severity="error")
-            return
-        self.notify(f"you hold turn {short(turn)}")
-        await self._confirm()
-        self._write_deliverable(turn, workspace)
-
-    def _write_deliverable(self, turn: str, workspace: str) -> None:
-        def written(text: str | None) -> None:
-            if text is not None:
-                self.send({"command": "turn.complete", "turn_id": turn,
-                           "deliverable": {"text": text}, "workspace": workspace},
-                          f"completed turn {short(turn)}")  # fmt: skip
-
-        self.push_screen(TextEditScreen(f"Deliverable for turn {short(turn)}"), written)
-
-    def action_complete(self) -> None:
-        """Write the deliverable for a turn you hold."""
-        turn = self._selected_turn()
-        if turn is not None and self._writable():
-            self._write_deliverable(turn, self._turn_workspace(turn))
-
-    def action_release(self) -> None:
-        """Hand a turn you hold back to its lane."""
-        turn = self._selected_turn()
-        if turn is not None and self._writable():
-            self.send({"command": "turn.release", "turn_id": turn,
-                       "workspace": self._turn_workspace(turn)}, f"released {short(turn)}")  # fmt: skip
-
-    def action_requeue(self) -> None:
-        """Give the selected held (dead-lettered) turn a fresh try on its lane."""
-        turn = self._selected_turn()
-        if turn is not None and self._writable():
-            self.send({"command": "turn.requeue", "turn_id": turn,
-                       "workspace": self._turn_workspace(turn)}, f"requeued {short(turn)}")  # fmt: skip
-
-    def action_cancel_turn(self) -> None:
-        """Cancel the selected turn (after confirmation): its agent is stopped and its open
-        approvals are rejected."""
-
-        def cancel(turn: str, workspace: str) -> None:
-            self.send({"command": "turn.cancel", "turn_id": turn, "workspace": workspace},
-                      f"cancelled {short(turn)}")  # fmt: skip
-
-        self._confirm_for_turn(
-            "Cancel turn {turn}? Its agent is stopped and it gets no deliverable.",
-            "Yes, cancel it",
-            cancel,
-        )
-
-    def action_pause_lane(self) -> None:
-        """Pause the selected item's lane, or resume it when paused."""
-        lane = self._selected_lane()
-        if lane is None or not self._writable():
-            return
-        paused = self.snapshot is not None and lane in self.snapshot.header.paused
-        command = "lane.resume" if paused else "lane.pause"
-        self.send({"command": command, "lane": lane}, f"{command.split('.')[1]}d lane {lane}")
-
-    def action_fallback_lane(self) -> None:
-        """Force (or stop forcing) fallback for the selected item's lane, after confirmation."""
-        lane = self._selected_lane()
-        if lane is None or not self._writable():
-            return
-        on = not (self.snapshot is not None and lane in self.snapshot.header.forced)
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self.send({"command": "lane.force_fallback", "lane": lane, "on": on},
-                          f"force fallback {'on' if on else 'off'} for {lane}")  # fmt: skip
-
-        verb = "Force" if on else "Stop forcing"
-        self.push_screen(ConfirmScreen(f"{verb} fallback for lane {lane}?", verb), confirmed)
-
-    def action_fallback_all(self) -> None:
-        """Force (or stop forcing) fallback on every lane, after confirmation."""
-        if not self._writable():
-            return
-        on = not (self.snapshot is not None and self.snapshot.header.force_all)
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self.send({"command": "fallback.force", "on": on},
-                          f"force fallback {'on' if on else 'off'} for every lane")  # fmt: skip
-
-        verb = "Force" if on else "Stop forcing"
-        self.push_screen(ConfirmScreen(f"{verb} fallback on EVERY lane?", verb), confirmed)
-
-    def _alert(self) -> Any:
-        line = self.query_one("#alerts", AlertsPane).selected()
-        if line is None:
-            self.notify("no alert selected", severity="warning")
-        return line
-
-    def action_ack(self) -> None:
-        """Acknowledge the selected alert."""
-        line = self._alert()
-        if line is not None and self._writable():
-            self.send({"command": "alert.ack", "alert_id": line.id, "workspace": line.workspace},
-                      f"acknowledged {line.alert_type}")  # fmt: skip
-
-    def action_resolve(self) -> None:
-        """Resolve the selected alert."""
-        line = self._alert()
-        if line is not None and self._writable():
-            self.send({"command": "alert.resolve", "alert_id": line.id,
-                       "workspace": line.workspace}, f"resolved {line.alert_type}")  # fmt: skip
-
-    def action_rebaseline(self) -> None:
-        """Accept the selected alert's lane's attested files as they are now."""
-        line = self._alert()
-        if line is None or not self._writable():
-            return
-        lane = line.subject_id
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self.send({"command": "lane.rebaseline", "lane": lane}, f"rebaselined {lane}")
-
-        self.push_screen(
-            ConfirmScreen(f"Accept lane {lane}'s attested files as they are now?", "Rebaseline"),
-            confirmed,
-        )
-
-    @work(group="verify")
-    async def action_verify(self) -> None:
-        """Verify the ledger's chain."""
-        self.notify("verifying the ledger…")
-        result = await self.source.verify_ledger()
-        if result["ok"]:
-            self.notify(f"ledger ok: {result['entries']} entries", title="ledger")
-        else:
-            self.notify(f"ledger broken at seq {result['first_bad_seq']}: {result['reason']}",
-                        title="ledger", severity="error", timeout=30)  # fmt: skip
 
     # --- the command palette ---------------------------------------------------------------------
 

@@ -27,6 +27,12 @@ class KeyAction:
         """Whether the action is offered on ``pane``."""
         return ALL in self.panes or pane in self.panes
 
+    @property
+    def on_pane(self) -> bool:
+        """Whether the pane in view runs the action (one offered on some panes only is
+        theirs); else the app does."""
+        return ALL not in self.panes
+
 
 ACTIONS: Final[tuple[KeyAction, ...]] = (
     KeyAction("pane_approvals", "1", "Approvals", writes=False),
