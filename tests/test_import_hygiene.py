@@ -45,7 +45,7 @@ def test_domain_imports_nothing_above_it() -> None:
         "import sys, quarterdeck.domain.envelope, quarterdeck.domain.states, "
         "quarterdeck.domain.ledger, quarterdeck.domain.canonical, quarterdeck.domain.ids, "
         "quarterdeck.domain.tasks, quarterdeck.domain.policy, quarterdeck.domain.clock, "
-        "quarterdeck.domain.figures; "
+        "quarterdeck.domain.figures, quarterdeck.domain.commands; "
         "print(','.join(sorted(m for m in sys.modules if m.startswith('quarterdeck.') "
         "and not m.startswith('quarterdeck.domain'))))"
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
+
+from quarterdeck.domain import commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,80 +44,23 @@ def parse_task(payload: Mapping[str, Any]) -> TaskSpec | list[str]:
     return TaskSpec(lane, objective, task_input, budget)
 
 
-COMMANDS: Final = {
-    "lane.pause": ("lane",),
-    "lane.resume": ("lane",),
-    "lane.force_fallback": ("lane", "on"),
-    "lane.shadow": ("lane", "on"),
-    "lane.rebaseline": ("lane",),
-    "fallback.force": ("on",),
-    "turn.requeue": ("turn_id",),
-    "turn.cancel": ("turn_id",),
-    "turn.takeover": ("turn_id",),
-    "turn.release": ("turn_id",),
-    "turn.complete": ("turn_id", "deliverable"),
-    "approval.approve": ("approval_id",),
-    "approval.reject": ("approval_id", "reason_code"),
-    "approval.escalate": ("approval_id",),
-    "approval.snooze": ("approval_id", "for_s"),
-    "approval.claim": ("approval_id",),
-    "approval.unclaim": ("approval_id",),
-    "approval.bulk": ("decision",),
-    "approval.request": ("action_id", "tool"),
-    "alert.ack": ("alert_id",),
-    "alert.resolve": ("alert_id",),
-}
-"""Supervisor commands the runtime applies, with their required payload fields. Every command
-may also carry ``actor`` (who gave it); see ``docs/specs/supervision.md`` for the optional
-fields of each."""
-
-_TYPED_FIELDS: Final[dict[str, tuple[type | tuple[type, ...], str]]] = {
-    "on": (bool, "true or false"),
-    "for_s": ((int, float), "a number of seconds greater than 0"),
-    "deliverable": (Mapping, "an object"),
-    "args": (Mapping, "an object"),
-    "filter": (Mapping, "an object"),
-}
-
-
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A supervisor command: its name and arguments."""
+    """A supervisor command: its name and arguments (its wire payload without ``command``)."""
 
     name: str
     args: Mapping[str, Any]
 
 
 def parse_command(payload: Mapping[str, Any]) -> CommandSpec | list[str]:
-    """Read a command payload (``{"command": NAME, ...arguments}``); return it or every problem."""
-    name = payload.get("command")
-    if name not in COMMANDS:
-        return [f"payload.command: must be one of {', '.join(sorted(COMMANDS))}, got {name!r}"]
-    problems = []
-    for required in COMMANDS[name]:
-        value = payload.get(required)
-        if required in _TYPED_FIELDS:
-            continue
-        if not isinstance(value, str) or not value:
-            problems.append(f"payload.{required}: is required")
-    for field_name, (kind, wanted) in _TYPED_FIELDS.items():
-        if field_name not in payload and field_name not in COMMANDS[name]:
-            continue
-        value = payload.get(field_name)
-        if (
-            not isinstance(value, kind)
-            or (kind is not bool and isinstance(value, bool))
-            or (
-                field_name == "for_s" and not (isinstance(value, int | float) and 0 < value < 10**9)
-            )
-        ):
-            problems.append(f"payload.{field_name}: must be {wanted}")
-    actor = payload.get("actor")
-    if actor is not None and (not isinstance(actor, str) or not actor):
-        problems.append("payload.actor: must be a non-empty string")
-    if problems:
-        return problems
-    return CommandSpec(str(name), {k: v for k, v in payload.items() if k != "command"})
+    """Read a command payload (``{"command": NAME, ...arguments}``) through the catalogue
+    (:mod:`quarterdeck.domain.commands`); return it or every problem."""
+    command = commands.parse_command(payload)
+    if isinstance(command, list):
+        return command
+    args = command.to_payload()
+    del args["command"]
+    return CommandSpec(command.name, args)
 
 
 def backoff_delay(
