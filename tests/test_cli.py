@@ -8,6 +8,7 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from tests.conftest import Store, envelope, is_postgres, line, quarterdeck, run
 
 from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.runtime.ingest import Ingestor
-from quarterdeck.runtime.items import Items
 from quarterdeck.store.database import open_database
+from quarterdeck.store.items import create_item, transition
 from quarterdeck.store.sessions import acquire_sessions
 from quarterdeck.store.writer import Writer
 
@@ -116,27 +117,32 @@ def world(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Wor
                 "beta_rejected": [beta_bad[0].receipt],
             }
             assert [r.status for r in again] == ["duplicate", "rejected", "rejected"]
-            items = Items(writer)
             for name, kind in ITEM_KINDS.items():
                 for workspace, count in (("alpha", 3), ("beta", 1)):
                     created = [
-                        await items.create(
-                            kind, workspace=workspace, actor="test", data={"n": n, "name": name}
+                        await writer.submit(
+                            partial(
+                                create_item, kind=kind, workspace=workspace, actor="test",
+                                data={"n": n, "name": name},
+                            )
                         )
                         for n in range(count)
-                    ]
+                    ]  # fmt: skip
                     built.items[(name, workspace)] = [c.id for c in created]
                 first = built.items[(name, "alpha")][0]
                 leased = MACHINES[kind].leased
-                await items.transition(
-                    kind,
-                    first,
-                    MOVED_TO[name],
-                    workspace="alpha",
-                    actor="test",
-                    expected_version=1,
-                    expected_attempt=0 if leased else None,
-                    bump_attempt=leased,
+                await writer.submit(
+                    partial(
+                        transition,
+                        kind=kind,
+                        item_id=first,
+                        to_state=MOVED_TO[name],
+                        workspace="alpha",
+                        actor="test",
+                        expected_version=1,
+                        expected_attempt=0 if leased else None,
+                        bump_attempt=leased,
+                    )
                 )
         await db.dispose()
 

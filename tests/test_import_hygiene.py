@@ -17,7 +17,6 @@ MODULES = [
     "quarterdeck.store.items",
     "quarterdeck.store.queries",
     "quarterdeck.runtime.ingest",
-    "quarterdeck.runtime.items",
     "quarterdeck.runtime.runtime",
     "quarterdeck.runtime.daemon",
     "quarterdeck.store.apply",

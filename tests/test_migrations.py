@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,8 @@ from conftest import REPO, RawConnection, Store, envelope, is_postgres, line, qu
 from quarterdeck.domain.ledger import GENESIS_HASH
 from quarterdeck.domain.states import Kind
 from quarterdeck.runtime.ingest import Ingestor
-from quarterdeck.runtime.items import Items
 from quarterdeck.store.database import DB_FILENAME, Database, DatabaseError, open_database
+from quarterdeck.store.items import create_item, transition
 from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.migrations import (
     HEAD_VERSION,
@@ -267,23 +268,28 @@ async def add_data(db: Database, schema: Schema, tag: str) -> None:
             assert [r.status for r in results] == ["accepted"] * 3 + ["rejected"]
             assert (await ingestor.ingest(lines[:1]))[0].status == "duplicate"
         if set(tables) >= V2_TABLES:
-            items = Items(writer)
             for kind in Kind:
                 extras = {"turn": TURN_EXTRAS, "mission": MISSION_EXTRAS}.get(str(kind), {})
                 fields = {k: v for k, v in extras.items() if k in tables[f"{kind}s"]}
-                item = await items.create(
-                    kind, workspace=f"ws-{tag}", actor=tag, data={"tag": tag}, fields=fields
-                )
+                item = await writer.submit(
+                    partial(
+                        create_item, kind=kind, workspace=f"ws-{tag}", actor=tag,
+                        data={"tag": tag}, fields=fields,
+                    )
+                )  # fmt: skip
                 if kind in (Kind.TURN, Kind.ALERT):
-                    await items.transition(
-                        kind,
-                        item.id,
-                        "leased" if kind is Kind.TURN else "acked",
-                        workspace=item.workspace,
-                        actor=tag,
-                        expected_version=1,
-                        expected_attempt=0,
-                        bump_attempt=kind is Kind.TURN,
+                    await writer.submit(
+                        partial(
+                            transition,
+                            kind=kind,
+                            item_id=item.id,
+                            to_state="leased" if kind is Kind.TURN else "acked",
+                            workspace=item.workspace,
+                            actor=tag,
+                            expected_version=1,
+                            expected_attempt=0,
+                            bump_attempt=kind is Kind.TURN,
+                        )
                     )
 
     def others(conn: Connection) -> None:

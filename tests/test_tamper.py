@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ from conftest import Store, envelope, line, quarterdeck, run
 from quarterdeck.domain.ledger import GENESIS_HASH, LedgerEntry, VerifyResult, make_entry
 from quarterdeck.domain.states import Kind
 from quarterdeck.runtime.ingest import Ingestor
-from quarterdeck.runtime.items import Items
 from quarterdeck.store.database import Database, open_database
+from quarterdeck.store.items import create_item, transition
 from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.writer import Writer
 
@@ -56,22 +57,26 @@ NOTE = 'naïve ☃ 🚀 "quoted" \\ back\tslash \x01 \u2028 end'
 async def _build(path: Path | str) -> None:
     db = await open_database(str(path))
     async with Writer(db) as writer:
-        items = Items(writer)
         ingestor = Ingestor(writer)
 
         async def walk(kind: Kind, workspace: str, *moves: tuple[str, bool]) -> None:
-            item = await items.create(kind, workspace=workspace, actor="ops-ü✓")
+            item = await writer.submit(
+                lambda txn: create_item(txn, kind, workspace=workspace, actor="ops-ü✓")
+            )
             for i, (state, bump) in enumerate(moves):
-                item = await items.transition(
-                    kind,
-                    item.id,
-                    state,
-                    workspace=workspace,
-                    actor="agent/ß",
-                    expected_version=item.version,
-                    expected_attempt=item.attempt,
-                    bump_attempt=bump,
-                    payload={"note": NOTE, "step": i, "nested": {"b": [1, 2.5, None, True]}},
+                item = await writer.submit(
+                    partial(
+                        transition,
+                        kind=kind,
+                        item_id=item.id,
+                        to_state=state,
+                        workspace=workspace,
+                        actor="agent/ß",
+                        expected_version=item.version,
+                        expected_attempt=item.attempt,
+                        bump_attempt=bump,
+                        payload={"note": NOTE, "step": i, "nested": {"b": [1, 2.5, None, True]}},
+                    )
                 )
 
         await walk(Kind.TURN, "acme", ("leased", True), ("running", False), ("completed", False))

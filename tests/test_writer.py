@@ -9,8 +9,8 @@ from sqlalchemy import text
 from tests.conftest import run
 
 from quarterdeck.domain.states import IllegalTransition, Kind
-from quarterdeck.runtime.items import Items
 from quarterdeck.store.database import open_database
+from quarterdeck.store.items import create_item, transition
 from quarterdeck.store.ledger import iter_entries, verify_ledger
 from quarterdeck.store.writer import Writer, WriterClosed, WriteTxn
 
@@ -19,9 +19,13 @@ def test_concurrent_operations_share_commits(database: str) -> None:
     async def main() -> tuple[int, int, bool]:
         db = await open_database(database)
         async with Writer(db) as writer:
-            items = Items(writer)
             created = await asyncio.gather(
-                *(items.create(Kind.ALERT, workspace="w", actor="test") for _ in range(200))
+                *(
+                    writer.submit(
+                        lambda txn: create_item(txn, Kind.ALERT, workspace="w", actor="test")
+                    )
+                    for _ in range(200)
+                )
             )
             assert len({c.id for c in created}) == 200
             commits = writer.commits
@@ -41,8 +45,9 @@ def test_failing_operation_rolls_back_alone(database: str) -> None:
     async def main() -> None:
         db = await open_database(database)
         async with Writer(db) as writer:
-            items = Items(writer)
-            alert = await items.create(Kind.ALERT, workspace="w", actor="t")
+            alert = await writer.submit(
+                lambda txn: create_item(txn, Kind.ALERT, workspace="w", actor="t")
+            )
 
             def half_done(txn: WriteTxn) -> None:
                 txn.ledger.append(
@@ -58,9 +63,17 @@ def test_failing_operation_rolls_back_alone(database: str) -> None:
 
             results = await asyncio.gather(
                 writer.submit(half_done),
-                items.create(Kind.ALERT, workspace="w", actor="t"),
-                items.transition(
-                    Kind.ALERT, alert.id, "open", workspace="w", actor="t", expected_version=1
+                writer.submit(lambda txn: create_item(txn, Kind.ALERT, workspace="w", actor="t")),
+                writer.submit(
+                    lambda txn: transition(
+                        txn,
+                        Kind.ALERT,
+                        alert.id,
+                        "open",
+                        workspace="w",
+                        actor="t",
+                        expected_version=1,
+                    )
                 ),
                 return_exceptions=True,
             )
@@ -100,10 +113,9 @@ def test_two_writers_on_one_file_keep_one_chain(database: str) -> None:
         first_db = await open_database(database)
         second_db = await open_database(database)
         async with Writer(first_db) as first, Writer(second_db) as second:
-            a, b = Items(first), Items(second)
             for _ in range(20):
-                await a.create(Kind.ALERT, workspace="w", actor="a")
-                await b.create(Kind.ALERT, workspace="w", actor="b")
+                await first.submit(lambda t: create_item(t, Kind.ALERT, workspace="w", actor="a"))
+                await second.submit(lambda t: create_item(t, Kind.ALERT, workspace="w", actor="b"))
         result = await verify_ledger(first_db)
         assert result.ok and result.entries == 40
         await first_db.dispose()
@@ -118,9 +130,8 @@ def test_commit_listeners_hear_the_head(database: str) -> None:
         heard: list[int] = []
         async with Writer(db) as writer:
             writer.on_commit(heard.append)
-            items = Items(writer)
-            await items.create(Kind.ALERT, workspace="w", actor="t")
-            await items.create(Kind.ALERT, workspace="w", actor="t")
+            await writer.submit(lambda t: create_item(t, Kind.ALERT, workspace="w", actor="t"))
+            await writer.submit(lambda t: create_item(t, Kind.ALERT, workspace="w", actor="t"))
         await db.dispose()
         return heard
 

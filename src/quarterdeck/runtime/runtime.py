@@ -25,7 +25,6 @@ from quarterdeck.domain.states import MISSION_SELF_FINISHED as SELF_FINISHED_STA
 from quarterdeck.runtime.config import RuntimeConfig
 from quarterdeck.runtime.drift import DriftMonitor, PolicySource, SloMonitor
 from quarterdeck.runtime.ingest import Ingestor, RawInput
-from quarterdeck.runtime.items import Items
 from quarterdeck.runtime.lanes.base import (
     Decision,
     DecisionOutcome,
@@ -185,7 +184,6 @@ class Runtime:
         self.metrics = Metrics()
         self.writer = Writer(db, clock)
         self.ingestor = Ingestor(self.writer, clock, self.metrics)
-        self.items = Items(self.writer, self.metrics)
         targets = tuple(Target(w.name, w.url, w.format, w.events) for w in config.webhooks)
         self.policy_source = PolicySource(
             None if policy is not None else config.policy,
