@@ -54,29 +54,18 @@ from quarterdeck.domain.states import (
     machine,
 )
 
-# What the runtime runs to move work (ingest, approvals' expiry, and the store.work
-# operations below) is imported here and nowhere else in this module.
+# What the runtime runs to move work (ingest, approvals' expiry, and the store's
+# work operations below) is imported here and nowhere else in this module.
 from quarterdeck.runtime.ingest import Ingestor
+from quarterdeck.store.apply import Applied, apply_command, apply_receipts
 from quarterdeck.store.approvals import expire_due
+from quarterdeck.store.claiming import claim_missions
 from quarterdeck.store.database import open_database
+from quarterdeck.store.finishing import Ending, Finished, add_shadow_mission, finish_missions
+from quarterdeck.store.leases import heartbeat, release_missions, sweep
 from quarterdeck.store.ledger import verify_ledger
+from quarterdeck.store.plan import Claim, LanePlan, WorkPlan
 from quarterdeck.store.tables import STATEFUL_TABLES
-from quarterdeck.store.work import (
-    Applied,
-    Claim,
-    Ending,
-    Finished,
-    LanePlan,
-    WorkPlan,
-    add_shadow_mission,
-    apply_command,
-    apply_receipts,
-    claim_missions,
-    finish_missions,
-    heartbeat,
-    release_missions,
-    sweep,
-)
 from quarterdeck.store.writer import Writer
 
 KINDS = list(Kind)
