@@ -28,6 +28,7 @@ from quarterdeck.client.console import (
     ReadOnly,
     Snapshot,
 )
+from quarterdeck.domain.states import APPROVAL_OPEN
 from quarterdeck.tui import commands
 from quarterdeck.tui.commands import Command
 from quarterdeck.tui.screens import ConfirmScreen, JsonEditScreen, ReasonScreen, TextEditScreen
@@ -108,7 +109,7 @@ class SupervisorApp(App[None]):
         """Show a decided approval as decided at once (the runtime committed it; the next
         snapshot agrees)."""
         approval = result.get("approval")
-        if self.snapshot is None or not approval or result.get("state") in ("pending", "escalated"):
+        if self.snapshot is None or not approval or result.get("state") in APPROVAL_OPEN:
             return
         self._decided.add(str(approval))
         remaining = tuple(line for line in self.snapshot.approvals if line.id != approval)

@@ -19,6 +19,7 @@ from quarterdeck.client.console import (
     args_preview,
     remaining_s,
 )
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE
 from quarterdeck.tui.actions import AlertActions, ApprovalActions, LaneActions, TurnActions
 from quarterdeck.tui.table import Column, LivePane, Row, Styled, countdown, short, state_text
 
@@ -127,7 +128,7 @@ class MissionsPane(TurnActions, LaneActions, LivePane[MissionLine]):
     def cells(self, line: MissionLine) -> Row:
         """State, lane, role, attempt, lease owner, time to lease expiry, turn, id."""
         assert self.now is not None
-        live = line.state in ("running", "blocked")
+        live = line.state in MISSION_HOLDS_LEASE
         expiry = countdown(remaining_s(line.lease_expires_at, self.now)) if live else "-"
         return (
             state_text(line.state),

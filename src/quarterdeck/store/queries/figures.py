@@ -9,8 +9,10 @@ from sqlalchemy import text
 
 from quarterdeck.domain.clock import format_instant, parse_instant, utc_now
 from quarterdeck.domain.figures import percentile
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE, MISSION_LIVE, MISSION_SELF_FINISHED
 from quarterdeck.store.alerts import ON_FALLBACK, SERVING
 from quarterdeck.store.database import Database
+from quarterdeck.store.sql import in_list
 
 
 def _seconds(start: str, end: str) -> float:
@@ -46,12 +48,12 @@ async def slo(db: Database, workspace: str | None, recent: int = 2_000) -> dict[
                     f"sum(CASE WHEN {SERVING} AND {ON_FALLBACK} AND started_at IS NOT NULL "
                     "THEN 1 ELSE 0 END) AS fallback, "
                     "sum(CASE WHEN number > 1 THEN 1 ELSE 0 END) AS retries, "
-                    "sum(CASE WHEN attempt > 1 AND state IN ('completed', 'failed', 'timed_out') "
+                    f"sum(CASE WHEN attempt > 1 AND state IN {in_list(MISSION_SELF_FINISHED)} "
                     "THEN 1 ELSE 0 END) AS recovered_finished, "
                     "sum(CASE WHEN attempt > 1 AND state = 'completed' THEN 1 ELSE 0 END) "
                     "AS recovered_completed, "
-                    "sum(CASE WHEN state IN ('running', 'blocked') THEN 1 ELSE 0 END) AS running, "
-                    "sum(CASE WHEN state IN ('running', 'blocked') AND lease_expires_at < :now "
+                    f"sum(CASE WHEN state IN {in_list(MISSION_HOLDS_LEASE)} THEN 1 ELSE 0 END) AS running, "
+                    f"sum(CASE WHEN state IN {in_list(MISSION_HOLDS_LEASE)} AND lease_expires_at < :now "
                     f"THEN 1 ELSE 0 END) AS orphaned FROM missions {where}"
                 ),
                 {**params, "now": format_instant(utc_now())},
@@ -112,9 +114,7 @@ async def pending_work(db: Database) -> int:
         ).scalar_one()
         missions = (
             await conn.execute(
-                text(
-                    "SELECT count(*) FROM missions WHERE state IN ('queued', 'running', 'blocked')"
-                )
+                text(f"SELECT count(*) FROM missions WHERE state IN {in_list(MISSION_LIVE)}")
             )
         ).scalar_one()
     return int(receipts) + int(missions)

@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, Select, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
-from quarterdeck.domain.states import MACHINES, Kind
+from quarterdeck.domain.states import APPROVAL_OPEN, MACHINES, Kind
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import ledger_head
 from quarterdeck.store.receipts import RECEIPTS
@@ -25,10 +25,6 @@ ITEM_TABLES: dict[str, Table] = {kind: table_of(model) for kind, model in STATEF
 LISTABLE = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
 
 APPROVALS = ITEM_TABLES["approval"]
-OPEN_APPROVAL_STATES = ("pending", "escalated")
-"""An approval in one of these states still waits for a decision."""
-LIVE_MISSION_STATES = ("running", "blocked")
-"""A mission in one of these states holds its lease."""
 
 
 def in_scope(table: Table, workspace: str | None) -> ColumnElement[bool] | None:
@@ -74,7 +70,7 @@ def open_approvals_select(*columns: Any, workspace: str | None = None) -> Select
     """``columns`` of the approvals still waiting for a decision (in ``workspace`` only, unless
     None)."""
     query = (
-        select(*columns).select_from(APPROVALS).where(APPROVALS.c.state.in_(OPEN_APPROVAL_STATES))
+        select(*columns).select_from(APPROVALS).where(APPROVALS.c.state.in_(sorted(APPROVAL_OPEN)))
     )
     if workspace is not None:
         query = query.where(APPROVALS.c.workspace == workspace)

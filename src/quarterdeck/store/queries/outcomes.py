@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from quarterdeck.domain.states import APPROVAL_OPEN
 from quarterdeck.store.changes import ChangeFeed
-from quarterdeck.store.queries.listings import OPEN_APPROVAL_STATES
 
 _PRODUCED = "SELECT produced_type, produced_id FROM receipts WHERE id = :id"
 _APPROVAL = (
@@ -52,7 +52,7 @@ async def produced(feed: ChangeFeed, receipt: str) -> Produced | None:
 async def decided_approval(feed: ChangeFeed, approval_id: str) -> DecidedApproval | None:
     """The approval ``approval_id`` once decided; None while it is open (or unknown)."""
     row = await feed.query_one(_APPROVAL, {"id": approval_id})
-    if row is None or row["state"] in OPEN_APPROVAL_STATES:
+    if row is None or row["state"] in APPROVAL_OPEN:
         return None
     return DecidedApproval(**row)
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from sqlalchemy import case, distinct, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE
 from quarterdeck.store.database import Database
 from quarterdeck.store.flags import read_flags
 from quarterdeck.store.ledger import LEDGER, ledger_head
 from quarterdeck.store.queries.listings import (
     APPROVALS,
     ITEM_TABLES,
-    LIVE_MISSION_STATES,
     columns_of,
     newest_first,
     open_approvals_select,
@@ -187,7 +187,7 @@ _OPEN_COUNTS = select(
     .label("alerts"),
     select(func.count())
     .select_from(MISSIONS)
-    .where(MISSIONS.c.state.in_(LIVE_MISSION_STATES))
+    .where(MISSIONS.c.state.in_(sorted(MISSION_HOLDS_LEASE)))
     .scalar_subquery()
     .label("missions"),
 )

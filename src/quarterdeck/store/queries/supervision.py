@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from quarterdeck.domain.states import APPROVAL_OPEN
 from quarterdeck.store.database import Database
 from quarterdeck.store.queries.listings import (
     APPROVALS,
     ITEM_TABLES,
-    OPEN_APPROVAL_STATES,
     open_approvals_select,
 )
 
@@ -39,7 +39,7 @@ async def approvals_due(db: Database, now: str) -> bool:
 async def decided_approvals(db: Database, ids: Sequence[str]) -> list[str]:
     """Those of the approvals ``ids`` that no longer wait for a decision."""
     query = select(APPROVALS.c.id).where(
-        APPROVALS.c.id.in_(ids), APPROVALS.c.state.not_in(OPEN_APPROVAL_STATES)
+        APPROVALS.c.id.in_(ids), APPROVALS.c.state.not_in(sorted(APPROVAL_OPEN))
     )
     async with db.read() as conn:
         return [str(row.id) for row in (await conn.execute(query)).all()]
