@@ -45,13 +45,15 @@ class Kind(StrEnum):
 class Principal:
     """An authenticated caller. ``name`` is what the roster knows it by: an OS user name,
     ``token:<name>``, or ``agent:<what>``; ``uid`` and ``groups`` come from the kernel;
-    ``workspace`` pins a token or an agent to one workspace."""
+    ``granted``: roles its credential carries itself (a token's ``--role``), on top of the
+    roster's; ``workspace`` pins a token or an agent to one workspace."""
 
     kind: Kind
     name: str
     uid: int | None = None
     groups: frozenset[str] = frozenset()
     workspace: str | None = None
+    granted: frozenset[str] = frozenset()
 
     @property
     def label(self) -> str:
@@ -84,7 +86,7 @@ class Roster:
         if principal.kind is not Kind.SUPERVISOR:
             return frozenset()
         names = [principal.name, *(GROUP_PREFIX + group for group in principal.groups)]
-        held: set[str] = set()
+        held: set[str] = set(principal.granted)
         for name in names:
             held |= self.members.get(name, frozenset())
         return frozenset(held)
