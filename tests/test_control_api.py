@@ -39,6 +39,7 @@ from quarterdeck.store.database import open_database
 REPO = Path(__file__).resolve().parent.parent
 WS = "w"
 USER = pwd.getpwuid(os.getuid()).pw_name
+GROUPS = sorted({grp.getgrgid(gid).gr_name for gid in os.getgrouplist(USER, os.getgid())})
 CONFIG = {"lanes": {"sim": {"adapter": "sim", "options": {"seed": 1, "action_rate": 0.0}}}}
 
 
@@ -145,7 +146,7 @@ def test_whoami_cannot_be_talked_into_another_name(tmp_path: Path) -> None:
             assert answer.status_code == 200
             assert answer.json() == {
                 "kind": "supervisor", "name": USER, "label": f"{USER} (uid {os.getuid()})",
-                "uid": os.getuid(), "groups": answer.json()["groups"], "workspace": None,
+                "uid": os.getuid(), "groups": GROUPS, "workspace": None,
                 "roles": ["viewer"],
             }  # fmt: skip
 
@@ -378,6 +379,10 @@ def test_tcp_without_a_token_callback_is_always_401(tmp_path: Path) -> None:
                     with pytest.raises(ControlRefused) as refused:
                         await api.whoami()
                     assert (refused.value.status, refused.value.code) == (401, "unauthenticated")
+                    assert "no tokens" in refused.value.message
+            async with httpx.AsyncClient() as raw:
+                answer = await raw.get(f"{url}/v1/whoami")
+                assert answer.headers["www-authenticate"].startswith("Bearer")
             async with served.client() as api:  # the socket still serves the OS user
                 assert (await api.whoami()).principal.uid == os.getuid()
 

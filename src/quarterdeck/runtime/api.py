@@ -200,7 +200,10 @@ class ControlServer:
         try:
             return await handler(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            response = error_response(exc.status, exc.code, exc.message)
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="quarterdeck"'
+            return response
         except web.HTTPRequestEntityTooLarge:
             return error_response(
                 413, "too_large", f"the request body exceeds {self._max_body} bytes"
