@@ -393,7 +393,7 @@ def test_tcp_with_tokens(tmp_path: Path) -> None:
     issued = new_token()
     stored = {issued.id: ("ci-bot", issued.secret_hash)}
 
-    def verify(text: str) -> Principal | None:
+    async def verify(text: str) -> Principal | None:
         parts = split_token(text)
         if parts is None or parts[0] not in stored:
             return None

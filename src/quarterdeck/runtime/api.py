@@ -56,7 +56,7 @@ _PRINCIPAL: Final = web.RequestKey("principal", Principal)
 
 Submit = Callable[[Sequence[Mapping[str, Any]]], Awaitable[Sequence[IngestResult]]]
 """Records envelopes, one result each, in order."""
-VerifyToken = Callable[[str], Principal | None]
+VerifyToken = Callable[[str], Awaitable[Principal | None]]
 """The principal a bearer token stands for, or None (it must compare in constant time)."""
 
 
@@ -230,7 +230,7 @@ class ControlServer:
         if sock.family == socket.AF_UNIX:
             principal = self._peer_principal(sock)
         else:
-            principal = self._token_principal(request)
+            principal = await self._token_principal(request)
         request[_PRINCIPAL] = principal
         return await handler(request)
 
@@ -243,7 +243,7 @@ class ControlServer:
             return Principal(Kind.AGENT, f"agent:pid/{credentials.pid}")
         return supervisor_principal(credentials)
 
-    def _token_principal(self, request: web.Request) -> Principal:
+    async def _token_principal(self, request: web.Request) -> Principal:
         if self._verify_token is None:
             raise ApiError(
                 401, "unauthenticated", "this daemon accepts no tokens: use its Unix socket"
@@ -251,7 +251,7 @@ class ControlServer:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthenticated", "a bearer token is required over TCP")
-        principal = self._verify_token(token.strip())
+        principal = await self._verify_token(token.strip())
         if principal is None:
             raise ApiError(401, "unauthenticated", "the token is unknown, expired or revoked")
         return principal
