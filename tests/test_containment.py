@@ -256,3 +256,159 @@ def test_a_supervisors_group_may_pass_through_the_state_directory(tmp_path: Path
     assert refused.stderr.decode().strip().splitlines()[-1] == (
         f"quarterdeck: error: control.supervisors_group: no OS group {missing!r}"
     )
+
+
+# --- agents ------------------------------------------------------------------------------------
+
+
+def test_an_agent_gets_an_allowed_environment_and_a_workspace_of_its_own(tmp_path: Path) -> None:
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT, encoding="utf-8")
+    options = f'argv = ["{sys.executable}", "{script}"], env = {{ MODEL = "small" }}'
+    with daemon(tmp_path, config(options), env=SECRETS) as runtime:
+        state_dir = runtime.state_dir
+        acme = run_turn(runtime, "a", "acme", {"write": "secret.txt"})
+        rival = run_turn(runtime, "b", "rival", {"read": {"relative": "secret.txt",
+                                                           "database": str(state_dir / DB_FILENAME)}})  # fmt: skip
+    for report, workspace in ((acme, "acme"), (rival, "rival")):
+        assert_contained_env(report, state_dir, workspace)
+        assert report["env"]["PATH"] == os.environ["PATH"]
+    agents = tmp_path.resolve() / "state.agents"
+    acme_dir, rival_dir = Path(acme["cwd"]), Path(rival["cwd"])
+    # One session ran both turns, each in its own workspace's directory, outside the state dir.
+    assert acme_dir.parent == agents / "acme" and rival_dir.parent == agents / "rival"
+    assert acme_dir.name == rival_dir.name
+    assert not acme_dir.is_relative_to(state_dir.resolve())
+    for folder in (agents, agents / "acme", acme_dir, agents / "rival", rival_dir):
+        assert mode(folder) == 0o700, folder
+    assert (acme_dir / "secret.txt").is_file()
+    assert rival["relative"] == "FileNotFoundError"
+    # The hard boundary: an agent run as the daemon's own OS user may read what that user can.
+    assert rival["database"] == "ok"
+
+
+def test_env_allow_replaces_the_allowed_variables(tmp_path: Path) -> None:
+    script = tmp_path / "agent.py"
+    script.write_text(AGENT, encoding="utf-8")
+    options = (f'argv = ["{sys.executable}", "{script}"], env = {{ MODEL = "small" }}, '
+               'env_allow = ["PATH", "CI_SHARD"]')  # fmt: skip
+    env = {**SECRETS, "CI_SHARD": "3"}
+    with daemon(tmp_path, config(options), env=env) as runtime:
+        report = run_turn(runtime, "a", "acme", {})
+    assert set(report["env"]) - {"LC_CTYPE"} == {"PATH", "CI_SHARD", "MODEL", *MISSION_VARIABLES}
+    assert report["env"]["CI_SHARD"] == "3"
+
+
+def test_agents_run_as_another_user_cannot_read_the_state(shared_root: Path) -> None:
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"{SYSTEM_PYTHON} (an interpreter other users may run) is missing")
+    name = f"qdt{secrets.token_hex(3)}"
+    script = shared_root / "agent.py"
+    script.write_text(AGENT, encoding="utf-8")
+    script.chmod(0o644)
+    options = f'argv = ["{SYSTEM_PYTHON}", "{script}"], env = {{ MODEL = "small" }}, '
+    with os_users(name) as (user,):
+        with daemon(shared_root, config(options + f'run_as = "{name}"'), env=SECRETS) as runtime:
+            state_dir = runtime.state_dir
+            db = state_dir / DB_FILENAME
+            report = run_turn(runtime, "a", "acme", {
+                "read": {"database": str(db)}, "list": {"state": str(state_dir)}})  # fmt: skip
+        assert_contained_env(report, state_dir, "acme")
+        assert (report["uid"], report["gid"]) == (user.pw_uid, user.pw_gid)
+        assert 0 not in report["groups"] and report["groups"] in ([], [user.pw_gid])
+        assert report["env"]["HOME"] == user.pw_dir and report["env"]["USER"] == name
+        assert report["database"] == "PermissionError" and report["state"] == "PermissionError"
+        info = db.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o600, 0)
+        workdir = Path(report["cwd"])
+        assert workdir.stat().st_uid == user.pw_uid and mode(workdir) == 0o700
+        assert mode(workdir.parent) == 0o711 and workdir.parent.stat().st_uid == 0
+
+
+def test_one_user_per_workspace_keeps_tenants_apart(shared_root: Path) -> None:
+    if not SYSTEM_PYTHON.exists():
+        pytest.skip(f"{SYSTEM_PYTHON} (an interpreter other users may run) is missing")
+    prefix = f"qdt{secrets.token_hex(3)}"
+    script = shared_root / "agent.py"
+    script.write_text(AGENT, encoding="utf-8")
+    script.chmod(0o644)
+    options = (f'argv = ["{SYSTEM_PYTHON}", "{script}"], env = {{ MODEL = "small" }}, '
+               f'run_as = "{prefix}-{{workspace}}"')  # fmt: skip
+    with os_users(f"{prefix}-acme", f"{prefix}-rival") as (acme_user, rival_user):
+        with daemon(shared_root, config(options), env=SECRETS) as runtime:
+            acme = run_turn(runtime, "a", "acme", {"write": "secret.txt"})
+            acme_dir = Path(acme["cwd"])
+            rival = run_turn(runtime, "b", "rival", {
+                "read": {"neighbour_file": str(acme_dir / "secret.txt")},
+                "list": {"neighbour_dir": str(acme_dir), "workspaces": str(acme_dir.parent),
+                         "root": str(acme_dir.parent.parent)},
+            })  # fmt: skip
+        assert acme["uid"] == acme_user.pw_uid and rival["uid"] == rival_user.pw_uid
+        assert (acme_dir / "secret.txt").read_text() == "acme's secret"
+        assert rival["neighbour_file"] == "PermissionError"
+        assert rival["neighbour_dir"] == "PermissionError"
+        assert rival["workspaces"] == "PermissionError"
+        assert rival["root"] == "PermissionError"
+
+
+def test_run_as_another_user_needs_a_daemon_running_as_root(shared_root: Path) -> None:
+    (shared_root / "quarterdeck.toml").write_text(
+        config('argv = ["true"], run_as = "root"'), encoding="utf-8"
+    )
+    (shared_root / "quarterdeck.toml").chmod(0o644)
+    argv = ["--state-dir", str(shared_root / "state"), "run", "--headless",
+            "--config", str(shared_root / "quarterdeck.toml")]  # fmt: skip
+    if os.geteuid() != 0:
+        refused = quarterdeck(*argv)
+        code, err = refused.returncode, refused.stderr.decode()
+        uid = os.geteuid()
+    else:
+        with os_users(f"qdt{secrets.token_hex(3)}") as (user,):
+            code, err = _cli_as(user, argv)
+        uid = user.pw_uid
+    assert code == 2, err
+    assert err.splitlines()[-2:] == [
+        f"quarterdeck: error: bad configuration {shared_root / 'quarterdeck.toml'}:",
+        "  lanes.agents.options.run_as: running agents as another OS user ('root') needs the"
+        f" daemon to run as root (it runs as uid {uid})",
+    ]
+    assert not (shared_root / "state").exists()
+
+
+def test_run_as_an_unknown_user_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "quarterdeck.toml").write_text(
+        config('argv = ["true"], run_as = "qd-nobody-at-all"'), encoding="utf-8"
+    )
+    refused = quarterdeck("run", "--headless", "--config", str(tmp_path / "quarterdeck.toml"),
+                          state_dir=tmp_path / "state")  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.decode().splitlines()[-1] == (
+        "  lanes.agents.options.run_as: no OS user 'qd-nobody-at-all'"
+    )
+
+
+def _cli_as(user: pwd.struct_passwd, argv: list[str]) -> tuple[int, str]:
+    """Run the command line in a child of this process that has become ``user`` (the
+    interpreter of this test run may be out of that user's reach; the child needs no file of
+    it: everything the command line imports is imported already)."""
+    import quarterdeck.cli
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 99
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+            sys.stderr = os.fdopen(write_end, "w")
+            code = quarterdeck.cli.main(argv, out=open(os.devnull, "w"))  # noqa: SIM115
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        err = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), err

@@ -207,6 +207,8 @@ class RuntimeConfig:
     webhooks: tuple[Webhook, ...] = ()
     keymap: Mapping[Text, KeyName] = field(default_factory=dict)
     """The control center's key overrides: action name -> key (checked by the TUI)."""
+    agents_dir: Annotated[Path | None, BeforeValidator(_relative)] = None
+    """Where agents work (None: ``<state dir>.agents``; :mod:`quarterdeck.runtime.workdirs`)."""
     control: ControlSettings = field(default_factory=ControlSettings)
 
 
