@@ -480,6 +480,11 @@ def test_missing_executable(tmp_path: Path) -> None:
         {"argv": "agent"},
         {"argv": ["a"], "env": {"X": 1}},
         {"argv": ["a"], "kill_grace_s": -1},
+        {"argv": ["a"], "env_allow": "PATH"},
+        {"argv": ["a"], "env_allow": ["A=B"]},
+        {"argv": ["a"], "env": {"QUARTERDECK_SESSION_TOKEN": "forged"}},
+        {"argv": ["a"], "run_as": "{user}"},
+        {"argv": ["a"], "run_as": "qd-nobody-at-all"},
     ],
 )
 def test_bad_options(options: dict[str, Any]) -> None:

@@ -1246,8 +1246,10 @@ def test_command_lane_runs_an_agent_and_retries_one_that_times_out(tmp_path: Pat
             deliverable = json.loads(row["deliverable"])
             assert deliverable["echo"] == "say hi" and deliverable["attempt"] == 1
             assert deliverable["env_turn"] == ok_turn
-            # the agent runs in a work directory the runtime made under its state directory
-            assert Path(deliverable["cwd"]).resolve().is_relative_to((tmp_path / "state").resolve())
+            # the agent runs in a work directory the runtime made beside its state directory
+            cwd = Path(deliverable["cwd"]).resolve()
+            assert cwd.is_relative_to((tmp_path / "state.agents").resolve())
+            assert not cwd.is_relative_to((tmp_path / "state").resolve())
             [mission] = store.missions(ok_turn)
             assert mission["state"] == "completed"
             await wait_until(

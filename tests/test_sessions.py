@@ -338,9 +338,11 @@ def test_sync_python_agent_runs_in_a_thread_in_its_session_directory(
         await _wait(lambda: _rows(database, "SELECT state FROM turns")[0][0] == "completed")
         await rt.stop()
         (deliverable,) = _rows(database, "SELECT deliverable FROM turns")[0]
-        (session_dir,) = _rows(
-            database, "SELECT s.workdir FROM sessions s JOIN missions m ON m.session_id = s.id"
+        (session_id,) = _rows(
+            database, "SELECT s.id FROM sessions s JOIN missions m ON m.session_id = s.id"
         )[0]
+        # The session's directory in the mission's workspace, outside the state directory.
+        session_dir = str(tmp_path.parent / f"{tmp_path.name}.agents" / "w" / session_id)
         assert json.loads(deliverable) == {
             "workdir": session_dir,
             "decision": "approved",

@@ -34,7 +34,7 @@ from typing import IO
 
 from sqlalchemy.exc import OperationalError
 
-from quarterdeck.cli.common import UsageError, database_url, workspace_scope
+from quarterdeck.cli.common import UsageError, database_url, warn_if_exposed, workspace_scope
 from quarterdeck.cli.db import db_command
 from quarterdeck.cli.parser import build_parser
 from quarterdeck.cli.read import (
@@ -50,6 +50,7 @@ from quarterdeck.cli.supervise import SUPERVISION, supervise_command
 from quarterdeck.runtime.config import ConfigError
 from quarterdeck.store.database import DatabaseError, open_database
 from quarterdeck.store.migrations import MigrationError
+from quarterdeck.store.statedir import StateDirError
 
 __all__ = ["main"]
 
@@ -68,6 +69,8 @@ _ON_DATABASE = {
 
 async def _run(args: argparse.Namespace, out: IO[str]) -> int:
     workspace_scope(args)  # report option conflicts before touching the database
+    if args.command != "demo":
+        warn_if_exposed(args, sys.stderr)
     if args.command in SUPERVISION:
         return await supervise_command(args, out)
     if args.command == "demo":
@@ -96,7 +99,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         for problem in exc.problems:
             sys.stderr.write(f"  {problem}\n")
         return 2
-    except (DatabaseError, MigrationError) as exc:
+    except (DatabaseError, MigrationError, StateDirError) as exc:
         sys.stderr.write(f"quarterdeck: error: {exc}\n")
         return 2
     except OperationalError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from quarterdeck.store.database import sqlite_url
+from quarterdeck.store.statedir import exposure
 
 DEFAULT_WORKSPACE = "default"
 
@@ -22,6 +23,13 @@ def state_directory(args: argparse.Namespace) -> Path:
     """The runtime data directory: ``--state-dir``, else ``QUARTERDECK_STATE_DIR``, else
     ``./state``."""
     return Path(args.state_dir or os.environ.get("QUARTERDECK_STATE_DIR") or "state")
+
+
+def warn_if_exposed(args: argparse.Namespace, err: IO[str]) -> None:
+    """One warning line on ``err`` when other users may read or write the state directory."""
+    found = exposure(state_directory(args))
+    if found:
+        err.write(f"quarterdeck: warning: {found}\n")
 
 
 def database_url(args: argparse.Namespace) -> str:

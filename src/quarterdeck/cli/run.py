@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import IO
 
 from quarterdeck.cli.common import UsageError, database_url, state_directory
-from quarterdeck.runtime.config import RuntimeConfig
+from quarterdeck.runtime.config import ConfigError, RuntimeConfig
+from quarterdeck.runtime.lanes.registry import startup_problems
 from quarterdeck.store.database import DB_FILENAME, Database, open_database, sqlite_url
 
 
@@ -44,12 +45,16 @@ def prepare_run(args: argparse.Namespace) -> None:
     Raises:
         UsageError: ``--until-idle`` without ``--headless``, or the control center without a
             terminal.
+        ConfigError: the configuration is invalid, or names what this process cannot do
+            (agents run as another OS user by a daemon that is not root).
     """
     if not args.headless:
         if args.until_idle:
             raise UsageError("--until-idle needs --headless")
         _need_terminal()
     args.run_config = _load_run_config(args)
+    if problems := startup_problems(args.run_config[0].lanes.values()):
+        raise ConfigError(args.run_config[1], problems)
     if args.run_config[0].database_url and not args.db:
         args.db = args.run_config[0].database_url
 

@@ -178,6 +178,15 @@ class Webhook:
 
 
 @dataclass(frozen=True, slots=True, config=_TABLE)
+class ControlSettings:
+    """Who may reach the daemon's state directory besides its own OS user."""
+
+    supervisors_group: Annotated[Text, AfterValidator(_present)] | None = None
+    """An OS group whose members supervise: the state directory becomes 0710 and the group's
+    (they may reach a file in it by name, never list it or read the files)."""
+
+
+@dataclass(frozen=True, slots=True, config=_TABLE)
 class RuntimeConfig:
     """The whole runtime configuration."""
 
@@ -198,6 +207,9 @@ class RuntimeConfig:
     webhooks: tuple[Webhook, ...] = ()
     keymap: Mapping[Text, KeyName] = field(default_factory=dict)
     """The control center's key overrides: action name -> key (checked by the TUI)."""
+    agents_dir: Annotated[Path | None, BeforeValidator(_relative)] = None
+    """Where agents work (None: ``<state dir>.agents``; :mod:`quarterdeck.runtime.workdirs`)."""
+    control: ControlSettings = field(default_factory=ControlSettings)
 
 
 _LANE: Final = TypeAdapter(LaneConfig)

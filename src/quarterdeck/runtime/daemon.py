@@ -1,6 +1,7 @@
 """The headless daemon: the runtime without a screen, until SIGTERM or SIGINT, then a drain.
 
-Logs are JSON lines on stderr. ``--metrics-port`` serves Prometheus text on 127.0.0.1.
+Logs are JSON lines on stderr. ``--metrics-port`` serves Prometheus text on 127.0.0.1. At
+start the state directory is made private (:func:`~quarterdeck.store.statedir.secure_state_dir`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from quarterdeck.domain.clock import format_instant, utc_now
 from quarterdeck.runtime.config import RuntimeConfig
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import Database
+from quarterdeck.store.statedir import secure_state_dir
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -107,8 +109,15 @@ async def run_headless(
     until_idle: bool = False,
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with ``until_idle``, until no work is left), then drain.
-    Returns the exit code."""
+    Returns the exit code.
+
+    Raises:
+        StateDirError: the state directory cannot be given its modes or group.
+    """
     log = logging.getLogger("quarterdeck.daemon")
+    changed = secure_state_dir(state_dir, config.control.supervisors_group)
+    if changed:
+        log.warning("state directory made private", extra={"changed": changed})
     runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

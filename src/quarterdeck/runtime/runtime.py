@@ -35,6 +35,7 @@ from quarterdeck.runtime.lanes.base import (
 from quarterdeck.runtime.lanes.registry import build_lane
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.relay import Relay
+from quarterdeck.runtime.workdirs import mission_workdir
 from quarterdeck.store.apply import ReceiptsAlreadyApplied, apply_command, apply_receipts
 from quarterdeck.store.approvals import Gate, expire_due
 from quarterdeck.store.changes import ChangeFeed
@@ -461,10 +462,9 @@ class Runtime:
         lane_config = self.config.lanes[claim.exec_lane]
         lane = self.lanes[claim.exec_lane]
         session = self._sessions.get(claim.exec_lane, {}).get(claim.session_id or "")
-        workdir = (
-            Path(session.workdir)
-            if session is not None
-            else self.state_dir / "work" / claim.workspace / claim.turn_id
+        session_id = session.id if session is not None else None
+        workdir = mission_workdir(
+            self.state_dir, self.config.agents_dir, claim.workspace, session_id, claim.turn_id
         )
         ctx = MissionContext(
             mission_id=claim.mission_id,

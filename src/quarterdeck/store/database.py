@@ -32,8 +32,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError, PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from quarterdeck.store.migrations import HEAD_VERSION, current_version, migrate
+from quarterdeck.store.statedir import DB_FILENAME as DB_FILENAME
+from quarterdeck.store.statedir import create_private_file, make_private_dir
 
-DB_FILENAME = "quarterdeck.db"
 BUSY_TIMEOUT_MS = 10_000
 """Readers' busy timeout (they rarely wait at all under WAL)."""
 LOCK_RETRIES = 60
@@ -382,7 +383,10 @@ async def open_database(url: str, *, upgrade: bool = True) -> Database:
     async_url = normalize_url(url)
     database_path = make_url(async_url).database
     if make_url(async_url).get_backend_name() == "sqlite" and database_path:
-        Path(database_path).parent.mkdir(parents=True, exist_ok=True)
+        # A new folder 0700 and a new file 0600, whatever the umask; SQLite gives its -wal and
+        # -shm files the database file's mode.
+        make_private_dir(Path(database_path).parent)
+        create_private_file(Path(database_path))
     db = Database(async_url)
     try:
         try:

@@ -14,17 +14,20 @@ from quarterdeck.client.console import AttachedConsole, EmbeddedConsole
 from quarterdeck.runtime.config import RuntimeConfig
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import Database
+from quarterdeck.store.statedir import (
+    LOG_FILENAME,
+    create_private_file,
+    secure_state_dir,
+)
 from quarterdeck.tui.app import create_app
 from quarterdeck.tui.themes import resolve_theme
-
-LOG_FILE = "quarterdeck.log"
 
 
 def log_to_file(state_dir: Path) -> Path:
     """Send the runtime's logs to ``<state_dir>/quarterdeck.log`` (the screen owns the
-    terminal)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / LOG_FILE
+    terminal), a file only the daemon's user may read."""
+    path = state_dir / LOG_FILENAME
+    create_private_file(path)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
@@ -46,6 +49,7 @@ async def run_embedded(
     node_id: str | None = None,
 ) -> int:
     """The control center on a runtime in this process; the runtime drains when it quits."""
+    secure_state_dir(state_dir, config.control.supervisors_group)
     log_to_file(state_dir)
     runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id)
     await runtime.start()

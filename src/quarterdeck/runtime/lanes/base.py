@@ -101,6 +101,11 @@ class LaneOptions(BaseModel):
         except ValidationError as exc:
             raise ValueError(f"lane {lane!r}: " + "; ".join(problems(exc, "options"))) from None
 
+    def startup_problems(self) -> list[str]:
+        """What stops this process from running the lane as configured (checked when a
+        runtime starts, not when the configuration is read), as ``options.key: message``."""
+        return []
+
 
 @dataclass(frozen=True, slots=True)
 class Adapter:

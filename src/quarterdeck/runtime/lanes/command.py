@@ -9,7 +9,11 @@ line on stdin. Exit code 0 after a deliverable completes the mission; anything e
 Options:
 
 - ``argv``: the command (required, a non-empty list of strings);
-- ``env``: extra environment variables (a table of strings);
+- ``env``: the agent's own environment variables (a table of strings);
+- ``env_allow``: the daemon's variables the agent gets (default
+  :data:`~quarterdeck.runtime.lanes.containment.DEFAULT_ENV_ALLOW`; nothing else is inherited);
+- ``run_as``: the OS user the agent runs as (``{workspace}`` in it stands for the mission's
+  workspace); the daemon must run as root to name another user than its own;
 - ``kill_grace_s``: how long the agent has between SIGTERM and SIGKILL (default 2);
 - ``max_line_bytes``: the longest line read whole (default 1 MiB); longer lines are cut, so a
   stdout line that long is never an event;
@@ -17,7 +21,9 @@ Options:
   reported in one summary when the mission ends;
 - ``max_log_line_bytes``: the text kept of each log line (default 8 KiB).
 
-The agent runs in a session (process group) of its own. When :meth:`CommandLane.run` is
+The agent runs in a session (process group) of its own, in its working directory
+(:mod:`quarterdeck.runtime.workdirs`, outside the state directory, one per workspace and
+session; created 0700, and given to the ``run_as`` user). When :meth:`CommandLane.run` is
 cancelled (timeout, take-over, drain), the whole group is stopped: SIGTERM, then SIGKILL after
 the grace. When the agent exits, whatever it left running in its group is killed at once. The
 agent is reaped, and no reader or action task outlives ``run``.
@@ -36,7 +42,17 @@ from typing import Annotated, Any, Final
 from pydantic import Field
 
 from quarterdeck.runtime.lanes.base import Adapter, LaneFailure, LaneOptions, MissionContext
+from quarterdeck.runtime.lanes.containment import (
+    DEFAULT_ENV_ALLOW,
+    AgentVariables,
+    AllowedVariables,
+    RunAs,
+    agent_account,
+    agent_environment,
+    run_as_problem,
+)
 from quarterdeck.runtime.validation import required, says
+from quarterdeck.runtime.workdirs import prepare_workdir
 
 DEFAULT_KILL_GRACE_S: Final = 2.0
 DEFAULT_MAX_LINE_BYTES: Final = 1_048_576
@@ -64,11 +80,18 @@ class CommandOptions(LaneOptions):
     argv: Annotated[
         list[str], Field(min_length=1), says("a non-empty list of strings is required")
     ] = required()
-    env: Annotated[dict[str, str], says("must be a table of strings")] = Field(default_factory=dict)
+    env: AgentVariables = Field(default_factory=dict)
+    env_allow: AllowedVariables = Field(default_factory=lambda: list(DEFAULT_ENV_ALLOW))
+    run_as: RunAs | None = None
     kill_grace_s: Annotated[float, Field(ge=0)] = DEFAULT_KILL_GRACE_S
     max_line_bytes: Annotated[float, Field(ge=1)] = DEFAULT_MAX_LINE_BYTES
     max_log_lines: Annotated[float, Field(ge=0)] = DEFAULT_MAX_LOG_LINES
     max_log_line_bytes: Annotated[float, Field(ge=1)] = DEFAULT_MAX_LOG_LINE_BYTES
+
+    def startup_problems(self) -> list[str]:
+        """A ``run_as`` user this process cannot switch to."""
+        found = run_as_problem(self.run_as) if self.run_as is not None else None
+        return [f"options.run_as: {found}"] if found else []
 
 
 class CommandLane:
@@ -79,6 +102,10 @@ class CommandLane:
         parsed = CommandOptions.parse(name, options)
         self.argv: list[str] = list(parsed.argv)
         self.env: dict[str, str] = dict(parsed.env)
+        self.env_allow = tuple(parsed.env_allow)
+        self.run_as = parsed.run_as
+        if found := parsed.startup_problems():
+            raise ValueError(f"lane {name!r}: " + "; ".join(found))
         self.kill_grace_s = parsed.kill_grace_s
         self.max_line_bytes = int(parsed.max_line_bytes)
         self.max_log_lines = int(parsed.max_log_lines)
@@ -104,17 +131,26 @@ class CommandLane:
             }
         )
         try:
-            ctx.workdir.mkdir(parents=True, exist_ok=True)
+            account = agent_account(self.run_as, ctx.workspace)
+        except (LookupError, PermissionError) as exc:
+            raise LaneFailure(f"run_as: {exc}") from None
+        owner = (account.pw_uid, account.pw_gid) if account is not None else None
+        try:
+            prepare_workdir(ctx.workdir, owner)
         except OSError as exc:
             raise LaneFailure(f"cannot create {ctx.workdir}: {exc.strerror or exc}") from exc
         env = {
-            **os.environ,
-            **self.env,
+            **agent_environment(self.env_allow, self.env, account),
             "QUARTERDECK_MISSION_ID": ctx.mission_id,
             "QUARTERDECK_TURN_ID": ctx.turn_id,
             "QUARTERDECK_ATTEMPT": str(ctx.attempt),
             "QUARTERDECK_WORKSPACE": ctx.workspace,
+            # The session's own credential (containment.SESSION_CREDENTIAL_ENV) joins these
+            # once the control API issues one.
         }
+        identity: dict[str, Any] = {}
+        if account is not None:
+            identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.argv,
@@ -124,6 +160,7 @@ class CommandLane:
                 cwd=ctx.workdir,
                 env=env,
                 start_new_session=True,
+                **identity,
             )
         except OSError as exc:
             raise LaneFailure(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}") from exc

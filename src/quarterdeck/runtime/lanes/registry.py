@@ -4,7 +4,7 @@ declares its :class:`~quarterdeck.runtime.lanes.base.Adapter`, and one entry bel
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, Protocol
 
@@ -48,3 +48,20 @@ def build_lane(spec: LaneSpec) -> Lane:
     if adapter is None:
         raise ValueError(f"unknown adapter {spec.adapter!r}")
     return adapter.build(spec.name, spec.options)
+
+
+def startup_problems(specs: Iterable[LaneSpec]) -> list[str]:
+    """What stops this process from running the configured lanes (an agent's ``run_as`` user
+    the daemon cannot switch to, say), as ``lanes.<name>.options.key: message``. Lanes whose
+    adapter or options are invalid are left to the configuration's own checks."""
+    found: list[str] = []
+    for spec in specs:
+        adapter = ADAPTERS.get(spec.adapter)
+        if adapter is None:
+            continue
+        try:
+            options = adapter.options.parse(spec.name, spec.options)
+        except ValueError:
+            continue
+        found.extend(f"lanes.{spec.name}.{problem}" for problem in options.startup_problems())
+    return found
