@@ -23,7 +23,7 @@ from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.policy import Policy
 from quarterdeck.domain.states import MISSION_SELF_FINISHED as SELF_FINISHED_STATES
 from quarterdeck.runtime.config import RuntimeConfig
-from quarterdeck.runtime.drift import DriftMonitor, PolicySource, SloMonitor
+from quarterdeck.runtime.drift import DriftMonitor
 from quarterdeck.runtime.ingest import Ingestor, RawInput
 from quarterdeck.runtime.lanes.base import (
     Decision,
@@ -34,7 +34,9 @@ from quarterdeck.runtime.lanes.base import (
 )
 from quarterdeck.runtime.lanes.registry import build_lane
 from quarterdeck.runtime.metrics import Metrics
+from quarterdeck.runtime.policy_source import PolicySource
 from quarterdeck.runtime.relay import Relay
+from quarterdeck.runtime.slo import SloMonitor
 from quarterdeck.runtime.workdirs import mission_workdir
 from quarterdeck.store.apply import ReceiptsAlreadyApplied, apply_command, apply_receipts
 from quarterdeck.store.approvals import Gate, expire_due
