@@ -1,5 +1,6 @@
-"""The live table every pane is: fixed-width columns, rows updated by keyed diffs, a cursor
-that stays on its item, and how cells read (short ids, countdowns, coloured states).
+"""The live table every pane is: rows updated by keyed diffs, a cursor that stays on its item,
+a header that stays in place, and drawing row by row (the columns and how cells read are
+:mod:`quarterdeck.tui.cells`).
 
 A table draws through Textual's line API: each row is rendered once into a strip, kept until its
 cells change (or the width, scroll or styles do), so that a refresh after one row changed or
@@ -9,12 +10,10 @@ left costs a dictionary look-up per visible line rather than a layout of every c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-from rich.cells import set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual import events
@@ -26,99 +25,18 @@ from textual.strip import Strip
 from textual.timer import Timer
 
 from quarterdeck.domain.clock import format_instant
+from quarterdeck.tui.cells import Column, Row, Styled, countdown, fit, short, state_text
+
+__all__ = ["Column", "LivePane", "Row", "Styled", "countdown", "short", "state_text", "vars_of"]
 
 LineT = TypeVar("LineT")
 BAR_LAG_S = 0.2
 """How long the vertical scrollbar may lag behind the number of rows."""
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    """A table column: its label, fixed width and key."""
-
-    key: str
-    label: str
-    width: int
-
-
-class Styled(NamedTuple):
-    """A cell's text with a Rich style (``"bold red"``); a plain cell is a ``str``."""
-
-    text: str
-    style: str
-
-
-Cell = str | Styled
-Row = tuple[Cell, ...]
-
-_CONTROL = {code: None for code in range(32)} | {9: " ", 127: None}
-"""Control characters dropped from cells (a tab reads as a space)."""
-
-
-def fit(text: str, width: int) -> str:
-    """``text``'s first line, without control characters, cut or padded to ``width`` cells."""
-    text = text.split("\n", 1)[0].translate(_CONTROL)
-    if text.isascii():
-        return text[:width].ljust(width)
-    return set_cell_size(text, width)
-
-
 @lru_cache(maxsize=64)
 def _style(spec: str) -> Style:
     return Style.parse(spec)
-
-
-def short(identifier: str | None) -> str:
-    """Eight characters that tell neighbouring ids apart: a uuid7 from one batch shares its
-    timestamp and random base, and differs in the trailing counter."""
-    if not identifier:
-        return "-"
-    digits = identifier.replace("-", "")
-    return digits[-12:-8] + digits[-4:] if len(digits) >= 12 else digits
-
-
-def countdown(seconds: float | None) -> Cell:
-    """An SLA countdown coloured by urgency: seconds under ten minutes, else minutes (so a far
-    deadline's cell changes once a minute, not every second)."""
-    if seconds is None:
-        return "-"
-    if seconds <= 0:
-        return Styled("overdue", "bold red")
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        label = f"{hours}h{minutes:02d}m"
-    elif minutes >= 10:
-        label = f"{minutes}m"
-    else:
-        label = f"{minutes}m{secs:02d}s"
-    style = "bold red" if seconds < 60 else "yellow" if seconds < 300 else "green"
-    return Styled(label, style)
-
-
-STATE_STYLES = {
-    "completed": "green",
-    "failed": "red",
-    "timed_out": "red",
-    "cancelled": "dim",
-    "running": "cyan",
-    "blocked": "yellow",
-    "awaiting_approval": "yellow",
-    "taken_over": "magenta",
-    "queued": "",
-    "leased": "cyan",
-    "open": "bold red",
-    "acked": "yellow",
-    "resolved": "dim",
-    "escalated": "bold yellow",
-    "pending": "",
-}
-
-
-def state_text(state: str) -> Cell:
-    """A state, coloured."""
-    style = STATE_STYLES.get(state, "")
-    return Styled(state, style) if style else state
 
 
 class LivePane(ScrollView, Generic[LineT], can_focus=True):
