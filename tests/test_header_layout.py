@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.text import Text
 
-from quarterdeck.tui.app import _layout
+from quarterdeck.tui.header import layout_segments as _layout
 
 WORDS = st.text(alphabet="abcdefghij0123456789:·●", min_size=1, max_size=40)
 GROUPS = st.lists(st.lists(WORDS, min_size=1, max_size=8), min_size=1, max_size=3)
