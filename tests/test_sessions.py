@@ -234,7 +234,7 @@ def test_a_node_whose_session_was_taken_over_leases_another_and_stops_using_it(
             (taken,) = await writer.submit(take_over)
         assert taken.id == mine[0]
         await _wait(lambda: taken.id not in rt._sessions["sim"] and len(rt._sessions["sim"]) == 3)
-        assert taken.id not in rt._free_sessions["sim"]
+        assert taken.id not in rt.sessions.free["sim"]
         assert rt.metrics.sessions_lost == 1
         assert 'quarterdeck_node_sessions_lost_total{node="node-a"} 1\n' in await render(rt)
         held = _rows(database, "SELECT id FROM sessions WHERE lease_owner = ?", "node-a")

@@ -772,7 +772,7 @@ def test_a_mission_finishing_during_the_revocation_check_is_not_a_lost_lease(
                 )
             )
             assert done.accepted
-            await rt._stop_revoked()
+            await rt.supervision.stop_revoked()
             assert rt.metrics.leases_lost == 0
             assert not running.lost and running.task is not None and not running.task.done()
             # A take-over is still a revocation: the mission is cancelled at the same attempt.
