@@ -6,25 +6,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, text
 
 from quarterdeck.domain.canonical import canonical_text
-from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.states import MISSION_HOLDS_LEASE, TURN_HOLDS_LEASE, Kind
-from quarterdeck.domain.tasks import backoff_delay
+from quarterdeck.domain.recovery import Step, after_finish
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE, Kind
 from quarterdeck.store.leases import record_late_write
-from quarterdeck.store.plan import Claim, Finish, Role, WorkPlan
+from quarterdeck.store.plan import Claim, Finish, WorkPlan
+from quarterdeck.store.recovery import apply_recovery, turn_at
 from quarterdeck.store.sql import Bulk, Statement, in_list
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
     ClaimConflict,
     mission_row,
     move,
-    move_turn,
     record_transition,
 )
 from quarterdeck.store.writer import WriteTxn
@@ -73,30 +71,26 @@ def finish_mission(
     if moved is None:
         record_late_write(txn, claim, outcome)
         return Finished(accepted=False)
-    if claim.role == "shadow":
+    turn = turn_at(txn, claim.turn_id)
+    recovery = after_finish(
+        outcome, role=claim.role, lane=claim.lane, number=claim.number,
+        turn_state=None if turn is None else turn.state, lanes=plan.lanes, hold_s=plan.hold_s,
+    )  # fmt: skip
+    if recovery.step is Step.RECORD:
         return Finished(accepted=True)
-    turn = txn.conn.execute(
-        text("SELECT state, version, lane FROM turns WHERE id = :id"), {"id": claim.turn_id}
-    ).first()
-    if turn is None or turn.state not in TURN_HOLDS_LEASE:
+    if recovery.step is Step.KEEP:
         return Finished(accepted=True, turn_state=None if turn is None else turn.state)
-    if outcome == "completed":
-        deliverable = dict(result or {})
-        move_turn(
-            txn,
-            claim.workspace,
-            claim.turn_id,
-            turn.state,
-            "completed",
-            turn.version,
-            claim.owner,
-            deliverable=deliverable,
-            extra={"mission": claim.mission_id, "lane": claim.exec_lane},
-        )
+    done = apply_recovery(
+        txn, recovery, workspace=claim.workspace, turn_id=claim.turn_id, state=turn.state,
+        version=turn.version, actor=claim.owner, error=error or outcome, deliverable=result,
+        note={"mission": claim.mission_id, "lane": claim.exec_lane},
+    )  # fmt: skip
+    if recovery.step is Step.COMPLETE:
         return Finished(accepted=True, turn_state="completed")
-    if outcome == "cancelled":
-        return Finished(accepted=True, turn_state=turn.state)
-    return _retry_or_dead_letter(txn, claim, turn, plan, error or outcome)
+    return Finished(
+        accepted=True, turn_state="queued", next_mission=done.mission_id,
+        dead_letter=recovery.dead_letter,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,16 +179,18 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
         claim, row = ending.claim, held.get(ending.claim.mission_id)
         turn = turns.get(claim.turn_id)
         if (
-            ending.outcome == "completed"
-            and claim.role != "shadow"
+            ending.outcome == "completed"  # only a completion may take the fast path
             and row is not None
             and (row.attempt, row.version, row.lease_owner)
             == (claim.attempt, claim.version, claim.owner)
             and row.state in MISSION_HOLDS_LEASE
-            and turn is not None
-            and turn.state in TURN_HOLDS_LEASE
             and claim.turn_id not in fast_turns
-        ):
+            and after_finish(
+                "completed", role=claim.role, lane=claim.lane, number=claim.number,
+                turn_state=None if turn is None else turn.state, lanes=plan.lanes,
+                hold_s=plan.hold_s,
+            ).step is Step.COMPLETE
+        ):  # fmt: skip
             fast.append(ending)
             fast_turns.add(claim.turn_id)
     results: dict[int, Finished] = {}
@@ -254,70 +250,6 @@ def finish_missions(txn: WriteTxn, endings: Sequence[Ending], plan: WorkPlan) ->
             )
         finished.append(done)
     return finished
-
-
-def _retry_or_dead_letter(
-    txn: WriteTxn, claim: Claim, turn: Any, plan: WorkPlan, reason: str
-) -> Finished:
-    lane = plan.lanes.get(claim.lane)
-    next_lane: str | None = None
-    number = 1
-    role: Role = claim.role
-    delay = 0.0
-    if lane is not None and claim.number < lane.max_attempts:
-        next_lane, number = claim.lane, claim.number + 1
-        delay = backoff_delay(claim.number, lane.backoff_initial_s, lane.backoff_max_s)
-    elif (
-        lane is not None
-        and lane.fallback
-        and claim.role == "primary"
-        and lane.fallback in plan.lanes
-    ):
-        next_lane, role = lane.fallback, "fallback"
-    if next_lane is None:
-        held_until = format_instant(txn.now + timedelta(seconds=plan.hold_s))
-        move_turn(
-            txn,
-            claim.workspace,
-            claim.turn_id,
-            turn.state,
-            "queued",
-            turn.version,
-            claim.owner,
-            error=reason,
-            extra={"dead_letter": "held", "held_until": held_until, "error": reason},
-            dead_letter="held",
-            held_until=held_until,
-        )
-        return Finished(accepted=True, turn_state="queued", dead_letter="held")
-    not_before = format_instant(txn.now + timedelta(seconds=delay)) if delay else None
-    move_turn(
-        txn,
-        claim.workspace,
-        claim.turn_id,
-        turn.state,
-        "queued",
-        turn.version,
-        claim.owner,
-        error=reason,
-        extra={
-            "dead_letter": "retryable",
-            "retry_lane": next_lane,
-            "not_before": not_before,
-            "error": reason,
-        },
-        dead_letter="retryable",
-    )
-    mission_id = new_ids(1)[0]
-    txn.conn.execute(
-        INSERT_MISSION.each,
-        mission_row(
-            txn, mission_id, claim.workspace, claim.turn_id, next_lane, role, number, not_before
-        ),
-    )
-    return Finished(
-        accepted=True, turn_state="queued", next_mission=mission_id, dead_letter="retryable"
-    )
 
 
 def add_shadow_mission(txn: WriteTxn, claim: Claim, fallback_lane: str) -> str:

@@ -12,18 +12,14 @@ from typing import Any
 from sqlalchemy import text
 
 from quarterdeck.domain.clock import format_instant
-from quarterdeck.domain.states import (
-    MISSION_HOLDS_LEASE,
-    MISSION_SELF_FINISHED,
-    TURN_HOLDS_LEASE,
-    TURN_WORKING,
-    Kind,
-)
+from quarterdeck.domain.recovery import LetGo, Role, Step, after_hold, after_let_go
+from quarterdeck.domain.states import MISSION_HOLDS_LEASE, MISSION_SELF_FINISHED, Kind
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.flags import bump_counter
 from quarterdeck.store.plan import Claim
+from quarterdeck.store.recovery import apply_recovery, turn_at
 from quarterdeck.store.sql import Statement, in_list
-from quarterdeck.store.transitions import append_entry, move, move_turn
+from quarterdeck.store.transitions import append_entry, move
 from quarterdeck.store.writer import WriteTxn
 
 _HEARTBEAT = text(
@@ -101,25 +97,28 @@ def release_missions(txn: WriteTxn, claims: Sequence[Claim], actor: str) -> None
         )  # fmt: skip
         if released is None:
             continue
-        if claim.role == "shadow":
-            continue
-        turn = txn.conn.execute(
-            text("SELECT state, version FROM turns WHERE id = :id"), {"id": claim.turn_id}
-        ).first()
-        if turn is not None and turn.state in TURN_WORKING:
-            move_turn(
-                txn,
-                claim.workspace,
-                claim.turn_id,
-                turn.state,
-                "queued",
-                turn.version,
-                actor,
-                extra={"reason": "drain"},
-            )
+        _hand_back(
+            txn, LetGo.RELEASED, claim.role, claim.workspace, claim.turn_id, actor,
+            {"reason": "drain"},
+        )  # fmt: skip
 
 
 _LEASE_CLEARED: Mapping[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+
+
+def _hand_back(
+    txn: WriteTxn, why: LetGo, role: Role, workspace: str, turn_id: str, actor: str,
+    note: Mapping[str, Any],
+) -> None:  # fmt: skip
+    """After a mission's lease was let go (the mission queued again): its turn too, as
+    :func:`~quarterdeck.domain.recovery.after_let_go` says; ``note`` goes into the entry."""
+    turn = turn_at(txn, turn_id)
+    recovery = after_let_go(why, role=role, turn_state=None if turn is None else turn.state)
+    if recovery.step is Step.REQUEUE:
+        apply_recovery(
+            txn, recovery, workspace=workspace, turn_id=turn_id, state=turn.state,
+            version=turn.version, actor=actor, note=note,
+        )  # fmt: skip
 
 
 _EXPIRED_SQL = (
@@ -154,22 +153,10 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
         if moved is None:
             continue  # another writer moved it since it was read: nothing to reclaim
         reclaimed += 1
-        if row.role == "shadow":
-            continue
-        turn = txn.conn.execute(
-            text("SELECT state, version FROM turns WHERE id = :id"), {"id": row.turn_id}
-        ).first()
-        if turn is not None and turn.state in TURN_HOLDS_LEASE:
-            move_turn(
-                txn,
-                row.workspace,
-                row.turn_id,
-                turn.state,
-                "queued",
-                turn.version,
-                actor,
-                extra={"recovered_mission": row.id},
-            )
+        _hand_back(
+            txn, LetGo.LEASE_EXPIRED, row.role, row.workspace, row.turn_id, actor,
+            {"recovered_mission": row.id},
+        )  # fmt: skip
     held = txn.conn.execute(
         text(
             "SELECT id, workspace, state, version, error FROM turns WHERE dead_letter = 'held' "
@@ -179,21 +166,12 @@ def sweep(txn: WriteTxn, actor: str, limit: int = 500) -> Swept:
     ).all()
     dead = 0
     for row in held:
-        if row.state != "queued":
-            continue
-        reason = row.error or "dead-lettered"
-        if move_turn(
-            txn,
-            row.workspace,
-            row.id,
-            "queued",
-            "failed",
-            row.version,
-            actor,
-            deliverable={"error": reason, "dead_letter": "dead"},
-            extra={"dead_letter": "dead"},
-            dead_letter="dead",
-        ):
+        buried = apply_recovery(
+            txn, after_hold(row.state), workspace=row.workspace, turn_id=row.id,
+            state=row.state, version=row.version, actor=actor,
+            error=row.error or "dead-lettered",
+        )  # fmt: skip
+        if buried.moved:
             dead += 1
     if reclaimed:
         bump_counter(txn, "leases_reclaimed", reclaimed)

@@ -6,23 +6,24 @@ outright, with the same revocation."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import text
 
-from quarterdeck.domain.states import MISSION_LIVE, TURN_LIVE, Kind, machine
-from quarterdeck.store.approvals import new_mission_for, reject_open
+from quarterdeck.domain.escalation import holder_of, holding_refusal, takeover_refusal
+from quarterdeck.domain.ids import new_ids
+from quarterdeck.domain.states import MISSION_LIVE, Kind, machine
+from quarterdeck.store.approvals import reject_open
 from quarterdeck.store.plan import WorkPlan
 from quarterdeck.store.sql import in_list
-from quarterdeck.store.transitions import INSERT_MISSION, move_mission, move_turn, refuse
+from quarterdeck.store.transitions import (
+    INSERT_MISSION,
+    mission_row,
+    move_mission,
+    move_turn,
+    refuse,
+)
 from quarterdeck.store.writer import WriteTxn
-
-HUMAN: Final = "human:"
-
-
-def holder_of(actor: str) -> str:
-    """The lease owner recorded for a person holding a turn."""
-    return f"{HUMAN}{actor}"
 
 
 def _turn(txn: WriteTxn, workspace: str, turn_id: str) -> Any:
@@ -40,8 +41,8 @@ def take_over(
     """Take a live turn from its agent: cancel its live missions (fenced), reject its open
     approvals (``taken_over``), and hold the turn as ``human:<actor>``."""
     turn = _turn(txn, workspace, turn_id)
-    if turn is None or turn.state not in TURN_LIVE:
-        reason = "no such turn" if turn is None else f"turn is {turn.state}"
+    reason = takeover_refusal(None if turn is None else turn.state)
+    if reason is not None:
         return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.takeover", "errors": [reason]}
         )
@@ -86,28 +87,25 @@ def _cancel_live_missions(txn: WriteTxn, workspace: str, turn_id: str, actor: st
     ]
 
 
-def _held(txn: WriteTxn, workspace: str, turn_id: str, actor: str, command: str) -> Any:
+def _held(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> tuple[Any, str | None]:
+    """The turn ``actor`` holds, or why they do not hold it."""
     turn = _turn(txn, workspace, turn_id)
     if turn is None:
-        return None, "no such turn"
-    if turn.state != "taken_over":
-        return None, f"turn is {turn.state}, not taken over"
-    if turn.lease_owner != holder_of(actor):
-        return None, f"turn is held by {turn.lease_owner}"
-    return turn, None
+        return None, holding_refusal(None, None, actor)
+    return turn, holding_refusal(turn.state, turn.lease_owner, actor)
 
 
 def release_turn(
     txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
 ) -> dict[str, Any]:
     """Hand a taken-over turn back to its lane: queued again with a fresh mission."""
-    turn, error = _held(txn, workspace, turn_id, actor, "turn.release")
+    turn, error = _held(txn, workspace, turn_id, actor)
     if error is not None:
         return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.release", "errors": [error]}
         )
     move_turn(txn, workspace, turn_id, "taken_over", "queued", turn.version, actor)
-    row = new_mission_for(txn, workspace, turn_id, turn.lane)
+    row = mission_row(txn, new_ids(1)[0], workspace, turn_id, turn.lane, "primary", 1)
     txn.conn.execute(INSERT_MISSION.each, row)
     return {"ok": True, "command": "turn.release", "turn": turn_id, "mission": row["id"]}
 
@@ -120,7 +118,7 @@ def complete_turn(
     actor: str,
 ) -> dict[str, Any]:
     """Complete a taken-over turn with the person's deliverable (the only one it gets)."""
-    turn, error = _held(txn, workspace, turn_id, actor, "turn.complete")
+    turn, error = _held(txn, workspace, turn_id, actor)
     if error is not None:
         return refuse(
             txn, workspace, actor, "turn", turn_id, {"command": "turn.complete", "errors": [error]}
