@@ -57,9 +57,10 @@ from quarterdeck.domain.states import (
 # What the runtime runs to move work (ingest, approvals' expiry, and the store's
 # work operations below) is imported here and nowhere else in this module.
 from quarterdeck.runtime.ingest import Ingestor
-from quarterdeck.store.apply import Applied, apply_command, apply_receipts
+from quarterdeck.store.apply import Applied, apply_receipts
 from quarterdeck.store.approvals import expire_due
 from quarterdeck.store.claiming import claim_missions
+from quarterdeck.store.commands import apply_command
 from quarterdeck.store.database import open_database
 from quarterdeck.store.finishing import Ending, Finished, add_shadow_mission, finish_missions
 from quarterdeck.store.leases import heartbeat, release_missions, sweep

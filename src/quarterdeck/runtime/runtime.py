@@ -35,11 +35,11 @@ from quarterdeck.runtime.lanes.base import (
 from quarterdeck.runtime.lanes.registry import build_lane
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.relay import Relay
-from quarterdeck.store.apply import ReceiptsAlreadyApplied, apply_command, apply_receipts
+from quarterdeck.store.apply import ReceiptsAlreadyApplied, apply_receipts
 from quarterdeck.store.approvals import Gate, expire_due
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.claiming import claim_missions
-from quarterdeck.store.commands import DRIFT_ACTOR
+from quarterdeck.store.commands import DRIFT_ACTOR, apply_command
 from quarterdeck.store.database import Database
 from quarterdeck.store.finishing import (
     Ending,
