@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
+from quarterdeck.domain.commands import BaseCommand, Command
 from quarterdeck.domain.policy import Policy
 from quarterdeck.domain.states import MISSION_SELF_FINISHED as SELF_FINISHED_STATES
 from quarterdeck.runtime.config import RuntimeConfig
@@ -35,11 +36,15 @@ from quarterdeck.runtime.lanes.base import (
 from quarterdeck.runtime.lanes.registry import build_lane
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.relay import Relay
-from quarterdeck.store.apply import ReceiptsAlreadyApplied, apply_receipts
+from quarterdeck.store.apply import (
+    ReceiptsAlreadyApplied,
+    apply_command_receipt,
+    apply_receipts,
+)
 from quarterdeck.store.approvals import Gate, expire_due
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.claiming import claim_missions
-from quarterdeck.store.commands import DRIFT_ACTOR, apply_command
+from quarterdeck.store.commands import DRIFT_ACTOR
 from quarterdeck.store.database import Database
 from quarterdeck.store.finishing import (
     Ending,
@@ -342,11 +347,28 @@ class Runtime:
         return results
 
     async def command(
-        self, workspace: str, payload: Mapping[str, Any], actor: str
+        self,
+        workspace: str,
+        payload: Command | Mapping[str, Any],
+        actor: str,
+        *,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Apply a supervisor command directly (in-process callers; others send envelopes)."""
-        result = await self.writer.submit(
-            lambda txn: apply_command(txn, workspace, payload, self.plan, actor)
+        """Give a supervisor command in this process: recorded as a command envelope (its
+        ``actor``, unless it names one, is ``actor``; ``idempotency_key`` by default a fresh
+        one), applied at once through its receipt like any other, and its result returned.
+        Given again with the same ``idempotency_key``, it returns the first result."""
+        body = payload.to_payload() if isinstance(payload, BaseCommand) else dict(payload)
+        if body.get("actor") is None:
+            body["actor"] = actor
+        envelope = {
+            "idempotency_key": idempotency_key or f"cmd:{uuid.uuid4()}",
+            "workspace": workspace,
+            "kind": "command",
+            "payload": body,
+        }
+        _, result = await self.ingestor.ingest_then(
+            [envelope], lambda txn, results: apply_command_receipt(txn, self.plan, results[0])
         )
         self._wake.set()
         return result

@@ -16,6 +16,7 @@ from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.tasks import TaskSpec, parse_task
 from quarterdeck.store.commands import apply_command
 from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sql import Bulk, Statement
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
@@ -184,3 +185,28 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
 
 class ReceiptsAlreadyApplied(Exception):
     """Another runtime applied some of the same receipts first; the operation rolls back."""
+
+
+_PRODUCED = text("SELECT produced_type, produced_id FROM receipts WHERE id = :id")
+
+
+def apply_command_receipt(txn: WriteTxn, plan: WorkPlan, receipt: IngestResult) -> dict[str, Any]:
+    """Apply accepted receipts in order, as the pump does, until the command envelope whose
+    ingest ended in ``receipt`` has been applied; return its result (the first one when its
+    receipt was applied before; a rejected envelope's reasons). Needs an exclusive
+    transaction (it applies commands)."""
+    if receipt.status == "rejected":
+        return {"ok": False, "errors": list(receipt.errors)}
+    while True:
+        row = txn.conn.execute(_PRODUCED, {"id": receipt.receipt}).first()
+        if row is None:
+            return {"ok": False, "errors": [f"no receipt {receipt.receipt}"]}
+        if row.produced_type is not None or not apply_receipts(txn, plan):
+            break
+    if row.produced_type is None:
+        return {"ok": False, "errors": [f"receipt {receipt.receipt} was not applied"]}
+    if row.produced_type != "command":
+        error = f"idempotency_key: already used for a {row.produced_type}, not a command"
+        return {"ok": False, "errors": [error]}
+    result = json.loads(row.produced_id)
+    return dict(result) if isinstance(result, dict) else {"ok": False, "errors": [result]}
