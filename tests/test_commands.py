@@ -38,6 +38,7 @@ from quarterdeck.domain.commands import (
     TurnRequeue,
     TurnTakeover,
     parse_command,
+    problems_of,
 )
 from quarterdeck.store.commands import HANDLERS
 
@@ -257,6 +258,18 @@ def test_an_invalid_payload_gets_every_problem_with_its_path(
     payload: dict[str, Any], problems: list[str]
 ) -> None:
     assert parse_command(payload) == problems
+
+
+def test_a_command_built_with_refused_values_lists_its_problems_as_a_payload_would() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ApprovalSnooze(approval_id="", for_s=10**9, actor="")
+    assert problems_of(caught.value) == parse_command(
+        {"command": "approval.snooze", "approval_id": "", "for_s": 10**9, "actor": ""}
+    )
+    assert problems_of(caught.value) == [
+        "payload.approval_id: is required", f"payload.for_s: {SECONDS}",
+        "payload.actor: must be a non-empty string",
+    ]  # fmt: skip
 
 
 NAMES = ", ".join(sorted(CATALOGUE))
