@@ -5,9 +5,8 @@ Usage: python bench/command_parse.py [--payloads N] [--rounds R]
 Both sides read the same payloads (every command, valid ones with their optional fields and a
 share of invalid ones). ``legacy`` is the parser that ``domain/tasks.py`` held before the
 catalogue, kept here verbatim as the baseline; ``catalogue`` is
-``quarterdeck.domain.commands.parse_command``; ``spec`` is ``domain/tasks.parse_command``, the
-catalogue plus the ``CommandSpec`` the store reads. Rounds alternate the sides (medians are
-reported). Prints JSON: microseconds per payload and payloads per second.
+``quarterdeck.domain.commands.parse_command``, whose typed command the store applies as it
+is. Rounds alternate the sides (medians are reported). Prints JSON: microseconds per payload and payloads per second.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from quarterdeck.domain.commands import parse_command
-from quarterdeck.domain.tasks import parse_command as parse_spec
 
 LEGACY_COMMANDS: Final = {
     "lane.pause": ("lane",),
@@ -137,7 +135,6 @@ def main() -> None:
     sides: dict[str, Callable[[Mapping[str, Any]], object]] = {
         "legacy": legacy_parse,
         "catalogue": parse_command,
-        "spec": parse_spec,
     }
     for parse in sides.values():  # warm up
         rate(parse, batch[:500])
@@ -160,7 +157,6 @@ def main() -> None:
                 "rounds": options.rounds,
                 **figures,
                 "catalogue_vs_legacy": round(median["catalogue"] / median["legacy"], 2),
-                "spec_vs_legacy": round(median["spec"] / median["legacy"], 2),
             },
             indent=2,
         )

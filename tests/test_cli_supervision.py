@@ -426,3 +426,24 @@ def test_without_a_runtime_it_exits_3(tmp_path: Path, database: str) -> None:
     assert result.stdout == b""
     err = result.stderr.decode()
     assert err.count("\n") == 1 and "no runtime applied the command within 0.5 s" in err
+
+
+def test_a_value_the_catalogue_refuses_is_refused_without_being_sent(
+    tmp_path: Path, database: str
+) -> None:
+    """No runtime runs here: the command line refuses the command as a runtime would (exit 1,
+    each problem on stderr), instead of leaving it queued."""
+    for args, problems in [
+        (("takeover", ""), ["payload.turn_id: is required"]),
+        (("reject", "a-1", "--reason", ""), ["payload.reason_code: is required"]),
+        (
+            ("snooze", "", "--for", "99999999999s"),
+            ["payload.approval_id: is required",
+             "payload.for_s: must be a number of seconds greater than 0"],
+        ),
+    ]:  # fmt: skip
+        result = quarterdeck("--db", database, *args, "--wait", "0.5", state_dir=tmp_path / "s")
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert json.loads(result.stdout) == {"ok": False, "errors": problems}
+        lines = result.stderr.decode().splitlines()
+        assert lines == [f"quarterdeck: refused: {problem}" for problem in problems]

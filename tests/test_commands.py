@@ -4,7 +4,7 @@ makes the parser raise)."""
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, get_args, get_type_hints
 
 import pytest
 from hypothesis import given, settings
@@ -38,9 +38,9 @@ from quarterdeck.domain.commands import (
     TurnRequeue,
     TurnTakeover,
     parse_command,
+    problems_of,
 )
-from quarterdeck.domain.tasks import CommandSpec
-from quarterdeck.domain.tasks import parse_command as parse_spec
+from quarterdeck.store.commands import HANDLERS
 
 SECONDS = "must be a number of seconds greater than 0"
 
@@ -140,10 +140,6 @@ def test_a_valid_payload_reads_as_its_command_and_back(
     assert command == expected
     assert type(command) is CATALOGUE[payload["command"]]
     assert expected.to_payload() == payload
-    spec = parse_spec(payload)
-    assert spec == CommandSpec(
-        payload["command"], {k: v for k, v in payload.items() if k != "command"}
-    )
 
 
 def test_every_command_is_in_the_catalogue_and_tested() -> None:
@@ -152,6 +148,13 @@ def test_every_command_is_in_the_catalogue_and_tested() -> None:
     assert {payload["command"] for payload, _ in VALID} == set(CATALOGUE)
     for name, cls in CATALOGUE.items():
         assert cls.name == name
+
+
+def test_every_command_has_exactly_one_handler_which_takes_it() -> None:
+    assert set(HANDLERS) == set(CATALOGUE.values())
+    assert len(HANDLERS) == len(CATALOGUE)
+    for cls, handler in HANDLERS.items():
+        assert get_type_hints(handler)["cmd"] is cls, (cls.name, handler.__name__)
 
 
 INVALID: list[tuple[dict[str, Any], list[str]]] = [
@@ -255,7 +258,18 @@ def test_an_invalid_payload_gets_every_problem_with_its_path(
     payload: dict[str, Any], problems: list[str]
 ) -> None:
     assert parse_command(payload) == problems
-    assert parse_spec(payload) == problems
+
+
+def test_a_command_built_with_refused_values_lists_its_problems_as_a_payload_would() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ApprovalSnooze(approval_id="", for_s=10**9, actor="")
+    assert problems_of(caught.value) == parse_command(
+        {"command": "approval.snooze", "approval_id": "", "for_s": 10**9, "actor": ""}
+    )
+    assert problems_of(caught.value) == [
+        "payload.approval_id: is required", f"payload.for_s: {SECONDS}",
+        "payload.actor: must be a non-empty string",
+    ]  # fmt: skip
 
 
 NAMES = ", ".join(sorted(CATALOGUE))
@@ -273,7 +287,6 @@ def test_optional_fields_read_leniently_and_unknown_fields_are_dropped() -> None
         "estimated_cost": True, "workspace": "acme", "note": [1], "actor": None,
     }  # fmt: skip
     assert parse_command(payload) == ApprovalRequest(action_id="x", tool="t")
-    assert parse_spec(payload) == CommandSpec("approval.request", {"action_id": "x", "tool": "t"})
     approve = {"command": "approval.approve", "approval_id": "a", "reason": 5, "action_key": ""}
     assert parse_command(approve) == ApprovalApprove(approval_id="a")
     bulk = {"command": "approval.bulk", "decision": "approve", "all_workspaces": "yes"}
@@ -345,9 +358,6 @@ def _commands(draw: st.DrawFn) -> BaseCommand:
 def test_a_commands_wire_form_reads_back_as_itself(command: BaseCommand) -> None:
     payload = command.to_payload()
     assert parse_command(payload) == command
-    assert parse_spec(payload) == CommandSpec(
-        command.name, {k: v for k, v in payload.items() if k != "command"}
-    )
 
 
 _names = st.sampled_from(sorted(CATALOGUE)) | _json

@@ -31,6 +31,7 @@ from tests import agents
 from tests.conftest import Store, another_database, current_database, run
 
 from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.commands import LanePause, LaneResume
 from quarterdeck.runtime.config import load_config, parse_config
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.runtime.lanes.base import MissionContext
@@ -483,6 +484,74 @@ def test_pause_stops_claims_and_resume_lets_them_run(tmp_path: Path) -> None:
                 ("lane.paused", "sim", "operator"),
                 ("lane.resumed", "sim", f"receipt:{resume_receipt['id']}"),
             ]
+
+    run(main())
+
+
+def test_an_embedded_command_is_recorded_as_a_receipt_and_applied_through_it(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config()) as (rt, store):
+            paused = await rt.command(WS, LanePause(lane="sim"), "operator")
+            assert paused == {"ok": True, "command": "lane.pause", "lane": "sim", "paused": True}
+            [receipt] = store.rows("SELECT * FROM receipts WHERE kind = 'command'")
+            assert receipt["status"] == "accepted" and receipt["workspace"] == WS
+            assert receipt["idempotency_key"].startswith("cmd:")
+            assert json.loads(receipt["payload"]) == {
+                "command": "lane.pause", "lane": "sim", "actor": "operator",
+            }  # fmt: skip
+            assert receipt["produced_type"] == "command"
+            assert json.loads(receipt["produced_id"]) == paused
+            [recorded] = [
+                e for e in store.ledger(action="receipts.recorded")
+                if receipt["id"] in e["payload"].get("accepted", [])
+            ]  # fmt: skip
+            [flag] = store.ledger(action="lane.paused")
+            assert recorded["seq"] < flag["seq"] and flag["actor"] == "operator"
+
+            refused = await rt.command(WS, {"command": "turn.cancel"}, "operator")
+            assert refused == {"ok": False, "errors": ["payload.turn_id: is required"]}
+            [second] = store.rows(
+                "SELECT * FROM receipts WHERE kind = 'command' AND id <> ?", receipt["id"]
+            )
+            assert json.loads(second["produced_id"]) == refused
+            [refusal] = store.ledger(action="command.refused")
+            assert refusal["actor"] == f"receipt:{second['id']}"
+            await assert_ledger_ok(rt.db)
+
+    run(main())
+
+
+def test_an_embedded_command_given_again_with_its_key_is_applied_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with runtime(tmp_path, config()) as (rt, store):
+            first = await rt.command(
+                WS, {"command": "turn.requeue", "turn_id": "nope"}, "erin", idempotency_key="k1"
+            )
+            assert first == {"ok": False, "errors": ["no such turn"]}
+            paused = await rt.command(WS, LanePause(lane="sim"), "erin", idempotency_key="k2")
+            again = await rt.command(WS, LanePause(lane="sim"), "erin", idempotency_key="k2")
+            other = await rt.command(WS, LaneResume(lane="sim"), "erin", idempotency_key="k2")
+            assert again == other == paused and paused["ok"] is True
+            assert await rt.command(WS, {"command": "turn.cancel"}, "x", idempotency_key="k1") == (
+                first
+            )
+            assert store.value("SELECT count(*) FROM receipts WHERE kind = 'command'") == 2
+            assert (
+                store.value("SELECT duplicates FROM receipt_counters WHERE workspace = ?", WS) == 3
+            )
+            assert len(store.ledger(action="lane.paused")) == 1
+            assert store.ledger(action="lane.resumed") == []
+            assert len(store.ledger(action="command.refused")) == 1
+            assert store.one("SELECT paused FROM lane_flags WHERE lane = 'sim'") == {"paused": 1}
+            task_receipt = await submit_one(rt, task("k3"))
+            assert await rt.command(WS, LanePause(lane="sim"), "erin", idempotency_key="k3") == {
+                "ok": False,
+                "errors": ["idempotency_key: already used for a turn, not a command"],
+            }
+            assert store.produced(task_receipt)[0] == "turn"
+            await assert_ledger_ok(rt.db)
 
     run(main())
 

@@ -31,6 +31,7 @@ from quarterdeck.client import (
     require_approval,
 )
 from quarterdeck.client.decorator import edited_call, json_arguments
+from quarterdeck.domain.commands import ApprovalRequest
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +203,22 @@ def test_timeout_leaves_the_approval_pending(runtime: Headless) -> None:
                  "args": []}
             )  # fmt: skip
             assert refused == {"ok": False, "errors": ["payload.args: must be an object"]}
+
+    run(main())
+
+
+def test_a_typed_command_travels_in_its_wire_form(runtime: Headless) -> None:
+    key = fresh_id("typed")
+
+    async def main() -> None:
+        async with runtime.client() as client:
+            command = ApprovalRequest(action_id=fresh_id("x"), tool="read_file", actor="sdk")
+            sent = await client.send_command(command, idempotency_key=key)
+            [row] = query(runtime, "SELECT payload FROM receipts WHERE id = ?", (sent.receipt,))
+            assert json.loads(row["payload"]) == command.to_payload()
+            result = await client.command_result(sent.receipt, timeout_s=10)
+            assert result["ok"] is True and result["verdict"] == "allow"
+            assert await client.command(command, idempotency_key=key) == result
 
     run(main())
 

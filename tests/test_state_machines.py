@@ -7,9 +7,9 @@ database (SQLite, and PostgreSQL where its server is installed): ingesting task 
 applying their receipts; claiming missions in batches (with shadow runs and forced fallback);
 heartbeats; batched finishes with every outcome, so retries, fallback and dead letters;
 releases; lease sweeps and approval expiry under an injected clock that the test moves on;
-and supervisor commands through the one ``apply_command``, given directly or as command
-envelopes. A model of the leases predicts which claims still hold and what each finish,
-heartbeat, release and sweep must do. After every step the rows are held to the ledger: each
+and supervisor commands through the one ``apply_command``, as command envelopes applied at
+once (the embedded runtime's way) or by the pump. A model of the leases predicts which claims
+still hold and what each finish, heartbeat, release and sweep must do. After every step the rows are held to the ledger: each
 item's entries retrace legal moves of its machine up to the row's state and version, every
 terminal turn has the one deliverable it first got, and a stale or refused write changed
 nothing.
@@ -57,7 +57,7 @@ from quarterdeck.domain.states import (
 # What the runtime runs to move work (ingest, approvals' expiry, and the store's
 # work operations below) is imported here and nowhere else in this module.
 from quarterdeck.runtime.ingest import Ingestor
-from quarterdeck.store.apply import Applied, apply_command, apply_receipts
+from quarterdeck.store.apply import Applied, apply_command_receipt, apply_receipts
 from quarterdeck.store.approvals import expire_due
 from quarterdeck.store.claiming import claim_missions
 from quarterdeck.store.database import open_database
@@ -667,18 +667,18 @@ class WorkPath(RuleBasedStateMachine):
     # ---- rules: supervisor commands ----
 
     def command(self, workspace: str, payload: dict[str, Any], via_receipt: bool) -> Any:
-        """Apply one command through ``apply_command``: directly, as the embedded console
-        does, or as a command envelope whose receipt the pump applies. A refused command (or
-        one that finds its work done already) changes nothing."""
+        """Apply one command envelope through ``apply_command``: recorded and applied in one
+        transaction, as the embedded runtime does, or recorded for the pump to apply. A
+        refused command (or one that finds its work done already) changes nothing."""
         self.apply_all()
         before = self.snapshot()
+        envelope = {
+            "idempotency_key": f"command-{next(self.keys)}",
+            "workspace": workspace,
+            "kind": "command",
+            "payload": payload,
+        }
         if via_receipt:
-            envelope = {
-                "idempotency_key": f"command-{next(self.keys)}",
-                "workspace": workspace,
-                "kind": "command",
-                "payload": payload,
-            }
             [receipt] = self.run(self.ingestor.ingest([envelope]))
             assert receipt.status == "accepted", receipt
             mark = self.head()
@@ -687,10 +687,16 @@ class WorkPath(RuleBasedStateMachine):
             result = json.loads(mine.produced_id)
         else:
             mark = self.head()
-            actor = str(payload["actor"])
-            result = self.submit(
-                lambda txn: apply_command(txn, workspace, payload, self.plan, actor)
+            [receipt], result = self.run(
+                self.ingestor.ingest_then(
+                    [envelope], lambda txn, got: apply_command_receipt(txn, self.plan, got[0])
+                )
             )
+            assert receipt.status == "accepted", receipt
+            [recorded, *_] = self.entries_since(mark)
+            assert recorded.action == "receipts.recorded", recorded
+            assert recorded.payload == {"accepted": [receipt.receipt]}
+            mark = recorded.seq
         if not result["ok"] or result.get("already"):
             assert self.snapshot() == before, result
             refused = [e.action for e in self.entries_since(mark)]

@@ -1,6 +1,6 @@
 """The supervision commands (``approve``, ``reject``, ``escalate``, ``snooze``, ``claim``,
 ``takeover``, ``release``, ``complete``, ``requeue``, ``cancel``, ``fallback``, ``lane``,
-``alert``, ``rebaseline``): each builds one command payload, sends it as a command envelope and
+``alert``, ``rebaseline``): each builds one typed command, sends it as a command envelope and
 waits (``--wait``) for a running runtime to apply it. The result is printed as JSON; exit 0 when
 it was applied, 1 when it was refused (each error on stderr), 3 when no runtime applied it in
 time (it stays queued)."""
@@ -14,7 +14,32 @@ import os
 import sys
 from typing import IO, Any
 
+from pydantic import ValidationError
+
 from quarterdeck.cli.common import UsageError, database_url, print_json, workspace
+from quarterdeck.domain.commands import (
+    AlertAck,
+    AlertResolve,
+    ApprovalApprove,
+    ApprovalBulk,
+    ApprovalClaim,
+    ApprovalEscalate,
+    ApprovalReject,
+    ApprovalSnooze,
+    ApprovalUnclaim,
+    Command,
+    FallbackForce,
+    LaneForceFallback,
+    LanePause,
+    LaneRebaseline,
+    LaneResume,
+    TurnCancel,
+    TurnComplete,
+    TurnRelease,
+    TurnRequeue,
+    TurnTakeover,
+    problems_of,
+)
 
 EXIT_NOT_APPLIED = 3
 SUPERVISION = (
@@ -22,6 +47,10 @@ SUPERVISION = (
     "requeue", "cancel", "fallback", "lane", "alert", "rebaseline",
 )  # fmt: skip
 """The commands this module sends."""
+TURN_COMMANDS: dict[str, type[TurnTakeover | TurnRelease | TurnRequeue | TurnCancel]] = {
+    "takeover": TurnTakeover, "release": TurnRelease, "requeue": TurnRequeue, "cancel": TurnCancel,
+}  # fmt: skip
+"""Turn commands that name nothing but the turn."""
 
 
 def default_actor() -> str:
@@ -51,73 +80,73 @@ def _read_deliverable(source: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"text": content}
 
 
-def _decision_payload(args: argparse.Namespace) -> dict[str, Any]:
+def _decision(args: argparse.Namespace, actor: str) -> Command:
     """``approve``/``reject``: one approval by ID, or every open one matching (``--all``)."""
     verb = args.command
-    extra: dict[str, Any] = {}
-    if args.note:
-        extra["reason"] = args.note
-    if verb == "reject":
-        extra["reason_code"] = args.reason
+    reason = args.note or None
     if args.all:
         if args.id is not None:
             raise UsageError(f"{verb}: give an approval ID or --all, not both")
         if verb == "approve" and args.edit is not None:
             raise UsageError("approve --all cannot --edit")
         selector = {k: v for k, v in (("lane", args.lane), ("tool", args.tool)) if v is not None}
-        payload = {"command": "approval.bulk", "decision": verb, "filter": selector, **extra}
-        if args.all_workspaces:
-            payload["all_workspaces"] = True
-        return payload
+        return ApprovalBulk(
+            decision=verb, filter=selector, reason_code=args.reason if verb == "reject" else None,
+            reason=reason,
+            all_workspaces=args.all_workspaces, actor=actor,
+        )  # fmt: skip
     if args.id is None:
         raise UsageError(f"{verb}: give an approval ID (or --all)")
     if args.lane is not None or args.tool is not None:
         raise UsageError(f"{verb}: --lane and --tool only go with --all")
-    payload = {"command": f"approval.{verb}", "approval_id": args.id, **extra}
-    if verb == "approve" and args.edit is not None:
-        payload["args"] = args.edit
-    return payload
+    if verb == "reject":
+        return ApprovalReject(
+            approval_id=args.id, reason_code=args.reason, reason=reason, actor=actor
+        )
+    if args.edit is None:
+        return ApprovalApprove(approval_id=args.id, reason=reason, actor=actor)
+    return ApprovalApprove(approval_id=args.id, args=args.edit, reason=reason, actor=actor)
 
 
-def command_payload(args: argparse.Namespace) -> dict[str, Any]:
-    """The command payload (without ``actor``) a supervision command line asks for.
+def build_command(args: argparse.Namespace, actor: str) -> Command:
+    """The command a supervision command line asks for, given by ``actor``.
 
     Raises:
         UsageError: the options do not make one command.
+        pydantic.ValidationError: a value given is one the catalogue refuses.
     """
     name = args.command
     if args.all_workspaces and not (name in ("approve", "reject") and args.all):
         raise UsageError("--all-workspaces only goes with approve --all / reject --all")
     if name in ("approve", "reject"):
-        return _decision_payload(args)
+        return _decision(args, actor)
     if name == "escalate":
-        return {"command": "approval.escalate", "approval_id": args.id}
+        return ApprovalEscalate(approval_id=args.id, actor=actor)
     if name == "snooze":
-        return {"command": "approval.snooze", "approval_id": args.id, "for_s": args.for_s}
+        return ApprovalSnooze(approval_id=args.id, for_s=args.for_s, actor=actor)
     if name == "claim":
-        payload = {
-            "command": "approval.unclaim" if args.release else "approval.claim",
-            "approval_id": args.id,
-        }
-        if args.for_s is not None:
-            payload["for_s"] = args.for_s
-        return payload
-    if name in ("takeover", "release", "requeue", "cancel"):
-        return {"command": f"turn.{name}", "turn_id": args.turn}
+        claim = ApprovalUnclaim if args.release else ApprovalClaim
+        if args.for_s is None:  # the configured claim time
+            return claim(approval_id=args.id, actor=actor)
+        return claim(approval_id=args.id, for_s=args.for_s, actor=actor)
+    if name in TURN_COMMANDS:
+        return TURN_COMMANDS[name](turn_id=args.turn, actor=actor)
     if name == "complete":
         deliverable = _read_deliverable(args.deliverable)
-        return {"command": "turn.complete", "turn_id": args.turn, "deliverable": deliverable}
+        return TurnComplete(turn_id=args.turn, deliverable=deliverable, actor=actor)
     if name == "fallback":
         on = args.force == "on"
         if args.lane is not None:
-            return {"command": "lane.force_fallback", "lane": args.lane, "on": on}
-        return {"command": "fallback.force", "on": on}
+            return LaneForceFallback(lane=args.lane, on=on, actor=actor)
+        return FallbackForce(on=on, actor=actor)
     if name == "lane":
-        return {"command": f"lane.{args.action}", "lane": args.lane}
+        lane = LanePause if args.action == "pause" else LaneResume
+        return lane(lane=args.lane, actor=actor)
     if name == "alert":
-        return {"command": f"alert.{args.action}", "alert_id": args.id}
+        alert = AlertAck if args.action == "ack" else AlertResolve
+        return alert(alert_id=args.id, actor=actor)
     if name == "rebaseline":
-        return {"command": "lane.rebaseline", "lane": args.lane}
+        return LaneRebaseline(lane=args.lane, actor=actor)
     raise AssertionError(f"not a supervision command: {name}")
 
 
@@ -126,11 +155,14 @@ async def supervise_command(args: argparse.Namespace, out: IO[str]) -> int:
     applied in time)."""
     from quarterdeck.client import Client, CommandRejected, CommandTimeout
 
-    payload = command_payload(args)
-    payload["actor"] = args.actor or default_actor()
+    try:
+        command = build_command(args, args.actor or default_actor())
+    except ValidationError as exc:
+        # refused as a runtime would refuse it, without sending it
+        return _answer({"ok": False, "errors": problems_of(exc)}, out)
     async with Client(database_url(args), workspace=workspace(args)) as client:
         try:
-            sent = await client.send_command(payload, idempotency_key=args.idempotency_key)
+            sent = await client.send_command(command, idempotency_key=args.idempotency_key)
             for note in sent.errors:
                 sys.stderr.write(f"quarterdeck: note: {note}\n")
             result = await client.command_result(sent.receipt, timeout_s=args.wait)
@@ -139,6 +171,12 @@ async def supervise_command(args: argparse.Namespace, out: IO[str]) -> int:
         except CommandTimeout as exc:
             sys.stderr.write(f"quarterdeck: {exc}\n")
             return EXIT_NOT_APPLIED
+    return _answer(result, out)
+
+
+def _answer(result: dict[str, Any], out: IO[str]) -> int:
+    """Print a command's result; exit 0 when it was applied, 1 when refused (each error on
+    stderr)."""
     print_json(result, out)
     if result.get("ok"):
         return 0

@@ -16,6 +16,7 @@ from typing import Any, Self
 from quarterdeck.client.errors import CommandRejected, CommandTimeout
 from quarterdeck.client.watch import ChangeWatch
 from quarterdeck.domain.canonical import canonical_json
+from quarterdeck.domain.commands import BaseCommand, Command
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.store.database import Database, open_database, sqlite_url
 from quarterdeck.store.queries.outcomes import produced
@@ -96,24 +97,26 @@ class Connection:
         return await self._ingestor.ingest(envelopes)
 
     async def send_command(
-        self, payload: Mapping[str, Any], *, idempotency_key: str | None = None
+        self, payload: Command | Mapping[str, Any], *, idempotency_key: str | None = None
     ) -> IngestResult:
-        """Record one command envelope (``payload`` is ``{"command": NAME, ...}``) in this
-        connection's workspace. The result's ``receipt`` stands for it: the original one, with
-        status ``duplicate``, when ``idempotency_key`` was used before (its ``errors`` then
-        note whether the content differed).
+        """Record one command envelope in this connection's workspace: a typed command of
+        :mod:`quarterdeck.domain.commands`, or its wire form ``{"command": NAME, ...}`` (sent
+        as it is; the runtime reads it). The result's ``receipt`` stands for it: the original
+        one, with status ``duplicate``, when ``idempotency_key`` was used before (its
+        ``errors`` then note whether the content differed).
 
         Raises:
             TypeError: the payload is not JSON.
             CommandRejected: the envelope is not valid (every reason is listed).
             RuntimeError: the client is not open.
         """
-        canonical_json(dict(payload))  # TypeError/ValueError here, not a rejected receipt
+        body = payload.to_payload() if isinstance(payload, BaseCommand) else dict(payload)
+        canonical_json(body)  # TypeError/ValueError here, not a rejected receipt
         envelope = {
             "idempotency_key": idempotency_key or f"cmd:{uuid.uuid4()}",
             "workspace": self.workspace,
             "kind": "command",
-            "payload": dict(payload),
+            "payload": body,
         }
         [result] = await self.submit([envelope])
         if result.status == "rejected":
@@ -152,7 +155,7 @@ class Connection:
 
     async def command(
         self,
-        payload: Mapping[str, Any],
+        payload: Command | Mapping[str, Any],
         *,
         idempotency_key: str | None = None,
         timeout_s: float | None = 10.0,

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from quarterdeck.client.connection import Connection
 from quarterdeck.domain.clock import Clock, format_instant, parse_instant, utc_now
+from quarterdeck.domain.commands import Command
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
@@ -61,8 +62,8 @@ __all__ = [
     "Snapshot",
     "TurnLine",
     "args_preview",
+    "command_workspace",
     "remaining_s",
-    "split_command",
 ]
 
 APPROVALS_SHOWN = 1_000
@@ -132,8 +133,9 @@ class Console(Protocol):
         """One item with its history (and an approval's context)."""
         ...
 
-    async def command(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Send a supervisor command; return its result. Raises :class:`ReadOnly`."""
+    async def command(self, command: Command, workspace: str | None = None) -> dict[str, Any]:
+        """Send a supervisor command, applied in ``workspace`` (see :func:`command_workspace`);
+        return its result. Raises :class:`ReadOnly`."""
         ...
 
     async def wait_change(self, timeout_s: float) -> bool:
@@ -154,13 +156,12 @@ COMMAND_WORKSPACE = "default"
 applied: those items belong to every workspace, and no envelope may name theirs."""
 
 
-def split_command(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A console command's workspace (the item's own; ``default`` when it names none or the
-    runtime's) and its body."""
-    workspace = str(payload.get("workspace") or COMMAND_WORKSPACE)
-    if workspace == RUNTIME_WORKSPACE:
-        workspace = COMMAND_WORKSPACE
-    return workspace, {k: v for k, v in payload.items() if k != "workspace"}
+def command_workspace(workspace: str | None) -> str:
+    """Where a console command is applied: its item's workspace, ``default`` when it names
+    none or the runtime's."""
+    if not workspace or workspace == RUNTIME_WORKSPACE:
+        return COMMAND_WORKSPACE
+    return workspace
 
 
 class _StoreConsole:
@@ -288,11 +289,13 @@ class EmbeddedConsole(_StoreConsole):
             self._head = head_seq
             self._changed.set()
 
-    async def command(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply a command through the runtime (recorded with this console's actor)."""
+    async def command(self, command: Command, workspace: str | None = None) -> dict[str, Any]:
+        """Give a command to the runtime (recorded with this console's actor unless it names
+        one, through a receipt like any other)."""
         self._check_writable()
-        workspace, body = split_command(payload)
-        result: dict[str, Any] = await self.runtime.command(workspace, body, actor=self.actor)
+        result: dict[str, Any] = await self.runtime.command(
+            command_workspace(workspace), command, actor=self.actor
+        )
         return result
 
     async def wait_change(self, timeout_s: float) -> bool:
@@ -337,15 +340,17 @@ class AttachedConsole(_StoreConsole):
         """The daemon counts as alive while one of its sessions holds an unexpired lease."""
         return format_instant(self.clock())
 
-    async def command(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Send a command envelope and wait for the daemon's result."""
+    async def command(self, command: Command, workspace: str | None = None) -> dict[str, Any]:
+        """Send a command envelope (with this console's actor unless it names one) and wait
+        for the daemon's result."""
         self._check_writable()
         if self._client is None:
             self._client = Connection(self.db.url)
             await self._client.__aenter__()
-        self._client.workspace, body = split_command(payload)
-        body.setdefault("actor", self.actor)
-        return await self._client.command(body, timeout_s=self.command_timeout_s)
+        self._client.workspace = command_workspace(workspace)
+        if command.actor is None:
+            command = command.model_copy(update={"actor": self.actor})
+        return await self._client.command(command, timeout_s=self.command_timeout_s)
 
     async def wait_change(self, timeout_s: float) -> bool:
         """Wait for a commit by another process (SQLite's data version; PostgreSQL's NOTIFY,

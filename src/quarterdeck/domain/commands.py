@@ -313,15 +313,34 @@ def parse_command(payload: Mapping[str, Any]) -> Command | list[str]:
         command = cls.model_validate(dict(payload))
     except ValidationError as exc:
         command = None
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "command"
-            check = _check(cls, field) if field in cls.model_fields else None
-            problems.setdefault(field, error["msg"] if check is None else check.message)
+        problems.update(_problems(cls, exc))
     for field, check in _SHARED.items():
         if field in payload and field not in cls.model_fields and not check.accepts(payload[field]):
             problems[field] = check.message
     if command is None or problems:
-        last = {"actor": 1}
-        order = sorted(problems, key=lambda field: last.get(field, 0))
-        return [f"payload.{field}: {problems[field]}" for field in order]
+        return _listed(problems)
     return command
+
+
+def problems_of(error: ValidationError) -> list[str]:
+    """The problems of a command built with values the catalogue refuses (``error`` raised by
+    its class), listed as :func:`parse_command` lists them."""
+    cls = next(c for c in CATALOGUE.values() if c.__name__ == error.title)
+    return _listed(_problems(cls, error))
+
+
+def _problems(cls: type[BaseCommand], error: ValidationError) -> dict[str, str]:
+    """Each field's first problem: its kind's message (also when it is missing)."""
+    problems: dict[str, str] = {}
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "command"
+        check = _check(cls, field) if field in cls.model_fields else None
+        problems.setdefault(field, item["msg"] if check is None else check.message)
+    return problems
+
+
+def _listed(problems: Mapping[str, str]) -> list[str]:
+    """``payload.<field>: <message>`` for each, ``actor`` last."""
+    last = {"actor": 1}
+    order = sorted(problems, key=lambda field: last.get(field, 0))
+    return [f"payload.{field}: {problems[field]}" for field in order]

@@ -1,4 +1,5 @@
-"""What task and command payloads mean: the runtime's reading of an accepted envelope."""
+"""What a task payload means (the runtime's reading of an accepted task envelope; commands are
+read by :mod:`quarterdeck.domain.commands`), and the backoff between a mission's attempts."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from quarterdeck.domain import commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,25 +41,6 @@ def parse_task(payload: Mapping[str, Any]) -> TaskSpec | list[str]:
     if problems:
         return problems
     return TaskSpec(lane, objective, task_input, budget)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
-    """A supervisor command: its name and arguments (its wire payload without ``command``)."""
-
-    name: str
-    args: Mapping[str, Any]
-
-
-def parse_command(payload: Mapping[str, Any]) -> CommandSpec | list[str]:
-    """Read a command payload (``{"command": NAME, ...arguments}``) through the catalogue
-    (:mod:`quarterdeck.domain.commands`); return it or every problem."""
-    command = commands.parse_command(payload)
-    if isinstance(command, list):
-        return command
-    args = command.to_payload()
-    del args["command"]
-    return CommandSpec(command.name, args)
 
 
 def backoff_delay(

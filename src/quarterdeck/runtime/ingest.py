@@ -7,8 +7,8 @@ invalid inputs become rejected receipts holding their raw bytes and every reason
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from quarterdeck.domain.canonical import canonical_json, sha256_hex
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
@@ -28,6 +28,7 @@ MAX_RAW_STORED = 16 * 1024 * 1024
 """Raw bytes kept for a rejected input; beyond this the head is kept with the full size."""
 
 RawInput = bytes | str | Mapping[str, Any]
+T = TypeVar("T")
 
 
 def _raw_bytes(raw: object) -> bytes:
@@ -131,6 +132,23 @@ class Ingestor:
         """
         if not inputs:
             return []
+        results, _ = await self._record(inputs, _nothing, concurrent=True)
+        return results
+
+    async def ingest_then(
+        self, inputs: Sequence[RawInput], then: Callable[[WriteTxn, list[IngestResult]], T]
+    ) -> tuple[list[IngestResult], T]:
+        """As :meth:`ingest`, then ``then(txn, results)`` in the same transaction, an exclusive
+        one (``then`` may apply what was just recorded); its value comes with the results."""
+        return await self._record(inputs, then, concurrent=False)
+
+    async def _record(
+        self,
+        inputs: Sequence[RawInput],
+        then: Callable[[WriteTxn, list[IngestResult]], T],
+        *,
+        concurrent: bool,
+    ) -> tuple[list[IngestResult], T]:
         now = format_instant(self.clock())
         ids = new_ids(len(inputs))
         drafts = [
@@ -139,11 +157,16 @@ class Ingestor:
 
         learned: dict[tuple[str, str], Any] = {}
 
-        def op(txn: WriteTxn) -> list[IngestResult]:
+        def op(txn: WriteTxn) -> tuple[list[IngestResult], T]:
             learned.clear()  # a retried commit starts over
-            return store_receipts(txn, drafts, self.known, learned)
+            results = store_receipts(txn, drafts, self.known, learned)
+            return results, then(txn, results)
 
-        results = await self.writer.submit(op, concurrent=True)
+        results, value = await self.writer.submit(op, concurrent=concurrent)
         self.known.learn(learned)  # only now: the operation committed
         self.metrics.ingested.update(result.status for result in results)
-        return results
+        return results, value
+
+
+def _nothing(_txn: WriteTxn, _results: list[IngestResult]) -> None:
+    return None

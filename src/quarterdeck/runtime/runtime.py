@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from quarterdeck.domain.clock import Clock, utc_now
+from quarterdeck.domain.commands import BaseCommand, Command
 from quarterdeck.domain.policy import Policy
 from quarterdeck.runtime.batch import Batch
 from quarterdeck.runtime.config import RuntimeConfig
@@ -40,7 +41,7 @@ from quarterdeck.runtime.slo import SloMonitor
 from quarterdeck.runtime.supervision import Supervision
 from quarterdeck.runtime.upkeep import Upkeep
 from quarterdeck.runtime.workdirs import mission_workdir
-from quarterdeck.store.apply import apply_command
+from quarterdeck.store.apply import apply_command_receipt
 from quarterdeck.store.commands import DRIFT_ACTOR
 from quarterdeck.store.database import Database
 from quarterdeck.store.finishing import Ending, Finished, finish_missions
@@ -243,11 +244,28 @@ class Runtime:
         return results
 
     async def command(
-        self, workspace: str, payload: Mapping[str, Any], actor: str
+        self,
+        workspace: str,
+        payload: Command | Mapping[str, Any],
+        actor: str,
+        *,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Apply a supervisor command directly (in-process callers; others send envelopes)."""
-        result = await self.writer.submit(
-            lambda txn: apply_command(txn, workspace, payload, self.plan, actor)
+        """Give a supervisor command in this process: recorded as a command envelope (its
+        ``actor``, unless it names one, is ``actor``; ``idempotency_key`` by default a fresh
+        one), applied at once through its receipt like any other, and its result returned.
+        Given again with the same ``idempotency_key``, it returns the first result."""
+        body = payload.to_payload() if isinstance(payload, BaseCommand) else dict(payload)
+        if body.get("actor") is None:
+            body["actor"] = actor
+        envelope = {
+            "idempotency_key": idempotency_key or f"cmd:{uuid.uuid4()}",
+            "workspace": workspace,
+            "kind": "command",
+            "payload": body,
+        }
+        _, result = await self.ingestor.ingest_then(
+            [envelope], lambda txn, results: apply_command_receipt(txn, self.plan, results[0])
         )
         self._wake.set()
         return result

@@ -1,11 +1,11 @@
 """Applying accepted receipts: a task becomes a turn with its first mission, a command is
-applied (lane flags, requeue, and the supervision commands), an event is recorded; each
-receipt then points at what it produced. Runs inside the writer's transaction."""
+applied (:func:`quarterdeck.store.commands.apply_command`), an event is recorded; each receipt
+then points at what it produced (a command: its result, as JSON). Runs inside the writer's
+transaction."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,16 +13,15 @@ from sqlalchemy import text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.tasks import CommandSpec, TaskSpec, parse_command, parse_task
-from quarterdeck.store.commands import apply_supervision
-from quarterdeck.store.flags import FLAG_COMMANDS, set_flag
+from quarterdeck.domain.tasks import TaskSpec, parse_task
+from quarterdeck.store.commands import apply_command
 from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sql import Bulk, Statement
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
     append_entry,
     mission_row,
-    refuse,
 )
 from quarterdeck.store.writer import ExclusiveRequired, WriteTxn
 
@@ -188,68 +187,26 @@ class ReceiptsAlreadyApplied(Exception):
     """Another runtime applied some of the same receipts first; the operation rolls back."""
 
 
-def apply_command(
-    txn: WriteTxn, workspace: str, payload: Mapping[str, Any], plan: WorkPlan, actor: str
-) -> dict[str, Any]:
-    """Apply one supervisor command; return its result (``ok`` and what happened)."""
-    spec = parse_command(payload)
-    if not isinstance(spec, CommandSpec):
-        return refuse(txn, workspace, actor, "command", actor, {"errors": spec})
-    name, args = spec.name, spec.args
-    if isinstance(args.get("actor"), str):
-        actor = str(args["actor"])
-    if name in FLAG_COMMANDS:
-        lane = "*" if name == "fallback.force" else str(args["lane"])
-        if lane != "*" and lane not in plan.lanes:
-            errors = [f"payload.lane: no lane named {lane!r}"]
-            return refuse(
-                txn, workspace, actor, "command", actor, {"errors": errors, "command": name}
-            )
-        column, fixed = FLAG_COMMANDS[name]
-        value = bool(args.get("on")) if fixed is None else fixed
-        set_flag(txn, lane, column, value, actor=actor, workspace=workspace)
-        return {"ok": True, "command": name, "lane": lane, column: value}
-    if name != "turn.requeue":
-        return apply_supervision(txn, workspace, spec, plan, actor)
-    return requeue_turn(txn, workspace, str(args["turn_id"]), plan, actor)
+_PRODUCED = text("SELECT produced_type, produced_id FROM receipts WHERE id = :id")
 
 
-def requeue_turn(
-    txn: WriteTxn, workspace: str, turn_id: str, plan: WorkPlan, actor: str
-) -> dict[str, Any]:
-    """Give a held (dead-lettered) turn a fresh mission on its own lane."""
-    turn = txn.conn.execute(
-        text(
-            "SELECT state, version, lane, dead_letter FROM turns WHERE id = :id AND workspace = :w"
-        ),
-        {"id": turn_id, "w": workspace},
-    ).first()
-    if turn is None or turn.dead_letter != "held":
-        reason = (
-            "no such turn" if turn is None else f"turn is not held (dead_letter={turn.dead_letter})"
-        )
-        return refuse(
-            txn, workspace, actor, "turn", turn_id, {"command": "turn.requeue", "errors": [reason]}
-        )
-    txn.conn.execute(
-        text(
-            "UPDATE turns SET dead_letter = NULL, held_until = NULL, version = version + 1, "
-            "updated_at = :at WHERE id = :id"
-        ),
-        {"at": txn.at, "id": turn_id},
-    )
-    append_entry(
-        txn,
-        workspace,
-        actor,
-        "turn.requeued",
-        "turn",
-        turn_id,
-        None,
-        None,
-        {"version": turn.version + 1},
-    )
-    mission_id = new_ids(1)[0]
-    row = mission_row(txn, mission_id, workspace, turn_id, turn.lane, "primary", 1)
-    txn.conn.execute(INSERT_MISSION.each, row)
-    return {"ok": True, "command": "turn.requeue", "turn": turn_id, "mission": mission_id}
+def apply_command_receipt(txn: WriteTxn, plan: WorkPlan, receipt: IngestResult) -> dict[str, Any]:
+    """Apply accepted receipts in order, as the pump does, until the command envelope whose
+    ingest ended in ``receipt`` has been applied; return its result (the first one when its
+    receipt was applied before; a rejected envelope's reasons). Needs an exclusive
+    transaction (it applies commands)."""
+    if receipt.status == "rejected":
+        return {"ok": False, "errors": list(receipt.errors)}
+    while True:
+        row = txn.conn.execute(_PRODUCED, {"id": receipt.receipt}).first()
+        if row is None:
+            return {"ok": False, "errors": [f"no receipt {receipt.receipt}"]}
+        if row.produced_type is not None or not apply_receipts(txn, plan):
+            break
+    if row.produced_type is None:
+        return {"ok": False, "errors": [f"receipt {receipt.receipt} was not applied"]}
+    if row.produced_type != "command":
+        error = f"idempotency_key: already used for a {row.produced_type}, not a command"
+        return {"ok": False, "errors": [error]}
+    result = json.loads(row.produced_id)
+    return dict(result) if isinstance(result, dict) else {"ok": False, "errors": [result]}

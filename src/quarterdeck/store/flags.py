@@ -13,15 +13,6 @@ from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.store.transitions import append_entry
 from quarterdeck.store.writer import WriteTxn
 
-FLAG_COMMANDS: dict[str, tuple[str, bool | None]] = {
-    "lane.pause": ("paused", True),
-    "lane.resume": ("paused", False),
-    "lane.force_fallback": ("force_fallback", None),
-    "lane.shadow": ("shadow", None),
-    "fallback.force": ("force_fallback", None),
-}
-"""Lane-flag commands: the flag each sets, and to what (``None``: the command's ``on``)."""
-
 
 def set_flag(
     txn: WriteTxn, lane: str, flag: str, value: bool, *, actor: str, workspace: str

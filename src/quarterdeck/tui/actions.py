@@ -30,7 +30,7 @@ from quarterdeck.client.console import (
 )
 from quarterdeck.domain.states import APPROVAL_OPEN
 from quarterdeck.tui import commands
-from quarterdeck.tui.commands import Command
+from quarterdeck.tui.commands import Addressed
 from quarterdeck.tui.screens import ConfirmScreen, JsonEditScreen, ReasonScreen, TextEditScreen
 from quarterdeck.tui.table import LivePane, short
 
@@ -61,23 +61,23 @@ class SupervisorApp(App[None]):
 
     # --- sending ---------------------------------------------------------------------------------
 
-    async def command(self, payload: Command) -> dict[str, Any] | None:
+    async def command(self, addressed: Addressed) -> dict[str, Any] | None:
         """Send a command; its result, or None (with a notice) when it could not be sent."""
         try:
-            result = await self.source.command(payload)
+            result = await self.source.command(addressed.command, addressed.workspace)
         except ReadOnly as exc:
             self.notify(str(exc), title="read-only", severity="error")
             return None
         except Exception as exc:
             self.notify(f"{type(exc).__name__}: {exc}", title="not sent", severity="error")
             return None
-        self.sent.append({"payload": dict(payload), "result": result})
+        self.sent.append({"payload": addressed.payload(), "result": result})
         return dict(result)
 
     @work(group="commands")
-    async def send(self, payload: Command, done: str) -> None:
+    async def send(self, addressed: Addressed, done: str) -> None:
         """Send a command and report how it went; a snapshot confirms it afterwards."""
-        result = await self.command(payload)
+        result = await self.command(addressed)
         if result is None:
             return
         if result.get("ok"):
@@ -270,7 +270,7 @@ class ApprovalActions(PaneActions):
         await app.confirm()
 
 
-def _approve(line: ApprovalLine, args: Mapping[str, Any] | None = None) -> Command:
+def _approve(line: ApprovalLine, args: Mapping[str, Any] | None = None) -> Addressed:
     """The command approving ``line`` (with edited arguments when ``args`` is given)."""
     return commands.approve(line.id, action_key=line.action_key, workspace=line.workspace,
                             args=args)  # fmt: skip
