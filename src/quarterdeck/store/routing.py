@@ -26,9 +26,11 @@ from quarterdeck.store.plan import WorkPlan
 from quarterdeck.store.writer import WriteTxn
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ask:
-    """One request to the policy, with what its decision and approval are bound to."""
+    """One request to the policy, with what its decision and approval are bound to (not
+    frozen: a batched claim builds one per mission, and a frozen init costs three times as
+    much)."""
 
     kind: Asker
     request: ActionRequest
@@ -43,7 +45,7 @@ class Ask:
     """A shadow mission's dispatch (never held for a person)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decided:
     """What became of a request: its route, the decision recorded, the approval opened."""
 
@@ -85,6 +87,7 @@ def decide_and_record(
     others; any other row is inserted at once.
     """
     fresh = ruling is None
+    kind = str(ask.kind)
     if ruling is None:
         decision = decide(txn, plan.policy if plan is not None else None, ask.request, tally)
         route = route_decision(ask.kind, decision, shadow=ask.shadow, can_hold=plan is not None)
@@ -93,7 +96,7 @@ def decide_and_record(
     else:
         decision, route = ruling.decision, ruling.route
     row = decision_row(
-        txn, kind=str(ask.kind), request=ask.request, decision=decision, turn_id=ask.turn_id,
+        txn, kind=kind, request=ask.request, decision=decision, turn_id=ask.turn_id,
         mission_id=ask.mission_id, action_key=ask.key, verdict=route.verdict,
         approval_id=route.approval_id, decided_by=route.decided_by, reason=route.reason,
     )  # fmt: skip
@@ -117,7 +120,7 @@ def decide_and_record(
             txn,
             plan,
             NewApproval(
-                workspace=request.workspace, kind=str(ask.kind), action_key=ask.key,
+                workspace=request.workspace, kind=kind, action_key=ask.key,
                 action_id=ask.action_id, tool=request.tool, args=request.args, lane=request.lane,
                 turn_id=ask.turn_id, mission_id=ask.mission_id, decision_id=row["id"],
                 requested_by=ask.requested_by, estimated_cost=request.estimated_cost,
