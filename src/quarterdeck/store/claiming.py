@@ -13,10 +13,11 @@ from sqlalchemy import text
 
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.policy import ActionRequest
+from quarterdeck.domain.routing import Asker, Step, dispatch_key
 from quarterdeck.domain.states import Kind
 from quarterdeck.store import decisions
-from quarterdeck.store.approvals import NewApproval, create_approval
 from quarterdeck.store.plan import Claim, WorkPlan
+from quarterdeck.store.routing import Ask, decide_and_record
 from quarterdeck.store.sql import Bulk
 from quarterdeck.store.transitions import (
     ClaimConflict,
@@ -135,7 +136,6 @@ def claim_missions(
     turn_rows: list[dict[str, Any]] = []
     decided: list[dict[str, Any]] = []
     tally = decisions.Tally()
-    policy = plan.policy if plan is not None else None
     for row in candidates:
         shadow = row.role == "shadow"
         if not shadow and row.turn_state not in ("queued",):
@@ -150,31 +150,18 @@ def claim_missions(
                 float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool)
                 else None,
             )  # fmt: skip
-            verdict = decisions.decide(txn, policy, request, tally)
-            drow = decisions.decision_row(
-                txn, kind="dispatch", request=request, decision=verdict, turn_id=row.turn_id,
-                mission_id=row.id, action_key=f"dispatch:{row.id}",
+            ask = Ask(
+                Asker.DISPATCH, request, dispatch_key(row.id), action_id=row.id,
+                requested_by="coordinator", turn_id=row.turn_id, mission_id=row.id, shadow=shadow,
             )  # fmt: skip
-            tally.add(request, drow["verdict"] == "allow")
-            if drow["verdict"] == "allow":
-                decided.append(drow)
-                decision_id = drow["id"]
-            elif drow["verdict"] == "deny" or shadow or plan is None:
-                reason = (
-                    verdict.denial_reason()
-                    if drow["verdict"] == "deny"
-                    else "needs approval, and a shadow mission is never held for a person"
-                    if shadow
-                    else "needs approval, and nothing here can hold it for a person"
-                )
-                drow.update(verdict="deny", reason=reason)
-                decisions.insert_decisions(txn, [drow])
-                _refuse_dispatch(txn, row, drow, owner)
+            done = decide_and_record(txn, plan, ask, tally=tally, batch=decided)
+            if done.route.step is Step.DENY:
+                _refuse_dispatch(txn, row, done.row, owner)
                 continue
-            else:
-                decisions.insert_decisions(txn, [drow])
-                _hold_dispatch(txn, plan, row, request, verdict, drow)
+            if done.route.step is Step.HOLD:
+                _hold_dispatch(txn, row, done.row)
                 continue
+            decision_id = done.decision_id
         session = sessions[len(mission_rows)] if sessions else None
         mission_rows.append(
             {
@@ -266,30 +253,12 @@ def _refuse_dispatch(txn: WriteTxn, row: Any, drow: Mapping[str, Any], actor: st
         )  # fmt: skip
 
 
-def _hold_dispatch(
-    txn: WriteTxn,
-    plan: WorkPlan,
-    row: Any,
-    request: Any,
-    verdict: Any,
-    drow: Mapping[str, Any],
-) -> None:
-    """The policy wants a person to approve this dispatch: open the approval, bind the mission
-    to the pending decision, and let the turn wait."""
+def _hold_dispatch(txn: WriteTxn, row: Any, drow: Mapping[str, Any]) -> None:
+    """The policy wants a person to approve this dispatch (its approval is open): bind the
+    mission to the pending decision, and let the turn wait."""
     txn.conn.execute(
         text("UPDATE missions SET decision_id = :d WHERE id = :id"), {"d": drow["id"], "id": row.id}
     )
-    create_approval(
-        txn,
-        plan,
-        NewApproval(
-            workspace=row.workspace, kind="dispatch", action_key=f"dispatch:{row.id}",
-            action_id=row.id, tool=request.tool, args=request.args, lane=request.lane,
-            turn_id=row.turn_id, mission_id=row.id, decision_id=drow["id"],
-            requested_by="coordinator", estimated_cost=request.estimated_cost,
-        ),
-        verdict,
-    )  # fmt: skip
     move_turn(
         txn, row.workspace, row.turn_id, "queued", "awaiting_approval", row.turn_version,
         "coordinator", extra={"mission": row.id, "decision": drow["id"]},

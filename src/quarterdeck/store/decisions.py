@@ -138,15 +138,6 @@ _INSERT_DECISION = Bulk(
 )
 
 
-def verdict_of(decision: PolicyDecision) -> str:
-    """``allow``, ``deny`` or ``pending`` for a fresh policy decision."""
-    return {
-        Outcome.ALLOW: "allow",
-        Outcome.DENY: "deny",
-        Outcome.REQUIRE_APPROVAL: "pending",
-    }[decision.outcome]
-
-
 def decision_row(
     txn: WriteTxn,
     *,
@@ -156,15 +147,15 @@ def decision_row(
     turn_id: str | None,
     mission_id: str | None,
     action_key: str | None,
-    verdict: str | None = None,
+    verdict: str,
     approval_id: str | None = None,
     decided_by: str | None = None,
     reason: str | None = None,
-    decision_id: str | None = None,
 ) -> dict[str, Any]:
-    """The row for a decision (insert it with :func:`insert_decisions`)."""
+    """The row for a decision with the ``verdict`` it stands for (``allow``, ``deny`` or
+    ``pending``; insert it with :func:`insert_decisions`)."""
     return {
-        "id": decision_id or new_ids(1)[0],
+        "id": new_ids(1)[0],
         "workspace": request.workspace,
         "at": txn.at,
         "kind": kind,
@@ -176,7 +167,7 @@ def decision_row(
         "args": canonical_text(dict(request.args)),
         "estimated_cost": request.estimated_cost,
         "outcome": str(decision.outcome),
-        "verdict": verdict or verdict_of(decision),
+        "verdict": verdict,
         "rule": decision.rule,
         "trace": canonical_text([step.to_dict() for step in decision.trace]),
         "policy_hash": decision.policy_hash,

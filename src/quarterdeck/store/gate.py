@@ -9,37 +9,32 @@ from typing import Any
 
 from sqlalchemy import text
 
-from quarterdeck.domain.policy import ActionRequest, Outcome, PolicyDecision, TraceStep
-from quarterdeck.domain.states import MISSION_HOLDS_LEASE, Kind
-from quarterdeck.store.approvals import (
-    Gate,
-    NewApproval,
-    approval_by_key,
-    create_approval,
-    gate_from_approval,
+from quarterdeck.domain.policy import ActionRequest
+from quarterdeck.domain.routing import (
+    Asker,
+    Holder,
+    Prior,
+    Step,
+    action_key,
+    allowed_by,
+    approval_verdict,
+    bound,
+    guarded,
+    lease_guard,
+    same_call,
 )
-from quarterdeck.store.decisions import (
-    NO_POLICY_HASH,
-    decide,
-    decision_row,
-    insert_decisions,
-    release_action,
-)
+from quarterdeck.domain.states import Kind
+from quarterdeck.store.approvals import Gate, approval_by_key, gate_from_approval
+from quarterdeck.store.decisions import load_json, release_action
 from quarterdeck.store.plan import Claim, WorkPlan
+from quarterdeck.store.routing import Ask, decide_and_record, policy_hash
 from quarterdeck.store.transitions import move, move_turn
 from quarterdeck.store.writer import WriteTxn
 
-
-def action_key(turn_id: str, action_id: str) -> str:
-    """An agent's action id, scoped to its turn (stable across the turn's retries)."""
-    return f"turn:{turn_id}:{action_id}"
-
-
-def _guard(reason: str, policy_hash: str) -> PolicyDecision:
-    return PolicyDecision(
-        Outcome.DENY, None, (TraceStep("(guard)", True, reason, kind="guard"),), None, None, (),
-        None, policy_hash,
-    )  # fmt: skip
+_HOLDER = text(
+    "SELECT m.state AS mission_state, m.attempt, m.lease_owner, t.state AS turn_state "
+    "FROM missions m JOIN turns t ON t.id = m.turn_id WHERE m.id = :id"
+)
 
 
 def request_action(
@@ -61,116 +56,46 @@ def request_action(
     """
     key = action_key(claim.turn_id, action_id)
     request = ActionRequest(claim.workspace, claim.exec_lane, tool, args, estimated_cost)
-    holder = txn.conn.execute(
-        text(
-            "SELECT m.state AS mission_state, m.attempt, m.lease_owner, t.state AS turn_state "
-            "FROM missions m JOIN turns t ON t.id = m.turn_id WHERE m.id = :id"
-        ),
-        {"id": claim.mission_id},
-    ).first()
-    policy_hash = plan.policy.hash if plan.policy is not None else NO_POLICY_HASH
-    guard = None
-    if holder is None or (holder.attempt, holder.lease_owner) != (claim.attempt, claim.owner):
-        guard = "the mission's lease is gone"
-    elif holder.turn_state == "taken_over":
-        guard = "a person has taken over the turn"
-    elif holder.mission_state not in MISSION_HOLDS_LEASE:
-        guard = f"the mission is {holder.mission_state}"
+    ask = Ask(
+        Asker.ACTION, request, key, action_id=action_id, requested_by=claim.owner,
+        turn_id=claim.turn_id, mission_id=claim.mission_id,
+    )  # fmt: skip
+    found = txn.conn.execute(_HOLDER, {"id": claim.mission_id}).first()
+    holder = None if found is None else Holder(*found)
+    guard = lease_guard(holder, claim.attempt, claim.owner)
     if guard is not None:
-        decision = _guard(guard, policy_hash)
-        row = decision_row(
-            txn, kind="action", request=request, decision=decision, turn_id=claim.turn_id,
-            mission_id=claim.mission_id, action_key=key, reason=guard,
-        )  # fmt: skip
-        insert_decisions(txn, [row])
-        _record_request(txn, claim, key, tool, args, "deny", guard)
-        return Gate("rejected", args, "rejected", guard, decision_id=row["id"])
+        done = decide_and_record(txn, plan, ask, ruling=guarded(guard, policy_hash(plan)))
+        return Gate("rejected", args, "rejected", guard, decision_id=done.decision_id)
     existing = approval_by_key(txn, claim.workspace, key)
     if existing is not None:
         gate = gate_from_approval(existing)
-        verdict = {"released": "allow", "rejected": "deny", "waiting": "pending"}[gate.status]
-        decision = PolicyDecision(
-            Outcome.REQUIRE_APPROVAL, None,
-            (TraceStep("(approval)", True, f"bound to approval {existing.id} ({existing.state})",
-                       kind="approval"),),
-            None, None, (), None, policy_hash,
-        )  # fmt: skip
-        row = decision_row(
-            txn, kind="action", request=request, decision=decision, turn_id=claim.turn_id,
-            mission_id=claim.mission_id, action_key=key, verdict=verdict,
-            approval_id=existing.id, decided_by=existing.decided_by, reason=gate.reason,
-        )  # fmt: skip
-        insert_decisions(txn, [row])
-        _record_request(txn, claim, key, tool, args, verdict, gate.reason)
-        if gate.status == "released":
-            release_action(
-                txn, workspace=claim.workspace, turn_id=claim.turn_id,
-                mission_id=claim.mission_id, action_key=key, decision_id=row["id"],
-                args=gate.args, actor=claim.owner,
-            )  # fmt: skip
-        elif gate.status == "waiting":
+        prior = Prior(
+            verdict=approval_verdict(existing.state),
+            same_call=same_call(tool, args, existing.tool, load_json(existing.args, {})),
+            reason=gate.reason,
+            args=gate.args,
+            approval_id=existing.id,
+            state=existing.state,
+            decided_by=existing.decided_by,
+        )
+        done = decide_and_record(
+            txn, plan, ask, ruling=bound(Asker.ACTION, prior, action_id, policy_hash(plan))
+        )
+        if done.route.step is Step.WAIT:
             _block(txn, claim)
-        return Gate(gate.status, gate.args, gate.outcome, gate.reason, existing.id, row["id"])
-    decision = decide(txn, plan.policy, request)
-    row = decision_row(
-        txn, kind="action", request=request, decision=decision, turn_id=claim.turn_id,
-        mission_id=claim.mission_id, action_key=key,
-    )  # fmt: skip
-    if decision.outcome is Outcome.DENY:
-        row["reason"] = decision.denial_reason()
-    insert_decisions(txn, [row])
-    _record_request(txn, claim, key, tool, args, row["verdict"], row["reason"], decision)
-    if decision.outcome is Outcome.ALLOW:
-        release_action(
-            txn, workspace=claim.workspace, turn_id=claim.turn_id, mission_id=claim.mission_id,
-            action_key=key, decision_id=row["id"], args=args, actor=claim.owner,
-        )  # fmt: skip
-        return Gate("released", args, "approved", _allowed_by(decision), decision_id=row["id"])
-    if decision.outcome is Outcome.DENY:
-        return Gate("rejected", args, "rejected", row["reason"], decision_id=row["id"])
-    approval_id = create_approval(
-        txn,
-        plan,
-        NewApproval(
-            workspace=claim.workspace, kind="action", action_key=key, action_id=action_id,
-            tool=tool, args=args, lane=claim.exec_lane, turn_id=claim.turn_id,
-            mission_id=claim.mission_id, decision_id=row["id"], requested_by=claim.owner,
-            estimated_cost=estimated_cost,
-        ),
-        decision,
-    )  # fmt: skip
+        return Gate(
+            gate.status, gate.args, gate.outcome, gate.reason, existing.id, done.decision_id
+        )
+    done = decide_and_record(txn, plan, ask)
+    decision_id = done.decision_id
+    if done.route.step is Step.RELEASE:
+        return Gate(
+            "released", args, "approved", allowed_by(done.decision), decision_id=decision_id
+        )
+    if done.route.step is Step.DENY:
+        return Gate("rejected", args, "rejected", done.route.reason, decision_id=decision_id)
     _block(txn, claim)
-    return Gate("waiting", args, approval_id=approval_id, decision_id=row["id"])
-
-
-def _allowed_by(decision: PolicyDecision) -> str:
-    if decision.rule is not None:
-        return f"allowed by policy rule {decision.rule!r}"
-    return decision.trace[0].why if decision.trace else "allowed"
-
-
-def _record_request(
-    txn: WriteTxn,
-    claim: Claim,
-    key: str,
-    tool: str,
-    args: Mapping[str, Any],
-    verdict: str,
-    reason: str | None,
-    decision: PolicyDecision | None = None,
-) -> None:
-    txn.ledger.append(
-        at=txn.at, workspace=claim.workspace, actor=claim.owner, action="action.requested",
-        subject_type="mission", subject_id=claim.mission_id,
-        payload={"action_key": key, "tool": tool, "args": dict(args)},
-    )  # fmt: skip
-    decided: dict[str, Any] = {"action_key": key, "verdict": verdict, "reason": reason}
-    if decision is not None:
-        decided.update(rule=decision.rule, policy_hash=decision.policy_hash)
-    txn.ledger.append(
-        at=txn.at, workspace=claim.workspace, actor="policy", action="action.decided",
-        subject_type="mission", subject_id=claim.mission_id, payload=decided,
-    )  # fmt: skip
+    return Gate("waiting", args, approval_id=done.approval_id, decision_id=decision_id)
 
 
 def _block(txn: WriteTxn, claim: Claim) -> None:

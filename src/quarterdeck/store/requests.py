@@ -9,25 +9,27 @@ from typing import Any
 
 from sqlalchemy import text
 
-from quarterdeck.domain.canonical import canonical_text
-from quarterdeck.domain.policy import ActionRequest, Outcome
-from quarterdeck.domain.states import APPROVAL_ALLOWED, APPROVAL_REFUSED
-from quarterdeck.store.approvals import (
-    NewApproval,
-    approval_by_key,
-    approval_view,
-    create_approval,
+from quarterdeck.domain.policy import ActionRequest
+from quarterdeck.domain.routing import (
+    Asker,
+    Prior,
+    Step,
+    approval_verdict,
+    route_repeat,
+    same_call,
+    sdk_key,
 )
-from quarterdeck.store.decisions import (
-    SDK_LANE,
-    decide,
-    decision_row,
-    insert_decisions,
-    release_action,
-)
+from quarterdeck.store.approvals import approval_by_key, approval_view
+from quarterdeck.store.decisions import SDK_LANE
 from quarterdeck.store.plan import WorkPlan
+from quarterdeck.store.routing import Ask, decide_and_record
 from quarterdeck.store.transitions import refuse
 from quarterdeck.store.writer import WriteTxn
+
+_PRIOR = text(
+    "SELECT verdict, reason, tool, args FROM decisions WHERE workspace = :w "
+    "AND action_key = :k AND kind = 'sdk' ORDER BY at LIMIT 1"
+)
 
 
 def _text(value: Any) -> str | None:
@@ -40,34 +42,32 @@ def request_approval(
     """An SDK caller asks to run ``tool`` with ``args``: decided by the policy now, or bound
     to an approval. Asking again with the same ``action_id`` returns the same answer."""
     action_id = str(args["action_id"])
-    key = f"sdk:{action_id}"
+    key = sdk_key(action_id)
     existing = approval_by_key(txn, workspace, key)
     if existing is not None:
-        return {"ok": True, "verdict": _verdict(existing.state), **approval_view(existing)}
-    prior = txn.conn.execute(
-        text(
-            "SELECT verdict, reason, tool, args FROM decisions WHERE workspace = :w "
-            "AND action_key = :k AND kind = 'sdk' ORDER BY at LIMIT 1"
-        ),
-        {"w": workspace, "k": key},
-    ).first()
+        return {"ok": True, "verdict": approval_verdict(existing.state), **approval_view(existing)}
+    found = txn.conn.execute(_PRIOR, {"w": workspace, "k": key}).first()
     tool_args = args.get("args", {})
     if not isinstance(tool_args, Mapping):
         return refuse(
             txn, workspace, actor, "command", actor,
             {"command": "approval.request", "errors": ["payload.args: must be an object"]},
         )  # fmt: skip
-    if prior is not None:
-        if prior.tool != args["tool"] or json.loads(prior.args) != json.loads(
-            canonical_text(dict(tool_args))
-        ):
-            error = f"action {action_id!r} was decided for other tool or arguments"
+    if found is not None:
+        stored = json.loads(found.args)
+        prior = Prior(
+            verdict=found.verdict,
+            same_call=same_call(str(args["tool"]), tool_args, found.tool, stored),
+            reason=found.reason,
+            args=stored,
+        )
+        route = route_repeat(Asker.SDK, prior, action_id)
+        if route.step is Step.REFUSE:
             return refuse(
                 txn, workspace, actor, "action", key,
-                {"command": "approval.request", "errors": [error]},
+                {"command": "approval.request", "errors": [route.reason]},
             )  # fmt: skip
-        stored = json.loads(prior.args)
-        return {"ok": True, "verdict": prior.verdict, "action_key": key, "reason": prior.reason,
+        return {"ok": True, "verdict": route.verdict, "action_key": key, "reason": route.reason,
                 "args": stored, "effective_args": stored, "approval": None}  # fmt: skip
     cost = args.get("estimated_cost")
     lane = _text(args.get("lane")) or SDK_LANE
@@ -75,47 +75,13 @@ def request_approval(
         workspace, lane, str(args["tool"]), tool_args,
         float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
     )  # fmt: skip
-    decision = decide(txn, plan.policy, request)
-    row = decision_row(
-        txn, kind="sdk", request=request, decision=decision, turn_id=None, mission_id=None,
-        action_key=key,
-    )  # fmt: skip
-    if decision.outcome is Outcome.DENY:
-        row["reason"] = decision.denial_reason()
-    insert_decisions(txn, [row])
-    txn.ledger.append(
-        at=txn.at, workspace=workspace, actor="policy", action="action.decided",
-        subject_type="action", subject_id=key,
-        payload={"action_key": key, "tool": request.tool, "args": dict(tool_args),
-                 "verdict": row["verdict"], "rule": decision.rule,
-                 "policy_hash": decision.policy_hash, "requested_by": actor},
-    )  # fmt: skip
+    ask = Ask(Asker.SDK, request, key, action_id=action_id, requested_by=actor)
+    done = decide_and_record(txn, plan, ask)
     base = {"ok": True, "action_key": key, "args": dict(tool_args),
-            "effective_args": dict(tool_args), "rule": decision.rule}  # fmt: skip
-    if decision.outcome is Outcome.ALLOW:
-        release_action(
-            txn, workspace=workspace, turn_id=None, mission_id=None, action_key=key,
-            decision_id=row["id"], args=tool_args, actor=actor,
-        )  # fmt: skip
+            "effective_args": dict(tool_args), "rule": done.decision.rule}  # fmt: skip
+    if done.route.step is Step.RELEASE:
         return {**base, "verdict": "allow", "approval": None}
-    if decision.outcome is Outcome.DENY:
-        return {**base, "verdict": "deny", "reason": row["reason"], "approval": None}
-    approval_id = create_approval(
-        txn, plan,
-        NewApproval(
-            workspace=workspace, kind="sdk", action_key=key, action_id=action_id,
-            tool=request.tool, args=tool_args, lane=lane, turn_id=None, mission_id=None,
-            decision_id=row["id"], requested_by=actor, estimated_cost=request.estimated_cost,
-        ),
-        decision,
-    )  # fmt: skip
+    if done.route.step is Step.DENY:
+        return {**base, "verdict": "deny", "reason": done.route.reason, "approval": None}
     fresh = approval_by_key(txn, workspace, key)
-    return {**base, "verdict": "pending", **approval_view(fresh), "approval": approval_id}
-
-
-def _verdict(state: str) -> str:
-    if state in APPROVAL_ALLOWED:
-        return "allow"
-    if state in APPROVAL_REFUSED:
-        return "deny"
-    return "pending"
+    return {**base, "verdict": "pending", **approval_view(fresh), "approval": done.approval_id}
