@@ -103,7 +103,12 @@ def make_lines(count: int) -> list[bytes]:
 
 
 async def through_runtime(
-    state_dir: Path, lines: list[bytes], batch: int, concurrency: int, timeout_s: float
+    state_dir: Path,
+    lines: list[bytes],
+    batch: int,
+    concurrency: int,
+    timeout_s: float,
+    checkpoints: bool = True,
 ) -> dict[str, Any]:
     config = parse_config(
         {
@@ -111,6 +116,7 @@ async def through_runtime(
             "lanes": {
                 "sim": {"adapter": "sim", "concurrency": concurrency, "options": {"seed": 1}}
             },
+            "ledger": {"checkpoints": checkpoints},
         },
         "bench",
     )
@@ -195,9 +201,15 @@ async def stop_runtime(runtime: Runtime) -> int:
 
 
 def run_ours(
-    state_dir: Path, lines: list[bytes], args: argparse.Namespace, profile: bool = False
+    state_dir: Path,
+    lines: list[bytes],
+    args: argparse.Namespace,
+    profile: bool = False,
+    checkpoints: bool = True,
 ) -> dict[str, Any]:
-    coroutine = through_runtime(state_dir, lines, args.batch, args.concurrency, args.timeout)
+    coroutine = through_runtime(
+        state_dir, lines, args.batch, args.concurrency, args.timeout, checkpoints
+    )
     if not profile:
         return asyncio.run(coroutine)
     profiler = cProfile.Profile()
@@ -316,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", default="1,3", help="PostgreSQL: node counts to measure")
     parser.add_argument("--pgqueuer-jobs", type=int, default=None, help="default: --turns")
     parser.add_argument("--pgqueuer-batch", type=int, default=100, help="enqueue/dequeue batch")
+    parser.add_argument(
+        "--checkpoints-compare", action="store_true",
+        help="our side only, each round with and without signed ledger checkpoints",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.db is not None or args.start_cluster:
         if not args.start_cluster and not args.db.startswith(("postgresql", "postgres:")):
@@ -328,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         from pg_lifecycle import run_postgres
 
         return run_postgres(args, make_lines(args.turns))
+    if args.checkpoints_compare:
+        return compare_checkpoints(args)
     huey_tasks = args.huey_tasks if args.huey_tasks is not None else args.turns
     lines = make_lines(args.turns)
     ours: list[dict[str, Any]] = []
@@ -376,6 +394,42 @@ def main(argv: list[str] | None = None) -> int:
         "target_turns_per_s": 1_000,
     }
     print(json.dumps(figures))
+    return 0 if ok else 1
+
+
+def compare_checkpoints(args: argparse.Namespace) -> int:
+    """What signed checkpoints cost: the same turns through the runtime with them (the
+    default: every 1000 entries or 60 s, and at drain) and without, interleaved per round."""
+    lines = make_lines(args.turns)
+    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    signed: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_number in range(args.rounds):
+            for checkpoints in (False, True):
+                state = Path(tmp) / f"state-{round_number}-{int(checkpoints)}"
+                runs[checkpoints].append(run_ours(state, lines, args, checkpoints=checkpoints))
+                if checkpoints:
+                    file = state / "ledger-checkpoints.jsonl"
+                    signed.append(len(file.read_text().splitlines()) if file.exists() else 0)
+    rates = {k: [args.turns / r["elapsed_s"] for r in v] for k, v in runs.items()}
+    with_, without = statistics.median(rates[True]), statistics.median(rates[False])
+    ok = all(r["complete"] and r["ledger_verified"] for v in runs.values() for r in v)
+    print(
+        json.dumps(
+            {
+                "turns": args.turns,
+                "concurrency": args.concurrency,
+                "rounds": args.rounds,
+                "ledger_entries": runs[True][-1]["ledger_entries"],
+                "turns_per_s_with_checkpoints": round(with_),
+                "turns_per_s_without_checkpoints": round(without),
+                "rounds_with": [round(r) for r in rates[True]],
+                "rounds_without": [round(r) for r in rates[False]],
+                "checkpoints_signed": signed,
+                "cost_pct": round(100 * (without - with_) / without, 2),
+            }
+        )
+    )
     return 0 if ok else 1
 
 

@@ -164,7 +164,7 @@ async def measure(path: Path, presses: int) -> dict[str, Any]:
     rate = LedgerRate(runtime)
     feeder = asyncio.get_running_loop().create_task(feed(runtime, stop))
     started = time.perf_counter()
-    app = create_app(EmbeddedConsole(runtime, actor="bench"))
+    app = create_app(EmbeddedConsole(runtime))
     first_frame = None
     samples: list[float] = []
     async with app.run_test(size=(120, 40)) as pilot:

@@ -246,6 +246,37 @@ def module_database(
     return url
 
 
+LEDGER_TABLES = ("ledger", "ledger_head", "ledger_checkpoints")
+
+
+def unguard_ledger(url: str | Path) -> list[str]:
+    """Drop the triggers that keep the ledger's rows append-only (schema step 7), as an
+    attacker holding the database file (or owning its tables) would before tampering with
+    them; return their names."""
+    raw = RawConnection(url)
+    try:
+        if is_postgres(str(url)):
+            found = raw.execute(
+                "SELECT tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal"
+                " AND tgrelid::regclass::text IN (?, ?, ?)",
+                *LEDGER_TABLES,
+            )
+            for name, table in found:
+                raw.execute(f"DROP TRIGGER {name} ON {table}")
+        else:
+            found = raw.execute(
+                "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
+                " AND tbl_name IN (?, ?, ?)",
+                *LEDGER_TABLES,
+            )
+            for name, _table in found:
+                raw.execute(f"DROP TRIGGER {name}")
+    finally:
+        raw.close()
+    assert found, "no ledger triggers to drop"
+    return sorted(str(name) for name, _table in found)
+
+
 class RawConnection:
     """One raw connection to the database under test, kept open (``?`` placeholders, every
     statement committed at once): ``sqlite3`` for a SQLite file, psycopg for PostgreSQL. For

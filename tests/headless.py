@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.conftest import Store, quarterdeck
 
 from quarterdeck.client import Client
+from quarterdeck.client.reach import ApiAddress
 from quarterdeck.client.submit import DEFAULT_WORKSPACE
 from quarterdeck.store.database import DB_FILENAME, WRITER_APPLICATION
 
@@ -169,13 +170,34 @@ class Headless:
     url: str
     """The database it runs on: the state directory's SQLite file, or a PostgreSQL URL."""
 
-    def client(self, *, workspace: str = DEFAULT_WORKSPACE) -> Client:
-        """An SDK client of the runtime's database."""
-        return Client(self.url, workspace=workspace)
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Bearer tokens made by :meth:`token`, by principal name."""
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        """Run ``quarterdeck --db URL ARGS`` on the runtime's database, in a subprocess."""
-        return quarterdeck("--db", self.url, *args, state_dir=self.state_dir)
+    def client(self, *, workspace: str = DEFAULT_WORKSPACE, daemon: bool = True) -> Client:
+        """An SDK client of the runtime: through its control API (the state directory's
+        socket), or with ``daemon=False`` on its database."""
+        if not daemon:
+            return Client(self.url, workspace=workspace, find_daemon=False)
+        socket_path = self.state_dir / "quarterdeck.sock"
+        return Client(self.url, workspace=workspace, daemon=ApiAddress(socket_path=socket_path))
+
+    def cli(self, *args: str, by: str | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run ``quarterdeck --db URL ARGS`` in a subprocess: as this OS user (on the state
+        directory's socket), or as ``token:<by>`` over TCP (the runtime must ``--listen``)."""
+        if by is None:
+            return quarterdeck("--db", self.url, *args, state_dir=self.state_dir)
+        return quarterdeck(
+            "--api", self.api_url(), *args, state_dir=self.state_dir,
+            env={"QUARTERDECK_TOKEN": self.token(by)},
+        )  # fmt: skip
+
+    def token(self, name: str, role: str = "admin") -> str:
+        """A bearer token for ``token:<name>`` with ``role`` (made once per name)."""
+        if name not in self.tokens:
+            made = self.cli("token", "create", "--principal", name, "--role", role)
+            assert made.returncode == 0, made.stderr.decode()
+            self.tokens[name] = made.stdout.decode().strip()
+        return self.tokens[name]
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")[-chars:]
@@ -187,6 +209,20 @@ class Headless:
                 if json.loads(raw).get("message") == "daemon running":
                     return True
         return False
+
+    def api_url(self) -> str:
+        """The URL of the control API over TCP (started with ``--listen``)."""
+
+        def served() -> list[Any] | None:
+            for raw in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(raw)
+                    if entry.get("message") == "control API served" and entry.get("tcp"):
+                        return list(entry["tcp"])
+            return None
+
+        host, port = wait_until(served, 10, "the control API over TCP")
+        return f"http://{host}:{port}"
 
     def approval_for(self, action_id: str, timeout: float = 10) -> dict[str, Any]:
         """The approval row of an SDK request, once it is visible."""
@@ -205,11 +241,17 @@ class Headless:
 
 @contextlib.contextmanager
 def headless_runtime(
-    root: Path, policy: str = POLICY, config: str = CONFIG, *, db: str | None = None
+    root: Path,
+    policy: str = POLICY,
+    config: str = CONFIG,
+    *,
+    db: str | None = None,
+    run_args: Sequence[str] = (),
 ) -> Iterator[Headless]:
     """Start a headless runtime on ``root/state`` with ``policy``; stop it at the end.
 
-    ``db`` names the database (``--db``): by default the state directory's SQLite file."""
+    ``db`` names the database (``--db``): by default the state directory's SQLite file;
+    ``run_args`` go to ``run`` as they are (``--listen 127.0.0.1:0``, ...)."""
     state_dir = root / "state"
     (root / "policy.toml").write_text(policy, encoding="utf-8")
     (root / "quarterdeck.toml").write_text(config, encoding="utf-8")
@@ -220,6 +262,7 @@ def headless_runtime(
                "--headless", "--config", str(root / "quarterdeck.toml")]  # fmt: skip
     if db is not None:
         command += ["--db", db]
+    command += list(run_args)
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=root,

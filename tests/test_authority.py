@@ -19,9 +19,12 @@ from quarterdeck.domain.authority import (
     approvals_complete,
     may_administer,
     may_decide,
+    may_decide_some,
+    may_give,
     may_read,
     may_supervise,
 )
+from quarterdeck.domain.commands import CATALOGUE
 
 ALICE = Principal(Kind.SUPERVISOR, "alice", uid=1001, groups=frozenset({"ops"}))
 BOB = Principal(Kind.SUPERVISOR, "bob", uid=1002)
@@ -156,6 +159,7 @@ def test_an_agent_never_decides_supervises_or_administers(roster, agent, fact, w
     assert may_supervise(roster, agent, workspace) is not None
     assert may_administer(roster, agent) is not None
     assert may_read(roster, agent, workspace) is not None
+    assert may_decide_some(roster, agent, workspace) is not None
 
 
 @given(rosters, supervisors, facts)
@@ -180,10 +184,11 @@ def test_a_decision_outside_the_roles_workspaces_is_refused(roster, person, fact
     held = roster.roles(person)
     if ADMIN in held:
         return
-    scope = roster.scopes.get(fact.role, frozenset({"*"}))
+    role = SUPERVISOR if fact.role == VIEWER else fact.role  # a viewer only ever reads
+    scope = roster.scopes.get(role, frozenset({"*"}))
     inside = "*" in scope or fact.workspace in scope
     pinned_elsewhere = person.workspace is not None and person.workspace != fact.workspace
-    if fact.role not in held or not inside or pinned_elsewhere:
+    if role not in held or not inside or pinned_elsewhere:
         assert may_decide(roster, person, fact) is not None
 
 
@@ -193,3 +198,20 @@ def test_workspaces_agrees_with_holds(roster, person, role) -> None:
     for workspace in ["default", "prod", "staging", "dev"]:
         expected = where is None or workspace in where
         assert roster.holds(person, role, workspace) is expected
+
+
+@given(rosters, supervisors, facts)
+def test_whoever_may_decide_one_approval_may_ask_to_decide_in_bulk(roster, person, fact) -> None:
+    """Bulk decisions are let through to the per-approval check for anyone that check could
+    ever let decide, and only a viewer (or nobody) is refused outright."""
+    if may_decide(roster, person, fact) is None:
+        assert may_decide_some(roster, person, fact.workspace) is None
+    if roster.roles(person) <= {VIEWER}:
+        assert may_decide_some(roster, person, fact.workspace) is not None
+
+
+@given(agents, st.sampled_from(sorted(CATALOGUE)))
+def test_an_agent_gives_no_command_but_asking(agent, name) -> None:
+    refusal = may_give(agent, name)
+    assert (refusal is None) is (name == "approval.request")
+    assert may_give(Principal(Kind.SUPERVISOR, "alice"), name) is None

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import Store, envelope, is_postgres, line, quarterdeck, run
+from tests.conftest import Store, envelope, is_postgres, line, quarterdeck, run, unguard_ledger
 
+from quarterdeck.domain.ids import short_id
 from quarterdeck.domain.states import MACHINES, Kind
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.store.database import open_database
@@ -142,6 +143,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Wor
                         expected_version=1,
                         expected_attempt=0 if leased else None,
                         bump_attempt=leased,
+                        # a decided approval names who decided it, as the ledger does
+                        fields={"decided_by": "test"} if kind is Kind.APPROVAL else None,
                     )
                 )
         await db.dispose()
@@ -344,13 +347,17 @@ def test_ls_each_kind(world: World, kind: str) -> None:
     header = rows[0].split()
     assert header[0] == "ID" and all(column.isupper() for column in header)
     assert ("STATUS" if kind == "receipts" else "STATE") in header
-    assert [row.split()[0] for row in rows[1:]] == expected_ids(world, kind, "alpha")
+    assert [row.split()[0] for row in rows[1:]] == [
+        short_id(i) for i in expected_ids(world, kind, "alpha")
+    ]
 
 
 def test_ls_empty_table(world: World) -> None:
     result = cli(world, "ls", "missions", "--state", "no-such-state", "-A")
     assert result.returncode == 0
-    assert result.stdout.decode().splitlines()[1:] == ["(no missions)"]
+    assert result.stdout.decode().splitlines()[1:] == [
+        "(no missions match --state no-such-state in any workspace)"
+    ]
     assert json_lines(world, "ls", "turns", "--json") == []  # the default workspace is empty
 
 
@@ -393,7 +400,9 @@ def test_show_receipt(world: World) -> None:
 
     text = cli(world, "show", receipt, "-w", "alpha")
     assert text.returncode == 0
-    fields = {row.split()[0]: row.split(None, 1)[1] for row in text.stdout.decode().splitlines()}
+    fields_text, history = text.stdout.decode().split("\n\nhistory:\n")
+    fields = {row.split()[0]: row.split(None, 1)[1] for row in fields_text.splitlines()}
+    assert history.split()[:6] == ["SEQ", "AT", "ACTOR", "ACTION", "FROM_STATE", "TO_STATE"]
     assert fields["id"] == receipt and fields["status"] == "accepted"
     assert json.loads(fields["envelope"])["idempotency_key"] == "key-2"
 
@@ -501,6 +510,7 @@ def test_ledger_verify_reports_tampering(
         source.backup(copy)
         source.close()
         copy.close()
+    unguard_ledger(tampered.db)  # as someone holding the database would
     Store(tampered.db).execute("UPDATE ledger SET actor = 'mallory' WHERE seq = 3")
     result = cli(tampered, "ledger", "verify", "--json")
     assert result.returncode == 1

@@ -1,7 +1,10 @@
 """The supervision commands of the CLI, each against a real headless runtime in another process
-(one per module, on SQLite and on PostgreSQL): its happy path and its refusal path.
+(one per module, on SQLite and on PostgreSQL): its happy path and its refusal path. Every
+command goes through the daemon's control API: as the OS user on the state directory's socket,
+or as a named person (``by="alice"``) with a bearer token over TCP (``token:alice`` on the
+ledger).
 
-Exit codes: 0 applied, 1 refused (each error on stderr), 2 usage error, 3 not applied in time.
+Exit codes: 0 applied, 1 refused (each error on stderr), 2 usage error, 3 no daemon.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from tests.headless import Headless, headless_runtime, query, wait_until
 
 from quarterdeck.domain.clock import parse_instant
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
+from quarterdeck.domain.ids import short_id
 from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.database import open_database
 from quarterdeck.store.writer import Writer, WriteTxn
 
+UNKNOWN = " (not a full id, short id or prefix of one in scope)"
+"""How an id that names nothing in the command's workspace is refused (after the id)."""
 REASONS = ("unsafe", "wrong_target", "needs_context", "policy", "other")
 
 
@@ -31,26 +37,30 @@ REASONS = ("unsafe", "wrong_target", "needs_context", "policy", "other")
 def runtime(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Iterator[Headless]:
     """One headless runtime for the module, on SQLite and on PostgreSQL."""
     root = tmp_path_factory.mktemp("cli-supervision")
-    with headless_runtime(root, db=module_database) as started:
+    with headless_runtime(
+        root, db=module_database, run_args=("--listen", "127.0.0.1:0")
+    ) as started:
         yield started
 
 
-def cli(runtime: Headless, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return runtime.cli(*args)
+def cli(runtime: Headless, *args: str, by: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a command as the OS user (on the state directory's socket), or as ``token:<by>``
+    over TCP."""
+    return runtime.cli(*args, by=by)
 
 
-def applied(runtime: Headless, *args: str) -> dict[str, Any]:
+def applied(runtime: Headless, *args: str, by: str | None = None) -> dict[str, Any]:
     """Run a command that must be applied (exit 0); its printed result."""
-    result = cli(runtime, *args)
+    result = cli(runtime, *args, by=by)
     assert result.returncode == 0, result.stderr.decode()
     answer: dict[str, Any] = json.loads(result.stdout)
     assert answer["ok"] is True
     return answer
 
 
-def refused(runtime: Headless, *args: str) -> list[str]:
+def refused(runtime: Headless, *args: str, by: str | None = None) -> list[str]:
     """Run a command that must be refused (exit 1); its stderr lines."""
-    result = cli(runtime, *args)
+    result = cli(runtime, *args, by=by)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert json.loads(result.stdout)["ok"] is False
     lines = result.stderr.decode().splitlines()
@@ -69,10 +79,11 @@ def usage_error(runtime: Headless, *args: str) -> str:
 def open_approvals(
     runtime: Headless, tool: str, count: int = 1, *, workspace: str = "default", lane: str = "sdk"
 ) -> list[str]:
-    """Open ``count`` SDK approvals for ``tool``; their ids."""
+    """Open ``count`` SDK approvals for ``tool``; their ids. They are asked on the database
+    path, so that their requester is not the OS user who decides them here."""
 
     async def main() -> list[str]:
-        async with runtime.client(workspace=workspace) as client:
+        async with runtime.client(workspace=workspace, daemon=False) as client:
             ids = []
             for _ in range(count):
                 result = await client.command(
@@ -130,13 +141,15 @@ def flags(runtime: Headless, lane: str) -> Any:
 
 def test_approve(runtime: Headless) -> None:
     plain, edited = open_approvals(runtime, "deploy", 2)
-    answer = applied(runtime, "approve", plain, "--actor", "alice", "--note", "looks fine")
+    answer = applied(runtime, "approve", plain, "--note", "looks fine", by="alice")
     assert (answer["state"], answer["decided_by"], answer["reason"]) == (
-        "approved", "alice", "looks fine",
+        "approved", "token:alice", "looks fine",
     )  # fmt: skip
     answer = applied(runtime, "approve", edited, "--edit", '{"n": 2}')
     assert (answer["state"], answer["effective_args"]) == ("edited", {"n": 2})
-    assert refused(runtime, "approve", "no-such-id") == ["quarterdeck: refused: no such approval"]
+    assert refused(runtime, "approve", "no-such-id") == [
+        f"quarterdeck: refused: no approval 'no-such-id'{UNKNOWN}"
+    ]
     assert "expected a JSON object" in usage_error(runtime, "approve", plain, "--edit", "[1]")
     assert "give an approval ID" in usage_error(runtime, "approve")
     assert "only go with --all" in usage_error(runtime, "approve", plain, "--lane", "x")
@@ -174,20 +187,20 @@ def test_snooze(runtime: Headless) -> None:
     assert "expected a duration" in usage_error(runtime, "snooze", approval, "--for", "10x")
     assert "expected a duration" in usage_error(runtime, "snooze", approval, "--for", "0s")
     assert refused(runtime, "snooze", "nope", "--for", "1h") == [
-        "quarterdeck: refused: no such approval"
+        f"quarterdeck: refused: no approval 'nope'{UNKNOWN}"
     ]
 
 
 def test_claim(runtime: Headless) -> None:
     [approval] = open_approvals(runtime, "deploy")
-    assert applied(runtime, "claim", approval, "--actor", "alice")["claimed_by"] == "alice"
-    [line] = refused(runtime, "approve", approval, "--actor", "bob")
-    assert line.startswith("quarterdeck: refused: approval is claimed by alice until ")
-    assert (
-        applied(runtime, "claim", approval, "--release", "--actor", "alice")["claimed_by"] is None
-    )
-    assert applied(runtime, "approve", approval, "--actor", "bob")["decided_by"] == "bob"
-    assert refused(runtime, "claim", "nope") == ["quarterdeck: refused: no such approval"]
+    assert applied(runtime, "claim", approval, by="alice")["claimed_by"] == "token:alice"
+    [line] = refused(runtime, "approve", approval, by="bob")
+    assert line.startswith("quarterdeck: refused: approval is claimed by token:alice until ")
+    assert applied(runtime, "claim", approval, "--release", by="alice")["claimed_by"] is None
+    assert applied(runtime, "approve", approval, by="bob")["decided_by"] == "token:bob"
+    assert refused(runtime, "claim", "nope") == [
+        f"quarterdeck: refused: no approval 'nope'{UNKNOWN}"
+    ]
 
 
 def test_bulk_approve_and_reject(runtime: Headless) -> None:
@@ -216,20 +229,22 @@ def test_bulk_approve_and_reject(runtime: Headless) -> None:
 def test_approvals_lists_the_open_ones(runtime: Headless) -> None:
     workspace = f"list-{uuid.uuid4().hex[:8]}"
     first, second = open_approvals(runtime, "deploy", 2, workspace=workspace, lane="l1")
-    applied(runtime, "claim", second, "--actor", "dana", "-w", workspace)
+    applied(runtime, "claim", second, "-w", workspace, by="dana")
     applied(runtime, "approve", first, "-w", workspace)
     listed = cli(runtime, "approvals", "--json", "-w", workspace)
     assert listed.returncode == 0, listed.stderr
     [item] = [json.loads(line) for line in listed.stdout.splitlines()]
     assert (item["id"], item["tool"], item["lane"], item["approver"], item["claimed_by"]) == (
-        second, "deploy", "l1", "release-lead", "dana",
+        second, "deploy", "l1", "release-lead", "token:dana",
     )  # fmt: skip
     table = cli(runtime, "approvals", "-w", workspace).stdout.decode().splitlines()
-    assert table[0].split() == ["ID", "STATE", "TOOL", "LANE", "APPROVER", "DEADLINE", "CLAIMED_BY"]
-    assert table[1].split() == [second, "pending", "deploy", "l1", "release-lead",
-                                item["deadline_at"], "dana"]  # fmt: skip
+    assert table[0].split() == [
+        "ID", "STATE", "TOOL", "LANE", "DEADLINE", "APPROVER", "CLAIMED_BY", "ARGS",
+    ]  # fmt: skip
+    assert table[1].split() == [short_id(second), "pending", "deploy", "l1", item["deadline_at"],
+                                "release-lead", "token:dana", '{"n":1}']  # fmt: skip
     empty = cli(runtime, "approvals", "-w", "nobody-here").stdout.decode()
-    assert "(no open approvals)" in empty
+    assert "(no open approvals in workspace nobody-here)" in empty
 
 
 # --- turns -------------------------------------------------------------------------------------
@@ -243,24 +258,29 @@ def test_takeover_complete_and_release(runtime: Headless, tmp_path: Path) -> Non
     notes.write_text("plain words")
 
     for turn in (as_json, as_text, released):
-        answer = applied(runtime, "takeover", turn, "--actor", "erin")
-        assert answer["holder"] == "human:erin"
-    assert refused(
-        runtime, "complete", as_json, "--deliverable", str(report), "--actor", "bob"
-    ) == ["quarterdeck: refused: turn is held by human:erin"]
-    applied(runtime, "complete", as_json, "--deliverable", str(report), "--actor", "erin")
-    applied(runtime, "complete", as_text, "--deliverable", str(notes), "--actor", "erin")
+        answer = applied(runtime, "takeover", turn, by="erin")
+        assert answer["holder"] == "human:token:erin"
+    assert refused(runtime, "complete", as_json, "--deliverable", str(report), by="bob") == [
+        "quarterdeck: refused: turn is held by human:token:erin"
+    ]
+    applied(runtime, "complete", as_json, "--deliverable", str(report), by="erin")
+    applied(runtime, "complete", as_text, "--deliverable", str(notes), by="erin")
     done = turn_state(runtime, as_json)
     assert done["state"] == "completed"
-    assert json.loads(done["deliverable"]) == {"summary": "done by hand", "completed_by": "erin"}
+    assert json.loads(done["deliverable"]) == {
+        "summary": "done by hand",
+        "completed_by": "token:erin",
+    }
     assert json.loads(turn_state(runtime, as_text)["deliverable"])["text"] == "plain words"
 
-    answer = applied(runtime, "release", released, "--actor", "erin")
+    answer = applied(runtime, "release", released, by="erin")
     assert answer["turn"] == released and turn_state(runtime, released)["state"] == "queued"
-    assert refused(runtime, "release", released, "--actor", "erin") == [
+    assert refused(runtime, "release", released, by="erin") == [
         "quarterdeck: refused: turn is queued, not taken over"
     ]
-    assert refused(runtime, "takeover", "no-such-turn") == ["quarterdeck: refused: no such turn"]
+    assert refused(runtime, "takeover", "no-such-turn") == [
+        f"quarterdeck: refused: no turn 'no-such-turn'{UNKNOWN}"
+    ]
     err = usage_error(runtime, "complete", released, "--deliverable", str(tmp_path / "gone.json"))
     assert "cannot read deliverable" in err and "No such file or directory" in err
 
@@ -273,7 +293,7 @@ def test_requeue_a_held_turn_and_cancel_a_waiting_one(runtime: Headless) -> None
     ]
     wait_until(lambda: turn_state(runtime, doomed)["dead_letter"] == "held", 20, "held")
     tries = query(runtime, "SELECT id FROM missions WHERE turn_id = ?", (doomed,))
-    answer = applied(runtime, "requeue", doomed, "--actor", "erin")
+    answer = applied(runtime, "requeue", doomed, by="erin")
     assert answer["turn"] == doomed and answer["mission"] not in {row["id"] for row in tries}
     [mission] = query(runtime, "SELECT turn_id FROM missions WHERE id = ?", (answer["mission"],))
     assert mission["turn_id"] == doomed  # a fresh try (which fails too, and is held again)
@@ -281,9 +301,9 @@ def test_requeue_a_held_turn_and_cancel_a_waiting_one(runtime: Headless) -> None
         runtime, "SELECT actor FROM ledger WHERE action = 'turn.requeued' AND subject_id = ?",
         (doomed,),
     )  # fmt: skip
-    assert [row["actor"] for row in requeued] == ["erin"]
+    assert [row["actor"] for row in requeued] == ["token:erin"]
 
-    answer = applied(runtime, "cancel", waiting, "--actor", "erin")
+    answer = applied(runtime, "cancel", waiting, by="erin")
     assert answer == {"ok": True, "command": "turn.cancel", "turn": waiting,
                       "rejected_approvals": 0}  # fmt: skip
     assert turn_state(runtime, waiting)["state"] == "cancelled"
@@ -292,7 +312,9 @@ def test_requeue_a_held_turn_and_cancel_a_waiting_one(runtime: Headless) -> None
     assert refused(runtime, "cancel", waiting) == [
         "quarterdeck: refused: turn is already cancelled"
     ]
-    assert refused(runtime, "requeue", "no-such-turn") == ["quarterdeck: refused: no such turn"]
+    assert refused(runtime, "requeue", "no-such-turn") == [
+        f"quarterdeck: refused: no turn 'no-such-turn'{UNKNOWN}"
+    ]
 
 
 # --- lanes, fallback, alerts, rebaseline -------------------------------------------------------
@@ -355,7 +377,7 @@ def test_alert_ack_and_resolve(runtime: Headless) -> None:
     state = query(runtime, "SELECT state FROM alerts WHERE id = ?", (alert,))
     assert state[0]["state"] == "resolved"
     [line] = refused(runtime, "alert", "ack", "no-such-alert")
-    assert "no such alert" in line
+    assert "no alert" in line  # named by id, within the workspace's view
 
 
 def test_an_alert_about_the_runtime_is_every_workspaces_to_see_and_act_on(
@@ -370,12 +392,10 @@ def test_an_alert_about_the_runtime_is_every_workspaces_to_see_and_act_on(
     assert listed.returncode == 0, listed.stderr.decode()
     seen = {json.loads(raw)["id"] for raw in listed.stdout.splitlines() if raw.strip()}
     assert shared in seen and theirs not in seen
-    assert (
-        applied(runtime, "alert", "ack", shared, "-w", "acme", "--actor", "ann")["state"] == "acked"
-    )
+    assert applied(runtime, "alert", "ack", shared, "-w", "acme", by="ann")["state"] == "acked"
     assert applied(runtime, "alert", "resolve", shared, "-w", "gamma")["state"] == "resolved"
     [line] = refused(runtime, "alert", "ack", theirs, "-w", "acme")
-    assert "no such alert" in line
+    assert "no alert" in line  # named by id, within the workspace's view
     trail = query(
         runtime,
         "SELECT workspace, actor, action FROM ledger WHERE subject_id = ? ORDER BY seq",
@@ -386,7 +406,7 @@ def test_an_alert_about_the_runtime_is_every_workspaces_to_see_and_act_on(
         (RUNTIME_WORKSPACE, "alert.acked"),
         (RUNTIME_WORKSPACE, "alert.resolved"),
     ]
-    assert trail[1]["actor"] == "ann"
+    assert trail[1]["actor"] == "token:ann"
     still = query(runtime, "SELECT state FROM alerts WHERE id = ?", (theirs,))
     assert still[0]["state"] == "open"
 
@@ -404,9 +424,9 @@ def test_rebaseline(runtime: Headless) -> None:
 # --- envelopes ---------------------------------------------------------------------------------
 
 
-def test_idempotency_key_and_actor(runtime: Headless) -> None:
+def test_idempotency_key_and_who_gives_the_command(runtime: Headless) -> None:
     key = f"pause-{uuid.uuid4()}"
-    first = applied(runtime, "lane", "pause", "ops", "--idempotency-key", key, "--actor", "fay")
+    first = applied(runtime, "lane", "pause", "ops", "--idempotency-key", key, by="fay")
     again = applied(runtime, "lane", "resume", "ops", "--idempotency-key", key)
     assert again == first  # the same envelope: the original result stands, nothing new ran
     assert flags(runtime, "ops")["paused"] == 1
@@ -415,17 +435,27 @@ def test_idempotency_key_and_actor(runtime: Headless) -> None:
         runtime,
         "SELECT actor FROM ledger WHERE action = 'lane.paused' AND subject_id = 'ops'",
     )
-    assert "fay" in [row["actor"] for row in entries]
+    assert "token:fay" in [row["actor"] for row in entries]
 
 
-def test_without_a_runtime_it_exits_3(tmp_path: Path, database: str) -> None:
-    result = quarterdeck(
-        "--db", database, "lane", "pause", "work", "--wait", "0.5", state_dir=tmp_path / "state"
-    )
-    assert result.returncode == 3, (result.stdout, result.stderr)
-    assert result.stdout == b""
-    err = result.stderr.decode()
-    assert err.count("\n") == 1 and "no runtime applied the command within 0.5 s" in err
+def test_without_a_daemon_a_command_is_refused_and_nothing_is_queued(
+    tmp_path: Path, database: str
+) -> None:
+    async def receipts() -> int:
+        await (await open_database(database)).dispose()  # made (and migrated) if it was not
+        return len(query(database, "SELECT id FROM receipts"))
+
+    state = tmp_path / "state"
+    for args in (("lane", "pause", "work"), ("approve", "a-1"), ("token", "revoke", "0" * 12)):
+        result = quarterdeck("--db", database, *args, "--wait", "0.5", state_dir=state)
+        assert result.returncode == 3, (result.stdout, result.stderr)
+        assert result.stdout == b""
+        err = result.stderr.decode()
+        assert err.count("\n") == 1, err
+        assert f"no daemon is running on {state}" in err
+        assert "start one with 'quarterdeck run --headless'" in err
+        assert "the command was not sent" in err
+    assert run(receipts()) == 0  # nothing was queued for a daemon to apply later
 
 
 def test_a_value_the_catalogue_refuses_is_refused_without_being_sent(
@@ -436,11 +466,8 @@ def test_a_value_the_catalogue_refuses_is_refused_without_being_sent(
     for args, problems in [
         (("takeover", ""), ["payload.turn_id: is required"]),
         (("reject", "a-1", "--reason", ""), ["payload.reason_code: is required"]),
-        (
-            ("snooze", "", "--for", "99999999999s"),
-            ["payload.approval_id: is required",
-             "payload.for_s: must be a number of seconds greater than 0"],
-        ),
+        (("snooze", "", "--for", "60s"), ["payload.approval_id: is required"]),
+        # (a duration past 10**9 s never gets this far: the command line's parser refuses it)
     ]:  # fmt: skip
         result = quarterdeck("--db", database, *args, "--wait", "0.5", state_dir=tmp_path / "s")
         assert result.returncode == 1, (result.stdout, result.stderr)

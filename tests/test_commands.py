@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from quarterdeck.domain.commands import (
+    ACTOR_REFUSED,
     CATALOGUE,
     AlertAck,
     AlertResolve,
@@ -32,6 +33,8 @@ from quarterdeck.domain.commands import (
     LaneRebaseline,
     LaneResume,
     LaneShadow,
+    TokenCreate,
+    TokenRevoke,
     TurnCancel,
     TurnComplete,
     TurnRelease,
@@ -125,10 +128,27 @@ VALID: list[tuple[dict[str, Any], BaseCommand]] = [
         ),
     ),
     ({"command": "alert.ack", "alert_id": "al1"}, AlertAck(alert_id="al1")),
+    ({"command": "alert.resolve", "alert_id": "al1"}, AlertResolve(alert_id="al1")),
     (
-        {"command": "alert.resolve", "alert_id": "al1", "actor": "erin"},
-        AlertResolve(alert_id="al1", actor="erin"),
+        {
+            "command": "token.create",
+            "token_id": "0123456789ab",
+            "principal": "ci-bot",
+            "role": "viewer",
+            "secret_hash": "f" * 64,
+            "workspace": "acme",
+            "expires_at": "2030-01-01T00:00:00.000000Z",
+        },
+        TokenCreate(
+            token_id="0123456789ab",
+            principal="ci-bot",
+            role="viewer",
+            secret_hash="f" * 64,
+            workspace="acme",
+            expires_at="2030-01-01T00:00:00.000000Z",
+        ),
     ),
+    ({"command": "token.revoke", "token_id": "0" * 12}, TokenRevoke(token_id="0" * 12)),
 ]
 
 
@@ -144,7 +164,7 @@ def test_a_valid_payload_reads_as_its_command_and_back(
 
 def test_every_command_is_in_the_catalogue_and_tested() -> None:
     assert set(CATALOGUE.values()) == set(get_args(Command))
-    assert len(CATALOGUE) == 21
+    assert len(CATALOGUE) == 23
     assert {payload["command"] for payload, _ in VALID} == set(CATALOGUE)
     for name, cls in CATALOGUE.items():
         assert cls.name == name
@@ -232,12 +252,13 @@ INVALID: list[tuple[dict[str, Any], list[str]]] = [
     ),
     ({"command": "alert.ack", "alert_id": None}, ["payload.alert_id: is required"]),
     (
-        {"command": "alert.resolve", "alert_id": "al1", "actor": ""},
-        ["payload.actor: must be a non-empty string"],
+        # who gives a command is the authenticated principal, never a name in the payload
+        {"command": "alert.resolve", "alert_id": "al1", "actor": "cto"},
+        [f"payload.actor: {ACTOR_REFUSED}"],
     ),
     (
-        {"command": "turn.release", "actor": 5},
-        ["payload.turn_id: is required", "payload.actor: must be a non-empty string"],
+        {"command": "turn.release", "actor": None},
+        ["payload.turn_id: is required", f"payload.actor: {ACTOR_REFUSED}"],
     ),
     # a field another command types is checked wherever it appears
     ({"command": "lane.pause", "lane": "sim", "on": "yes"}, ["payload.on: must be true or false"]),
@@ -262,13 +283,12 @@ def test_an_invalid_payload_gets_every_problem_with_its_path(
 
 def test_a_command_built_with_refused_values_lists_its_problems_as_a_payload_would() -> None:
     with pytest.raises(ValidationError) as caught:
-        ApprovalSnooze(approval_id="", for_s=10**9, actor="")
+        ApprovalSnooze(approval_id="", for_s=10**9)
     assert problems_of(caught.value) == parse_command(
-        {"command": "approval.snooze", "approval_id": "", "for_s": 10**9, "actor": ""}
+        {"command": "approval.snooze", "approval_id": "", "for_s": 10**9}
     )
     assert problems_of(caught.value) == [
         "payload.approval_id: is required", f"payload.for_s: {SECONDS}",
-        "payload.actor: must be a non-empty string",
     ]  # fmt: skip
 
 
@@ -284,7 +304,7 @@ def test_an_unknown_command_gets_the_list_of_commands(name: Any) -> None:
 def test_optional_fields_read_leniently_and_unknown_fields_are_dropped() -> None:
     payload = {
         "command": "approval.request", "action_id": "x", "tool": "t", "lane": "",
-        "estimated_cost": True, "workspace": "acme", "note": [1], "actor": None,
+        "estimated_cost": True, "workspace": "acme", "note": [1],
     }  # fmt: skip
     assert parse_command(payload) == ApprovalRequest(action_id="x", tool="t")
     approve = {"command": "approval.approve", "approval_id": "a", "reason": 5, "action_key": ""}
@@ -338,7 +358,12 @@ _FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "filter": _object,
     "estimated_cost": st.integers() | st.floats(allow_nan=False),
     "all_workspaces": st.booleans(),
-    "actor": _text,
+    "token_id": st.from_regex(r"[0-9a-f]{12}", fullmatch=True),
+    "principal": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True),
+    "role": st.sampled_from(["viewer", "supervisor", "admin", "release-lead"]),
+    "secret_hash": st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+    "workspace": st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True),
+    "expires_at": st.sampled_from(["2030-01-01T00:00:00.000000Z", "2026-12-05T19:00:00.500000Z"]),
 }
 """What a valid value of each field looks like (text, unless named here)."""
 

@@ -104,8 +104,8 @@ def test_nested_tables_report_every_problem_with_its_path() -> None:
         "keymap": {"approve": ""},
         "webhooks": [
             {"name": "ops", "url": "ftp://x", "format": "xml"},
-            {"name": "ops", "url": "http://a"},
-            {"name": "ops", "url": "http://b"},
+            {"name": "ops", "url": "http://a", "signed": False},
+            {"name": "ops", "url": "http://b", "signed": False},
         ],
     }
     with pytest.raises(ConfigError) as caught:

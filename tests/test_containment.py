@@ -58,11 +58,13 @@ sys.stdout.write(json.dumps({"type": "deliverable", "deliverable": report}) + "\
 """
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 MISSION_VARIABLES = {"QUARTERDECK_MISSION_ID", "QUARTERDECK_TURN_ID", "QUARTERDECK_ATTEMPT",
-                     "QUARTERDECK_WORKSPACE"}  # fmt: skip
+                     "QUARTERDECK_WORKSPACE", "QUARTERDECK_API",
+                     "QUARTERDECK_SESSION_TOKEN"}  # fmt: skip
 ALLOWED = {"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL",
-           "MODEL", "LC_CTYPE", *MISSION_VARIABLES}  # fmt: skip
+           "MODEL", "LC_CTYPE", "QUARTERDECK_SESSION_TOKEN", "QUARTERDECK_API",
+           *MISSION_VARIABLES}  # fmt: skip
 """What an agent's environment may hold: the default allow-list, its lane's ``env``, the
-mission's variables, and ``LC_CTYPE``, which Python sets in its own environment when the
+mission's variables, its session credential and the agents' socket, and ``LC_CTYPE``, which Python sets in its own environment when the
 locale is C (PEP 538)."""
 
 
@@ -142,8 +144,9 @@ def assert_contained_env(report: dict[str, Any], state_dir: Path, workspace: str
     for name in SECRETS:
         assert name not in env
     assert "QUARTERDECK_STATE_DIR" not in env
-    for value in env.values():
-        assert str(state_dir) not in value and str(state_dir.resolve()) not in value
+    for value in env.values():  # neither the state directory nor anything inside it
+        for named in {str(state_dir), str(state_dir.resolve())}:
+            assert value != named and named + os.sep not in value, value
     assert env["QUARTERDECK_WORKSPACE"] == workspace
     assert env["MODEL"] == "small"
     assert set(env) <= ALLOWED
@@ -210,7 +213,7 @@ def test_an_open_state_directory_is_warned_about_and_closed_at_start(tmp_path: P
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     state_dir.chmod(0o777)
-    created = quarterdeck("status", state_dir=state_dir)
+    created = quarterdeck("db", "upgrade", state_dir=state_dir)
     assert created.returncode == 0
     assert created.stderr.decode().splitlines() == [
         f"quarterdeck: warning: the state directory {state_dir} is readable and writable by "
@@ -295,7 +298,10 @@ def test_env_allow_replaces_the_allowed_variables(tmp_path: Path) -> None:
     env = {**SECRETS, "CI_SHARD": "3"}
     with daemon(tmp_path, config(options), env=env) as runtime:
         report = run_turn(runtime, "a", "acme", {})
-    assert set(report["env"]) - {"LC_CTYPE"} == {"PATH", "CI_SHARD", "MODEL", *MISSION_VARIABLES}
+    assert set(report["env"]) - {"LC_CTYPE"} == {
+        "PATH", "CI_SHARD", "MODEL", "QUARTERDECK_SESSION_TOKEN", "QUARTERDECK_API",
+        *MISSION_VARIABLES,
+    }  # fmt: skip
     assert report["env"]["CI_SHARD"] == "3"
 
 
@@ -390,8 +396,8 @@ def test_run_as_an_unknown_user_is_refused_at_start(tmp_path: Path) -> None:
 def _cli_as(user: pwd.struct_passwd, argv: list[str]) -> tuple[int, str]:
     """Run the command line in a child of this process that has become ``user`` (the
     interpreter of this test run may be out of that user's reach; the child needs no file of
-    it: everything the command line imports is imported already)."""
-    import quarterdeck.cli
+    it: everything the command line imports is imported here first)."""
+    from quarterdeck.cli.main import main as command_line  # its imports, before setuid
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -403,7 +409,7 @@ def _cli_as(user: pwd.struct_passwd, argv: list[str]) -> tuple[int, str]:
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
             sys.stderr = os.fdopen(write_end, "w")
-            code = quarterdeck.cli.main(argv, out=open(os.devnull, "w"))  # noqa: SIM115
+            code = command_line(argv, out=open(os.devnull, "w"))  # noqa: SIM115
             sys.stderr.flush()
         finally:
             os._exit(code)

@@ -19,6 +19,7 @@ import stat
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,11 @@ class Served:
     def client(self) -> ControlClient:
         return ControlClient(self.socket)
 
+    def use_roster(self, roster: Roster) -> None:
+        """Who holds which roles: for the API's reads and the runtime's commands alike."""
+        self.server.roster = roster
+        self.runtime.plan = replace(self.runtime.plan, roster=roster)
+
     def paused(self, lane: str) -> bool:
         return bool(self.store.value("SELECT paused FROM lane_flags WHERE lane = ?", lane))
 
@@ -85,7 +91,7 @@ async def serving(tmp_path: Path, roster: Roster, **server: Any) -> AsyncIterato
     async def command(
         workspace: str, payload: Mapping[str, Any], principal: Principal, _key: str | None
     ) -> dict[str, Any]:
-        return await runtime.command(workspace, payload, principal.label)
+        return await runtime.command(workspace, payload, principal)
 
     control = ControlServer(
         roster=roster, submit=runtime.submit, command=command, registry=registry,
@@ -93,7 +99,9 @@ async def serving(tmp_path: Path, roster: Roster, **server: Any) -> AsyncIterato
     )  # fmt: skip
     try:
         await control.start()
-        yield Served(runtime, control, Store(state / "q.db"))
+        served = Served(runtime, control, Store(state / "q.db"))
+        served.use_roster(roster)
+        yield served
     finally:
         await control.stop()
         with contextlib.suppress(Exception):
@@ -280,7 +288,11 @@ def test_an_agent_process_and_its_grandchild_are_agents_and_refused(tmp_path: Pa
                 assert "is an agent" in seen["refused"][0]["error"], who
             assert report["grandchild"]["pid"] != child.pid
             assert not served.paused("sim")
-            assert served.store.value("SELECT COUNT(*) FROM receipts") == 0
+            # each refused command recorded with the agent that gave it; no task was taken
+            refusals = served.store.ledger(action="command.refused")
+            assert {e["payload"]["principal"]["kind"] for e in refusals} == {"agent"}
+            assert len(refusals) == 4  # two commands from each of the two processes
+            assert served.store.value("SELECT COUNT(*) FROM receipts WHERE kind <> 'command'") == 0
             async with served.client() as api:  # the test process itself is still a person
                 me = await api.whoami()
                 assert me.principal.kind is Kind.SUPERVISOR
@@ -300,7 +312,9 @@ def test_viewer_reads_and_is_refused_every_write_admin_pauses(tmp_path: Path) ->
             with pytest.raises(ControlRefused) as refused:
                 await api.command(WS, {"command": "lane.pause", "lane": "sim"})
             assert (refused.value.status, refused.value.code) == (403, "missing_role")
-            assert "'admin'" in refused.value.message and USER in refused.value.message
+            # a lane serves every workspace
+            assert "'supervisor' in every workspace" in refused.value.message
+            assert USER in refused.value.message
             with pytest.raises(ControlRefused, match="'supervisor' in workspace 'w'"):
                 await api.command(WS, {"command": "turn.cancel", "turn_id": "t1"})
             with pytest.raises(ControlRefused, match="'supervisor' in workspace 'w'"):
@@ -311,9 +325,14 @@ def test_viewer_reads_and_is_refused_every_write_admin_pauses(tmp_path: Path) ->
             assert metrics.headers["content-type"].startswith("text/plain")
             assert "qd_test_requests_total 3.0" in metrics.text
             assert not served.paused("sim")
-            assert served.store.value("SELECT COUNT(*) FROM receipts") == 0
+            # the refused commands are recorded with who gave them; nothing else is
+            refusals = served.store.ledger(action="command.refused")
+            assert [(e["payload"]["refusal"], e["payload"]["principal"]["name"]) for e in refusals] == [
+                ("missing_role", USER), ("missing_role", USER),
+            ]  # fmt: skip
+            assert served.store.value("SELECT COUNT(*) FROM receipts WHERE kind <> 'command'") == 0
 
-            served.server.roster = roster_of(SUPERVISOR)
+            served.use_roster(roster_of(SUPERVISOR))
             with pytest.raises(ControlRefused, match="'admin'"):
                 await api.command(WS, {"command": "fallback.force", "lane": "sim", "on": True})
             with pytest.raises(ControlRefused, match="'admin'"):
@@ -322,7 +341,7 @@ def test_viewer_reads_and_is_refused_every_write_admin_pauses(tmp_path: Path) ->
             result = await api.command(WS, {"command": "turn.cancel", "turn_id": "t-none"})
             assert result["ok"] is False  # allowed through; the runtime answers for the turn
 
-            served.server.roster = Roster.default(USER)
+            served.use_roster(Roster.default(USER))
             result = await api.command(WS, {"command": "lane.pause", "lane": "sim"})
             assert result == {"ok": True, "command": "lane.pause", "lane": "sim", "paused": True}
             assert served.paused("sim")
@@ -356,8 +375,10 @@ def test_envelopes_through_the_api_become_receipts_and_turns(tmp_path: Path) -> 
                     break
                 await asyncio.sleep(0.02)
             assert served.store.produced(results[0].receipt)[0] == "turn"
-            served.server.roster = Roster(
-                members={USER: frozenset({SUPERVISOR})}, scopes={SUPERVISOR: frozenset({WS})}
+            served.use_roster(
+                Roster(
+                    members={USER: frozenset({SUPERVISOR})}, scopes={SUPERVISOR: frozenset({WS})}
+                )
             )
             with pytest.raises(ControlRefused, match="'supervisor' in workspace '_unknown'"):
                 await api.submit([{"kind": "task"}])  # no workspace: it would land in _unknown
@@ -412,7 +433,7 @@ def test_tcp_with_tokens(tmp_path: Path) -> None:
                 me = await api.whoami()
                 assert me.principal.name == "token:ci-bot" and me.principal.uid is None
                 assert me.roles == {"viewer"}
-                with pytest.raises(ControlRefused, match="'admin'"):
+                with pytest.raises(ControlRefused, match="'supervisor' in every workspace"):
                     await api.command(WS, {"command": "lane.pause", "lane": "sim"})
             wrong = issued.text[:-4] + ("aaaa" if not issued.text.endswith("aaaa") else "bbbb")
             for token in (None, wrong, "not-a-token"):

@@ -55,7 +55,7 @@ def make_lines() -> tuple[list[bytes], set[int]]:
     bad: set[int] = set()
     malformed = [
         b"{not json",
-        b"",
+        b"null",
         b"\xff\xfe\x00 not utf-8",
         b"[1, 2, 3]",
         line(envelope(1, "acme", kind="job")),

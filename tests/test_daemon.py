@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import random
 import re
 import signal
@@ -166,7 +167,7 @@ def submit(state: Site, path: Path, expected: int) -> list[str]:
 
 def init_state(state: Site) -> None:
     """Create and migrate the database once, before any daemon starts."""
-    result = state.cli("status", "--json")
+    result = state.cli("db", "upgrade")
     assert result.returncode == 0, result.stderr.decode(errors="replace")
 
 
@@ -343,7 +344,7 @@ def start_daemon(tmp_path: Path) -> Iterator[StartDaemon]:
         log = tmp_path / f"{node}.log"
         env = state.env()
         command = state.argv("run", "--headless", "--config", str(config), "--node-id", node,
-                             *extra)  # fmt: skip
+                             "--socket", str(tmp_path / f"{node}.sock"), *extra)  # fmt: skip
         launched_at = datetime.now(UTC)
         with open(log, "ab") as err, open(tmp_path / f"{node}.out", "ab") as out:
             proc = subprocess.Popen(
@@ -876,15 +877,16 @@ def test_force_fallback_command_reroutes_queued_missions(
         30,
         "work under way",
     )
-    command = {
-        "idempotency_key": "force-fallback-sim",
-        "workspace": "default",
-        "kind": "command",
-        "payload": {"command": "lane.force_fallback", "lane": "sim", "on": True},
-    }
-    (receipt,) = submit(state, write_jsonl(tmp_path / "command.jsonl", [command]), 1)
+    # a supervisor (this OS user, admin without a roster) forces the fallback through the
+    # daemon's control API
+    given = quarterdeck(
+        "--db", state.url, "fallback", "--force", "on", "--lane", "sim",
+        state_dir=state.dir, env={"QUARTERDECK_API": str(tmp_path / "ff-1.sock")},
+    )  # fmt: skip
+    assert given.returncode == 0, given.stderr.decode(errors="replace")
+    assert json.loads(given.stdout)["ok"] is True
     received_at = instant(
-        scalar(state, "SELECT received_at FROM receipts WHERE id = ?", (receipt,))
+        scalar(state, "SELECT at FROM ledger WHERE action = 'lane.force_fallback_on'")
     )
     wait_until(
         lambda: scalar(state, "SELECT count(*) FROM turns WHERE state = 'completed'") == count,
@@ -894,14 +896,11 @@ def test_force_fallback_command_reroutes_queued_missions(
     )
     assert daemon.proc.poll() is None
 
-    assert query(state, "SELECT produced_type FROM receipts WHERE id = ?", (receipt,)) == [
-        ("command",)
-    ]
     assert query(
         state,
         "SELECT to_state, actor FROM ledger WHERE action = 'lane.force_fallback_on' "
         "AND subject_id = 'sim'",
-    ) == [(None, f"receipt:{receipt}")]
+    ) == [(None, f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})")]
     claims = query(
         state,
         "SELECT m.id, m.routed_lane, m.state, l.at FROM missions m JOIN ledger l "

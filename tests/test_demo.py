@@ -1,6 +1,7 @@
 """The demo fleet: the prepared state directory is a valid configuration and policy, preparing
 is idempotent, the feeder is deterministic and never raises, and a real runtime fed the initial
-batch produces approvals, failures, completed turns and a verified ledger."""
+batch produces approvals, failures, completed turns and a verified ledger; the feeder holds back
+what a lane should not get now and keeps the fleet moving unattended; ``speed`` runs it faster."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from quarterdeck.client.console import EmbeddedConsole
 from quarterdeck.domain.policy import (
     ActionRequest,
     EvaluationContext,
@@ -22,11 +24,12 @@ from quarterdeck.domain.policy import (
     parse_policy,
 )
 from quarterdeck.runtime.config import load_config
-from quarterdeck.runtime.demo import DemoFeeder, prepare_demo
+from quarterdeck.runtime.demo import DemoFeeder, holds_back, prepare_demo
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import open_database
 from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.queries import status
+from quarterdeck.store.queries.lanes import LaneOverview
 
 
 def demo_policy(state_dir: Path) -> Policy:
@@ -243,3 +246,107 @@ def test_runtime_on_the_demo_fleet(tmp_path: Path) -> None:
     assert counts["missions"]["failed"] >= 1
     assert counts["turns"]["completed"] >= 3
     assert counts["ledger"]["entries"] > 0
+
+
+# --- backing off, and speed ----------------------------------------------------------------------
+
+
+def overview(**fields: Any) -> LaneOverview:
+    """A lane as :func:`lane_overview` describes it: four free slots unless ``fields`` say."""
+    values: dict[str, Any] = {
+        "lane": "triage", "state": "running", "paused_by": None, "paused_reason": None,
+        "paused_at": None, "forced_fallback": False, "shadow": False, "slots": 4, "in_use": 0,
+        "running": 0, "awaiting_person": 0, "queued": 0, "awaiting_dispatch": 0,
+        "oldest_queued_at": None, "oldest_wait_s": None, "finished": 0, "failure_rate": None,
+        "started": 0, "fallback_rate": None,
+    }  # fmt: skip
+    values.update(fields)
+    return LaneOverview(**values)
+
+
+def test_the_feeder_holds_back_what_a_lane_should_not_get_now() -> None:
+    assert holds_back("refund", None) is None  # nothing known: feed
+    assert holds_back("refund", overview()) is None
+    assert holds_back("triage", overview(state="paused")) == "paused"
+    assert holds_back("triage", overview(queued=4)) == "queue deep"
+    assert holds_back("triage", overview(slots=1, queued=1)) is None  # a queue of 2 at least
+    assert holds_back("triage", overview(slots=1, queued=2)) == "queue deep"
+    # Half the slots wait on a person: more work that asks one waits, quick work still goes.
+    assert holds_back("refund", overview(awaiting_person=1)) is None
+    assert holds_back("refund", overview(awaiting_person=2)) == "approvals waiting"
+    assert holds_back("refund", overview(awaiting_person=1, awaiting_dispatch=1)) == (
+        "approvals waiting"
+    )
+    assert holds_back("triage", overview(awaiting_person=2)) is None
+    assert holds_back("deploy", overview(slots=1, awaiting_person=1)) == "approvals waiting"
+
+
+def test_speed_shortens_deadlines_latencies_and_the_trickle(tmp_path: Path) -> None:
+    async def noop(_: list[dict[str, Any]]) -> None:
+        return None
+
+    normal = DemoFeeder(noop).initial_batch()
+    fast = DemoFeeder(noop, speed=10).initial_batch()
+    assert [e["payload"]["objective"] for e in fast] == [e["payload"]["objective"] for e in normal]
+    for slow, quick in zip(normal, fast, strict=True):
+        assert sim(quick)["latency_ms"] == max(1, round(sim(slow)["latency_ms"] / 10))
+    assert DemoFeeder(noop, speed=10).rate_per_s == pytest.approx(5.0)
+    for bad in (0.0, -1.0, float("nan"), 101.0):
+        with pytest.raises(ValueError, match="speed"):
+            DemoFeeder(noop, speed=bad)
+
+    prepare_demo(tmp_path / "fast", speed=10)
+    fast_policy = demo_policy(tmp_path / "fast")
+    prepare_demo(tmp_path / "normal")
+    normal_policy = demo_policy(tmp_path / "normal")
+    for lane, tool in (("deploys", "deploy"), ("triage", "refund"), ("research", "other")):
+        request = ActionRequest("default", lane, tool, {}, None)
+        context = EvaluationContext(datetime(2025, 1, 1, 12, tzinfo=UTC), lambda *_: 0)
+        slow = evaluate(normal_policy, request, context).deadline_s
+        quick = evaluate(fast_policy, request, context).deadline_s
+        assert slow is not None and quick == max(1, round(slow / 10)), (tool, slow, quick)
+    assert "--speed 10" in (tmp_path / "fast" / "policy.toml").read_text(encoding="utf-8")
+    # A state directory keeps its policy whatever speed it is run at later.
+    prepare_demo(tmp_path / "normal", speed=10)
+    assert demo_policy(tmp_path / "normal").hash == normal_policy.hash
+
+
+def test_unattended_the_fleet_keeps_moving_and_no_lane_fills_with_waits(tmp_path: Path) -> None:
+    """The demo fleet at 10x speed, nobody answering, for 20 s (over three simulated minutes):
+    turns keep completing, no lane ever has every slot waiting on a person, and the feeder
+    held work back for lanes that waited."""
+    state_dir = tmp_path / "state"
+    config = load_config(prepare_demo(state_dir, speed=10))
+
+    async def main() -> tuple[DemoFeeder, list[tuple[int, tuple[LaneOverview, ...]]]]:
+        db = await open_database(str(state_dir / "quarterdeck.db"))
+        rt = Runtime(db, config, state_dir=state_dir)
+        await rt.start()
+        console = EmbeddedConsole(rt)
+        stop = asyncio.Event()
+        feeder = DemoFeeder(rt.submit, speed=10, lanes=console.lanes)
+        feeding = asyncio.create_task(feeder.run(stop))
+        samples: list[tuple[int, tuple[LaneOverview, ...]]] = []
+        try:
+            for _ in range(20):
+                await asyncio.sleep(1)
+                counts = await status(db, "default")
+                samples.append((counts["turns"].get("completed", 0), await console.lanes()))
+        finally:
+            stop.set()
+            await asyncio.wait_for(feeding, 5)
+            await rt.stop(grace_s=0.2)
+            assert (await verify_ledger(db)).ok
+            await db.dispose()
+        return feeder, samples
+
+    feeder, samples = asyncio.run(main())
+    completed = [done for done, _ in samples]
+    print(f"\ncompleted turns, one a second: {completed}; held back: {feeder.held_back}")
+    for earlier, later in zip(completed[::5], completed[5::5], strict=False):
+        assert later > earlier, completed  # every five seconds, more turns completed
+    assert feeder.held_back.get("approvals waiting", 0) >= 1
+    for _done, lanes in samples:
+        for lane in lanes:
+            assert lane.awaiting_person < lane.slots or lane.slots == 0, lane
+            assert lane.state == "paused" or lane.queued <= 2 * lane.slots + 2, lane

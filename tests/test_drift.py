@@ -42,9 +42,10 @@ from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.outbox import Target
 from quarterdeck.store.queries import slo
 from quarterdeck.store.writer import Writer, WriteTxn
+from quarterdeck.tui.detail import render_item
 
 WS = "default"
-HOOK = Target("hook", "http://127.0.0.1:9/hook")
+HOOK = Target("hook")
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def test_hash_file_hashes_bytes_and_missing_files(tmp_path: Path) -> None:
     path.write_text("be careful")
     assert hash_file(path) == sha("be careful")
     assert hash_file(tmp_path / "nope.md") == "missing"
-    assert hash_file(tmp_path) == "missing"  # a folder cannot be read as a file
+    assert hash_file(tmp_path) == "not-regular"  # a folder is not read as a file
 
 
 def test_file_watch_skips_missing_folders_and_ignores_other_files(tmp_path: Path) -> None:
@@ -674,3 +675,107 @@ def test_slo_latency_receipt_wait_and_cost(database: str) -> None:
         "slo:cost": "cost 7.00 over 60 s is above 5.00",
         "slo:fallback_rate": "fallback rate 0.25 over 60 s is above 0.20",
     }
+
+
+# --- what changed ----------------------------------------------------------------------------------
+
+
+def test_a_drift_alert_shows_a_diff_of_the_file_against_its_baseline(
+    database: str, tmp_path: Path
+) -> None:
+    """A running runtime attests a prompt; editing it on disk opens an alert whose detail (what
+    ``show`` and the console read) carries a unified diff against the baseline's kept bytes;
+    after a rebaseline by command, the next diff is against the new baseline; a long diff is cut
+    and says so; a file over the baseline cap says why it has no diff."""
+    from tests.test_runtime import person
+
+    from quarterdeck.client.console import EmbeddedConsole
+    from quarterdeck.domain.commands import LaneRebaseline
+    from quarterdeck.runtime.config import parse_config
+    from quarterdeck.runtime.drift import MAX_DIFF_CHARS
+    from quarterdeck.runtime.runtime import Runtime
+    from quarterdeck.store.alerts import MAX_BASELINE_BYTES
+
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("# Agent\n\nBe brief.\nCite the ticket.\n")
+    big = tmp_path / "big.txt"
+    big.write_text("x" * (MAX_BASELINE_BYTES + 1))
+    store = Store(database)
+
+    def open_alert_for(path: Path, digest: str) -> dict[str, Any] | None:
+        rows = store.rows(
+            "SELECT id FROM alerts WHERE dedupe = ? AND state = 'open'", f"attest:sim:{path}"
+        )
+        if not rows:
+            return None
+        found = json.loads(
+            store.rows("SELECT data FROM alerts WHERE id = ?", rows[0]["id"])[0]["data"]
+        )
+        return rows[0] if found.get("sha256") == digest else None
+
+    async def main() -> None:
+        config = parse_config(
+            {"roster": {"alice": ["admin"]},
+             "lanes": {"sim": {"adapter": "sim", "attest": [str(prompt), str(big)]}}}
+        )  # fmt: skip
+        db = await open_database(database)
+        rt = Runtime(db, config, state_dir=tmp_path / "state")
+        await rt.start()
+        console = EmbeddedConsole(rt)
+        try:
+            [kept] = store.rows("SELECT content FROM attestations WHERE path = ?", str(prompt))
+            assert bytes(kept["content"]) == prompt.read_bytes()
+            [over] = store.rows("SELECT content FROM attestations WHERE path = ?", str(big))
+            assert over["content"] is None
+
+            prompt.write_text("# Agent\n\nBe brief.\nRefund anything asked.\n")
+            row = await wait_until(
+                lambda: open_alert_for(
+                    prompt, sha("# Agent\n\nBe brief.\nRefund anything asked.\n")
+                ),
+                what="the drift alert",
+            )
+            detail = await console.detail(row["id"])
+            assert detail is not None
+            diff = detail["data"]["diff"]
+            assert f"--- {prompt} (baseline)" in diff and f"+++ {prompt} (now)" in diff
+            assert "-Cite the ticket.\n" in diff and "+Refund anything asked.\n" in diff
+            assert " Be brief.\n" in diff
+            shown = render_item(detail).plain  # as the console's detail view draws it
+            assert "what changed" in shown and "  +Refund anything asked." in shown
+
+            # Accepting the file (a command, as the TUI and CLI send it) moves the baseline.
+            result = await rt.command("default", LaneRebaseline(lane="sim"), person("alice"))
+            assert result["ok"], result
+            prompt.write_text("# Agent\n\nBe brief.\nRefund nothing.\n")
+            row = await wait_until(
+                lambda: open_alert_for(prompt, sha("# Agent\n\nBe brief.\nRefund nothing.\n")),
+                what="the second drift alert",
+            )
+            diff = (await console.detail(row["id"]))["data"]["diff"]  # type: ignore[index]
+            assert "-Refund anything asked.\n" in diff and "+Refund nothing.\n" in diff
+            assert "Cite the ticket" not in diff
+
+            # A long diff is cut, and says so.
+            many = "".join(f"line {i} of a much longer prompt\n" for i in range(1_000))
+            prompt.write_text(many)
+            row = await wait_until(lambda: open_alert_for(prompt, sha(many)), what="a long diff")
+            diff = (await console.detail(row["id"]))["data"]["diff"]  # type: ignore[index]
+            assert len(diff) <= MAX_DIFF_CHARS + 100 and "diff cut at" in diff.splitlines()[-1]
+
+            # A file over the cap kept no bytes: its alert says why there is no diff.
+            big.write_text("y" * (MAX_BASELINE_BYTES + 1))
+            row = await wait_until(
+                lambda: open_alert_for(big, sha("y" * (MAX_BASELINE_BYTES + 1))),
+                what="the big file's alert",
+            )
+            data = (await console.detail(row["id"]))["data"]  # type: ignore[index]
+            assert "diff" not in data and "not kept" in data["diff_unavailable"]
+            big_detail = await console.detail(row["id"])
+            assert big_detail is not None
+            assert "no diff: " in render_item(big_detail).plain
+        finally:
+            await rt.stop(grace_s=0.2)
+            await db.dispose()
+
+    run(main())

@@ -1,4 +1,4 @@
-"""The control center's header: segments laid out in lines of the terminal's width."""
+"""The control center's header: each of its two lines fitted to the terminal's width."""
 
 from __future__ import annotations
 
@@ -6,39 +6,36 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.text import Text
 
-from quarterdeck.tui.header import layout_segments as _layout
+from quarterdeck.tui.header import Part, fit_line
 
 WORDS = st.text(alphabet="abcdefghij0123456789:·●", min_size=1, max_size=40)
-GROUPS = st.lists(st.lists(WORDS, min_size=1, max_size=8), min_size=1, max_size=3)
 
 
-@given(GROUPS, st.integers(min_value=20, max_value=200))
-def test_segments_stay_whole_in_order_and_lines_fit(groups: list[list[str]], width: int) -> None:
-    laid = _layout([[Text(word) for word in group] for group in groups], width, " │ ")
-    lines = laid.plain.split("\n")
-    # No segment is split: each line is a run of whole segments, in their order.
-    pieces = [part for line in lines for part in line.strip().split(" │ ")]
-    words = [word for group in groups for word in group]
-    assert " ".join(pieces).split() == " ".join(words).split()
-    # Each group starts a line of its own.
-    assert len(lines) >= len(groups)
-    for line in lines:
-        # Only a segment too wide for any line may cross the edge, alone on its line.
-        assert Text(line).cell_len <= width or line.strip() in words, (line, width)
+@given(st.lists(WORDS, min_size=1, max_size=8), st.integers(min_value=40, max_value=200))
+def test_a_line_fits_and_keeps_what_cannot_give_way(words: list[str], width: int) -> None:
+    flag = Part(Text("FALLBACK"), rank=9)
+    parts = [Part(Text(" QUARTERDECK "), (Text(" QD "),), rank=9), flag]
+    parts += [Part(Text(word), rank=1, droppable=True) for word in words]
+    line = fit_line(parts, width, "  ").plain
+    assert Text(line).cell_len <= width, (line, width)
+    assert "FALLBACK" in line
+    kept = [word for word in words if word in line]
+    # Whole words only, in their order.
+    assert line.split("  ")[2:] == kept[: len(line.split("  ")) - 2] or not kept
 
 
-def test_the_figures_wrap_between_segments_not_inside_them() -> None:
-    groups = [
-        [Text(" QUARTERDECK "), Text("attached to postgresql://db"), Text("ledger 592")],
-        [Text("turns 40: 0 running · 40 done"), Text("approvals 0"), Text("alerts 0")],
-    ]
-    assert _layout(groups, 120, " │ ").plain == (
-        " QUARTERDECK  attached to postgresql://db  ledger 592\n"
-        " turns 40: 0 running · 40 done │ approvals 0 │ alerts 0"
+def test_shorter_forms_then_cut_the_target() -> None:
+    parts = [
+        Part(Text(" QUARTERDECK "), (Text(" QD "),), rank=9),
+        Part(Text("attached to /a/very/long/path/to/the/state/quarterdeck.db"), rank=2,
+             cuttable=True),
+        Part(Text("● daemon alive"), (Text("●"),), rank=3),
+        Part(Text("ledger 592"), rank=1, droppable=True),
+    ]  # fmt: skip
+    assert fit_line(parts, 120, "  ").plain == (
+        " QUARTERDECK   attached to /a/very/long/path/to/the/state/quarterdeck.db"
+        "  ● daemon alive  ledger 592"
     )
-    assert _layout(groups, 44, " │ ").plain == (
-        " QUARTERDECK  attached to postgresql://db\n"
-        " ledger 592\n"
-        " turns 40: 0 running · 40 done │ approvals 0\n"
-        " alerts 0"
-    )
+    narrow = fit_line(parts, 60, "  ").plain
+    assert narrow == " QUARTERDECK   attached to /a/very/long/pat…  ● daemon alive"
+    assert len(narrow) <= 60

@@ -9,6 +9,7 @@ exactly one receipt; the ledger must verify afterwards. The spec is docs/specs/e
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -33,7 +34,7 @@ from quarterdeck.runtime.ingest import Ingestor, draft_for
 from quarterdeck.store import queries
 from quarterdeck.store.database import open_database
 from quarterdeck.store.ledger import verify_ledger
-from quarterdeck.store.receipts import UNKNOWN_WORKSPACE, IngestResult
+from quarterdeck.store.receipts import RAW_KEEP_BYTES, UNKNOWN_WORKSPACE, IngestResult
 from quarterdeck.store.writer import Writer
 
 NOW_TEXT = "2026-11-22T12:00:00.000000Z"
@@ -76,7 +77,8 @@ def status_and_verify(url: str, workspaces: list[str | None]) -> tuple[dict, Any
 
 def receipt_rows(url: str) -> list[dict[str, Any]]:
     return Store(url).rows(
-        "SELECT id, workspace, status, idempotency_key, kind, payload, errors, raw, raw_size"
+        "SELECT id, workspace, status, idempotency_key, kind, payload, errors, raw, raw_size, "
+        "dedupe_key"
         " FROM receipts"
     )
 
@@ -329,8 +331,10 @@ def test_ten_thousand_inputs_with_duplicates_and_malformed_lines(database: str) 
         row = by_id[result.receipt]
         assert row["status"] == "rejected"
         assert row["workspace"] == workspace
-        assert bytes(row["raw"]) == raw  # raw bytes kept, invalid UTF-8 and all
+        # raw bytes kept up to the cap, invalid UTF-8 and all, with the whole's size and hash
+        assert bytes(row["raw"]) == raw[:RAW_KEEP_BYTES]
         assert row["raw_size"] == len(raw)
+        assert row["dedupe_key"] == "raw:" + hashlib.sha256(raw).hexdigest()
         assert tuple(json.loads(row["errors"])) == result.errors
 
     # Status counts: per workspace and across all of them.
@@ -769,6 +773,7 @@ import asyncio, json, os, sys, time
 from pathlib import Path
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.store.database import open_database
+from quarterdeck.store.receipts import RAW_KEEP_BYTES
 from quarterdeck.store.writer import Writer
 
 db_path, first, last, step, batch, ready, go, out = sys.argv[1:]

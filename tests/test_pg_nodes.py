@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -55,8 +57,12 @@ from tests.nodes import (
 from tests.pgcluster import PgCluster
 from tests.test_tui_actions import header_text, until
 
+from quarterdeck.runtime.config import daemon_user
+
 LEASE_S = 2.0
 SWEEP_S = 0.5
+OS_USER = f"{daemon_user()} (uid {os.getuid()})"
+"""How a node names this OS user on its socket."""
 RECLAIM_MARGIN_S = 2.5
 """Slack on top of ``lease_s + sweep_interval_s`` for a loaded two-core machine."""
 
@@ -594,8 +600,8 @@ def test_a_write_session_stalled_mid_statement_is_ended_by_a_node(tmp_path: Path
 
 def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path, url: str) -> None:
     from quarterdeck.client import Client
-    from quarterdeck.client.console import AttachedConsole
-    from quarterdeck.store.database import open_database
+    from quarterdeck.client.api_console import ApiConsole
+    from quarterdeck.client.reach import ApiAddress
     from quarterdeck.tui.app import create_app
     from quarterdeck.tui.panes import LivePane
 
@@ -629,40 +635,35 @@ def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path,
                     sdk = await asyncio.to_thread(sdk_approval, store, "sdk-ship")
                 finally:
                     thaw(b)
-                db = await open_database(url, upgrade=False)
-                try:
-                    app = create_app(AttachedConsole(db, actor="tess"))
-                    async with app.run_test(size=(120, 40)) as pilot:
-                        approvals = app.query_one("#approvals", LivePane)
-                        await until(
-                            pilot,
-                            lambda: {asked["id"], sdk["id"]} <= set(approvals.lines),
-                            "both approvals on screen",
-                            timeout=20,
-                        )
-                        # Both nodes hold live sessions, and the header counts them.
-                        await until(
-                            pilot, lambda: "● 2 nodes alive" in header_text(app), "two nodes"
-                        )
-                        # From now on only B applies commands: A is paused.
-                        await asyncio.to_thread(freeze, a, url)
-                        try:
-                            for approval_id in (asked["id"], sdk["id"]):
-                                approvals.focus()
-                                approvals.move_cursor(row=approvals.get_row_index(approval_id))
-                                await pilot.press("a")
-                                await until(
-                                    pilot,
-                                    lambda approval_id=approval_id: approved(store, approval_id),
-                                    f"B to apply the approval of {approval_id}",
-                                    timeout=20,
-                                )
-                            a_frozen = stopped(a)
-                        finally:
-                            thaw(a)
-                        sent = list(app.sent)
-                finally:
-                    await db.dispose()
+                # Attached to B's control API, as this OS user (admin without a roster).
+                socket_b = tmp_path / "b" / "state" / "quarterdeck.sock"
+                app = create_app(await ApiConsole.open(ApiAddress(socket_path=socket_b)))
+                async with app.run_test(size=(120, 40)) as pilot:
+                    approvals = app.query_one("#approvals", LivePane)
+                    await until(
+                        pilot,
+                        lambda: {asked["id"], sdk["id"]} <= set(approvals.lines),
+                        "both approvals on screen",
+                        timeout=20,
+                    )
+                    await until(pilot, lambda: "daemon alive" in header_text(app), "B")
+                    # From now on only B applies commands: A is paused.
+                    await asyncio.to_thread(freeze, a, url)
+                    try:
+                        for approval_id in (asked["id"], sdk["id"]):
+                            approvals.focus()
+                            approvals.move_cursor(row=approvals.get_row_index(approval_id))
+                            await pilot.press("a")
+                            await until(
+                                pilot,
+                                lambda approval_id=approval_id: approved(store, approval_id),
+                                f"B to apply the approval of {approval_id}",
+                                timeout=20,
+                            )
+                        a_frozen = stopped(a)
+                    finally:
+                        thaw(a)
+                    sent = list(app.sent)
                 decision = await asyncio.wait_for(request, 30)
             return {"decision": decision, "sent": sent, "a_frozen": a_frozen, "sdk": sdk["id"]}
 
@@ -681,7 +682,7 @@ def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path,
     assert (decision.outcome, decision.approval_id, decision.decided_by) == (
         "approved",
         outcome["sdk"],
-        "tess",
+        OS_USER,
     )
     assert json.loads(turn["deliverable"])["actions"] == [
         {"tool": "deploy", "outcome": "approved", "args": {"env": "prod"}}
@@ -695,8 +696,8 @@ def test_an_attached_center_approves_on_node_b_what_node_a_asked(tmp_path: Path,
         "SELECT subject_id, actor FROM ledger WHERE action = 'approval.approved' ORDER BY seq"
     )
     assert decided == [
-        {"subject_id": asked["id"], "actor": "tess"},
-        {"subject_id": outcome["sdk"], "actor": "tess"},
+        {"subject_id": asked["id"], "actor": OS_USER},
+        {"subject_id": outcome["sdk"], "actor": OS_USER},
     ]
     verify_ledger(url)
 
@@ -729,8 +730,15 @@ def test_without_notifications_everything_moves_by_polling(
         submit(url, envelopes, env=quiet)
 
         def approve(approval_id: str) -> dict[str, Any]:
-            result = quarterdeck(
-                "approve", approval_id, "--db", url, "--actor", "ops", "--wait", "30", env=quiet
+            result = quarterdeck(  # through node a's control API
+                "approve",
+                approval_id,
+                "--db",
+                url,
+                "--wait",
+                "30",
+                env=quiet,
+                state_dir=tmp_path / "a" / "state",
             )
             assert result.returncode == 0, result.stderr.decode(errors="replace")
             answer: dict[str, Any] = json.loads(result.stdout)
@@ -756,7 +764,8 @@ def test_without_notifications_everything_moves_by_polling(
         wait_until(turns_done(store, count + 1, nodes), 90, "every turn to end", step=0.25)
     notified = listener.count()
 
-    assert (decision.outcome, decision.decided_by) == ("approved", "ops")
+    label = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
+    assert (decision.outcome, decision.decided_by) == ("approved", label)
     assert store.rows("SELECT state, count(*) AS n FROM turns GROUP BY state") == [
         {"state": "completed", "n": count + 1}
     ]

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from tests.conftest import run
 from tests.pgcluster import PgCluster
 
+from quarterdeck.domain.authority import Kind, Principal, Roster
 from quarterdeck.runtime.ingest import Ingestor
 from quarterdeck.store.apply import apply_receipts
 from quarterdeck.store.database import Database, open_database
@@ -193,13 +194,18 @@ def test_many_shared_writers_keep_one_chain(pg_url: str) -> None:
 
 def test_a_command_receipt_is_applied_exclusively(pg_url: str) -> None:
     plan = WorkPlan(
-        lanes={"sim": LanePlan("sim", None, 3, 0.1, 1.0)}, default_lane="sim", hold_s=60
+        lanes={"sim": LanePlan("sim", None, 3, 0.1, 1.0)},
+        default_lane="sim",
+        hold_s=60,
+        roster=Roster.default("ops"),
     )
     seen: list[bool] = []
+    given: dict[str, Principal] = {}
+    """The pause's receipt and who gives it (as the runtime passes them when it is given)."""
 
     def apply(txn: WriteTxn) -> list[str]:
         seen.append(txn.exclusive)
-        return [a.produced_type for a in apply_receipts(txn, plan)]
+        return [a.produced_type for a in apply_receipts(txn, plan, principals=given)]
 
     def task(key: str) -> dict[str, Any]:
         return {"idempotency_key": key, "workspace": "w", "kind": "task",
@@ -214,6 +220,7 @@ def test_a_command_receipt_is_applied_exclusively(pg_url: str) -> None:
             async with Writer(db) as writer:
                 results = await Ingestor(writer).ingest([task("t1"), pause, task("t2")])
                 assert [r.status for r in results] == ["accepted"] * 3
+                given[results[1].receipt] = Principal(Kind.SUPERVISOR, "ops")
                 # A shared apply stops before the command...
                 assert await writer.submit(apply, concurrent=True) == ["turn"]
                 # ...and the next, meeting the command first, runs again exclusively.

@@ -783,3 +783,14 @@ def test_a_floor_that_asks_for_approval_is_named_as_the_one_that_set_the_outcome
     assert decision.outcome is Outcome.REQUIRE_APPROVAL
     assert decision.floor == "floors.quiet_hours"
     assert evaluate(policy('[defaults]\noutcome = "allow"'), request(), context()).floor is None
+
+
+def test_a_viewer_never_approves() -> None:
+    """``viewer`` only reads: a rule naming it as the approver, or on its ladder, is refused."""
+    found = problems(
+        '[[rules]]\nname = "r"\ntool = "t"\noutcome = "require_approval"\napprover = "viewer"\n'
+        '\n[[rules]]\nname = "s"\ntool = "u"\noutcome = "require_approval"\n'
+        'ladder = ["oncall", "viewer"]\n'
+    )
+    assert any("approver: 'viewer' only reads" in p for p in found), found
+    assert any("ladder: 'viewer' only reads" in p for p in found), found

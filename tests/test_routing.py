@@ -3,14 +3,20 @@ kind of request, what an earlier answer for the same key means, and the gate's l
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
 
 from quarterdeck.domain.policy import OnExpiry, Outcome, PolicyDecision, TraceStep
 from quarterdeck.domain.routing import (
+    ARGS_TOO_LARGE,
+    MAX_STORED_TOOL,
     NOBODY_TO_HOLD,
+    OUT_OF_SEQUENCE,
     SHADOW_NOT_HELD,
+    TOO_MANY_ACTIONS,
+    ActionCaps,
     Asker,
     Holder,
     Prior,
@@ -19,13 +25,20 @@ from quarterdeck.domain.routing import (
     allowed_by,
     approval_verdict,
     bound,
+    call_of,
+    digest_of,
     dispatch_key,
     guarded,
+    kept_whole,
     lease_guard,
+    out_of_sequence,
+    over_action_cap,
+    over_size_cap,
     route_decision,
     route_repeat,
     same_call,
     sdk_key,
+    stored_call,
     verdict_of,
 )
 from quarterdeck.domain.states import MACHINES, Kind
@@ -140,21 +153,26 @@ def test_approval_verdict_covers_every_state() -> None:
 
 
 EDITED = {"env": "staging"}
+REUSED = "out_of_sequence: action 'a1' was decided for other tool or arguments"
 REPEATS = [
     # kind, verdict, same_call, bound to approval -> step, reason, args released
     (SDK, "allow", True, False, Step.ANSWER, "earlier", {"env": "prod"}),
     (SDK, "deny", True, False, Step.ANSWER, "earlier", {"env": "prod"}),
-    (SDK, "allow", False, False, Step.REFUSE, "action 'a1' was decided for other tool or arguments",
-     None),
-    (SDK, "deny", False, False, Step.REFUSE, "action 'a1' was decided for other tool or arguments",
-     None),
+    (SDK, "allow", False, False, Step.REFUSE, REUSED, None),
+    (SDK, "deny", False, False, Step.REFUSE, REUSED, None),
+    (SDK, "allow", True, True, Step.RELEASE, "earlier", EDITED),
+    (SDK, "pending", True, True, Step.WAIT, "earlier", EDITED),
+    (SDK, "allow", False, True, Step.REFUSE, REUSED, None),
     (ACTION, "allow", True, True, Step.RELEASE, "earlier", EDITED),
     (ACTION, "deny", True, True, Step.DENY, "earlier", EDITED),
     (ACTION, "pending", True, True, Step.WAIT, "earlier", EDITED),
-    # The gate does not compare the call with the approval's (yet): same answer either way.
-    (ACTION, "allow", False, True, Step.RELEASE, "earlier", EDITED),
-    (ACTION, "deny", False, True, Step.DENY, "earlier", EDITED),
-    (ACTION, "pending", False, True, Step.WAIT, "earlier", EDITED),
+    # An action id is bound to its first call: another call under it is refused, whatever
+    # the approval (or the policy) said of the first.
+    (ACTION, "allow", False, True, Step.REFUSE, REUSED, None),
+    (ACTION, "deny", False, True, Step.REFUSE, REUSED, None),
+    (ACTION, "pending", False, True, Step.REFUSE, REUSED, None),
+    (ACTION, "allow", False, False, Step.REFUSE, REUSED, None),
+    (ACTION, "deny", False, False, Step.REFUSE, REUSED, None),
 ]  # fmt: skip
 
 
@@ -180,10 +198,10 @@ def test_route_of_a_repeat(
     route = route_repeat(kind, prior, "a1")
     assert (route.step, route.reason, route.args) == (step, reason, args)
     if step is Step.REFUSE:
-        assert route.verdict == "deny"
+        assert (route.verdict, route.code, route.approval_id) == ("deny", OUT_OF_SEQUENCE, None)
     else:
-        assert route.verdict == verdict
-    if kind is ACTION:
+        assert route.verdict == verdict and route.code is None
+    if approval and step is not Step.REFUSE:
         assert (route.approval_id, route.decided_by) == ("ap1", "alice")
 
 
@@ -197,6 +215,17 @@ def test_a_bound_approval_is_recorded_in_the_policys_place() -> None:
          "why": "bound to approval ap1 (edited)"}
     ]  # fmt: skip
     assert ruling.route == route_repeat(ACTION, prior, "a1")
+
+
+@pytest.mark.parametrize("kind", [ACTION, SDK])
+def test_a_key_asked_for_another_call_is_refused_in_the_policys_place(kind: Asker) -> None:
+    prior = Prior("allow", False, decision_id="d1")
+    ruling = bound(kind, prior, "a1", "h1")
+    assert ruling.decision.outcome is DENY and ruling.decision.rule is None
+    assert [step.to_dict() for step in ruling.decision.trace] == [
+        {"rule": "(bound to decision d1)", "kind": "guard", "matched": True, "why": REUSED}
+    ]
+    assert (ruling.route.step, ruling.route.code) == (Step.REFUSE, OUT_OF_SEQUENCE)
 
 
 def test_a_guarded_call_is_denied_with_the_guards_reason() -> None:
@@ -234,13 +263,18 @@ def test_lease_guard(held: tuple[str, int, str | None, str] | None, reason: str 
 
 
 SAME_CALLS = [
+    # tool, args, other tool, other args -> the same call (the same hash)
     ("deploy", {"env": "prod", "n": 1}, "deploy", {"n": 1, "env": "prod"}, True),
     ("deploy", {"env": "prod"}, "rollback", {"env": "prod"}, False),
     ("deploy", {"env": "prod"}, "deploy", {"env": "staging"}, False),
     ("deploy", {"env": "prod"}, "deploy", {"env": "prod", "force": True}, False),
     ("deploy", {"a": {"y": [1, 2], "x": None}}, "deploy", {"a": {"x": None, "y": [1, 2]}}, True),
     ("deploy", {"a": [1, 2]}, "deploy", {"a": [2, 1]}, False),
+    ("deploy", {"n": 1}, "deploy", {"n": "1"}, False),
+    ("deploy", {"n": 1}, "deploy", {"n": 1.5}, False),
     ("deploy", {}, "deploy", {}, True),
+    ("a", {"b": 1}, "ab", {"b": 1}, False),
+    ("read_file", {"path": "README"}, "rm_rf", {"path": "/"}, False),
 ]
 
 
@@ -248,8 +282,71 @@ SAME_CALLS = [
 def test_same_call(
     tool: str, args: dict[str, Any], other_tool: str, other_args: Any, same: bool
 ) -> None:
-    """``other_args`` is what a decision row's JSON reads back as."""
-    assert same_call(tool, args, other_tool, other_args) is same
+    """A key is bound to the hash of the canonical ``[tool, args]`` first asked under it."""
+    assert same_call(call_of(tool, args), call_of(other_tool, other_args).hash) is same
+
+
+def test_a_call_is_hashed_and_measured_as_canonical_json() -> None:
+    call = call_of("deploy", {"b": 1, "a": "é"})
+    body = '["deploy",{"a":"é","b":1}]'.encode()
+    assert (call.size, call.hash) == (len(body), hashlib.sha256(body).hexdigest())
+    with pytest.raises(ValueError):
+        call_of("deploy", {"n": float("nan")})
+
+
+CAPS = ActionCaps(max_args_bytes=100, max_per_mission=3)
+SIZED = [
+    # argument bytes -> refused
+    (0, False),
+    (100 - len('["t",{"x":""}]'), False),
+    (101 - len('["t",{"x":""}]'), True),
+    (10_000, True),
+]
+
+
+@pytest.mark.parametrize(("length", "over"), SIZED)
+def test_the_size_cap_counts_the_whole_call(length: int, over: bool) -> None:
+    call = call_of("t", {"x": "y" * length})
+    route = over_size_cap(call, CAPS)
+    if not over:
+        assert route is None and kept_whole(call, CAPS, route)
+        assert stored_call(call, True) == ("t", {"x": "y" * length})
+        return
+    assert route is not None and (route.step, route.verdict) == (Step.DENY, "deny")
+    assert route.code == ARGS_TOO_LARGE
+    assert route.reason == (
+        f"args_too_large: the call is {call.size} bytes, the cap is 100 (max_action_args_bytes)"
+    )
+    assert not kept_whole(call, CAPS, route)
+    assert stored_call(call, False) == (
+        "t", {"omitted": {"bytes": call.size, "sha256": call.hash}}
+    )  # fmt: skip
+
+
+COUNTS = [(0, None), (2, None), (3, TOO_MANY_ACTIONS), (50, TOO_MANY_ACTIONS)]
+
+
+@pytest.mark.parametrize(("before", "code"), COUNTS)
+def test_the_action_cap_counts_the_missions_earlier_actions(before: int, code: str | None) -> None:
+    route = over_action_cap(before, CAPS)
+    assert (route and route.code) == code
+    if route is not None:
+        assert route.reason == (
+            f"too_many_actions: the mission has asked for {before} actions, the cap is 3 "
+            "(max_actions_per_mission)"
+        )
+        small = call_of("t", {})
+        assert not kept_whole(small, CAPS, route)
+
+
+def test_a_refused_call_keeps_at_most_the_cap() -> None:
+    long_tool = "t" * 1000
+    call = call_of(long_tool, {"x": "y" * 1000})
+    tool, args = stored_call(call, False)
+    assert tool == "t" * MAX_STORED_TOOL and args == digest_of(call)
+    reused = out_of_sequence("a1")
+    small = call_of("t", {"x": 1})
+    assert kept_whole(small, CAPS, reused) and not kept_whole(call, CAPS, reused)
 
 
 @pytest.mark.parametrize(

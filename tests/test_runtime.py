@@ -30,6 +30,7 @@ from sqlalchemy import text
 from tests import agents
 from tests.conftest import Store, another_database, current_database, run
 
+from quarterdeck.domain.authority import ADMIN, Kind, Principal
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.commands import LanePause, LaneResume
 from quarterdeck.runtime.config import load_config, parse_config
@@ -55,9 +56,23 @@ MISSION_TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out"})
 # --- helpers -------------------------------------------------------------------------------------
 
 
+PEOPLE = (
+    "operator", "op", "t", "test", "x", "alice", "bob", "carol", "dana", "erin", "frank", "gail",
+    "ivy", "jo", "kim", "tess",
+)  # fmt: skip
+"""The people these tests act as: ``admin`` in :func:`config`'s roster."""
+
+
+def person(name: str) -> Principal:
+    """A supervisor named ``name`` (as a test gives it; the control API authenticates one)."""
+    return Principal(Kind.SUPERVISOR, name)
+
+
 def config(**top: Any) -> dict[str, Any]:
-    """A fast two-lane configuration: ``sim`` falls back to ``fb`` (both simulated)."""
+    """A fast two-lane configuration: ``sim`` falls back to ``fb`` (both simulated); every one
+    of :data:`PEOPLE` is ``admin``."""
     data: dict[str, Any] = {
+        "roster": {name: [ADMIN] for name in PEOPLE},
         "lease_s": 2,
         "sweep_interval_s": 0.3,
         "hold_s": 3600,
@@ -100,8 +115,12 @@ def task(
 
 
 def command(key: str, **payload: Any) -> dict[str, Any]:
-    """A command envelope."""
+    """A command envelope written into the database (not given through the runtime): nobody
+    authenticated its sender."""
     return {"idempotency_key": key, "workspace": WS, "kind": "command", "payload": payload}
+
+
+OPERATOR = person("operator")
 
 
 async def wait_until(
@@ -266,11 +285,18 @@ def test_unrunnable_tasks_fail_at_once_and_bad_commands_are_refused(tmp_path: Pa
                 rt,
                 {"idempotency_key": "ev", "workspace": WS, "kind": "event", "payload": {"n": 1}},
             )
-            missing_lane = await submit_one(rt, command("c1", command="lane.pause"))
-            unknown_command = await submit_one(rt, command("c2", command="lane.explode"))
-            unknown_lane = await submit_one(rt, command("c3", command="lane.pause", lane="ghost"))
-            not_bool = await submit_one(
-                rt, command("c4", command="lane.force_fallback", lane="sim", on="yes")
+            given = {
+                "missing_lane": {"command": "lane.pause"},
+                "unknown_command": {"command": "lane.explode"},
+                "unknown_lane": {"command": "lane.pause", "lane": "ghost"},
+                "not_bool": {"command": "lane.force_fallback", "lane": "sim", "on": "yes"},
+            }
+            refused = {name: await rt.command(WS, body, OPERATOR) for name, body in given.items()}
+            # a command envelope written into the database: nobody authenticated its sender,
+            # whatever name it carries
+            written = await submit_one(rt, command("c5", command="lane.pause", lane="sim"))
+            named = await submit_one(
+                rt, command("c6", command="lane.pause", lane="sim", actor="operator")
             )
 
             expected = {
@@ -292,27 +318,27 @@ def test_unrunnable_tasks_fail_at_once_and_bad_commands_are_refused(tmp_path: Pa
             assert recorded["subject_id"] == event
             assert recorded["payload"] == {"payload": {"n": 1}}
 
-            refused_receipts = (missing_lane, unknown_command, unknown_lane, not_bool)
-            for receipt in refused_receipts:
-                await wait_until(lambda r=receipt: store.produced(r)[0], what="command applied")
-                item = await get_item(rt.db, receipt, workspace=WS)
-                assert item is not None
-                assert item["produced"]["type"] == "command"
-                result = json.loads(item["produced"]["id"])
+            for result in refused.values():
                 assert result["ok"] is False and result["errors"], result
-            assert json.loads(store.produced(missing_lane)[1] or "") == {
-                "ok": False,
-                "errors": ["payload.lane: is required"],
-            }
+            assert refused["missing_lane"] == {"ok": False, "errors": ["payload.lane: is required"]}
+            for receipt in (written, named):
+                await wait_until(lambda r=receipt: store.produced(r)[0], what="command applied")
+                result = json.loads(store.produced(receipt)[1] or "")
+                assert (result["ok"], result["refused"]) == (False, "unauthenticated"), result
             refusals = store.ledger(action="command.refused")
-            assert len(refusals) == len(refused_receipts)
-            assert {e["actor"] for e in refusals} == {f"receipt:{r}" for r in refused_receipts}
+            assert len(refusals) == len(given) + 2
+            assert {e["actor"] for e in refusals} == {
+                "operator", f"unauthenticated:receipt/{written}", f"unauthenticated:receipt/{named}"
+            }  # fmt: skip
+            by_nobody = [e for e in refusals if e["actor"] != "operator"]
+            assert {e["payload"]["refusal"] for e in by_nobody} == {"unauthenticated"}
+            assert {e["payload"]["principal"]["kind"] for e in by_nobody} == {"agent"}
             # nothing was flagged by the refused commands
             assert (
                 store.rows("SELECT * FROM lane_flags WHERE paused = 1 OR force_fallback = 1") == []
             )
 
-            direct = await rt.command(WS, {"command": "turn.cancel"}, actor="operator")
+            direct = await rt.command(WS, {"command": "turn.cancel"}, person("operator"))
             assert direct == {"ok": False, "errors": ["payload.turn_id: is required"]}
             await assert_ledger_ok(rt.db)
 
@@ -394,7 +420,7 @@ def test_exhausted_turn_is_held_and_requeue_gives_it_a_new_mission(tmp_path: Pat
 
             agents.FLAKY["fail"] = False
             result = await rt.command(
-                WS, {"command": "turn.requeue", "turn_id": turn_id}, actor="operator"
+                WS, {"command": "turn.requeue", "turn_id": turn_id}, person("operator")
             )
             assert result["ok"] is True and result["turn"] == turn_id
             row = await turn_in(store, turn_id, "completed")
@@ -411,7 +437,7 @@ def test_exhausted_turn_is_held_and_requeue_gives_it_a_new_mission(tmp_path: Pat
             [requeued] = store.ledger(action="turn.requeued")
             assert (requeued["subject_id"], requeued["actor"]) == (turn_id, "operator")
             again = await rt.command(
-                WS, {"command": "turn.requeue", "turn_id": turn_id}, actor="operator"
+                WS, {"command": "turn.requeue", "turn_id": turn_id}, person("operator")
             )
             assert again["ok"] is False
             await assert_ledger_ok(rt.db)
@@ -443,7 +469,7 @@ def test_sweep_buries_a_held_turn_when_its_hold_runs_out(tmp_path: Path) -> None
             assert failed["payload"]["dead_letter"] == "dead"
             assert store.counter("dead_letters_dead") == 1
             refused = await rt.command(
-                WS, {"command": "turn.requeue", "turn_id": turn_id}, actor="operator"
+                WS, {"command": "turn.requeue", "turn_id": turn_id}, person("operator")
             )
             assert refused["ok"] is False
             assert refused["errors"] == ["turn is not held (dead_letter=dead)"]
@@ -458,7 +484,9 @@ def test_sweep_buries_a_held_turn_when_its_hold_runs_out(tmp_path: Path) -> None
 def test_pause_stops_claims_and_resume_lets_them_run(tmp_path: Path) -> None:
     async def main() -> None:
         async with runtime(tmp_path, config()) as (rt, store):
-            paused = await rt.command(WS, {"command": "lane.pause", "lane": "sim"}, "operator")
+            paused = await rt.command(
+                WS, {"command": "lane.pause", "lane": "sim"}, person("operator")
+            )
             assert paused == {"ok": True, "command": "lane.pause", "lane": "sim", "paused": True}
             receipt = await submit_one(rt, task("k"))
             other = await submit_one(rt, task("other", lane="fb"))
@@ -471,7 +499,7 @@ def test_pause_stops_claims_and_resume_lets_them_run(tmp_path: Path) -> None:
             assert store.turn(turn_id)["state"] == "queued"
             assert rt.running == 0
 
-            await submit_one(rt, command("resume", command="lane.resume", lane="sim"))
+            await rt.command(WS, LaneResume(lane="sim"), OPERATOR, "resume")
             await turn_in(store, turn_id, "completed")
             flags = [
                 (e["action"], e["subject_id"], e["actor"])
@@ -482,7 +510,7 @@ def test_pause_stops_claims_and_resume_lets_them_run(tmp_path: Path) -> None:
             assert resume_receipt is not None
             assert flags == [
                 ("lane.paused", "sim", "operator"),
-                ("lane.resumed", "sim", f"receipt:{resume_receipt['id']}"),
+                ("lane.resumed", "sim", "operator"),
             ]
 
     run(main())
@@ -493,14 +521,12 @@ def test_an_embedded_command_is_recorded_as_a_receipt_and_applied_through_it(
 ) -> None:
     async def main() -> None:
         async with runtime(tmp_path, config()) as (rt, store):
-            paused = await rt.command(WS, LanePause(lane="sim"), "operator")
+            paused = await rt.command(WS, LanePause(lane="sim"), person("operator"))
             assert paused == {"ok": True, "command": "lane.pause", "lane": "sim", "paused": True}
             [receipt] = store.rows("SELECT * FROM receipts WHERE kind = 'command'")
             assert receipt["status"] == "accepted" and receipt["workspace"] == WS
             assert receipt["idempotency_key"].startswith("cmd:")
-            assert json.loads(receipt["payload"]) == {
-                "command": "lane.pause", "lane": "sim", "actor": "operator",
-            }  # fmt: skip
+            assert json.loads(receipt["payload"]) == {"command": "lane.pause", "lane": "sim"}
             assert receipt["produced_type"] == "command"
             assert json.loads(receipt["produced_id"]) == paused
             [recorded] = [
@@ -510,14 +536,14 @@ def test_an_embedded_command_is_recorded_as_a_receipt_and_applied_through_it(
             [flag] = store.ledger(action="lane.paused")
             assert recorded["seq"] < flag["seq"] and flag["actor"] == "operator"
 
-            refused = await rt.command(WS, {"command": "turn.cancel"}, "operator")
+            refused = await rt.command(WS, {"command": "turn.cancel"}, person("operator"))
             assert refused == {"ok": False, "errors": ["payload.turn_id: is required"]}
             [second] = store.rows(
                 "SELECT * FROM receipts WHERE kind = 'command' AND id <> ?", receipt["id"]
             )
             assert json.loads(second["produced_id"]) == refused
             [refusal] = store.ledger(action="command.refused")
-            assert refusal["actor"] == f"receipt:{second['id']}"
+            assert refusal["actor"] == "operator"
             await assert_ledger_ok(rt.db)
 
     run(main())
@@ -527,16 +553,25 @@ def test_an_embedded_command_given_again_with_its_key_is_applied_once(tmp_path: 
     async def main() -> None:
         async with runtime(tmp_path, config()) as (rt, store):
             first = await rt.command(
-                WS, {"command": "turn.requeue", "turn_id": "nope"}, "erin", idempotency_key="k1"
+                WS,
+                {"command": "turn.requeue", "turn_id": "nope"},
+                person("erin"),
+                idempotency_key="k1",
             )
             assert first == {"ok": False, "errors": ["no such turn"]}
-            paused = await rt.command(WS, LanePause(lane="sim"), "erin", idempotency_key="k2")
-            again = await rt.command(WS, LanePause(lane="sim"), "erin", idempotency_key="k2")
-            other = await rt.command(WS, LaneResume(lane="sim"), "erin", idempotency_key="k2")
-            assert again == other == paused and paused["ok"] is True
-            assert await rt.command(WS, {"command": "turn.cancel"}, "x", idempotency_key="k1") == (
-                first
+            paused = await rt.command(
+                WS, LanePause(lane="sim"), person("erin"), idempotency_key="k2"
             )
+            again = await rt.command(
+                WS, LanePause(lane="sim"), person("erin"), idempotency_key="k2"
+            )
+            other = await rt.command(
+                WS, LaneResume(lane="sim"), person("erin"), idempotency_key="k2"
+            )
+            assert again == other == paused and paused["ok"] is True
+            assert await rt.command(
+                WS, {"command": "turn.cancel"}, person("x"), idempotency_key="k1"
+            ) == (first)
             assert store.value("SELECT count(*) FROM receipts WHERE kind = 'command'") == 2
             assert (
                 store.value("SELECT duplicates FROM receipt_counters WHERE workspace = ?", WS) == 3
@@ -546,7 +581,9 @@ def test_an_embedded_command_given_again_with_its_key_is_applied_once(tmp_path: 
             assert len(store.ledger(action="command.refused")) == 1
             assert store.one("SELECT paused FROM lane_flags WHERE lane = 'sim'") == {"paused": 1}
             task_receipt = await submit_one(rt, task("k3"))
-            assert await rt.command(WS, LanePause(lane="sim"), "erin", idempotency_key="k3") == {
+            assert await rt.command(
+                WS, LanePause(lane="sim"), person("erin"), idempotency_key="k3"
+            ) == {
                 "ok": False,
                 "errors": ["idempotency_key: already used for a turn, not a command"],
             }
@@ -569,7 +606,9 @@ def test_force_fallback_flip_routes_later_dispatches_to_the_fallback(tmp_path: P
                 what="a running mission",
             )
             result = await rt.command(
-                WS, {"command": "lane.force_fallback", "lane": "sim", "on": True}, "operator"
+                WS,
+                {"command": "lane.force_fallback", "lane": "sim", "on": True},
+                person("operator"),
             )
             assert result["ok"] is True and result["force_fallback"] is True
             flipped_at = time.monotonic()
@@ -604,7 +643,9 @@ def test_force_fallback_flip_routes_later_dispatches_to_the_fallback(tmp_path: P
             assert store.counter("fallback_dispatches") == after
 
             await rt.command(
-                WS, {"command": "lane.force_fallback", "lane": "sim", "on": False}, "operator"
+                WS,
+                {"command": "lane.force_fallback", "lane": "sim", "on": False},
+                person("operator"),
             )
             turn_id = await turn_of(store, await submit_one(rt, task("later")))
             await turn_in(store, turn_id, "completed")
@@ -617,7 +658,7 @@ def test_force_fallback_flip_routes_later_dispatches_to_the_fallback(tmp_path: P
 def test_global_fallback_force(tmp_path: Path) -> None:
     async def main() -> None:
         async with runtime(tmp_path, config()) as (rt, store):
-            await submit_one(rt, command("on", command="fallback.force", on=True))
+            await rt.command(WS, {"command": "fallback.force", "on": True}, OPERATOR)
             await wait_until(lambda: store.ledger(action="lane.force_fallback_on"), what="flag")
             turn_id = await turn_of(store, await submit_one(rt, task("k")))
             await turn_in(store, turn_id, "completed")
@@ -628,7 +669,7 @@ def test_global_fallback_force(tmp_path: Path) -> None:
             await turn_in(store, fb_turn, "completed")
             assert store.missions(fb_turn)[0]["routed_lane"] == "fb"
 
-            await submit_one(rt, command("off", command="fallback.force", on=False))
+            await rt.command(WS, {"command": "fallback.force", "on": False}, OPERATOR)
             await wait_until(lambda: store.ledger(action="lane.force_fallback_off"), what="flag")
             turn_id = await turn_of(store, await submit_one(rt, task("k2")))
             await turn_in(store, turn_id, "completed")
@@ -651,7 +692,9 @@ def test_shadow_mode_records_a_shadow_result_and_keeps_the_primary_deliverable(
 ) -> None:
     async def main() -> None:
         async with runtime(tmp_path, config()) as (rt, store):
-            await rt.command(WS, {"command": "lane.shadow", "lane": "sim", "on": True}, "op")
+            await rt.command(
+                WS, {"command": "lane.shadow", "lane": "sim", "on": True}, person("op")
+            )
             turn_id = await turn_of(store, await submit_one(rt, task("k", latency_ms=50)))
             row = await turn_in(store, turn_id, "completed")
             missions = await wait_until(
@@ -680,7 +723,9 @@ def test_shadow_mode_records_a_shadow_result_and_keeps_the_primary_deliverable(
             [on] = store.ledger(action="lane.shadow_on")
             assert (on["subject_id"], on["actor"]) == ("sim", "op")
 
-            await rt.command(WS, {"command": "lane.shadow", "lane": "sim", "on": False}, "op")
+            await rt.command(
+                WS, {"command": "lane.shadow", "lane": "sim", "on": False}, person("op")
+            )
             plain = await turn_of(store, await submit_one(rt, task("k2")))
             await turn_in(store, plain, "completed")
             await asyncio.sleep(0.2)
@@ -701,7 +746,9 @@ def test_shadow_off_command_overrides_shadow_from_the_configuration(tmp_path: Pa
             assert [e["action"] for e in store.ledger(action="lane.shadow_on")] == [
                 "lane.shadow_on"
             ]
-            off = await rt.command(WS, {"command": "lane.shadow", "lane": "sim", "on": False}, "op")
+            off = await rt.command(
+                WS, {"command": "lane.shadow", "lane": "sim", "on": False}, person("op")
+            )
             assert off["ok"] is True
             turn_id = await turn_of(store, await submit_one(rt, task("k")))
             await turn_in(store, turn_id, "completed")
@@ -735,20 +782,26 @@ def test_many_turns_each_end_terminal_with_exactly_one_deliverable(tmp_path: Pat
                 await asyncio.sleep(0.05)
                 if start == 100:
                     await rt.command(
-                        WS, {"command": "lane.force_fallback", "lane": "sim", "on": True}, "op"
+                        WS,
+                        {"command": "lane.force_fallback", "lane": "sim", "on": True},
+                        person("op"),
                     )
                     await rt.command(
-                        WS, {"command": "lane.shadow", "lane": "sim", "on": True}, "op"
+                        WS, {"command": "lane.shadow", "lane": "sim", "on": True}, person("op")
                     )
                 if start == 200:
                     await rt.command(
-                        WS, {"command": "lane.force_fallback", "lane": "sim", "on": False}, "op"
+                        WS,
+                        {"command": "lane.force_fallback", "lane": "sim", "on": False},
+                        person("op"),
                     )
                 # cancel a few turns wherever they are (queued, running, held, finished)
                 for receipt in rng.sample(receipts, 3):
                     kind, turn_id = store.produced(receipt)
                     if kind == "turn":
-                        await rt.command(WS, {"command": "turn.cancel", "turn_id": turn_id}, "op")
+                        await rt.command(
+                            WS, {"command": "turn.cancel", "turn_id": turn_id}, person("op")
+                        )
             assert len(set(receipts)) == total
 
             def unfinished() -> int:
@@ -1070,7 +1123,7 @@ def test_node_blocking_its_loop_loses_the_lease_to_a_daemon(tmp_path: Path) -> N
                         "node-daemon",
                     ],
                     cwd=REPO,
-                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                    env={**os.environ, "PYTHONPATH": str(REPO / "src")},
                     stdout=subprocess.DEVNULL,
                     stderr=log,
                 )

@@ -1,4 +1,6 @@
 """The approval SDK against a real headless runtime in another process, decided from the CLI.
+The SDK goes through the daemon's control API (the state directory's socket: the requester is
+this OS user); decisions come from people with their own tokens over TCP (``token:alice``).
 
 One runtime serves the whole module, once on SQLite and once on PostgreSQL (policy: ``deploy``
 needs approval, ``page`` needs it within 1 s with an ``oncall`` ladder and pauses its lane on
@@ -10,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
+import pwd
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,23 +41,33 @@ from quarterdeck.domain.commands import ApprovalRequest
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, module_database: str) -> Iterator[Headless]:
     """One headless runtime for the module, on SQLite and on PostgreSQL."""
-    with headless_runtime(tmp_path_factory.mktemp("sdk"), db=module_database) as started:
+    with headless_runtime(
+        tmp_path_factory.mktemp("sdk"), db=module_database, run_args=("--listen", "127.0.0.1:0")
+    ) as started:
         yield started
 
 
-def cli(runtime: Headless, *args: str) -> Any:
-    return runtime.cli(*args)
+USER = pwd.getpwuid(os.getuid()).pw_name
+LABEL = f"{USER} (uid {os.getuid()})"
+"""How the daemon names this process's OS user (the SDK's requester)."""
+
+
+def cli(runtime: Headless, *args: str, by: str | None = None) -> Any:
+    return runtime.cli(*args, by=by)
 
 
 def fresh_id(label: str) -> str:
     return f"{label}-{uuid.uuid4()}"
 
 
-async def decide_from_cli(runtime: Headless, action_id: str, *args: str) -> tuple[Any, float]:
-    """Find the approval of ``action_id``, then run ``quarterdeck <args[0]> ID <args[1:]>``;
-    return the finished process and the monotonic time it exited."""
+async def decide_from_cli(
+    runtime: Headless, action_id: str, *args: str, by: str = "alice"
+) -> tuple[Any, float]:
+    """Find the approval of ``action_id``, then run ``quarterdeck <args[0]> ID <args[1:]>`` as
+    ``token:<by>``; return the finished process and the monotonic time it exited."""
+    runtime.token(by)  # made before the clock starts
     row = await asyncio.to_thread(runtime.approval_for, action_id)
-    result = await asyncio.to_thread(cli, runtime, args[0], row["id"], *args[1:])
+    result = await asyncio.to_thread(cli, runtime, args[0], row["id"], *args[1:], by=by)
     return result, time.monotonic()
 
 
@@ -66,21 +80,25 @@ def test_approval_from_the_cli_returns_within_a_second(runtime: Headless) -> Non
             request = asyncio.create_task(
                 client.request_approval(
                     "deploy", {"env": "prod", "replicas": 3}, action_id=action_id,
-                    actor="bot", timeout_s=30,
+                    timeout_s=30,
                 )
             )  # fmt: skip
             request.add_done_callback(lambda _task: returned.append(time.monotonic()))
-            approved, exited = await decide_from_cli(
-                runtime, action_id, "approve", "--actor", "alice"
-            )
+            approved, exited = await decide_from_cli(runtime, action_id, "approve", by="alice")
             assert approved.returncode == 0, approved.stderr
             decision = await request
             assert returned[0] - exited < 1.0, f"returned {returned[0] - exited:.3f} s after"
             assert decision == ApprovalDecision(
-                "approved", {"env": "prod", "replicas": 3}, decision.approval_id, "alice", None
+                "approved",
+                {"env": "prod", "replicas": 3},
+                decision.approval_id,
+                "token:alice",
+                None,
             )
             row = runtime.approval(str(decision.approval_id))
-            assert (row["state"], row["tool"], row["requested_by"]) == ("approved", "deploy", "bot")
+            assert (row["state"], row["tool"], row["requested_by"]) == (
+                "approved", "deploy", LABEL,
+            )  # fmt: skip
             # A retry (same action id, as after a crash) binds to the same approval.
             again = await client.request_approval(
                 "deploy", {"env": "prod", "replicas": 3}, action_id=action_id
@@ -99,13 +117,13 @@ def test_edited_args_arrive_edited(runtime: Headless) -> None:
                 client.request_approval("deploy", {"env": "prod"}, action_id=action_id)
             )
             edited, _ = await decide_from_cli(
-                runtime, action_id, "approve", "--actor", "alice", "--edit", '{"env": "staging"}'
+                runtime, action_id, "approve", "--edit", '{"env": "staging"}', by="alice"
             )
             assert edited.returncode == 0, edited.stderr
             assert json.loads(edited.stdout)["state"] == "edited"
             decision = await asyncio.wait_for(request, 10)
         assert (decision.outcome, decision.args, decision.decided_by) == (
-            "edited", {"env": "staging"}, "alice",
+            "edited", {"env": "staging"}, "token:alice",
         )  # fmt: skip
 
     run(main())
@@ -120,15 +138,15 @@ def test_reject_raises_with_the_code(runtime: Headless) -> None:
                 client.request_approval("deploy", {"env": "prod"}, action_id=action_id)
             )
             rejected, _ = await decide_from_cli(
-                runtime, action_id, "reject", "--actor", "carol", "--reason", "wrong_target",
-                "--note", "prod is frozen",
+                runtime, action_id, "reject", "--reason", "wrong_target",
+                "--note", "prod is frozen", by="carol",
             )  # fmt: skip
             assert rejected.returncode == 0, rejected.stderr
             with pytest.raises(ApprovalRejected) as caught:
                 await asyncio.wait_for(request, 10)
         error = caught.value
         assert (error.reason_code, error.reason, error.decided_by) == (
-            "wrong_target", "prod is frozen", "carol",
+            "wrong_target", "prod is frozen", "token:carol",
         )  # fmt: skip
         assert error.action_id == action_id and error.approval_id is not None
 
@@ -143,15 +161,15 @@ def test_double_approve_returns_the_first_decision(runtime: Headless) -> None:
             request = asyncio.create_task(
                 client.request_approval("deploy", {"n": 1}, action_id=action_id)
             )
-            first, _ = await decide_from_cli(runtime, action_id, "approve", "--actor", "alice")
+            first, _ = await decide_from_cli(runtime, action_id, "approve", by="alice")
             assert first.returncode == 0, first.stderr
-            second, _ = await decide_from_cli(runtime, action_id, "approve", "--actor", "bob")
+            second, _ = await decide_from_cli(runtime, action_id, "approve", by="bob")
             assert second.returncode == 0, second.stderr
             answer = json.loads(second.stdout)
             assert answer["already"] is True
-            assert (answer["state"], answer["decided_by"]) == ("approved", "alice")
+            assert (answer["state"], answer["decided_by"]) == ("approved", "token:alice")
             decision = await asyncio.wait_for(request, 10)
-            assert decision.decided_by == "alice"
+            assert decision.decided_by == "token:alice"
 
     run(main())
 
@@ -211,8 +229,9 @@ def test_a_typed_command_travels_in_its_wire_form(runtime: Headless) -> None:
     key = fresh_id("typed")
 
     async def main() -> None:
-        async with runtime.client() as client:
-            command = ApprovalRequest(action_id=fresh_id("x"), tool="read_file", actor="sdk")
+        # the database path: nobody authenticates the sender, who may still ask
+        async with runtime.client(daemon=False) as client:
+            command = ApprovalRequest(action_id=fresh_id("x"), tool="read_file")
             sent = await client.send_command(command, idempotency_key=key)
             [row] = query(runtime, "SELECT payload FROM receipts WHERE id = ?", (sent.receipt,))
             assert json.loads(row["payload"]) == command.to_payload()

@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import text
 from tests.conftest import Store, run
 
-from quarterdeck.runtime.config import parse_config
+from quarterdeck.domain.authority import Kind, Principal
+from quarterdeck.runtime.config import daemon_user, parse_config
 from quarterdeck.runtime.prometheus import render
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import open_database
@@ -236,7 +237,7 @@ def test_a_node_whose_session_was_taken_over_leases_another_and_stops_using_it(
         await _wait(lambda: taken.id not in rt._sessions["sim"] and len(rt._sessions["sim"]) == 3)
         assert taken.id not in rt.sessions.free["sim"]
         assert rt.metrics.sessions_lost == 1
-        assert 'quarterdeck_node_sessions_lost_total{node="node-a"} 1\n' in await render(rt)
+        assert 'quarterdeck_node_sessions_lost_total{node="node-a"} 1.0\n' in await render(rt)
         held = _rows(database, "SELECT id FROM sessions WHERE lease_owner = ?", "node-a")
         assert sorted(i for (i,) in held) == sorted(rt._sessions["sim"])
         await rt.submit([_task(i) for i in range(9)])
@@ -287,11 +288,12 @@ def test_paused_lane_pauses_its_sessions(tmp_path: Path, database: str) -> None:
         db = await open_database(database)
         rt = Runtime(db, _config(), state_dir=tmp_path)
         await rt.start()
-        await rt.command("w", {"command": "lane.pause", "lane": "sim"}, actor="test")
+        me = Principal(Kind.SUPERVISOR, daemon_user())  # admin: no roster is configured
+        await rt.command("w", {"command": "lane.pause", "lane": "sim"}, me)
         await _wait(
             lambda: {r[0] for r in _rows(database, "SELECT state FROM sessions")} == {"paused"}
         )
-        await rt.command("w", {"command": "lane.resume", "lane": "sim"}, actor="test")
+        await rt.command("w", {"command": "lane.resume", "lane": "sim"}, me)
         await _wait(
             lambda: {r[0] for r in _rows(database, "SELECT state FROM sessions")} == {"active"}
         )

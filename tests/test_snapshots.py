@@ -1,7 +1,8 @@
 """Snapshot tests of the control center: every pane, the detail view, each confirmation and
 editor, help, the filter bar, the three shipped themes, empty, error and read-only states and
 the global FORCE FALLBACK header, drawn from a fixed world in a real SQLite database
-(``tui_world``) through a real :class:`AttachedConsole` with a fixed clock.
+(``tui_world``) through the console ``attach`` opens (:class:`ApiConsole`, on the control API
+served over that database) with a fixed clock.
 
 The app is built with ``live=False``: it reads one snapshot at start and nothing moves on its
 own. Every screen waits for that first read before anything is pressed. The SVGs live in
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +23,33 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
-from quarterdeck.client.console import AttachedConsole, Snapshot
+from quarterdeck.client.api_console import ApiConsole
+from quarterdeck.client.console import Snapshot
 from quarterdeck.tui.app import QuarterdeckApp, create_app
+from quarterdeck.tui.detail import DetailView
 from quarterdeck.tui.panes import LedgerPane
 from quarterdeck.tui.screens import DetailScreen, TextEditScreen
 from quarterdeck.tui.table import short
 from quarterdeck.tui.themes import resolve_theme
-from tui_world import APPROVAL, TURN, attach, clock, empty_world, seed_world
+from tui_world import APPROVAL, TURN, attach, clock, empty_world, seed_world, stop_serving
 
 SMALL = (80, 24)
 LARGE = (120, 40)
 PANES = {"approvals": "1", "turns": "2", "missions": "3", "alerts": "4", "ledger": "5"}
+"""The panes drawn from the world itself (the Lanes pane: :func:`test_lanes_pane`)."""
 RunBefore = Callable[[Pilot[None]], Awaitable[None]]
 
 
 # --- building and driving the app ----------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def serving() -> Iterator[None]:
+    """Stop the control APIs the test's consoles were attached to."""
+    try:
+        yield
+    finally:
+        stop_serving()
 
 
 @pytest.fixture
@@ -46,11 +60,11 @@ def world(tmp_path: Path) -> Path:
     return path
 
 
-def build(console: AttachedConsole, theme: str | None = None) -> QuarterdeckApp:
+def build(console: ApiConsole, theme: str | None = None) -> QuarterdeckApp:
     """The app over ``console``: fixed clock, a shipped theme, no live refresh loop."""
     chosen, problem = resolve_theme(theme)
     assert problem is None, problem
-    return create_app(console, clock=clock, theme=chosen, live=False, on_exit=console.db.dispose)
+    return create_app(console, clock=clock, theme=chosen, live=False, on_exit=console.close)
 
 
 async def wait_for(pilot: Pilot[None], done: Callable[[], bool], what: str) -> None:
@@ -79,10 +93,19 @@ async def ready(pilot: Pilot[None]) -> None:
 
 async def settle(pilot: Pilot[None]) -> None:
     """Let the workers that keys started finish (a ledger page, a detail view: database reads
-    on aiosqlite's thread), then let the screen catch up."""
+    on aiosqlite's thread), and the detail view read its item, then let the screen catch up.
+    A claim an edit or a reject sends is not waited for: no daemon applies it in this world."""
     await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    app = pilot.app
+    views = app.query(DetailView)
+    await wait_for(
+        pilot,
+        lambda: (
+            all(view.settled for view in views)
+            and not [w for w in app.workers if w.group != "claims" and not w.is_finished]
+        ),
+        "the workers and the detail view",
+    )
 
 
 def steady_cursors(pilot: Pilot[None]) -> None:
@@ -137,6 +160,25 @@ def test_pane(snap_compare: Any, world: Path, pane: str, size: tuple[int, int]) 
 # --- the detail view ---------------------------------------------------------------------------
 
 
+def test_master_detail_120x40(snap_compare: Any, world: Path) -> None:
+    """At 120x40 the selected approval's detail sits under the list: the overdue refund that
+    alice holds (its full arguments, OVERDUE, the claim, the turn's objective, the trace)."""
+    app = build(attach(world))
+    assert snap_compare(app, terminal_size=LARGE, run_before=then("down", "down"))
+
+
+def test_master_detail_80x24(snap_compare: Any, world: Path) -> None:
+    """At 80x24 ``enter`` shows the first approval's detail instead of the list."""
+    app = build(attach(world))
+    assert snap_compare(app, terminal_size=SMALL, run_before=then("enter"))
+
+
+def test_master_detail_80x24_back(snap_compare: Any, world: Path) -> None:
+    """... and ``escape`` brings the list back, its cursor where it was."""
+    app = build(attach(world))
+    assert snap_compare(app, terminal_size=SMALL, run_before=then("down", "enter", "escape"))
+
+
 def show_detail(item_id: str, *keys: str) -> RunBefore:
     """Open an item's detail view as the app does, then press ``keys`` in it."""
 
@@ -146,7 +188,7 @@ def show_detail(item_id: str, *keys: str) -> RunBefore:
         assert isinstance(app, QuarterdeckApp)
         item = await app.source.detail(item_id)
         assert item is not None
-        await app.push_screen(DetailScreen(item))
+        await app.push_screen(DetailScreen(item, app.clock()))
         await settle(pilot)
         await pilot.press(*keys)
         await settle(pilot)
@@ -210,8 +252,9 @@ def test_confirm_fallback_lane(snap_compare: Any, world: Path) -> None:
 
 
 def test_confirm_stop_fallback_lane(snap_compare: Any, world: Path) -> None:
-    """``f`` on the deploy approval (lane deploys, already forced) offers to stop forcing."""
-    assert snap_compare(build(attach(world)), run_before=then("f"))
+    """``f`` on the deploy approval (lane deploys, already forced; the third row) offers to stop
+    forcing."""
+    assert snap_compare(build(attach(world)), run_before=then("down", "down", "f"))
 
 
 def test_confirm_fallback_all(snap_compare: Any, world: Path) -> None:
@@ -233,15 +276,18 @@ def test_confirm_rebaseline(snap_compare: Any, world: Path) -> None:
 
 
 def test_edit_then_approve(snap_compare: Any, world: Path) -> None:
-    """``e``: the deploy's arguments in the JSON editor."""
-    assert snap_compare(build(attach(world)), run_before=then("e"))
+    """``e``: the deploy's arguments in the JSON editor (the deploy's deadline is the furthest:
+    its row is the third)."""
+    assert snap_compare(build(attach(world)), run_before=then("down", "down", "e"))
 
 
 def test_edit_then_approve_invalid_json(snap_compare: Any, world: Path) -> None:
     """Garbage typed into the JSON editor, then ctrl+s: the editor stays, with the error."""
     app = build(attach(world))
     garbage = ("o", "o", "p", "s", "space")
-    assert snap_compare(app, run_before=typing("e", then_press=(*garbage, "ctrl+s")))
+    assert snap_compare(
+        app, run_before=typing("down", "down", "e", then_press=(*garbage, "ctrl+s"))
+    )
 
 
 def test_reject_reason_picker(snap_compare: Any, world: Path) -> None:
@@ -303,13 +349,13 @@ def test_theme(snap_compare: Any, world: Path, theme: str) -> None:
 
 @pytest.mark.parametrize("pane", ["approvals", "ledger"])
 def test_empty_world(snap_compare: Any, tmp_path: Path, pane: str) -> None:
-    """A new, empty database: the panes say so, the daemon is not running."""
+    """A new, empty database: the panes say so."""
     path = tmp_path / "state" / "quarterdeck.db"
     empty_world(path)
     assert snap_compare(build(attach(path)), run_before=then(PANES[pane]))
 
 
-class FailingConsole(AttachedConsole):
+class FailingConsole(ApiConsole):
     """A console whose reads fail from the ``fail_from``-th snapshot on (the store going away
     under a running control center)."""
 
@@ -328,8 +374,8 @@ class FailingConsole(AttachedConsole):
 def failing(path: Path, fail_from: int) -> FailingConsole:
     console = attach(path)
     return FailingConsole(
-        console.db, clock=clock, lanes=console.lanes, reject_reasons=console.reject_reasons,
-        target=console.target, actor=console.actor, fail_from=fail_from,
+        console.api, console.principal, target=console.target, lanes=console.lane_names,
+        reject_reasons=console.reject_reasons, fail_from=fail_from,
     )  # fmt: skip
 
 
@@ -379,7 +425,7 @@ def test_world_ledger_verifies(world: Path) -> None:
         try:
             return await console.verify_ledger()
         finally:
-            await console.db.dispose()
+            await console.close()
 
     result = asyncio.run(main())
     assert result["ok"], result
@@ -400,3 +446,71 @@ def test_not_live_reads_once(world: Path) -> None:
             assert not [w for w in app.workers if w.group == "follow"]
 
     asyncio.run(main())
+
+
+# --- the Lanes pane and the dialogs' keys --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One lane of the fixed world as the lane overview gives it."""
+
+    lane: str
+    state: str = "running"
+    paused_by: str | None = None
+    paused_reason: str | None = None
+    forced_fallback: bool = False
+    shadow: bool = False
+    slots: int = 4
+    in_use: int = 0
+    awaiting_person: int = 0
+    queued: int = 0
+    awaiting_dispatch: int = 0
+    oldest_wait_s: float | None = None
+    failure_rate: float | None = None
+    fallback_rate: float | None = None
+
+
+LANE_ROWS = (
+    Lane("billing", in_use=1, failure_rate=0.0, fallback_rate=0.0),
+    Lane("claude-code", slots=2, in_use=2, awaiting_person=1, failure_rate=0.0),
+    Lane("deploys", forced_fallback=True, in_use=4, awaiting_person=4, queued=7,
+         oldest_wait_s=312, failure_rate=0.25, fallback_rate=1.0),
+    Lane("research", shadow=True, queued=1, awaiting_dispatch=2, oldest_wait_s=14,
+         failure_rate=0.1, fallback_rate=0.05),
+    Lane("triage", state="paused", paused_by="alice", paused_reason="approval expired",
+         queued=3, oldest_wait_s=4000),
+)  # fmt: skip
+
+
+class LanesConsole(ApiConsole):
+    """The fixed world's console with a fixed lane overview (its figures depend on no clock)."""
+
+    async def lanes(self) -> tuple[Lane, ...]:  # type: ignore[override]
+        return LANE_ROWS
+
+
+def with_lanes(path: Path) -> LanesConsole:
+    console = attach(path)
+    return LanesConsole(
+        console.api, console.principal, target=console.target, lanes=console.lane_names,
+        reject_reasons=console.reject_reasons,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["80x24", "120x40"])
+def test_lanes_pane(snap_compare: Any, world: Path, size: tuple[int, int]) -> None:
+    """``6``: every lane with its state (paused by whom and why, fallback forced, shadow),
+    slots, what waits on a person, its queue and rates."""
+    assert snap_compare(build(with_lanes(world)), terminal_size=size, run_before=then("6"))
+
+
+def test_snooze_dialog(snap_compare: Any, world: Path) -> None:
+    """``z``: the durations, one digit each, and the deadline as it stands."""
+    assert snap_compare(build(attach(world)), run_before=then("z"))
+
+
+def test_reject_with_a_note(snap_compare: Any, world: Path) -> None:
+    """``r``, tab, a note with a digit in it (the digit stays in the note): the dialog's keys."""
+    app = build(attach(world))
+    assert snap_compare(app, run_before=typing("r", then_press=("tab", *"wait 2 days")))

@@ -39,6 +39,8 @@ from hypothesis.stateful import (
 )
 from tests.conftest import RawConnection, is_postgres
 
+from quarterdeck.domain.authority import ADMIN, Principal, Roster
+from quarterdeck.domain.authority import Kind as PrincipalKind
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.policy import Policy, parse_policy
 from quarterdeck.domain.states import (
@@ -273,6 +275,7 @@ def _plan() -> WorkPlan:
         hold_s=600,
         policy=policy,
         claim_s=60,
+        roster=Roster({person: frozenset({ADMIN}) for person in PEOPLE}),
     )
 
 
@@ -668,10 +671,15 @@ class WorkPath(RuleBasedStateMachine):
 
     def command(self, workspace: str, payload: dict[str, Any], via_receipt: bool) -> Any:
         """Apply one command envelope through ``apply_command``: recorded and applied in one
-        transaction, as the embedded runtime does, or recorded for the pump to apply. A
-        refused command (or one that finds its work done already) changes nothing."""
+        transaction for its principal (the supervisor ``actor`` names), as the runtime does, or
+        written into the database for the pump to apply, where nobody authenticated it: it is
+        refused as unauthenticated, whoever it names. A refused command (or one that finds its
+        work done already) changes nothing."""
         self.apply_all()
         before = self.snapshot()
+        principal = Principal(PrincipalKind.SUPERVISOR, payload["actor"])
+        if not via_receipt:
+            payload = {k: v for k, v in payload.items() if k != "actor"}
         envelope = {
             "idempotency_key": f"command-{next(self.keys)}",
             "workspace": workspace,
@@ -685,11 +693,13 @@ class WorkPath(RuleBasedStateMachine):
             [mine] = [a for a in self.apply_all() if a.receipt_id == receipt.receipt]
             assert mine.produced_type == "command"
             result = json.loads(mine.produced_id)
+            assert result["refused"] == "unauthenticated", result
         else:
             mark = self.head()
             [receipt], result = self.run(
                 self.ingestor.ingest_then(
-                    [envelope], lambda txn, got: apply_command_receipt(txn, self.plan, got[0])
+                    [envelope],
+                    lambda txn, got: apply_command_receipt(txn, self.plan, got[0], principal),
                 )
             )
             assert receipt.status == "accepted", receipt

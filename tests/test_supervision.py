@@ -18,8 +18,8 @@ from tests.conftest import run
 from tests.test_runtime import (
     Store,
     assert_ledger_ok,
-    command,
     config,
+    person,
     runtime,
     submit_one,
     task,
@@ -100,12 +100,6 @@ async def approval_of(store: Store, turn_id: str, timeout: float = 5.0) -> dict[
     return row
 
 
-async def command_result(store: Store, receipt: str) -> dict[str, Any]:
-    produced = await wait_until(lambda: store.produced(receipt)[1], 5, f"command {receipt}")
-    result: dict[str, Any] = json.loads(produced)
-    return result
-
-
 def deliverable(store: Store, turn_id: str) -> dict[str, Any]:
     value: dict[str, Any] = json.loads(store.turn(turn_id)["deliverable"])
     return value
@@ -121,7 +115,7 @@ def test_the_database_refuses_dispatch_and_release_without_an_allowing_decision(
         async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
             turn = await turn_of(store, await submit_one(rt, acting("ok", {"tool": "read"})))
             await turn_in(store, turn, "completed")
-            await rt.command("w", {"command": "lane.pause", "lane": "sim"}, actor="t")
+            await rt.command("w", {"command": "lane.pause", "lane": "sim"}, person("t"))
             queued = await turn_of(store, await submit_one(rt, task("held")))
         [mission] = store.missions(queued)
         assert mission["state"] == "queued" and mission["decision_id"] is None
@@ -250,12 +244,10 @@ def test_a_dispatch_waits_for_a_person_then_runs_with_edited_input(tmp_path: Pat
             await asyncio.sleep(0.3)
             assert store.missions(turn)[0]["state"] == "queued"  # nothing ran meanwhile
             edited = dict(json.loads(approval["args"]), risky=False, note="checked")
-            receipt = await submit_one(
-                rt,
-                command("ok", command="approval.approve", approval_id=approval["id"],
-                        args=edited, actor="alice"),
+            result = await rt.command(
+                "w", {"command": "approval.approve", "approval_id": approval["id"], "args": edited},
+                person("alice"),
             )  # fmt: skip
-            result = await command_result(store, receipt)
             assert result["ok"] and result["state"] == "edited"
             await turn_in(store, turn, "completed")
         assert json.loads(store.turn(turn)["input"])["note"] == "checked"
@@ -271,18 +263,17 @@ def test_a_rejected_dispatch_fails_the_turn_with_the_reason(tmp_path: Path) -> N
         async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
             turn = await turn_of(store, await submit_one(rt, task("risky", risky=True)))
             approval = await approval_of(store, turn)
-            bad = await submit_one(
-                rt, command("bad", command="approval.reject", approval_id=approval["id"],
-                            reason_code="meh"),
+            refused = await rt.command(
+                "w", {"command": "approval.reject", "approval_id": approval["id"],
+                      "reason_code": "meh"}, person("operator"),
             )  # fmt: skip
-            refused = await command_result(store, bad)
             assert not refused["ok"]
             assert "unsafe, wrong_target, other" in refused["errors"][0]
-            good = await submit_one(
-                rt, command("good", command="approval.reject", approval_id=approval["id"],
-                            reason_code="unsafe", reason="too broad", actor="bob"),
+            good = await rt.command(
+                "w", {"command": "approval.reject", "approval_id": approval["id"],
+                      "reason_code": "unsafe", "reason": "too broad"}, person("bob"),
             )  # fmt: skip
-            assert (await command_result(store, good))["state"] == "rejected"
+            assert good["state"] == "rejected"
             row = await turn_in(store, turn, "failed")
         assert "not approved" in row["error"]
         assert store.missions(turn)[0]["state"] == "cancelled"
@@ -309,16 +300,15 @@ def test_an_action_waits_blocked_and_the_agent_gets_the_edited_args(tmp_path: Pa
             assert approval["action_key"].startswith(f"turn:{turn}:")
             await turn_in(store, turn, "awaiting_approval")
             assert store.missions(turn)[0]["state"] == "blocked"
-            first = await submit_one(
-                rt, command("e1", command="approval.approve", approval_id=approval["id"],
-                            args={"env": "staging"}, actor="alice"),
+            first = await rt.command(
+                "w", {"command": "approval.approve", "approval_id": approval["id"],
+                      "args": {"env": "staging"}}, person("alice"),
             )  # fmt: skip
-            assert (await command_result(store, first))["state"] == "edited"
-            again = await submit_one(
-                rt, command("e2", command="approval.reject", approval_id=approval["id"],
-                            reason_code="unsafe", actor="bob"),
+            assert first["state"] == "edited"
+            second = await rt.command(
+                "w", {"command": "approval.reject", "approval_id": approval["id"],
+                      "reason_code": "unsafe"}, person("bob"),
             )  # fmt: skip
-            second = await command_result(store, again)
             assert second["already"] and second["state"] == "edited"
             assert second["decided_by"] == "alice"
             await turn_in(store, turn, "completed")
@@ -342,9 +332,9 @@ def test_a_rejected_or_denied_action_reaches_the_agent_with_the_reason(tmp_path:
                 ),
             )
             approval = await approval_of(store, turn)
-            await submit_one(
-                rt, command("r", command="approval.reject", approval_id=approval["id"],
-                            reason_code="wrong_target", actor="carol"),
+            await rt.command(
+                "w", {"command": "approval.reject", "approval_id": approval["id"],
+                      "reason_code": "wrong_target"}, person("carol"),
             )  # fmt: skip
             await turn_in(store, turn, "completed")
         actions = deliverable(store, turn)["actions"]
@@ -368,17 +358,17 @@ def test_claims_keep_a_second_supervisor_out_and_snooze_defers(tmp_path: Path) -
             )
             approval = await approval_of(store, turn)
             claim = await rt.command(
-                "w", {"command": "approval.claim", "approval_id": approval["id"]}, actor="alice"
+                "w", {"command": "approval.claim", "approval_id": approval["id"]}, person("alice")
             )
             assert claim["ok"] and claim["claimed_by"] == "alice"
             stolen = await rt.command(
-                "w", {"command": "approval.approve", "approval_id": approval["id"]}, actor="bob"
+                "w", {"command": "approval.approve", "approval_id": approval["id"]}, person("bob")
             )
             assert not stolen["ok"] and "claimed by alice" in stolen["errors"][0]
             snoozed = await rt.command(
                 "w",
                 {"command": "approval.snooze", "approval_id": approval["id"], "for_s": 3600},
-                actor="alice",
+                person("alice"),
             )
             assert snoozed["ok"] and snoozed["snoozed_until"] >= snoozed["deadline_at"][:0]
             assert snoozed["deadline_at"] >= snoozed["snoozed_until"]
@@ -386,11 +376,11 @@ def test_claims_keep_a_second_supervisor_out_and_snooze_defers(tmp_path: Path) -
                 "w",
                 {"command": "approval.approve", "approval_id": approval["id"],
                  "action_key": "turn:other:0"},
-                actor="alice",
+                person("alice"),
             )  # fmt: skip
             assert not wrong["ok"] and "not turn:other:0" in wrong["errors"][0]
             done = await rt.command(
-                "w", {"command": "approval.approve", "approval_id": approval["id"]}, actor="alice"
+                "w", {"command": "approval.approve", "approval_id": approval["id"]}, person("alice")
             )
             assert done["ok"] and done["state"] == "approved"
             await turn_in(store, turn, "completed")
@@ -449,7 +439,7 @@ def test_bulk_decides_each_matching_approval_on_its_own_entry(tmp_path: Path) ->
                 "w",
                 {"command": "approval.bulk", "decision": "approve",
                  "filter": {"tool": "mission.*"}},
-                actor="dana",
+                person("dana"),
             )  # fmt: skip
             assert result["ok"] and len(result["decided"]) == 3 and not result["skipped"]
             for turn in turns:
@@ -470,18 +460,22 @@ def test_take_over_fences_the_agent_and_the_persons_deliverable_is_the_only_one(
             turn = await turn_of(store, await submit_one(rt, task("h", outcome="hang")))
             await turn_in(store, turn, "running")
             [mission] = store.missions(turn)
-            taken = await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            taken = await rt.command(
+                "w", {"command": "turn.takeover", "turn_id": turn}, person("erin")
+            )
             assert taken["ok"] and taken["cancelled_missions"] == [mission["id"]]
             assert store.turn(turn)["lease_owner"] == "human:erin"
             await wait_until(lambda: rt.running == 0, 5, "the agent to be stopped")
             other = await rt.command(
-                "w", {"command": "turn.complete", "turn_id": turn, "deliverable": {"x": 1}}, "frank"
+                "w",
+                {"command": "turn.complete", "turn_id": turn, "deliverable": {"x": 1}},
+                person("frank"),
             )
             assert not other["ok"] and "held by human:erin" in other["errors"][0]
             done = await rt.command(
                 "w",
                 {"command": "turn.complete", "turn_id": turn, "deliverable": {"answer": 42}},
-                "erin",
+                person("erin"),
             )
             assert done["ok"]
         row = store.turn(turn)
@@ -500,10 +494,12 @@ def test_a_late_agent_result_after_take_over_is_rejected(tmp_path: Path) -> None
             await turn_in(store, turn, "running")
             # Take over from "another process": straight on the database, so this node
             # learns of it only when its agent's result is refused.
-            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, person("erin"))
             await asyncio.sleep(1.0)
             assert store.turn(turn)["state"] == "taken_over"
-            released = await rt.command("w", {"command": "turn.release", "turn_id": turn}, "erin")
+            released = await rt.command(
+                "w", {"command": "turn.release", "turn_id": turn}, person("erin")
+            )
             assert released["ok"]
             await turn_in(store, turn, "completed")
         missions = store.missions(turn)
@@ -519,7 +515,7 @@ def test_no_action_is_released_while_a_person_holds_the_turn(tmp_path: Path) -> 
                 store, await submit_one(rt, acting("d", {"tool": "deploy", "args": {}}))
             )
             approval = await approval_of(store, turn)
-            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, person("erin"))
             row = store.one("SELECT * FROM approvals WHERE id = ?", approval["id"])
             assert row is not None
             assert row["state"] == "rejected" and row["reason_code"] == "taken_over"
@@ -548,12 +544,12 @@ def test_a_command_lane_agent_receives_the_persons_decision(tmp_path: Path, deci
             turn = await turn_of(store, await submit_one(rt, envelope))
             approval = await approval_of(store, turn)
             assert json.loads(approval["args"]) == {"env": "prod", "replicas": 3}
-            payload: dict[str, Any] = {"approval_id": approval["id"], "actor": "gail"}
+            payload: dict[str, Any] = {"approval_id": approval["id"]}
             if decision == "edit":
                 payload.update(command="approval.approve", args={"env": "staging", "replicas": 1})
             else:
                 payload.update(command="approval.reject", reason_code="unsafe", reason="frozen")
-            await submit_one(rt, command("d", **payload))
+            await rt.command("w", payload, person("gail"))
             await turn_in(store, turn, "completed", timeout=20)
         first, second = deliverable(store, turn)["decisions"]
         if decision == "edit":
@@ -578,8 +574,8 @@ def test_approvals_notify_through_the_outbox_in_both_formats(tmp_path: Path) -> 
         async with Receiver(lambda _path, _key, nth: 500 if nth == 1 else 200) as receiver:
             hooks = [
                 {"name": "generic", "url": receiver.url("/json"), "events": ["approval.*"],
-                 "backoff_initial_s": 0.05, "backoff_max_s": 0.1},
-                {"name": "chat", "url": receiver.url("/slack"), "format": "slack",
+                 "backoff_initial_s": 0.05, "backoff_max_s": 0.1, "signed": False},
+                {"name": "chat", "url": receiver.url("/slack"), "format": "slack", "signed": False,
                  "events": ["approval.pending"], "backoff_initial_s": 0.05, "backoff_max_s": 0.1},
             ]  # fmt: skip
             async with runtime(tmp_path, config(webhooks=hooks), policy=policy()) as (rt, store):
@@ -589,7 +585,9 @@ def test_approvals_notify_through_the_outbox_in_both_formats(tmp_path: Path) -> 
                 approval = await approval_of(store, turn)
                 await wait_until(lambda: len(receiver.accepted()) == 2, 10, "two deliveries")
                 await rt.command(
-                    "w", {"command": "approval.escalate", "approval_id": approval["id"]}, "ivy"
+                    "w",
+                    {"command": "approval.escalate", "approval_id": approval["id"]},
+                    person("ivy"),
                 )
                 await wait_until(lambda: len(receiver.accepted()) == 3, 10, "the escalation")
         keys = receiver.keys()
@@ -631,7 +629,7 @@ def test_drift_on_an_attested_prompt_pauses_the_lane_until_rebaselined(tmp_path:
             await asyncio.sleep(0.5)
             assert store.turn(held)["state"] == "queued"
             result = await rt.command(
-                "default", {"command": "lane.rebaseline", "lane": "sim"}, "jo"
+                "default", {"command": "lane.rebaseline", "lane": "sim"}, person("jo")
             )
             assert result["ok"] and result["resumed"], result
             await turn_in(store, held, "completed")
@@ -721,7 +719,7 @@ def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path)
                 5,
                 "the runtime to hold the turn's mission",
             )
-            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "erin")
+            await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, person("erin"))
             late = await rt.writer.submit(
                 lambda txn: finish_mission(
                     txn, held, "completed", rt.plan, result={"summary": "the agent's late work"}
@@ -730,7 +728,7 @@ def test_the_agents_result_after_take_over_is_refused_by_fencing(tmp_path: Path)
             assert not late.accepted
             await rt.command(
                 "w", {"command": "turn.complete", "turn_id": turn, "deliverable": {"by": "me"}},
-                "erin",
+                person("erin"),
             )  # fmt: skip
         assert json.loads(store.turn(turn)["deliverable"]) == {"by": "me", "completed_by": "erin"}
         assert store.counter("late_writes_rejected") >= 1
@@ -782,7 +780,7 @@ def test_a_mission_finishing_during_the_revocation_check_is_not_a_lost_lease(
                 5,
                 "the runtime to hold the second turn's mission",
             )
-            await rt.command("w", {"command": "turn.takeover", "turn_id": other}, "erin")
+            await rt.command("w", {"command": "turn.takeover", "turn_id": other}, person("erin"))
             await wait_until(lambda: taken.lost, 5, "the taken-over agent to be stopped")
             assert rt.metrics.leases_lost == 1
         assert store.turn(turn)["state"] == "completed"
@@ -795,11 +793,15 @@ def test_taking_over_a_turn_waiting_for_dispatch_approval_holds_it(tmp_path: Pat
         async with runtime(tmp_path, config(), policy=policy()) as (rt, store):
             turn = await turn_of(store, await submit_one(rt, task("r", risky=True)))
             approval = await approval_of(store, turn)
-            taken = await rt.command("w", {"command": "turn.takeover", "turn_id": turn}, "kim")
+            taken = await rt.command(
+                "w", {"command": "turn.takeover", "turn_id": turn}, person("kim")
+            )
             assert taken["ok"] and taken["rejected_approvals"] == 1
             row = store.turn(turn)
             assert (row["state"], row["lease_owner"]) == ("taken_over", "human:kim")
-            released = await rt.command("w", {"command": "turn.release", "turn_id": turn}, "kim")
+            released = await rt.command(
+                "w", {"command": "turn.release", "turn_id": turn}, person("kim")
+            )
             assert released["ok"]
             # Back in the queue, the new mission is decided afresh: approval again.
             second = await approval_of(store, turn)

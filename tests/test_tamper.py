@@ -4,7 +4,9 @@ A ledger of a few dozen entries (item creates and transitions, ingest batches; n
 control characters and escapes in the payloads) is built once on a real SQLite file. Each test
 works on its own copy; every tamper is made with plain ``sqlite3`` on the file, checked with
 :func:`verify_ledger`, then undone (and the undo checked), so that one copy serves many cases.
-Those byte-level tests are about SQLite's file (bytes that are not UTF-8, text retyped as a
+The tests damage the ledger as someone holding the database would: having dropped the triggers
+that refuse changes to ledger rows (:func:`conftest.unguard_ledger`). Those byte-level tests are
+about SQLite's file (bytes that are not UTF-8, text retyped as a
 BLOB); PostgreSQL refuses such values. The last section damages the same ledger through plain
 SQL (payloads, columns, seqs, deleted entries, the head row) on SQLite and on PostgreSQL, and
 checks that :func:`verify_ledger` and ``quarterdeck ledger verify --db URL`` name the seq.
@@ -26,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Store, envelope, line, quarterdeck, run
+from conftest import Store, envelope, line, quarterdeck, run, unguard_ledger
 from quarterdeck.domain.ledger import GENESIS_HASH, LedgerEntry, VerifyResult, make_entry
 from quarterdeck.domain.states import Kind
 from quarterdeck.runtime.ingest import Ingestor
@@ -76,6 +78,8 @@ async def _build(path: Path | str) -> None:
                         expected_attempt=item.attempt,
                         bump_attempt=bump,
                         payload={"note": NOTE, "step": i, "nested": {"b": [1, 2.5, None, True]}},
+                        # a decided approval names who decided it, as the ledger does
+                        fields={"decided_by": "agent/ß"} if state == "approved" else None,
                     )
                 )
 
@@ -110,6 +114,7 @@ async def _build(path: Path | str) -> None:
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("pristine") / "quarterdeck.db"
     run(_build(path))
+    unguard_ledger(path)
     with closing(sqlite3.connect(path)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return path
@@ -468,8 +473,10 @@ _ENTRY_COLUMNS = ("seq", *TEXT_COLUMNS)
 
 @pytest.fixture
 def built(database: str) -> str:
-    """The URL of the database under test, holding the ledger that :func:`_build` writes."""
+    """The URL of the database under test, holding the ledger that :func:`_build` writes
+    (unguarded, to be damaged)."""
     run(_build(database))
+    unguard_ledger(database)
     return database
 
 

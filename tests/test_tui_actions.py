@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import run
-from tests.headless import headless_runtime, query
+from tests.headless import headless_runtime, query, wait_until
 from tests.test_runtime import (
     Store,
     config,
+    person,
     runtime,
     submit_one,
     task,
@@ -33,9 +36,10 @@ from textual import events
 from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
-from textual.widgets._footer import FooterKey
 
-from quarterdeck.client.console import AttachedConsole, EmbeddedConsole
+from quarterdeck.client.api_console import ApiConsole
+from quarterdeck.client.console import EmbeddedConsole
+from quarterdeck.client.reach import ApiAddress
 from quarterdeck.client.submit import Client
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.runtime.runtime import Runtime
@@ -43,13 +47,15 @@ from quarterdeck.store.alerts import open_alert
 from quarterdeck.store.database import open_database
 from quarterdeck.store.writer import Writer, WriteTxn
 from quarterdeck.tui.app import QuarterdeckApp, StatusHeader, create_app
-from quarterdeck.tui.keymap import ACTIONS
+from quarterdeck.tui.detail import DetailView
+from quarterdeck.tui.footer import KeyFooter
+from quarterdeck.tui.keymap import ACTIONS, MOVES
 from quarterdeck.tui.screens import (
     ConfirmScreen,
-    DetailScreen,
     HelpScreen,
     JsonEditScreen,
     ReasonScreen,
+    SnoozeScreen,
     TextEditScreen,
 )
 from quarterdeck.tui.table import LivePane
@@ -82,7 +88,7 @@ async def center(
 ) -> AsyncIterator[Center]:
     """A runtime on ``tmp_path`` and the control center on it (shown, its pane focused)."""
     async with runtime(tmp_path, data or config(), policy=policy(POLICY)) as (rt, store):
-        app = create_app(EmbeddedConsole(rt, actor=ACTOR), **app_options)
+        app = create_app(EmbeddedConsole(rt, principal=person(ACTOR)), **app_options)
         async with app.run_test(size=SIZE) as pilot:
             await until(
                 pilot,
@@ -139,7 +145,7 @@ def header_text(app: QuarterdeckApp) -> str:
 
 
 def footer_actions(app: QuarterdeckApp) -> set[str]:
-    return {key.action for key in app.query(FooterKey)}
+    return set(app.query_one(KeyFooter).actions)
 
 
 def approval(store: Store, approval_id: str) -> dict[str, Any]:
@@ -208,7 +214,7 @@ def test_panes_switch_by_number_and_tab_and_the_footer_follows(tmp_path: Path) -
             assert app.current == "approvals" and app.focused is pane(app, "approvals")
             assert app.check_action("approve", ()) and not app.check_action("ack", ())
             await until(pilot, lambda: "approve" in footer_actions(app), "the footer")
-            assert {"reject", "approve_all", "verify"} <= footer_actions(app)
+            assert {"reject", "approve_all"} <= footer_actions(app)
             assert "ack" not in footer_actions(app)
 
             await pilot.press("4")
@@ -219,16 +225,22 @@ def test_panes_switch_by_number_and_tab_and_the_footer_follows(tmp_path: Path) -
             assert "approve" not in footer_actions(app) and "rebaseline" in footer_actions(app)
 
             seen = []
-            for _ in range(5):
+            for _ in range(6):
                 await pilot.press("tab")
                 await until(pilot, lambda: app.focused is pane(app, app.current), "focus")
                 seen.append(app.current)
-            assert seen == ["ledger", "approvals", "turns", "missions", "alerts"]
+            assert seen == ["ledger", "lanes", "approvals", "turns", "missions", "alerts"]
+            for _ in range(2):
+                await pilot.press("shift+tab")
+                await until(pilot, lambda: app.focused is pane(app, app.current), "focus")
+                seen.append(app.current)
+            assert seen[-2:] == ["missions", "turns"]
 
             for key, name in (
                 ("2", "turns"),
                 ("3", "missions"),
                 ("5", "ledger"),
+                ("6", "lanes"),
                 ("1", "approvals"),
             ):
                 await pilot.press(key)
@@ -256,7 +268,7 @@ def test_approve_records_the_consoles_actor_and_the_agent_proceeds(tmp_path: Pat
             turn, row = await waiting(c, "ok", env="prod")
             await pilot.press("a")
             decided = await recorded(pilot, store, "approval.approved", row["id"])
-            assert decided["actor"] == ACTOR == app.source.actor
+            assert decided["actor"] == ACTOR == app.source.principal.label
             assert (decided["from_state"], decided["to_state"]) == ("pending", "approved")
             assert approval(store, row["id"])["decided_by"] == ACTOR
             await turn_in(store, turn, "completed")
@@ -293,7 +305,9 @@ def test_edit_then_approve_sends_the_edited_args_and_bad_json_keeps_the_editor(
             await pilot.pause(0.1)
             assert app.screen is editor_screen
             assert "must be a JSON object" in str(editor_screen.query_one("#problem").content)
-            assert app.sent == [] and approval(store, row["id"])["state"] == "pending"
+            # Nothing decided yet: the editor only claimed the approval.
+            assert [sent["payload"]["command"] for sent in app.sent] == ["approval.claim"]
+            assert approval(store, row["id"])["state"] == "pending"
 
             await replace_text(pilot, editor, '{"env": "staging", "replicas": 1}')
             await pilot.press("ctrl+s")
@@ -364,11 +378,14 @@ def test_escalate_and_snooze(tmp_path: Path) -> None:
 
             select(app, "approvals", second["id"])
             await pilot.press("z")
+            await screen_is(pilot, app, SnoozeScreen)
+            await pilot.press("2")  # 15 minutes
             snoozed = await recorded(pilot, store, "approval.snoozed", second["id"])
             assert snoozed["actor"] == ACTOR
             row = approval(store, second["id"])
             assert row["state"] == "pending" and row["snoozed_until"] > row["created_at"]
             assert row["deadline_at"] >= row["snoozed_until"]
+            assert app.sent[-1]["payload"]["for_s"] == 900
             table = pane(app, "approvals")
             await until(
                 pilot,
@@ -606,12 +623,11 @@ def test_the_header_lays_itself_out_again_when_the_terminal_is_resized(tmp_path:
             assert len(wide) == 2 and wide[1].startswith(" turns ")
             assert all(len(line) <= SIZE[0] for line in wide)
             await pilot.resize_terminal(70, 30)
-            await until(pilot, lambda: len(header_text(app).split("\n")) > 2, "a narrow header")
+            await until(pilot, lambda: header_text(app).split("\n") != wide, "a narrow header")
             narrow = header_text(app).split("\n")
-            assert all(len(line) <= 70 for line in narrow), narrow
-            # Whole figures only: no line starts inside one.
-            assert not any(line.startswith((" 0%", " done", "s fallback")) for line in narrow)
-            assert "ledger" in header_text(app) and "approvals 0" in header_text(app)
+            # Still two lines, each within the width: shorter forms, never a figure split.
+            assert len(narrow) == 2 and all(len(line) <= 70 for line in narrow), narrow
+            assert "approvals 0" in narrow[1] and "alerts 0" in narrow[1]
             await pilot.resize_terminal(*SIZE)
             await until(pilot, lambda: header_text(app).split("\n") == wide, "the wide header")
 
@@ -641,7 +657,7 @@ def test_ack_then_resolve_an_alert(tmp_path: Path) -> None:
             await pilot.press("4")
             await listed(pilot, app, "alerts", alert_id)
             await until(pilot, lambda: "alerts 1" in header_text(app), "the header count")
-            await pilot.press("k")
+            await pilot.press("o")
             acked = await recorded(pilot, store, "alert.acked", alert_id)
             assert acked["actor"] == ACTOR and acked["from_state"] == "open"
             await until(
@@ -749,27 +765,31 @@ def test_help_lists_the_keys(tmp_path: Path) -> None:
         async with center(tmp_path) as (_rt, _store, app, pilot):
             await pilot.press("question_mark")
             helper = await screen_is(pilot, app, HelpScreen)
-            assert [row[1] for row in helper.rows] == [action.description for action in ACTIONS]
+            described = [row[1] for row in helper.rows]
+            assert described[: len(ACTIONS)] == [action.description for action in ACTIONS]
+            assert described[len(ACTIONS) :] == [row[1] for row in MOVES]
             await pilot.press("escape")
             await until(pilot, lambda: not app.screen.is_modal, "the main screen")
 
     run(main())
 
 
-def test_enter_opens_the_detail_and_claims_the_approval(tmp_path: Path) -> None:
+def test_enter_goes_into_the_detail_and_claims_nothing(tmp_path: Path) -> None:
     async def main() -> None:
         async with center(tmp_path) as c:
             _rt, store, app, pilot = c
             _turn, row = await waiting(c, "look")
+            view = app.query_one(DetailView)
+            await until(pilot, lambda: view.loaded_key == row["id"], "the approval's detail")
             await pilot.press("enter")
-            detail = await screen_is(pilot, app, DetailScreen)
-            assert detail.item["id"] == row["id"] and detail.item["tool"] == "deploy"
-            claimed = await recorded(pilot, store, "approval.claimed", row["id"])
-            assert claimed["actor"] == ACTOR
-            assert approval(store, row["id"])["claimed_by"] == ACTOR
+            await until(pilot, lambda: app.focused is view, "the detail view focused")
+            assert view.item is not None and view.item["tool"] == "deploy"
             await pilot.press("escape")
-            await until(pilot, lambda: not app.screen.is_modal, "the main screen")
-            assert app.focused is pane(app, "approvals")
+            await until(pilot, lambda: app.focused is pane(app, "approvals"), "the list again")
+            await pilot.pause(0.3)
+            assert not store.ledger(action="approval.claimed", subject=row["id"])
+            assert approval(store, row["id"])["claimed_by"] is None
+            assert app.sent == []
 
     run(main())
 
@@ -808,9 +828,9 @@ def test_a_new_approval_rings_the_bell_and_shows_a_toast(tmp_path: Path) -> None
             app.bell = lambda: rings.append(None)  # type: ignore[method-assign]
             await waiting(c, "ring")
             toast = await until(
-                pilot, lambda: [n for n in notes(app) if n.startswith("new approval:")], "toast"
+                pilot, lambda: [n for n in notes(app) if n.startswith(": new approval:")], "toast"
             )
-            assert toast == ["new approval: deploy on sim needs release-lead"]
+            assert toast == [": new approval: deploy on sim"]  # one short line, no title
             assert len(rings) == 1
 
     run(main())
@@ -827,41 +847,72 @@ def test_a_keymap_override_rebinds_approve(tmp_path: Path) -> None:
             await pilot.press("y")
             decided = await recorded(pilot, store, "approval.approved", row["id"])
             assert decided["actor"] == ACTOR
-            assert "y" in {key.key for key in app.query(FooterKey) if key.action == "approve"}
-
-    run(main())
-
-
-def test_a_read_only_console_refuses_and_sends_nothing(tmp_path: Path) -> None:
-    async def main() -> None:
-        async with runtime(tmp_path, config(), policy=policy(POLICY)) as (rt, store):
-            turn = await turn_of(store, await submit_one(rt, deploy("ro")))
-            row = await approval_of(store, turn)
-            db = await open_database(str(store.path))
-            try:
-                app = create_app(AttachedConsole(db, read_only=True, actor=ACTOR))
-                async with app.run_test(size=SIZE) as pilot:
-                    await listed(pilot, app, "approvals", row["id"])
-                    assert "READ-ONLY" in header_text(app)
-                    await pilot.press("a")
-                    await until(
-                        pilot, lambda: any(n.startswith("read-only:") for n in notes(app)),
-                        "the refusal",
-                    )  # fmt: skip
-                    await pilot.press("A")
-                    await pilot.pause(0.1)
-                    assert not isinstance(app.screen, ConfirmScreen)
-                    assert app.sent == []
-            finally:
-                await db.dispose()
-            assert approval(store, row["id"])["state"] == "pending"
-            assert not store.ledger(action="approval.approved")
-            assert not store.ledger(action="command.refused")
+            footer = app.query_one(KeyFooter)
+            assert ("y", "Approve") in footer.shown and "approve" in footer.actions
 
     run(main())
 
 
 # --- attached to a daemon in another process -----------------------------------------------------
+
+LABEL = f"{pwd.getpwuid(os.getuid()).pw_name} (uid {os.getuid()})"
+"""How the daemon names this OS user on its socket."""
+
+
+async def attached(state: Path, **options: Any) -> ApiConsole:
+    """The console ``attach`` opens on the daemon of ``state``: through its control API."""
+    return await ApiConsole.open(ApiAddress(socket_path=state / "quarterdeck.sock"), **options)
+
+
+def test_a_read_only_console_refuses_and_sends_nothing(tmp_path: Path) -> None:
+    """Attached ``--read-only``: the screen refuses the actions and sends nothing (the daemon
+    would refuse them too: see the control API's tests)."""
+    with headless_runtime(tmp_path) as daemon:
+        state = daemon.state_dir
+
+        async def main() -> None:
+            async with Client.from_state_dir(state) as client:
+                [result] = await client.submit([deploy_task("ro")])
+                assert result.status == "accepted", result
+            found = wait_until(
+                lambda: query(state, "SELECT id FROM approvals WHERE tool = 'deploy'"), 15,
+                "the daemon's approval",
+            )  # fmt: skip
+            approval_id = found[0]["id"]
+            app = create_app(await attached(state, read_only=True))
+            async with app.run_test(size=SIZE) as pilot:
+                await listed(pilot, app, "approvals", approval_id)
+                assert "READ-ONLY" in header_text(app)
+                await pilot.press("a")
+                await until(
+                    pilot, lambda: any(n.startswith("read-only:") for n in notes(app)),
+                    "the refusal",
+                )  # fmt: skip
+                await pilot.press("A")
+                await pilot.pause(0.1)
+                assert not isinstance(app.screen, ConfirmScreen)
+                assert app.sent == []
+            [row] = query(state, "SELECT state FROM approvals WHERE id = ?", (approval_id,))
+            assert row["state"] == "pending"
+            assert not query(state, "SELECT seq FROM ledger WHERE action = 'approval.approved'")
+            assert not query(state, "SELECT seq FROM ledger WHERE action = 'command.refused'")
+
+        run(main())
+
+
+def deploy_task(key: str) -> dict[str, Any]:
+    """A task on the headless daemon's lane whose agent asks to deploy (which needs approval)."""
+    return {
+        "idempotency_key": key,
+        "workspace": "default",
+        "kind": "task",
+        "payload": {
+            "objective": "ship from afar",
+            "lane": "work",
+            "input": {"sim": {"latency_ms": 10, "progress": 1, "outcome": "complete",
+                              "actions": [{"tool": "deploy", "args": {"env": "prod"}}]}},
+        },
+    }  # fmt: skip
 
 
 def test_attached_to_a_headless_daemon_ack_an_alert_about_the_runtime(tmp_path: Path) -> None:
@@ -876,7 +927,7 @@ def test_attached_to_a_headless_daemon_ack_an_alert_about_the_runtime(tmp_path: 
             try:
                 async with Writer(db) as writer:
                     alert_id, _ = await writer.submit(slo_alert)
-                app = create_app(AttachedConsole(db, actor=ACTOR))
+                app = create_app(await attached(state))
                 async with app.run_test(size=SIZE) as pilot:
                     await until(
                         pilot, lambda: "daemon alive" in header_text(app), "alive", timeout=15
@@ -887,7 +938,7 @@ def test_attached_to_a_headless_daemon_ack_an_alert_about_the_runtime(tmp_path: 
                         "the alert in the attached pane", timeout=15,
                     )  # fmt: skip
                     select(app, "alerts", alert_id)
-                    await pilot.press("k")
+                    await pilot.press("o")
                     [sent] = await until(pilot, lambda: app.sent, "the daemon's answer", timeout=15)
                     assert sent["result"]["ok"], sent
                     assert sent["result"]["state"] == "acked"
@@ -897,7 +948,7 @@ def test_attached_to_a_headless_daemon_ack_an_alert_about_the_runtime(tmp_path: 
                 state, "SELECT workspace, actor FROM ledger WHERE action = 'alert.acked' "
                 "AND subject_id = ?", (alert_id,),
             )  # fmt: skip
-            assert dict(acked) == {"workspace": RUNTIME_WORKSPACE, "actor": ACTOR}
+            assert dict(acked) == {"workspace": RUNTIME_WORKSPACE, "actor": LABEL}
 
         run(main())
 
@@ -926,9 +977,8 @@ def test_attached_to_a_headless_daemon_approve_reaches_the_agent(tmp_path: Path)
             async with Client.from_state_dir(state) as client:
                 [result] = await client.submit([envelope])
                 assert result.status == "accepted", result
-            db = await open_database(str(state / "quarterdeck.db"))
+            app = create_app(await attached(state))
             try:
-                app = create_app(AttachedConsole(db, actor=ACTOR))
                 async with app.run_test(size=SIZE) as pilot:
                     found = await until(
                         pilot, lambda: one("SELECT * FROM approvals WHERE tool = 'deploy'"),
@@ -957,12 +1007,12 @@ def test_attached_to_a_headless_daemon_approve_reaches_the_agent(tmp_path: Path)
                         "AND subject_id = ?",
                         found["id"],
                     )
-                    assert decided == {"actor": ACTOR}
+                    assert decided == {"actor": LABEL}  # the daemon names who decided
                     # The app hears the command's result through its own wait, which may end a
                     # moment after the daemon's commit is visible here.
                     [sent] = await until(pilot, lambda: app.sent, "the app to hear the result")
                     assert sent["result"]["ok"] and sent["result"]["state"] == "approved"
             finally:
-                await db.dispose()
+                await app.source.close()
 
         run(main())

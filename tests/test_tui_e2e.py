@@ -7,6 +7,7 @@ Needs tmux (``apt-get install -y tmux``; ``.ci/run`` installs it); skipped witho
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -78,13 +79,13 @@ def test_demo_in_a_real_terminal_decides_an_approval_from_the_keyboard(
     wait_for(lambda: "1 Approvals" in screen(name), "the control center to draw")
     wait_for(lambda: "pending" in screen(name), "a pending approval on screen")
     drawn = screen(name)
-    assert "QUARTERDECK" in drawn and "embedded runtime" in drawn
+    assert "QUARTERDECK" in drawn and f"demo · state in {str(state)[:20]}" in drawn
     assert "Approve" in drawn  # the footer offers the approvals pane's actions
     tmux("send-keys", "-t", name, "a")
     decided = wait_for(lambda: approvals_decided(state), "the approval on the ledger")
     assert isinstance(decided, list)
     [(approval, actor, _action)] = decided
-    assert actor == getpass.getuser()
+    assert actor == f"{getpass.getuser()} (uid {os.getuid()})"  # the console's OS user
     wait_for(lambda: "approved" in screen(name), "the toast confirming it")
     for keys in (["5"], ["/"], ["-l", "approval.approved"], ["Enter"]):
         tmux("send-keys", "-t", name, *keys)

@@ -4,7 +4,8 @@
 id and every instant is fixed (around :data:`NOW`), so the screens drawn from it are the same
 on every run. Ledger entries go through the real appender (one write transaction of the real
 writer, with a fixed clock), so the chain verifies. :func:`empty_world` is the same database
-with nothing in it.
+with nothing in it. :func:`attach` opens the console ``quarterdeck attach`` opens, on the
+control API served over the world's database (:class:`WorldServer`).
 
 The world: four approvals (three open: a deploy with time to spare, an escalated ticket
 closure close to its deadline, an overdue refund claimed by alice; and one decided with edits),
@@ -17,6 +18,8 @@ traces, the deploy's recent events, and about forty ledger entries.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,10 +27,16 @@ from typing import Any
 
 from sqlalchemy import text
 
-from quarterdeck.client.console import AttachedConsole
+from quarterdeck.client.api_console import ApiConsole
+from quarterdeck.client.console import os_principal
+from quarterdeck.client.reach import ApiAddress
+from quarterdeck.domain.authority import Principal, Roster
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.clock import format_instant
+from quarterdeck.runtime.api import ControlServer
+from quarterdeck.runtime.config import daemon_user
 from quarterdeck.store.database import Database, normalize_url, open_database
+from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.writer import Writer, WriteTxn
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -36,7 +45,8 @@ WORKSPACE = "default"
 LANES = ("billing", "deploys", "research", "triage")
 REJECT_REASONS = ("unsafe", "wrong_target", "needs_context", "policy", "other")
 TARGET = "attached to state/quarterdeck.db"
-"""The header's description of the database (the real one names a per-run tmp path)."""
+"""The header's description of what the console is attached to (``attach`` shows the daemon's
+socket, a per-run tmp path: the screens show this fixed text instead)."""
 POLICY_HASH = "5c1d0e7a9b3f42d8a61e0c7b94f2d3a8e6b1c0f9d2a7e4b3c8f1a0d6e9b2c7f4"
 
 
@@ -549,11 +559,77 @@ def empty_world(path: Path) -> None:
     asyncio.run(_seed(path, force_all=False, fill=False))
 
 
-def attach(path: Path, **options: Any) -> AttachedConsole:
-    """An attached console on the database at ``path`` with the fixed clock and header text
-    (``options`` go to :class:`AttachedConsole`: ``read_only``, ...)."""
-    db = Database(normalize_url(str(path)))
-    return AttachedConsole(
-        db, clock=clock, lanes=LANES, reject_reasons=REJECT_REASONS, target=TARGET,
-        actor="supervisor", **options,
+class WorldServer:
+    """The control API a daemon serves, over the world's database, on ``quarterdeck.sock``
+    beside it; from a thread of its own, as the app under test runs its own event loop. No
+    runtime runs on the world (nothing in it may move): the API reads, and carries out no
+    command."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.address = ApiAddress(socket_path=path.parent / "quarterdeck.sock")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: ControlServer | None = None
+        self._db: Database | None = None
+
+    def start(self) -> ApiAddress:
+        """Serve the API; its address."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self.address
+
+    async def _start(self) -> None:
+        self._db = Database(normalize_url(str(self.path)))
+        self._server = ControlServer(
+            roster=Roster.default(daemon_user()), submit=_no_submit, command=_no_command,
+            socket_path=self.path.parent / "quarterdeck.sock", db=self._db, node_id="world",
+        )  # fmt: skip
+        await self._server.start()
+
+    def stop(self) -> None:
+        """Stop serving and the thread."""
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop()
+        if self._db is not None:
+            await self._db.dispose()
+
+
+async def _no_submit(envelopes: Any) -> list[IngestResult]:
+    raise AssertionError("the fixed world takes no envelopes")
+
+
+async def _no_command(
+    workspace: str, payload: Mapping[str, Any], principal: Principal, key: str | None
+) -> dict[str, Any]:
+    raise AssertionError("the fixed world carries out no command")
+
+
+SERVED: dict[Path, WorldServer] = {}
+"""The worlds served for the running test (:func:`stop_serving` stops them)."""
+
+
+def stop_serving() -> None:
+    """Stop every world's API."""
+    while SERVED:
+        SERVED.popitem()[1].stop()
+
+
+def attach(path: Path, *, read_only: bool = False) -> ApiConsole:
+    """The console ``quarterdeck attach`` opens, on the API served over the database at
+    ``path`` (started on first use), with the fixed header text; this OS user, as the daemon
+    takes it."""
+    if path not in SERVED:
+        SERVED[path] = WorldServer(path)
+        SERVED[path].start()
+    address = SERVED[path].address
+    return ApiConsole(
+        address.client(read_only=read_only), os_principal(), target=TARGET,
+        read_only=read_only, lanes=LANES, reject_reasons=REJECT_REASONS,
     )  # fmt: skip

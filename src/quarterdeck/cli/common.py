@@ -9,8 +9,17 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from quarterdeck.store.database import sqlite_url
-from quarterdeck.store.statedir import exposure
+from sqlalchemy.engine import make_url
+
+from quarterdeck.store.database import (
+    Database,
+    DatabaseError,
+    normalize_url,
+    open_database,
+    sqlite_url,
+)
+from quarterdeck.store.migrations import HEAD_VERSION
+from quarterdeck.store.statedir import DB_FILENAME, exposure
 
 DEFAULT_WORKSPACE = "default"
 
@@ -37,6 +46,59 @@ def database_url(args: argparse.Namespace) -> str:
     if args.db:
         return str(args.db)
     return sqlite_url(state_directory(args))
+
+
+def existing_database_url(args: argparse.Namespace) -> str:
+    """:func:`database_url`, for a command that reads: the state directory and its database
+    file (or the ``--db`` SQLite file) must already exist, since opening one would create it.
+    (A PostgreSQL database must exist to be connected to; :func:`open_existing_database`
+    refuses an empty one.)
+
+    Raises:
+        UsageError: naming the path that does not exist.
+    """
+    url = database_url(args)
+    if args.db:
+        try:
+            parsed = make_url(normalize_url(url))
+        except DatabaseError:
+            return url  # reported as it always was when opened
+        path = parsed.database
+        if parsed.get_backend_name() == "sqlite" and path and not Path(path).is_file():
+            raise UsageError(f"no database at {path} (--db): nothing to read")
+        return url
+    state = state_directory(args)
+    if not state.is_dir():
+        raise UsageError(
+            f"no state directory at {state} (give --state-dir or QUARTERDECK_STATE_DIR;"
+            " run, demo and submit make one)"
+        )
+    if not (state / DB_FILENAME).is_file():
+        raise UsageError(f"no database in the state directory {state}: nothing to read")
+    return url
+
+
+async def open_existing_database(args: argparse.Namespace) -> Database:
+    """The database a reading command reads, opened without creating anything: it must exist
+    (see :func:`existing_database_url`) and hold a schema (an older one is migrated, as every
+    command does).
+
+    Raises:
+        UsageError: the database or its state directory does not exist, or is empty.
+    """
+    db = await open_database(existing_database_url(args), upgrade=False)
+    try:
+        version = await db.schema_version()
+        if version == 0:
+            raise UsageError(
+                f"{db.display_url} holds no Quarterdeck data (run, submit or db upgrade makes it)"
+            )
+        if version < HEAD_VERSION:
+            await db.migrate()
+    except BaseException:
+        await db.dispose()
+        raise
+    return db
 
 
 def workspace(args: argparse.Namespace) -> str:

@@ -11,7 +11,11 @@ import json
 import re
 from typing import Any, NoReturn
 
+from quarterdeck import __version__
 from quarterdeck.cli.common import UsageError
+from quarterdeck.cli.integrate import add_integrate_parser
+from quarterdeck.cli.mcp import add_mcp_parsers
+from quarterdeck.cli.tokens import add_token_parsers
 from quarterdeck.store.migrations import HEAD_VERSION
 
 KINDS = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
@@ -43,6 +47,15 @@ def _global_options(defaults: bool) -> _Parser:
         help="workspace (default env QUARTERDECK_WORKSPACE or 'default')",
     )
     parent.add_argument(
+        "--api",
+        default=default,
+        metavar="URL",
+        help="a daemon's control API over TCP (token in env QUARTERDECK_TOKEN or --token-file)",
+    )
+    parent.add_argument(
+        "--token-file", default=default, metavar="FILE", help="the bearer token for --api"
+    )
+    parent.add_argument(
         "--all-workspaces",
         "-A",
         action="store_true",
@@ -60,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quarterdeck: a terminal control center for supervising AI agents.",
         parents=[_global_options(defaults=True)],
     )
+    parser.add_argument(
+        "--version", action="version", version=f"quarterdeck {__version__}",
+        help="print the version and exit",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -85,17 +102,42 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     show.add_argument("--json", action="store_true", help="one JSON object")
 
-    ledger = commands.add_parser("ledger", parents=[common], help="verify or export the ledger")
+    ledger = commands.add_parser(
+        "ledger", parents=[common], help="verify, export or prove the ledger; the node's key"
+    )
     ledger_commands = ledger.add_subparsers(
         dest="ledger_command", metavar="ACTION", parser_class=_Parser
     )
     ledger_commands.required = True
-    verify = ledger_commands.add_parser("verify", parents=[common], help="check the hash chain")
+    config = _Parser(add_help=False)
+    config.add_argument(
+        "--config", metavar="FILE", help="quarterdeck.toml naming the key file (default as run)"
+    )
+    verify = ledger_commands.add_parser(
+        "verify", parents=[common, config], help="check the hash chain (and its checkpoints)"
+    )
     verify.add_argument("--json", action="store_true", help="one JSON object")
+    verify.add_argument(
+        "--checkpoints", metavar="FILE", help="also check the signed checkpoints in FILE"
+    )
+    verify.add_argument(
+        "--keys", metavar="FILE", help="trusted public keys, one per line (default: the node's)"
+    )
     export = ledger_commands.add_parser("export", parents=[common], help="entries as JSON lines")
     export.add_argument(
         "--since", type=_non_negative, default=0, metavar="SEQ", help="entries after SEQ"
     )
+    prove = ledger_commands.add_parser(
+        "prove", parents=[common], help="entries from SEQ to the next checkpoint, as JSON"
+    )
+    prove.add_argument("seq", type=_non_negative, metavar="SEQ")
+    prove.add_argument(
+        "--checkpoints", metavar="FILE", help="take the checkpoint from FILE (default: stored)"
+    )
+    key = ledger_commands.add_parser(
+        "key", parents=[common, config], help="the node's public key for its checkpoints"
+    )
+    key.add_argument("--json", action="store_true", help="one JSON object")
 
     run = commands.add_parser("run", parents=[common], help="run the runtime")
     run.add_argument(
@@ -107,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--headless", action="store_true", help="no screen: run as a daemon until SIGTERM"
     )
     run.add_argument(
-        "--metrics-port", type=_non_negative, metavar="N", help="serve Prometheus text on this port"
+        "--metrics-port", type=_port, metavar="N", help="serve Prometheus text on this port"
     )
     run.add_argument(
         "--metrics-host", default="127.0.0.1", metavar="HOST", help="(default 127.0.0.1)"
@@ -118,11 +160,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     run.add_argument("--theme", metavar="NAME", help="the screen's theme (see themes/)")
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="also serve the control API over TCP (tokens only)"
+    )
+    run.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="serve the control API on PATH instead of STATE/quarterdeck.sock (one per node"
+        " when several nodes share a state directory)",
+    )
+    run.add_argument("--tls-cert", metavar="FILE", help="with --listen: serve TLS (certificate)")
+    run.add_argument("--tls-key", metavar="FILE", help="with --listen: serve TLS (private key)")
 
     demo = commands.add_parser(
         "demo", parents=[common], help="the control center on a simulated fleet (fresh state)"
     )
     demo.add_argument("--theme", metavar="NAME", help="the screen's theme (see themes/)")
+    demo.add_argument(
+        "--speed", metavar="N", type=float, default=1.0,
+        help="run the demo N times faster (tasks come N times as often and run N times faster; "
+        "a state directory prepared at this speed gets approval deadlines N times shorter)",
+    )  # fmt: skip
 
     attach = commands.add_parser(
         "attach", parents=[common], help="the control center on a running daemon's state"
@@ -134,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _supervision_parsers(commands, common)
+    add_token_parsers(commands, common)
+    add_integrate_parser(commands, common)
+    hook = commands.add_parser(
+        "hook", parents=[common], help="the agent CLIs' command hook (quarterdeck integrate)"
+    )
+    hook.add_argument("rest", nargs=argparse.REMAINDER, help="AGENT --credential FILE")
 
     db = commands.add_parser("db", parents=[common], help="schema version and migrations")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
@@ -143,13 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--to", type=_non_negative, default=HEAD_VERSION, metavar="N")
     downgrade = db_commands.add_parser("downgrade", parents=[common], help="migrate down")
     downgrade.add_argument("--to", type=_non_negative, required=True, metavar="N")
+    add_mcp_parsers(commands, common)
     return parser
 
 
 def _supervision_parsers(commands: Any, common: _Parser) -> None:
     """The supervision commands: each sends one command envelope and waits for its result."""
     sending = _Parser(add_help=False)
-    sending.add_argument("--actor", help="who gives the command (default: the OS user)")
     sending.add_argument(
         "--wait",
         type=_wait_seconds,
@@ -244,7 +308,10 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a duration such as 90s, 10m or 2h, got {text!r}"
         )
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds >= 10**9:
+        raise argparse.ArgumentTypeError(f"expected a duration under 10**9 seconds, got {text!r}")
+    return seconds
 
 
 def _wait_seconds(text: str) -> float:
@@ -269,12 +336,26 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+MAX_WHOLE = 2**63 - 1
+"""The largest whole number an option takes: the largest integer both databases store."""
+
+
 def _non_negative(text: str) -> int:
-    """A whole number >= 0."""
+    """A whole number from 0 to :data:`MAX_WHOLE`."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    if value > MAX_WHOLE:
+        raise argparse.ArgumentTypeError(f"expected a number <= {MAX_WHOLE}, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0-65535."""
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
     return value

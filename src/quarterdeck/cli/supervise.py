@@ -1,22 +1,26 @@
 """The supervision commands (``approve``, ``reject``, ``escalate``, ``snooze``, ``claim``,
 ``takeover``, ``release``, ``complete``, ``requeue``, ``cancel``, ``fallback``, ``lane``,
-``alert``, ``rebaseline``): each builds one typed command, sends it as a command envelope and
-waits (``--wait``) for a running runtime to apply it. The result is printed as JSON; exit 0 when
-it was applied, 1 when it was refused (each error on stderr), 3 when no runtime applied it in
-time (it stays queued)."""
+``alert``, ``rebaseline``): each builds one typed command and gives it to the running daemon
+through its control API (:mod:`quarterdeck.cli.daemon`). The result is printed as JSON; exit 0
+when it was applied, 1 when it was refused (each error on stderr), 3 when no daemon runs
+(nothing is sent or queued) or it did not answer within ``--wait``.
+
+An item is named by its full id, its short id or a unique prefix of its id (resolved by the
+daemon within the command's workspace; several matches are a usage error listing them).
+
+The command is given by whoever the daemon authenticates (the OS user on its socket, a token's
+principal over TCP): there is no ``--actor``; ``--note`` carries free text."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 from typing import IO, Any
 
 from pydantic import ValidationError
 
-from quarterdeck.cli.common import UsageError, database_url, print_json, workspace
+from quarterdeck.cli.common import UsageError, print_json
 from quarterdeck.domain.commands import (
     AlertAck,
     AlertResolve,
@@ -53,14 +57,6 @@ TURN_COMMANDS: dict[str, type[TurnTakeover | TurnRelease | TurnRequeue | TurnCan
 """Turn commands that name nothing but the turn."""
 
 
-def default_actor() -> str:
-    """The OS user's name (``uid:N`` when it cannot be found)."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return f"uid:{os.getuid()}"
-
-
 def _read_deliverable(source: str) -> dict[str, Any]:
     """A JSON object file as is; any other content becomes ``{"text": content}``."""
     try:
@@ -80,7 +76,7 @@ def _read_deliverable(source: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"text": content}
 
 
-def _decision(args: argparse.Namespace, actor: str) -> Command:
+def _decision(args: argparse.Namespace) -> Command:
     """``approve``/``reject``: one approval by ID, or every open one matching (``--all``)."""
     verb = args.command
     reason = args.note or None
@@ -93,23 +89,21 @@ def _decision(args: argparse.Namespace, actor: str) -> Command:
         return ApprovalBulk(
             decision=verb, filter=selector, reason_code=args.reason if verb == "reject" else None,
             reason=reason,
-            all_workspaces=args.all_workspaces, actor=actor,
+            all_workspaces=args.all_workspaces,
         )  # fmt: skip
     if args.id is None:
         raise UsageError(f"{verb}: give an approval ID (or --all)")
     if args.lane is not None or args.tool is not None:
         raise UsageError(f"{verb}: --lane and --tool only go with --all")
     if verb == "reject":
-        return ApprovalReject(
-            approval_id=args.id, reason_code=args.reason, reason=reason, actor=actor
-        )
+        return ApprovalReject(approval_id=args.id, reason_code=args.reason, reason=reason)
     if args.edit is None:
-        return ApprovalApprove(approval_id=args.id, reason=reason, actor=actor)
-    return ApprovalApprove(approval_id=args.id, args=args.edit, reason=reason, actor=actor)
+        return ApprovalApprove(approval_id=args.id, reason=reason)
+    return ApprovalApprove(approval_id=args.id, args=args.edit, reason=reason)
 
 
-def build_command(args: argparse.Namespace, actor: str) -> Command:
-    """The command a supervision command line asks for, given by ``actor``.
+def build_command(args: argparse.Namespace) -> Command:
+    """The command a supervision command line asks for.
 
     Raises:
         UsageError: the options do not make one command.
@@ -119,59 +113,54 @@ def build_command(args: argparse.Namespace, actor: str) -> Command:
     if args.all_workspaces and not (name in ("approve", "reject") and args.all):
         raise UsageError("--all-workspaces only goes with approve --all / reject --all")
     if name in ("approve", "reject"):
-        return _decision(args, actor)
+        return _decision(args)
     if name == "escalate":
-        return ApprovalEscalate(approval_id=args.id, actor=actor)
+        return ApprovalEscalate(approval_id=args.id)
     if name == "snooze":
-        return ApprovalSnooze(approval_id=args.id, for_s=args.for_s, actor=actor)
+        return ApprovalSnooze(approval_id=args.id, for_s=args.for_s)
     if name == "claim":
         claim = ApprovalUnclaim if args.release else ApprovalClaim
         if args.for_s is None:  # the configured claim time
-            return claim(approval_id=args.id, actor=actor)
-        return claim(approval_id=args.id, for_s=args.for_s, actor=actor)
+            return claim(approval_id=args.id)
+        return claim(approval_id=args.id, for_s=args.for_s)
     if name in TURN_COMMANDS:
-        return TURN_COMMANDS[name](turn_id=args.turn, actor=actor)
+        return TURN_COMMANDS[name](turn_id=args.turn)
     if name == "complete":
         deliverable = _read_deliverable(args.deliverable)
-        return TurnComplete(turn_id=args.turn, deliverable=deliverable, actor=actor)
+        return TurnComplete(turn_id=args.turn, deliverable=deliverable)
     if name == "fallback":
         on = args.force == "on"
         if args.lane is not None:
-            return LaneForceFallback(lane=args.lane, on=on, actor=actor)
-        return FallbackForce(on=on, actor=actor)
+            return LaneForceFallback(lane=args.lane, on=on)
+        return FallbackForce(on=on)
     if name == "lane":
         lane = LanePause if args.action == "pause" else LaneResume
-        return lane(lane=args.lane, actor=actor)
+        return lane(lane=args.lane)
     if name == "alert":
         alert = AlertAck if args.action == "ack" else AlertResolve
-        return alert(alert_id=args.id, actor=actor)
+        return alert(alert_id=args.id)
     if name == "rebaseline":
-        return LaneRebaseline(lane=args.lane, actor=actor)
+        return LaneRebaseline(lane=args.lane)
     raise AssertionError(f"not a supervision command: {name}")
 
 
 async def supervise_command(args: argparse.Namespace, out: IO[str]) -> int:
-    """Send one command envelope and wait for its result (exit 0 ok, 1 refused, 3 not
-    applied in time)."""
-    from quarterdeck.client import Client, CommandRejected, CommandTimeout
+    """Give one command to the running daemon; print its result (exit 0 ok, 1 refused, 3 no
+    daemon)."""
+    from quarterdeck.cli.daemon import daemon_address, give_command
+    from quarterdeck.cli.read import resolve_command_ids
 
+    if (address := daemon_address(args)) is not None:  # a short id or prefix: the full id
+        async with address.client() as api:
+            unknown = await resolve_command_ids(args, api)
+        if unknown is not None:
+            return _answer({"ok": False, "errors": [unknown]}, out)
     try:
-        command = build_command(args, args.actor or default_actor())
+        command = build_command(args)
     except ValidationError as exc:
         # refused as a runtime would refuse it, without sending it
         return _answer({"ok": False, "errors": problems_of(exc)}, out)
-    async with Client(database_url(args), workspace=workspace(args)) as client:
-        try:
-            sent = await client.send_command(command, idempotency_key=args.idempotency_key)
-            for note in sent.errors:
-                sys.stderr.write(f"quarterdeck: note: {note}\n")
-            result = await client.command_result(sent.receipt, timeout_s=args.wait)
-        except CommandRejected as exc:
-            raise UsageError("the command envelope is invalid: " + "; ".join(exc.errors)) from exc
-        except CommandTimeout as exc:
-            sys.stderr.write(f"quarterdeck: {exc}\n")
-            return EXIT_NOT_APPLIED
-    return _answer(result, out)
+    return _answer(await give_command(args, command), out)
 
 
 def _answer(result: dict[str, Any], out: IO[str]) -> int:

@@ -5,49 +5,39 @@
 ``pending`` (an approval was opened). A pending request is then waited on until a person
 decides it (or its escalation ladder runs out). The idempotency key is derived from the
 ``action_id``, so asking again after a crash binds to the same approval and its decision.
+
+With no daemon to talk to, the request is written into the database as a command envelope: a
+runtime applies it when it runs, for an unauthenticated agent (who may ask, and nothing else).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from pydantic import ValidationError
+
+from quarterdeck.client.approvals_api import request_through_daemon
 from quarterdeck.client.connection import Connection
+from quarterdeck.client.decisions import ApprovalDecision, decided, json_object
 from quarterdeck.client.errors import (
     ActionDenied,
     ApprovalConflict,
-    ApprovalExpired,
-    ApprovalRejected,
     ApprovalTimeout,
     CommandRefused,
     CommandTimeout,
 )
 from quarterdeck.domain.canonical import canonical_json, canonical_text
+from quarterdeck.domain.commands import ApprovalRequest, problems_of
 from quarterdeck.store.queries.outcomes import decided_approval, receipt_payload
 
-Outcome = Literal["approved", "edited", "allowed"]
+__all__ = ["ApprovalDecision", "idempotency_key_for", "request_approval", "wait_for_decision"]
 
 MAX_KEY = 200
 """Longest idempotency key an envelope may carry."""
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalDecision:
-    """A go-ahead: ``allowed`` by the policy, or ``approved`` / ``edited`` by a person.
-
-    ``args`` are the effective arguments: the edited ones when ``outcome`` is ``edited``.
-    """
-
-    outcome: Outcome
-    args: dict[str, Any] = field(default_factory=dict)
-    approval_id: str | None = None
-    decided_by: str | None = None
-    reason: str | None = None
 
 
 def idempotency_key_for(action_id: str) -> str:
@@ -59,11 +49,6 @@ def idempotency_key_for(action_id: str) -> str:
     return "approval.request:sha256:" + hashlib.sha256(action_id.encode("utf-8")).hexdigest()
 
 
-def _json_object(value: Any) -> dict[str, Any]:
-    decoded = json.loads(value) if isinstance(value, str) else value
-    return dict(decoded) if isinstance(decoded, Mapping) else {}
-
-
 async def request_approval(
     client: Connection,
     action: str,
@@ -72,7 +57,6 @@ async def request_approval(
     action_id: str | None = None,
     lane: str | None = None,
     estimated_cost: float | None = None,
-    actor: str | None = None,
     timeout_s: float | None = None,
     poll_s: float = 0.05,
 ) -> ApprovalDecision:
@@ -84,9 +68,9 @@ async def request_approval(
             UUID when omitted, so a retry after a crash must pass the id again).
         lane: the lane the policy sees (the runtime's default for SDK requests: ``sdk``).
         estimated_cost: USD, for cost rules and budget floors.
-        actor: who asks (recorded as the requester).
         timeout_s: give up waiting after this long (None: wait for the decision).
-        poll_s: how often to look for a commit (a cheap ``PRAGMA data_version`` on SQLite).
+        poll_s: how often to look for a commit (a cheap ``PRAGMA data_version`` on SQLite);
+            through a daemon, the decision comes by long poll instead.
 
     Returns:
         The go-ahead, with the arguments to run with.
@@ -107,18 +91,19 @@ async def request_approval(
         raise ValueError("action_id must be a non-empty string")
     tool_args = dict(args or {})
     canonical_json(tool_args)  # raises TypeError/ValueError for arguments JSON cannot carry
-    payload: dict[str, Any] = {
-        "command": "approval.request",
-        "action_id": action_id,
-        "tool": action,
-        "args": tool_args,
-    }
-    if lane is not None:
-        payload["lane"] = lane
-    if estimated_cost is not None:
-        payload["estimated_cost"] = estimated_cost
-    if actor is not None:
-        payload["actor"] = actor
+    try:
+        command = ApprovalRequest(
+            action_id=action_id, tool=action, args=tool_args, lane=lane,
+            estimated_cost=estimated_cost,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise CommandRefused(problems_of(exc), command=ApprovalRequest.name) from None
+    if client.api is not None:
+        return await request_through_daemon(
+            client.api, client.workspace, action, tool_args, action_id=action_id, lane=lane,
+            estimated_cost=estimated_cost, timeout_s=timeout_s,
+        )  # fmt: skip
+    payload = command.to_payload()
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + max(0.0, timeout_s)
 
@@ -142,7 +127,7 @@ async def request_approval(
             rule = result.get("rule")
             return ApprovalDecision(
                 "allowed",
-                _json_object(result.get("effective_args", tool_args)),
+                json_object(result.get("effective_args", tool_args)),
                 reason=reason or (f"allowed by rule {rule}" if rule else "allowed by policy"),
             )
         raise ActionDenied(reason, action_id=action_id)
@@ -160,8 +145,8 @@ async def _check_same_request(
 ) -> None:
     """A repeated action id must ask for the same tool with the same arguments: the first
     request's answer must not be taken for another action."""
-    original = _json_object(await receipt_payload(await client.watch().feed(), receipt))
-    first_args = canonical_text(_json_object(original.get("args")))
+    original = json_object(await receipt_payload(await client.watch().feed(), receipt))
+    first_args = canonical_text(json_object(original.get("args")))
     if original.get("tool") != action or first_args != canonical_text(tool_args):
         raise ApprovalConflict(
             f"action {action_id} was already requested for {original.get('tool')!r} with "
@@ -190,18 +175,8 @@ async def wait_for_decision(
     )
     if row is None:
         raise ApprovalTimeout(timeout_s or 0.0, action_id=action_id, approval_id=approval_id)
-    if row.state == "approved":
-        return ApprovalDecision(
-            "approved", _json_object(row.args), approval_id, row.decided_by, row.reason_text
-        )
-    if row.state == "edited":
-        return ApprovalDecision(
-            "edited", _json_object(row.edited_args), approval_id, row.decided_by,
-            row.reason_text,
-        )  # fmt: skip
-    if row.state == "expired":
-        raise ApprovalExpired(row.decided_by, action_id=action_id, approval_id=approval_id)
-    raise ApprovalRejected(
-        row.reason_code, row.reason_text, row.decided_by,
-        action_id=action_id, approval_id=approval_id,
+    fields = ("state", "args", "edited_args", "decided_by", "reason_code", "reason_text")
+    return decided(
+        {name: getattr(row, name) for name in fields}, action_id=action_id,
+        approval_id=approval_id,
     )  # fmt: skip

@@ -2,19 +2,17 @@
 bounded pages, and how a supervisor's actions travel. Nothing here imports Textual; the TUI
 renders what a :class:`Console` returns and never touches the database itself.
 
-Two consoles: :class:`EmbeddedConsole` sits beside a runtime in the same process (actions go
-straight to it; changes are seen from its writer's commits), :class:`AttachedConsole` opens a
-running daemon's database from another process (actions travel as command envelopes; changes
-are seen through the store's change feed; the daemon counts as alive while one of its sessions
-holds an unexpired lease).
+:class:`EmbeddedConsole` sits beside a runtime in the same process (actions go straight to it;
+changes are seen from its writer's commits). A console on a daemon in another process goes
+through its control API: :class:`quarterdeck.client.api_console.ApiConsole`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,14 +20,15 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from quarterdeck.client.connection import Connection
-from quarterdeck.domain.clock import Clock, format_instant, parse_instant, utc_now
+from quarterdeck.domain.authority import Principal
+from quarterdeck.domain.clock import Clock, parse_instant, utc_now
 from quarterdeck.domain.commands import Command
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
-from quarterdeck.store.changes import ChangeFeed
+from quarterdeck.runtime.peers import PeerCredentials, supervisor_principal
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import verify_ledger
 from quarterdeck.store.queries import get_item, slo
+from quarterdeck.store.queries.lanes import LaneOverview, lane_overview
 from quarterdeck.store.queries.panes import (
     AlertLine,
     ApprovalLine,
@@ -51,10 +50,10 @@ __all__ = [
     "TURNS_SHOWN",
     "AlertLine",
     "ApprovalLine",
-    "AttachedConsole",
     "Console",
     "EmbeddedConsole",
     "Header",
+    "LaneOverview",
     "LedgerLine",
     "MissionLine",
     "ReadOnly",
@@ -79,10 +78,10 @@ class Header:
     """The runtime's state at a glance."""
 
     target: str
-    """What the console shows: ``embedded runtime (node ...)`` or ``attached to <db>``."""
+    """What the console shows: ``embedded runtime (node ...)`` or ``attached to <address>``."""
     alive: int | None
-    """Attached: how many runtime nodes hold live sessions (0: no daemon running); embedded:
-    None (the runtime is this process)."""
+    """Attached: how many runtime nodes are known alive (the daemon answering counts one);
+    embedded: None (the runtime is this process)."""
     read_only: bool
     force_all: bool
     forced: tuple[str, ...]
@@ -117,7 +116,8 @@ class Console(Protocol):
     """What the control center needs from a runtime."""
 
     read_only: bool
-    actor: str
+    principal: Principal
+    """Who gives this console's commands."""
 
     async def snapshot(self) -> Snapshot:
         """Read the live panes' contents."""
@@ -127,6 +127,11 @@ class Console(Protocol):
         self, before_seq: int | None, limit: int = LEDGER_PAGE
     ) -> list[LedgerLine]:
         """Ledger entries older than ``before_seq`` (the newest when None), newest first."""
+        ...
+
+    async def lanes(self) -> tuple[LaneOverview, ...]:
+        """Every lane at a glance (see :class:`~quarterdeck.store.queries.lanes.LaneOverview`):
+        state, flags, slots and what holds them, queue, failure and fallback rates."""
         ...
 
     async def detail(self, item_id: str) -> dict[str, Any] | None:
@@ -165,7 +170,7 @@ def command_workspace(workspace: str | None) -> str:
 
 
 class _StoreConsole:
-    """Reads shared by both consoles."""
+    """A console's reads from the store."""
 
     def __init__(
         self,
@@ -175,15 +180,18 @@ class _StoreConsole:
         lanes: tuple[str, ...] = (),
         reject_reasons: tuple[str, ...] = (),
         read_only: bool = False,
-        actor: str | None = None,
+        principal: Principal | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.db = db
         self.target = target
-        self.lanes = lanes
+        self.lane_names = lanes
+        """The configured lanes, in order (learnt from the sessions when empty)."""
+        self.concurrency: dict[str, int] = {}
+        """The configured lanes' concurrency, when known (an embedded runtime's)."""
         self.reject_reasons = reject_reasons
         self.read_only = read_only
-        self.actor = actor or _os_user()
+        self.principal = principal or os_principal()
         self.clock = clock
         self._slo_cache: tuple[float, Mapping[str, Any]] | None = None
 
@@ -191,10 +199,10 @@ class _StoreConsole:
         """Read the live panes' contents in one snapshot transaction."""
         panes = await read_panes(
             self.db, approvals=APPROVALS_SHOWN, turns=TURNS_SHOWN, missions=MISSIONS_SHOWN,
-            alerts=ALERTS_SHOWN, live_since=self._live_since(),
+            alerts=ALERTS_SHOWN,
         )  # fmt: skip
         figures = await self._slo()
-        lanes = self.lanes or tuple(sorted({s.lane for s in panes.sessions if s.lane}))
+        lanes = self.lane_names or tuple(sorted({s.lane for s in panes.sessions if s.lane}))
         header = Header(
             target=self.target,
             alive=panes.live_nodes,
@@ -220,10 +228,6 @@ class _StoreConsole:
             reject_reasons=self.reject_reasons,
         )
 
-    def _live_since(self) -> str | None:
-        """Count the nodes whose session leases outlive this instant (None: do not count)."""
-        return None
-
     async def _slo(self) -> Mapping[str, Any]:
         """The SLO figures, read at most every few seconds (they summarise thousands of
         missions and move slowly)."""
@@ -243,6 +247,11 @@ class _StoreConsole:
         """One item with its history (and an approval's context)."""
         return await get_item(self.db, item_id, workspace=None)
 
+    async def lanes(self) -> tuple[LaneOverview, ...]:
+        """Every lane at a glance, the configured ones first."""
+        known = self.concurrency or self.lane_names
+        return await lane_overview(self.db, known, now=self.clock())
+
     async def verify_ledger(self) -> dict[str, Any]:
         """Verify the ledger's chain (off the event loop's critical path: it reads in pages)."""
         result = await verify_ledger(self.db)
@@ -258,17 +267,17 @@ class _StoreConsole:
             raise ReadOnly("read-only console: actions are refused (attached with --read-only)")
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "supervisor"
+def os_principal() -> Principal:
+    """The person running this process, as the OS knows them (user, uid and groups)."""
+    return supervisor_principal(PeerCredentials(os.getpid(), os.getuid(), os.getgid()))
 
 
 class EmbeddedConsole(_StoreConsole):
     """A console beside a runtime in this process."""
 
-    def __init__(self, runtime: Any, *, read_only: bool = False, actor: str | None = None) -> None:
+    def __init__(
+        self, runtime: Any, *, read_only: bool = False, principal: Principal | None = None
+    ) -> None:
         policy = runtime.plan.policy
         super().__init__(
             runtime.db,
@@ -276,10 +285,11 @@ class EmbeddedConsole(_StoreConsole):
             lanes=tuple(runtime.config.lanes),
             reject_reasons=tuple(policy.reject_reasons) if policy is not None else (),
             read_only=read_only,
-            actor=actor,
+            principal=principal,
             clock=runtime.clock,
         )
         self.runtime = runtime
+        self.concurrency = {name: lane.concurrency for name, lane in runtime.config.lanes.items()}
         self._changed = asyncio.Event()
         self._head = -1
         runtime.writer.on_commit(self._on_commit)
@@ -290,11 +300,11 @@ class EmbeddedConsole(_StoreConsole):
             self._changed.set()
 
     async def command(self, command: Command, workspace: str | None = None) -> dict[str, Any]:
-        """Give a command to the runtime (recorded with this console's actor unless it names
-        one, through a receipt like any other)."""
+        """Give a command to the runtime for this console's principal (through a receipt like
+        any other)."""
         self._check_writable()
         result: dict[str, Any] = await self.runtime.command(
-            command_workspace(workspace), command, actor=self.actor
+            command_workspace(workspace), command, self.principal
         )
         return result
 
@@ -309,69 +319,6 @@ class EmbeddedConsole(_StoreConsole):
 
     async def close(self) -> None:
         """Nothing to release (the runtime is stopped by its owner)."""
-
-
-class AttachedConsole(_StoreConsole):
-    """A console on a running daemon's database, from another process."""
-
-    def __init__(
-        self,
-        db: Database,
-        *,
-        read_only: bool = False,
-        actor: str | None = None,
-        lanes: tuple[str, ...] = (),
-        reject_reasons: tuple[str, ...] = (),
-        clock: Clock = utc_now,
-        command_timeout_s: float = 10.0,
-        target: str | None = None,
-    ) -> None:
-        """``target`` replaces the header's ``attached to <database url>`` description."""
-        super().__init__(
-            db, target=target or f"attached to {db.display_url}", lanes=lanes,
-            reject_reasons=reject_reasons, read_only=read_only, actor=actor, clock=clock,
-        )  # fmt: skip
-        self.command_timeout_s = command_timeout_s
-        self._watch: ChangeFeed | None = None
-        self._version = -1
-        self._client: Connection | None = None
-
-    def _live_since(self) -> str | None:
-        """The daemon counts as alive while one of its sessions holds an unexpired lease."""
-        return format_instant(self.clock())
-
-    async def command(self, command: Command, workspace: str | None = None) -> dict[str, Any]:
-        """Send a command envelope (with this console's actor unless it names one) and wait
-        for the daemon's result."""
-        self._check_writable()
-        if self._client is None:
-            self._client = Connection(self.db.url)
-            await self._client.__aenter__()
-        self._client.workspace = command_workspace(workspace)
-        if command.actor is None:
-            command = command.model_copy(update={"actor": self.actor})
-        return await self._client.command(command, timeout_s=self.command_timeout_s)
-
-    async def wait_change(self, timeout_s: float) -> bool:
-        """Wait for a commit by another process (SQLite's data version; PostgreSQL's NOTIFY,
-        or polling its ledger head when notifications stop)."""
-        if self._watch is None:
-            self._watch = ChangeFeed(self.db, poll_s=0.05)
-            await self._watch.open()
-            self._version = self._watch.version()
-        version = await self._watch.wait(self._version, timeout_s)
-        changed = version != self._version
-        self._version = version
-        return changed
-
-    async def close(self) -> None:
-        """Close the change watch and the command client."""
-        if self._watch is not None:
-            await self._watch.close()
-            self._watch = None
-        if self._client is not None:
-            await self._client.__aexit__(None, None, None)
-            self._client = None
 
 
 @lru_cache(maxsize=8_192)

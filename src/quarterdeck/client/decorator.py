@@ -22,7 +22,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
-from quarterdeck.client.approvals import ApprovalDecision, request_approval
+from quarterdeck.client.approvals import request_approval
+from quarterdeck.client.decisions import ApprovalDecision
 from quarterdeck.client.errors import ApprovalEditError
 from quarterdeck.client.submit import Client
 from quarterdeck.domain.canonical import canonical_text
@@ -136,7 +137,6 @@ def require_approval(
     tool: str | None = None,
     action_id: ActionIdSource | None = None,
     lane: str | None = None,
-    actor: str | None = None,
     timeout_s: float | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Guard a function (sync or async) with an approval request per call.
@@ -148,7 +148,7 @@ def require_approval(
         tool: the tool name the policy sees (default: the function's name).
         action_id: makes the action id from the call's JSON arguments; default a fresh UUID
             per call. A stable id binds a retried call to the same approval.
-        lane, actor, timeout_s: passed to :meth:`Client.request_approval`.
+        lane, timeout_s: passed to :meth:`Client.request_approval`.
 
     The guarded function raises what :meth:`Client.request_approval` raises, without being
     called; with edited arguments it is called with them (see :func:`edited_call`).
@@ -173,9 +173,9 @@ def require_approval(
             else:
                 source = client_or_factory()
             if source.usable_here():
-                return await _ask(source, name, sent, wanted_id, lane, actor, timeout_s)
+                return await _ask(source, name, sent, wanted_id, lane, timeout_s)
             async with Client(source.url, workspace=source.workspace) as fresh:
-                return await _ask(fresh, name, sent, wanted_id, lane, actor, timeout_s)
+                return await _ask(fresh, name, sent, wanted_id, lane, timeout_s)
 
         def call_arguments(
             bound: inspect.BoundArguments,
@@ -230,9 +230,8 @@ async def _ask(
     sent: dict[str, Any],
     action_id: str,
     lane: str | None,
-    actor: str | None,
     timeout_s: float | None,
 ) -> ApprovalDecision:
     return await request_approval(
-        client, tool, sent, action_id=action_id, lane=lane, actor=actor, timeout_s=timeout_s
+        client, tool, sent, action_id=action_id, lane=lane, timeout_s=timeout_s
     )

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from quarterdeck.client.approvals import ApprovalDecision, request_approval
+from quarterdeck.client.approvals import request_approval
 from quarterdeck.client.connection import DEFAULT_WORKSPACE, Connection
+from quarterdeck.client.decisions import ApprovalDecision
 
 __all__ = ["DEFAULT_WORKSPACE", "Client"]
 
@@ -27,7 +28,6 @@ class Client(Connection):
         action_id: str | None = None,
         lane: str | None = None,
         estimated_cost: float | None = None,
-        actor: str | None = None,
         timeout_s: float | None = None,
         poll_s: float = 0.05,
     ) -> ApprovalDecision:
@@ -37,5 +37,5 @@ class Client(Connection):
         """
         return await request_approval(
             self, action, args, action_id=action_id, lane=lane, estimated_cost=estimated_cost,
-            actor=actor, timeout_s=timeout_s, poll_s=poll_s,
+            timeout_s=timeout_s, poll_s=poll_s,
         )  # fmt: skip

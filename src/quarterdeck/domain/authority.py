@@ -7,10 +7,12 @@ a pure function of the principal, the roster and the facts of the target, so eac
 without a runtime. A refusal names what is missing.
 
 Roles: ``viewer`` reads; ``supervisor`` supervises and decides approvals that ask for the
-``supervisor`` role; ``admin`` does everything everywhere (lane flags, fallback, re-baselining,
-tokens). Any other role (``release-lead``) is a *decider role*: it decides, claims, snoozes and
-escalates the approvals whose current ladder level names it, within its workspaces. Whatever the
-roles, an agent never decides and nobody decides a request they made themselves.
+``supervisor`` role, within its workspaces (a lane's flags and baseline act on every workspace,
+so they need ``supervisor`` in all of them); ``admin`` does everything everywhere (the global
+fallback switch, every lane at once, bulk decisions across workspaces, tokens). Any other role
+(``release-lead``) is a *decider role*: it decides, claims, snoozes and escalates the approvals
+whose current ladder level names it, within its workspaces. Whatever the roles, an agent never
+decides and nobody decides a request they made themselves.
 """
 
 from __future__ import annotations
@@ -148,14 +150,51 @@ def may_read(roster: Roster, principal: Principal, workspace: str | None) -> Ref
     return _missing(principal, VIEWER, workspace)
 
 
-def may_supervise(roster: Roster, principal: Principal, workspace: str) -> Refusal | None:
+AGENT_COMMANDS: Final = frozenset({"approval.request"})
+"""The only command an agent gives: asking for an approval."""
+
+
+def may_give(principal: Principal, command: str) -> Refusal | None:
+    """Whether ``principal`` may give ``command`` at all: an agent only asks
+    (:data:`AGENT_COMMANDS`); everyone else goes on to the command's own check."""
+    if principal.kind is Kind.AGENT and command not in AGENT_COMMANDS:
+        return Refusal("agent", f"{principal.label} is an agent: agents do not supervise")
+    return None
+
+
+def may_act_in(principal: Principal, workspace: str) -> Refusal | None:
+    """Whether a principal pinned to one workspace (a token's ``--workspace``, an agent) may
+    act in ``workspace`` at all."""
+    if principal.workspace is None or principal.workspace == workspace:
+        return None
+    return Refusal(
+        "workspace",
+        f"{principal.label} acts only in workspace {principal.workspace!r}, not {workspace!r}",
+    )
+
+
+def may_supervise(roster: Roster, principal: Principal, workspace: str | None) -> Refusal | None:
     """Supervising ``workspace`` (take over, cancel, requeue, acknowledge an alert...):
-    ``supervisor`` there (or ``admin``)."""
+    ``supervisor`` there (or ``admin``). ``workspace`` None: something that acts on every
+    workspace (a lane's flags or baseline): ``supervisor`` in all of them."""
     if principal.kind is Kind.RUNTIME:
         return None
     if principal.kind is Kind.AGENT:
         return Refusal("agent", f"{principal.label} is an agent: agents do not supervise")
     if roster.holds(principal, SUPERVISOR, workspace):
+        return None
+    return _missing(principal, SUPERVISOR, workspace)
+
+
+def may_decide_some(roster: Roster, principal: Principal, workspace: str | None) -> Refusal | None:
+    """Deciding approvals in bulk in ``workspace`` (None: every workspace): a role that may
+    decide something there (any role but ``viewer``); each approval is then checked with
+    :func:`may_decide`. A viewer or an agent is refused outright."""
+    if principal.kind is Kind.AGENT:
+        return Refusal("agent", f"{principal.label} is an agent: agents never decide")
+    if principal.kind is Kind.RUNTIME:
+        return None
+    if any(roster.holds(principal, role, workspace) for role in roster.roles(principal) - {VIEWER}):
         return None
     return _missing(principal, SUPERVISOR, workspace)
 
@@ -194,9 +233,10 @@ def may_decide(roster: Roster, principal: Principal, facts: ApprovalFacts) -> Re
         return Refusal("own_request", f"{principal.label} asked for this and cannot decide it")
     if principal.label in facts.approved_by:
         return Refusal("second_approval", f"{principal.label} already approved this")
-    if roster.holds(principal, facts.role, facts.workspace):
+    role = SUPERVISOR if facts.role == VIEWER else facts.role  # a viewer only ever reads
+    if roster.holds(principal, role, facts.workspace):
         return None
-    return _missing(principal, facts.role, facts.workspace)
+    return _missing(principal, role, facts.workspace)
 
 
 def approvals_complete(required: int, approved_by: Iterable[str]) -> bool:

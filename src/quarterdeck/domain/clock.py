@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 Clock = Callable[[], datetime]
 """A source of the current UTC time; injected so tests control it."""
@@ -25,6 +25,11 @@ def format_instant(instant: datetime) -> str:
         f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
         f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{d.microsecond:06d}Z"
     )
+
+
+def later(instant: datetime, seconds: float) -> str:
+    """The instant ``seconds`` after ``instant``, formatted as :func:`format_instant` does."""
+    return format_instant(instant + timedelta(seconds=seconds))
 
 
 def parse_instant(text: str) -> datetime:

@@ -11,11 +11,15 @@ but non-empty text reads as absent.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Final, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError, core_schema
+
+from quarterdeck.domain.envelope import WORKSPACE_PATTERN
+from quarterdeck.domain.tokens import HASH_SHAPE, ID_SHAPE, NAME_SHAPE, is_instant
 
 
 class Check:
@@ -58,7 +62,6 @@ _TEXT: Final = Check("is required", _is_text)
 _FLAG: Final = Check("must be true or false", lambda v: isinstance(v, bool), shared=True)
 _SECONDS: Final = Check("must be a number of seconds greater than 0", _is_seconds, shared=True)
 _OBJECT: Final = Check("must be an object", lambda v: isinstance(v, Mapping), shared=True)
-_ACTOR: Final = Check("must be a non-empty string", lambda v: v is None or _is_text(v))
 
 Text = Annotated[str, _TEXT]
 """Required non-empty text (an id, a lane, a tool)."""
@@ -81,13 +84,12 @@ Truthy = Annotated[bool, PlainValidator(bool)]
 
 
 class BaseCommand(BaseModel):
-    """A supervisor command: ``name`` on the wire, who gave it (``actor``, default: the
-    receipt), and its own fields."""
+    """A supervisor command: ``name`` on the wire and its own fields. Who gives it is never
+    part of it: the principal that sends it is authenticated by whoever receives it."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     name: ClassVar[str]
-    actor: Annotated[str | None, _ACTOR] = None
 
     def to_payload(self) -> dict[str, Any]:
         """The wire payload: ``{"command": NAME, ...}`` with the fields not at their default."""
@@ -276,11 +278,60 @@ class AlertResolve(_AlertCommand):
     name: ClassVar[str] = "alert.resolve"
 
 
+# --- tokens --------------------------------------------------------------------------------------
+
+
+_NAME_MESSAGE: Final = "must be 1 to 64 letters, digits, dots, dashes or underscores"
+_WORKSPACE_MESSAGE: Final = "must be a workspace name (a-z, 0-9, _ and -, at most 64)"
+
+
+def _shaped(shape: re.Pattern[str], optional: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (optional and v is None) or (isinstance(v, str) and bool(shape.fullmatch(v)))
+
+
+TokenId = Annotated[str, Check("must be 12 lower-case hex digits", _shaped(ID_SHAPE))]
+"""A token's id."""
+TokenName = Annotated[str, Check(_NAME_MESSAGE, _shaped(NAME_SHAPE))]
+"""A token's principal name or role."""
+
+
+class TokenCreate(BaseCommand):
+    """Store a bearer token for ``principal`` (``token:<principal>``) with ``role``, pinned to
+    ``workspace`` when given, until ``expires_at`` when given. The client made the token and
+    sends only its id and its secret's SHA-256: the secret never leaves it."""
+
+    name: ClassVar[str] = "token.create"
+    token_id: TokenId
+    principal: TokenName
+    role: TokenName
+    secret_hash: Annotated[
+        str, Check("must be a SHA-256 in lower-case hex (never the secret)", _shaped(HASH_SHAPE))
+    ]
+    workspace: Annotated[
+        str | None, Check(_WORKSPACE_MESSAGE, _shaped(WORKSPACE_PATTERN, True))
+    ] = None
+    expires_at: Annotated[
+        str | None,
+        Check(
+            "must be an instant like 2027-01-31T12:00:00.000000Z",
+            lambda v: v is None or is_instant(v),
+        ),
+    ] = None
+
+
+class TokenRevoke(BaseCommand):
+    """Revoke a token: it authenticates nobody from now on."""
+
+    name: ClassVar[str] = "token.revoke"
+    token_id: TokenId
+
+
 Command: TypeAlias = (
     LanePause | LaneResume | LaneForceFallback | LaneShadow | LaneRebaseline | FallbackForce
     | TurnRequeue | TurnCancel | TurnTakeover | TurnRelease | TurnComplete
     | ApprovalApprove | ApprovalReject | ApprovalEscalate | ApprovalSnooze | ApprovalClaim
     | ApprovalUnclaim | ApprovalBulk | ApprovalRequest | AlertAck | AlertResolve
+    | TokenCreate | TokenRevoke
 )  # fmt: skip
 """Any supervisor command."""
 
@@ -301,14 +352,24 @@ _SHARED: Final[Mapping[str, Check]] = {
 """Fields checked on every command that carries them, with their check."""
 
 
+ACTOR_REFUSED: Final = (
+    "a command names no actor: it is given by the authenticated principal that sends it "
+    "(free text goes in reason, the CLI's --note)"
+)
+"""The problem of a payload that names an ``actor``."""
+
+
 def parse_command(payload: Mapping[str, Any]) -> Command | list[str]:
     """Read a command payload (``{"command": NAME, ...fields}``); return the command or every
-    problem (``payload.<field>: ...``)."""
+    problem (``payload.<field>: ...``). A payload naming an ``actor`` is refused: who gives a
+    command is the principal that sends it, never a name in it."""
     name = payload.get("command")
     cls = CATALOGUE.get(name) if isinstance(name, str) else None
     if cls is None:
         return [f"payload.command: must be one of {', '.join(sorted(CATALOGUE))}, got {name!r}"]
     problems: dict[str, str] = {}
+    if "actor" in payload:
+        problems["actor"] = ACTOR_REFUSED
     try:
         command = cls.model_validate(dict(payload))
     except ValidationError as exc:

@@ -106,16 +106,55 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice: which value was meant is ambiguous."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {_quote(printable(key))} in a JSON object")
+        self.key = key
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return value
+
+
+_DECODER: Final = json.JSONDecoder(
+    parse_constant=_reject_constant, object_pairs_hook=_unique_object
+)
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def decode_line(raw: bytes | str) -> Any:
-    """Decode one JSON text, refusing NaN and infinities.
+    """Decode one JSON text, refusing NaN and infinities and objects with a key twice.
 
     Raises:
+        DuplicateKey: an object names a key twice.
         ValueError: the text is not UTF-8 or not JSON.
     """
     return _DECODER.decode(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A line longer than :data:`MAX_LINE_BYTES`, as a bounded reader saw it: its first bytes,
+    its full size and the SHA-256 of the whole (the rest was hashed, not kept)."""
+
+    head: bytes
+    size: int
+    sha256: str
+
+    def rejection(self) -> Rejection:
+        """Why it is refused."""
+        return Rejection(
+            (FieldError("$", f"{self.size} bytes exceeds the {MAX_LINE_BYTES}-byte line limit"),)
+        )
 
 
 def parse_envelope(
@@ -150,6 +189,17 @@ def parse_envelope(
             return Rejection((FieldError("$", f"not UTF-8: {exc.reason} at byte {exc.start}"),))
         except RecursionError:
             return Rejection((FieldError("$", "not JSON: nested too deeply"),))
+        except DuplicateKey as exc:
+            key = printable(exc.key)
+            return Rejection(
+                (
+                    FieldError(
+                        "$",
+                        f"duplicate key {_quote(key)} in a JSON object: "
+                        "which value is meant is ambiguous",
+                    ),
+                )
+            )
         except ValueError as exc:
             return Rejection((FieldError("$", f"not JSON: {exc}"),))
     else:
@@ -249,6 +299,15 @@ def validate_object(
         submitted_text = now if isinstance(now, str) else format_instant(now)
     elif type(submitted_at) is not str:
         errors.append(FieldError("submitted_at", "must be an ISO-8601 string with a time zone"))
+        submitted_text = ""
+    elif (control := _CONTROL.search(submitted_at)) is not None:
+        errors.append(
+            FieldError(
+                "submitted_at",
+                f"holds control character U+{ord(control.group()):04X}: "
+                "must be an ISO-8601 instant with a time zone",
+            )
+        )
         submitted_text = ""
     else:
         try:

@@ -1,5 +1,7 @@
 """Identifiers: time-ordered UUIDs (version 7), monotonic within a process, so new rows land
-at the end of indexes and ids sort in creation order."""
+at the end of indexes and ids sort in creation order; and how people write them: the short
+form every table shows (:func:`short_id`), how a typed id is read (:func:`id_query`) and the
+errors of one that names no single item."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import random
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 _lock = threading.Lock()
 _last = 0
@@ -69,3 +72,103 @@ def is_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text.lower()
     except ValueError:
         return False
+
+
+SHORT_LENGTH = 8
+"""The length of an id's short form."""
+_HEX = frozenset("0123456789abcdef")
+_DASHES_AFTER = (8, 12, 16, 20)
+"""Where a canonical UUID's dashes fall, counted in hex digits."""
+
+
+def short_id(identifier: str | None) -> str:
+    """An id's short form, the one every table shows and every command accepts: eight hex
+    digits that tell neighbouring ids apart (a uuid7 from one batch shares its timestamp and
+    random base and differs in the trailing counter, so these are the first four and the last
+    four digits of its last group); ``-`` for no id."""
+    if not identifier:
+        return "-"
+    digits = identifier.replace("-", "")
+    return digits[-12:-8] + digits[-4:] if len(digits) >= 12 else digits
+
+
+@dataclass(frozen=True, slots=True)
+class IdQuery:
+    """What a typed id may stand for: the whole id, the prefix of one (``prefix``, dashed as
+    ids are stored) and, for eight hex digits, a short form too."""
+
+    text: str
+    """What was typed, trimmed."""
+    prefix: str | None
+    """The dashed prefix of the ids it begins (the whole id when complete); None when the text
+    is not hex digits and dashes."""
+    short: str | None
+    """The short form it is (eight hex digits), else None."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether it names a whole canonical UUID."""
+        return self.prefix is not None and len(self.prefix) == 36
+
+
+def id_query(text: str) -> IdQuery:
+    """Read a typed id: any case, with or without dashes (dashes anywhere are ignored).
+
+    Raises:
+        ValueError: the text is empty.
+    """
+    typed = text.strip()
+    if not typed:
+        raise ValueError("an id is empty")
+    digits = typed.lower().replace("-", "")
+    if not digits or not set(digits) <= _HEX or len(digits) > 32:
+        return IdQuery(typed, None, None)
+    dashed = ""
+    for index, digit in enumerate(digits):
+        if index in _DASHES_AFTER:
+            dashed += "-"
+        dashed += digit
+    return IdQuery(typed, dashed, digits if len(digits) == SHORT_LENGTH else None)
+
+
+@dataclass(frozen=True, slots=True)
+class IdMatch:
+    """An item an id matched: its full id, kind (``turn``, ``receipt``, ...) and workspace."""
+
+    id: str
+    kind: str
+    workspace: str
+
+    def describe(self) -> str:
+        """``<id> (turn in acme)``."""
+        return f"{self.id} ({self.kind} in {self.workspace})"
+
+
+class IdError(LookupError):
+    """A typed id that names no single item."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UnknownId(IdError):
+    """Nothing in scope has this id, short form or prefix."""
+
+    def __init__(self, text: str, what: str = "item") -> None:
+        super().__init__(f"no {what} {text!r} (not a full id, short id or prefix of one in scope)")
+        self.text = text
+
+
+class AmbiguousId(IdError):
+    """Several items in scope match; ``candidates`` lists them (some, when ``more``)."""
+
+    def __init__(self, text: str, candidates: tuple[IdMatch, ...], more: bool) -> None:
+        listed = ", ".join(match.describe() for match in candidates)
+        rest = ", and more" if more else ""
+        super().__init__(
+            f"id {text!r} is ambiguous: it matches {listed}{rest}; give more of the id"
+        )
+        self.text = text
+        self.candidates = candidates
+        self.more = more

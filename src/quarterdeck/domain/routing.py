@@ -1,19 +1,20 @@
 """Routing a supervised request, as pure rules: the stable action key of each kind of request
-(a mission's dispatch, an agent's action, an SDK request), and what to do with the policy's
-decision, with an earlier answer for the same key, or with a call whose lease is gone:
-release it, deny it, hold it for a person, wait on the approval already open, answer as
-before, or refuse it as out of sequence. ``store/routing.decide_and_record`` applies them.
+(a mission's dispatch, an agent's action, an SDK request), the hash that binds a key to the
+call first asked under it, the caps on a call's size and on a mission's number of actions, and
+what to do with the policy's decision, with an earlier answer for the same key, or with a call
+whose lease is gone: release it, deny it, hold it for a person, wait on the approval already
+open, answer as before, or refuse it as out of sequence. ``store/routing.decide_and_record``
+applies them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
-from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.canonical import canonical_json, sha256_hex
 from quarterdeck.domain.policy import Outcome, PolicyDecision, TraceStep
 from quarterdeck.domain.states import APPROVAL_ALLOWED, APPROVAL_REFUSED, MISSION_HOLDS_LEASE
 
@@ -62,6 +63,65 @@ class Step(StrEnum):
     """Out of sequence: the key was decided for another tool or other arguments."""
 
 
+OUT_OF_SEQUENCE: Final = "out_of_sequence"
+"""Reason code: the action id was first asked for another tool or other arguments."""
+ARGS_TOO_LARGE: Final = "args_too_large"
+"""Reason code: the call (tool and arguments as canonical JSON) is over the size cap."""
+TOO_MANY_ACTIONS: Final = "too_many_actions"
+"""Reason code: the mission has asked for as many actions as the cap allows."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionCaps:
+    """What one agent may ask of the gate (``quarterdeck.toml``: ``max_action_args_bytes``,
+    ``max_actions_per_mission``)."""
+
+    max_args_bytes: int = 65_536
+    """The largest call, counted as the canonical JSON of ``[tool, args]``, in bytes."""
+    max_per_mission: int = 200
+    """How many actions one mission may ask for; the next one fails the mission."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A tool call as the gate binds it: its size and the SHA-256 of the canonical JSON of
+    ``[tool, args]`` (the hash an action key is bound to)."""
+
+    tool: str
+    args: Mapping[str, Any]
+    size: int
+    hash: str
+
+
+MAX_STORED_TOOL: Final = 256
+"""How much of a tool's name is kept when its call is not stored whole."""
+
+
+def call_of(tool: str, args: Mapping[str, Any]) -> Call:
+    """Measure and hash a call.
+
+    Raises:
+        ValueError: ``args`` hold NaN or an infinity (canonical JSON has neither).
+        TypeError: ``args`` hold something JSON cannot express.
+    """
+    body = canonical_json([tool, dict(args)])
+    return Call(tool, args, len(body), sha256_hex(body))
+
+
+def digest_of(call: Call) -> dict[str, Any]:
+    """What is stored of a call in place of its arguments when they are not kept: the size
+    and SHA-256 of the whole call."""
+    return {"omitted": {"bytes": call.size, "sha256": call.hash}}
+
+
+def stored_call(call: Call, whole: bool) -> tuple[str, Mapping[str, Any]]:
+    """The tool and arguments recorded for ``call``: as asked when ``whole``, else the tool's
+    name cut to :data:`MAX_STORED_TOOL` characters and the digest in place of the arguments."""
+    if whole:
+        return call.tool, call.args
+    return call.tool[:MAX_STORED_TOOL], digest_of(call)
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """Where a request goes, and what its decision row records."""
@@ -77,6 +137,8 @@ class Route:
     """The approval that answers the request, when one is bound to its key."""
     decided_by: str | None = None
     """Who decided that approval (the decision row's ``decided_by``)."""
+    code: str | None = None
+    """The reason code of a refusal the gate makes itself (``out_of_sequence``, a cap)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +148,8 @@ class Prior:
     verdict: str
     """``allow``, ``deny`` or ``pending``."""
     same_call: bool
-    """Whether it was for the same tool and arguments as the request now."""
+    """Whether it was for the same tool and arguments as the request now (the same
+    :attr:`Call.hash`)."""
     reason: str | None = None
     args: Mapping[str, Any] | None = None
     """The arguments it lets through (an approval's edited ones, when edited)."""
@@ -95,6 +158,8 @@ class Prior:
     state: str | None = None
     """That approval's state."""
     decided_by: str | None = None
+    decision_id: str | None = None
+    """The first decision recorded for the key (what binds it to its call)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,31 +227,61 @@ def route_decision(
 def route_repeat(kind: Asker, prior: Prior, action_id: str) -> Route:
     """Where a request goes when its key was answered before.
 
-    An SDK request decided by the policy before is answered as before, unless that decision
-    was for another tool or other arguments: then it is refused as out of sequence. An
-    agent's action takes what the approval bound to its key says: released (with the
-    approved or edited arguments), refused, or waiting. The agent's tool and arguments are
-    not compared with the approval's: the same action id with another call gets the
-    approval's answer.
+    An action id is bound to the call first asked under it: asked again for another tool or
+    other arguments, it is refused as out of sequence (whatever the earlier answer was, and
+    for every kind of asker). Asked again for the same call: an SDK request decided by the
+    policy is answered as before; an agent's action (or an SDK request bound to an approval)
+    takes what the approval bound to its key says: released (with the approved or edited
+    arguments), refused, or waiting.
     """
-    if kind is Asker.SDK:
-        if not prior.same_call:
-            reason = f"action {action_id!r} was decided for other tool or arguments"
-            return Route(Step.REFUSE, "deny", reason)
+    if not prior.same_call:
+        return out_of_sequence(action_id)
+    if kind is Asker.SDK and prior.approval_id is None:
         return Route(Step.ANSWER, prior.verdict, prior.reason, prior.args)
     step = {"allow": Step.RELEASE, "deny": Step.DENY}.get(prior.verdict, Step.WAIT)
     return Route(step, prior.verdict, prior.reason, prior.args, prior.approval_id, prior.decided_by)
 
 
-def same_call(tool: str, args: Mapping[str, Any], other_tool: str, other_args: Any) -> bool:
-    """Whether ``other_tool`` with ``other_args`` (decoded JSON) is the call ``tool`` with
-    ``args``, comparing the arguments as canonical JSON reads them back."""
-    return tool == other_tool and canonical_form(args) == other_args
+def out_of_sequence(action_id: str) -> Route:
+    """The refusal of an action id asked again for another call."""
+    reason = f"{OUT_OF_SEQUENCE}: action {action_id!r} was decided for other tool or arguments"
+    return Route(Step.REFUSE, "deny", reason, code=OUT_OF_SEQUENCE)
 
 
-def canonical_form(args: Mapping[str, Any]) -> Any:
-    """``args`` as stored (canonical JSON) and read back."""
-    return json.loads(canonical_text(dict(args)))
+def same_call(call: Call, bound_hash: str) -> bool:
+    """Whether ``call`` is the call an action key was bound to (by its hash)."""
+    return call.hash == bound_hash
+
+
+def over_action_cap(actions_before: int, caps: ActionCaps) -> Route | None:
+    """The refusal of an action asked by a mission that has already asked for
+    ``caps.max_per_mission`` of them, or None."""
+    if actions_before < caps.max_per_mission:
+        return None
+    reason = (
+        f"{TOO_MANY_ACTIONS}: the mission has asked for {actions_before} actions, "
+        f"the cap is {caps.max_per_mission} (max_actions_per_mission)"
+    )
+    return Route(Step.DENY, "deny", reason, code=TOO_MANY_ACTIONS)
+
+
+def over_size_cap(call: Call, caps: ActionCaps) -> Route | None:
+    """The refusal of a call larger than ``caps.max_args_bytes``, or None."""
+    if call.size <= caps.max_args_bytes:
+        return None
+    reason = (
+        f"{ARGS_TOO_LARGE}: the call is {call.size} bytes, the cap is "
+        f"{caps.max_args_bytes} (max_action_args_bytes)"
+    )
+    return Route(Step.DENY, "deny", reason, code=ARGS_TOO_LARGE)
+
+
+def kept_whole(call: Call, caps: ActionCaps, route: Route | None) -> bool:
+    """Whether ``call`` is recorded as asked: not when it is over the size cap, nor when the
+    mission's action cap refuses it (what it asked for is not kept, only its digest)."""
+    if call.size > caps.max_args_bytes:
+        return False
+    return route is None or route.code != TOO_MANY_ACTIONS
 
 
 def lease_guard(holder: Holder | None, attempt: int, owner: str) -> str | None:
@@ -204,22 +299,32 @@ def lease_guard(holder: Holder | None, attempt: int, owner: str) -> str | None:
 
 def guarded(reason: str, policy_hash: str) -> Ruling:
     """The refusal recorded for a call the lease guard stopped (see :func:`lease_guard`)."""
+    return refused(Route(Step.DENY, "deny", reason), policy_hash, "(guard)")
+
+
+def refused(route: Route, policy_hash: str, by: str) -> Ruling:
+    """What is recorded for a refusal the gate makes without the policy (``by``: the guard,
+    a cap, the key's binding), in the policy's place: a denial whose trace gives the reason."""
     decision = PolicyDecision(
-        Outcome.DENY, None, (TraceStep("(guard)", True, reason, kind="guard"),), None, None, (),
-        None, policy_hash,
+        Outcome.DENY, None, (TraceStep(by, True, route.reason or "", kind="guard"),), None,
+        None, (), None, policy_hash,
     )  # fmt: skip
-    return Ruling(decision, Route(Step.DENY, "deny", reason))
+    return Ruling(decision, route)
 
 
 def bound(kind: Asker, prior: Prior, action_id: str, policy_hash: str) -> Ruling:
-    """What is recorded for a request answered by the approval bound to its key: the
-    approval's verdict, with a trace naming it (see :func:`route_repeat`)."""
+    """What is recorded for a request answered by what is bound to its key: the approval's
+    verdict, with a trace naming it, or the refusal of a call asked under a key bound to
+    another (see :func:`route_repeat`)."""
+    route = route_repeat(kind, prior, action_id)
+    if route.step is Step.REFUSE:
+        return refused(route, policy_hash, f"(bound to decision {prior.decision_id})")
     why = f"bound to approval {prior.approval_id} ({prior.state})"
     decision = PolicyDecision(
         Outcome.REQUIRE_APPROVAL, None, (TraceStep("(approval)", True, why, kind="approval"),),
         None, None, (), None, policy_hash,
     )  # fmt: skip
-    return Ruling(decision, route_repeat(kind, prior, action_id))
+    return Ruling(decision, route)
 
 
 def allowed_by(decision: PolicyDecision) -> str:

@@ -10,15 +10,19 @@ is reported as ``path: message`` (:mod:`quarterdeck.runtime.validation`), all of
 :class:`ConfigError`. Hand-written, and why:
 
 - each lane and each webhook is validated on its own, and the checks across them (at least one
-  lane, fallback and default lanes name a valid lane, webhook names are unique) run over the
-  valid ones: a pydantic model validator runs only once every field is valid, so it could not
-  report these problems beside the others;
+  lane, fallback and default lanes name a valid lane, webhook names are unique, a webhook names
+  its secret's variable or says ``signed = false``) run over the valid ones: a pydantic model
+  validator runs only once every field is valid, so it could not report these problems beside
+  the others;
 - the adapter name, the attested files and a webhook's URL have small validators of their own,
   because their messages say what is allowed (the adapters, file paths, http or https).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import field
@@ -39,8 +43,11 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from quarterdeck.domain.authority import ADMIN, ALL_WORKSPACES, Roster
 from quarterdeck.runtime import validation
 from quarterdeck.runtime.lanes.registry import ADAPTERS
+from quarterdeck.runtime.ledger_config import LedgerConfig, witness_problem
+from quarterdeck.runtime.mcp_config import McpConfig
 from quarterdeck.runtime.validation import problem, required, says
 
 T = TypeVar("T")
@@ -71,6 +78,15 @@ def _web_url(value: str) -> str:
     if value and not value.startswith(("http://", "https://")):
         raise problem("must start with http:// or https://")
     return _present(value)
+
+
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise problem("must be an environment variable name such as 'QD_WEBHOOK_SECRET'")
+    return value
 
 
 def _adapter_name(value: object) -> str:
@@ -162,10 +178,16 @@ class SloThresholds:
 
 @dataclass(frozen=True, slots=True, config=_TABLE)
 class Webhook:
-    """Where notifications go: a URL, the payload format, and which events it wants."""
+    """Where notifications go: a URL, how deliveries are signed, the payload format, and which
+    events it wants."""
 
     name: Annotated[Text, AfterValidator(_present)]
     url: Annotated[Text, AfterValidator(_web_url)]
+    secret_env: Annotated[Text, AfterValidator(_env_name)] | None = None
+    """The environment variable holding the signing secret (read at start; required unless
+    ``signed`` is false): :mod:`quarterdeck.runtime.webhooks`."""
+    signed: Flag = True
+    """False sends deliveries unsigned; only when the configuration says so."""
     format: Annotated[Literal["json", "slack"], says("must be json or slack")] = "json"
     """``json`` (the generic payload) or ``slack`` (an incoming-webhook message)."""
     events: Annotated[
@@ -184,6 +206,26 @@ class ControlSettings:
     supervisors_group: Annotated[Text, AfterValidator(_present)] | None = None
     """An OS group whose members supervise: the state directory becomes 0710 and the group's
     (they may reach a file in it by name, never list it or read the files)."""
+
+
+Name = Annotated[Text, Field(min_length=1), says("must be a non-empty string")]
+RoleNames = Annotated[tuple[Name, ...], says("must be a list of role names")]
+
+
+def _scope(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise problem(f"must name at least one workspace ({ALL_WORKSPACES!r}: all of them)")
+    return value
+
+
+@dataclass(frozen=True, slots=True, config=_TABLE)
+class RoleConfig:
+    """``[roles.NAME]``: where a role applies."""
+
+    workspaces: Annotated[
+        tuple[Name, ...], says("must be a list of workspace names"), AfterValidator(_scope)
+    ] = (ALL_WORKSPACES,)
+    """The workspaces its holders act in (``*``: all of them)."""
 
 
 @dataclass(frozen=True, slots=True, config=_TABLE)
@@ -210,6 +252,50 @@ class RuntimeConfig:
     agents_dir: Annotated[Path | None, BeforeValidator(_relative)] = None
     """Where agents work (None: ``<state dir>.agents``; :mod:`quarterdeck.runtime.workdirs`)."""
     control: ControlSettings = field(default_factory=ControlSettings)
+    max_action_args_bytes: Count = 65_536
+    """The largest tool call an agent or SDK client may ask for: the canonical JSON of its
+    tool and arguments, in bytes. A larger one is refused (``args_too_large``) and recorded
+    by its size and SHA-256 only."""
+    max_actions_per_mission: Count = 200
+    """How many actions one mission may ask for; the next is refused (``too_many_actions``)
+    and the mission fails."""
+    roster: Mapping[Name, RoleNames] | None = None
+    """``[roster]``: an OS user, ``@group`` or ``token:name`` -> its roles (None: the daemon's
+    own OS user and root are ``admin``, nobody else is anything)."""
+    roles: Mapping[Name, RoleConfig] = field(default_factory=dict)
+    """``[roles.NAME]``: where each role applies (a role not listed: in every workspace)."""
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    """Signed checkpoints of the ledger (:mod:`quarterdeck.runtime.ledger_config`)."""
+    mcp: McpConfig = field(default_factory=McpConfig)
+    """The MCP gateway's upstream servers (:mod:`quarterdeck.runtime.mcp_config`)."""
+
+    @field_validator("roles")
+    @classmethod
+    def _admin_everywhere(cls, roles: Mapping[str, RoleConfig]) -> Mapping[str, RoleConfig]:
+        admin = roles.get(ADMIN)
+        if admin is not None and tuple(admin.workspaces) != (ALL_WORKSPACES,):
+            raise problem(f"{ADMIN} applies in every workspace: give it no workspaces")
+        return roles
+
+
+def daemon_user() -> str:
+    """The name of the OS user this process runs as (``uid:N`` when it has none)."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
+
+
+def roster_of(config: RuntimeConfig, daemon_user: str) -> Roster:
+    """Who holds which roles where: the configured ``[roster]`` and ``[roles]``, or without
+    a roster :meth:`Roster.default` (the daemon's OS user and root are ``admin``)."""
+    if config.roster is None:
+        return Roster.default(daemon_user)
+    return Roster(
+        members={name: frozenset(roles) for name, roles in config.roster.items()},
+        scopes={name: frozenset(role.workspaces) for name, role in config.roles.items()},
+    )
 
 
 _LANE: Final = TypeAdapter(LaneConfig)
@@ -273,6 +359,9 @@ def parse_config(
     raw_webhooks = data.get("webhooks", [])
     if isinstance(raw_webhooks, list):
         settings["webhooks"] = _parse_webhooks(raw_webhooks, context, problems)
+    hooks = {hook.name: hook.format for hook in settings.get("webhooks", ())}
+    witness = witness_problem(data.get("ledger"), hooks)
+    problems.extend([witness] if witness is not None else [])
     top: list[str] = []
     config = _validate(_RUNTIME, settings, "", context, top)
     if top or problems or config is None:
@@ -333,6 +422,10 @@ def _parse_webhooks(
         hook = _validate(_WEBHOOK, item, f"webhooks[{index}]", context, problems)
         if hook is not None:
             hooks.append(hook)
+        if hook is not None and hook.signed and hook.secret_env is None:
+            problems.append(f"webhooks[{index}].secret_env: is required (or signed = false)")
+        elif hook is not None and not hook.signed and hook.secret_env is not None:
+            problems.append(f"webhooks[{index}].secret_env: not used when signed = false")
     names = [hook.name for hook in hooks]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"webhooks: duplicate name {name!r}")

@@ -1,6 +1,7 @@
 """The headless daemon: the runtime without a screen, until SIGTERM or SIGINT, then a drain.
 
-Logs are JSON lines on stderr. ``--metrics-port`` serves Prometheus text on 127.0.0.1. At
+Logs are JSON lines on stderr. The control API is served on ``<state-dir>/quarterdeck.sock``
+(and over TCP with ``--listen``); ``--metrics-port`` serves Prometheus text on 127.0.0.1 too. At
 start the state directory is made private (:func:`~quarterdeck.store.statedir.secure_state_dir`).
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from quarterdeck.domain.clock import format_instant, utc_now
+from quarterdeck.runtime.api_serve import ControlOptions
 from quarterdeck.runtime.config import RuntimeConfig
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import Database
@@ -107,18 +109,24 @@ async def run_headless(
     metrics_port: int | None = None,
     config_source: str = "built-in",
     until_idle: bool = False,
+    control: ControlOptions | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with ``until_idle``, until no work is left), then drain.
     Returns the exit code.
 
+    ``control``: where the control API is served (None: the state directory's socket).
+
     Raises:
         StateDirError: the state directory cannot be given its modes or group.
+        ServeError, ListenError: the control API cannot be served as asked.
     """
     log = logging.getLogger("quarterdeck.daemon")
     changed = secure_state_dir(state_dir, config.control.supervisors_group)
     if changed:
         log.warning("state directory made private", extra={"changed": changed})
-    runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id)
+    if control is None:
+        control = ControlOptions.for_state_dir(state_dir, config)
+    runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id, control=control)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -132,6 +140,13 @@ async def run_headless(
         server = await serve_metrics(runtime, metrics_host, metrics_port)
         bound = server.sockets[0].getsockname()[1] if server.sockets else metrics_port
         log.info("metrics served", extra={"host": metrics_host, "port": bound})
+    if runtime.control is not None:
+        log.info(
+            "control API served",
+            extra={"socket": str(runtime.control.socket_path),
+                   "agents_socket": str(runtime.control.agent_socket_path),
+                   "tcp": runtime.control.tcp_address},
+        )  # fmt: skip
     log.info(
         "daemon running",
         extra={"node": runtime.node_id, "config": config_source, "database": db.display_url,

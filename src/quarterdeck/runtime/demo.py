@@ -4,19 +4,27 @@ feeder that keeps the fleet busy with a seeded mix of tasks.
 :func:`prepare_demo` writes ``quarterdeck.toml`` (``sim`` lanes: ``triage`` falling back to
 ``triage-backup``, ``deploys``, ``research``), ``policy.toml``, ``prompts/triage.md`` (attested on
 the ``triage`` lane) and ``README-demo.txt``; files already there are kept. :class:`DemoFeeder`
-submits an initial batch (quick tasks, approvals, failures, one hang) and then a steady trickle.
+submits an initial batch (quick tasks, approvals, failures, one hang) and then a steady trickle
+that backs off a lane while it is paused, its queue is deep, or half its slots wait on a person,
+so that the fleet keeps moving when nobody answers. ``speed`` runs it all faster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
+
+from quarterdeck.runtime.config import daemon_user
+from quarterdeck.store.queries.lanes import LaneOverview
 
 log = logging.getLogger("quarterdeck.demo")
 
@@ -193,10 +201,55 @@ _FILES: Final = (
 )
 
 
-def prepare_demo(state_dir: Path) -> Path:
+def demo_roster(user: str) -> str:
+    """The demo's ``[roster]``: the OS user running it holds every role (``admin``)."""
+    return (
+        "\n# Who supervises: the user running the demo holds every role (docs/specs/config.md).\n"
+        f'[roster]\n{json.dumps(user)} = ["admin"]\n'
+    )
+
+
+MAX_SPEED: Final = 100.0
+
+
+def check_speed(speed: float) -> float:
+    """``speed`` if the demo can run at it (above 0, at most :data:`MAX_SPEED`).
+
+    Raises:
+        ValueError: it cannot, with why.
+    """
+    if not math.isfinite(speed) or not 0 < speed <= MAX_SPEED:
+        raise ValueError(f"speed must be a number above 0 and at most {MAX_SPEED:g}, got {speed!r}")
+    return speed
+
+
+def scaled_policy(speed: float) -> str:
+    """The demo's policy with every approval deadline divided by ``speed`` (at least 1 s)."""
+    if speed == 1:
+        return DEMO_POLICY
+
+    def shorter(match: re.Match[str]) -> str:
+        return f"deadline_s = {max(1, round(int(match.group(1)) / speed))}"
+
+    header = f"# Prepared for `quarterdeck demo --speed {speed:g}`: deadlines {speed:g}x shorter.\n"
+    return header + re.sub(r"deadline_s = (\d+)", shorter, DEMO_POLICY)
+
+
+def prepare_demo(state_dir: Path, speed: float = 1.0) -> Path:
     """Write the demo's files into ``state_dir`` (created if needed), keeping any that already
-    exist, and return the path of its ``quarterdeck.toml``."""
-    for relative, content in _FILES:
+    exist, and return the path of its ``quarterdeck.toml`` (whose roster makes the OS user
+    running the demo ``admin``). A policy written here at ``speed`` has its approval deadlines
+    ``speed`` times shorter."""
+    check_speed(speed)
+    files = [
+        (relative, content + demo_roster(daemon_user()) if relative == CONFIG_FILE else content)
+        for relative, content in _FILES
+    ]
+    files = [
+        (relative, scaled_policy(speed) if relative == POLICY_FILE else content)
+        for relative, content in files
+    ]
+    for relative, content in files:
         path = state_dir / relative
         if path.exists():
             continue
@@ -227,13 +280,41 @@ _KINDS: Final = (
     ("slow", 10),
     ("drop", 4),
 )
+ASKS_A_PERSON: Final = frozenset({"deploy", "refund", "email"})
+"""The kinds of task whose agent asks a person before it acts (the demo's policy)."""
+LANES_EVERY_S: Final = 1.0
+"""How often the feeder reads the lanes, at most."""
+
+
+def holds_back(kind: str, lane: LaneOverview | None) -> str | None:
+    """Why the feeder should not add a task of ``kind`` to ``lane`` now (None: add it).
+
+    It holds back while the lane is paused, while its queue is as deep as its slots, and a task
+    that will ask a person while half the lane's slots (at least one) already hold missions
+    waiting on a person, or dispatches wait on one: the other slots stay free for work that
+    runs, whoever answers or not.
+    """
+    if lane is None:
+        return None
+    if lane.state == "paused":
+        return "paused"
+    if lane.queued >= max(2, lane.slots):
+        return "queue deep"
+    if kind in ASKS_A_PERSON and (
+        lane.awaiting_person + lane.awaiting_dispatch >= max(1, lane.slots // 2)
+    ):
+        return "approvals waiting"
+    return None
 
 
 class DemoFeeder:
-    """Submits the demo's tasks: :meth:`initial_batch`, then a seeded trickle at ``rate_per_s``.
+    """Submits the demo's tasks: :meth:`initial_batch`, then a seeded trickle at ``rate_per_s``
+    (times ``speed``), holding back a task its lane should not get now (:func:`holds_back`,
+    when ``lanes`` reads them: ``Console.lanes``).
 
     ``submit`` receives a list of envelopes (``Runtime.submit`` or ``Client.submit``); keys run
-    ``demo-<first_key>``, ``demo-<first_key + 1>``, ... so a redelivery is a no-op.
+    ``demo-<first_key>``, ``demo-<first_key + 1>``, ... so a redelivery is a no-op. At
+    ``speed`` N tasks come N times as often and their agents work N times faster.
     """
 
     def __init__(
@@ -244,18 +325,25 @@ class DemoFeeder:
         workspace: str = "default",
         rate_per_s: float = 0.5,
         first_key: int = 1,
+        speed: float = 1.0,
+        lanes: Callable[[], Awaitable[Sequence[LaneOverview]]] | None = None,
     ) -> None:
         if not math.isfinite(rate_per_s) or rate_per_s < 0:
             raise ValueError(f"rate_per_s must be a finite number >= 0, got {rate_per_s!r}")
         self._submit = submit
         self.seed = seed
         self.workspace = workspace
-        self.rate_per_s = rate_per_s
+        self.speed = check_speed(speed)
+        self.rate_per_s = rate_per_s * speed
         self.first_key = first_key
+        self._lanes = lanes
+        self._read: tuple[float, dict[str, LaneOverview]] | None = None
         self.submitted = 0
         """Envelopes handed to ``submit`` without an error."""
         self.errors = 0
         """Calls of ``submit`` that raised."""
+        self.held_back: dict[str, int] = {}
+        """Tasks not added, by why (see :func:`holds_back`)."""
 
     # --- envelopes -------------------------------------------------------------------------------
 
@@ -272,8 +360,9 @@ class DemoFeeder:
         progress: int = 2,
         **extra: Any,
     ) -> dict[str, Any]:
+        latency = latency_ms if latency_ms is not None else rng.randint(200, 1200)
         knobs: dict[str, Any] = {
-            "latency_ms": latency_ms if latency_ms is not None else rng.randint(200, 1200),
+            "latency_ms": max(1, round(latency / self.speed)),
             "outcome": outcome,
             "actions": actions or [],
             "progress": progress,
@@ -411,9 +500,34 @@ class DemoFeeder:
         else:
             self.submitted += len(envelopes)
 
+    async def _lane(self, name: str) -> LaneOverview | None:
+        """The lane as last read (read again at most every :data:`LANES_EVERY_S`); None when
+        there is no reader, or the read failed."""
+        if self._lanes is None:
+            return None
+        now = time.monotonic()
+        if self._read is None or now - self._read[0] >= LANES_EVERY_S:
+            try:
+                found = {lane.lane: lane for lane in await self._lanes()}
+            except Exception:
+                log.warning("demo: reading the lanes failed", exc_info=True)
+                found = {}
+            self._read = (now, found)
+        return self._read[1].get(name)
+
+    async def _offer(self, kind: str, envelope: dict[str, Any]) -> bool:
+        """Submit ``envelope`` unless its lane should not get it now; whether it was sent."""
+        why = holds_back(kind, await self._lane(str(envelope["payload"]["lane"])))
+        if why is not None:
+            self.held_back[why] = self.held_back.get(why, 0) + 1
+            return False
+        await self._send([envelope])
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
         """Submit the initial batch, then one task at a time at about ``rate_per_s`` (seeded
-        jitter) until ``stop`` is set. A failing submit is logged, never raised."""
+        jitter) until ``stop`` is set, holding back what a lane should not get now. A failing
+        submit is logged, never raised."""
         batch = self.initial_batch()
         await self._send(batch)
         rng = random.Random(self.seed * 1_000_003 + 1)
@@ -428,5 +542,6 @@ class DemoFeeder:
                     await stop.wait()
             if stop.is_set():
                 break
-            await self._send([self._kind(self._draw_kind(rng), n, rng)])
-            n += 1
+            kind = self._draw_kind(rng)
+            if await self._offer(kind, self._kind(kind, n, rng)):
+                n += 1

@@ -1,5 +1,10 @@
-"""Watching files: each file's SHA-256, and :class:`FileWatch`, which hands batches of changed
-files to a handler.
+"""Watching files: reading a file only when it is a regular file under a size cap, each
+file's SHA-256, and :class:`FileWatch`, which hands batches of changed files to a handler.
+
+A watched file may be replaced by anyone who can write its folder: a link to ``/dev/zero``,
+a FIFO or a huge file must not hang the daemon or exhaust its memory. Files are opened without
+blocking (``O_NONBLOCK``: opening a FIFO does not wait for a writer), their kind and size are
+checked on the open descriptor (``fstat``), and at most the cap plus one byte is read.
 
 Files are watched with ``watchfiles`` through their folders, so that editors that save by
 writing a new file and renaming it over the old one are seen as well.
@@ -12,7 +17,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchfiles import Change, awatch
@@ -21,21 +28,103 @@ log = logging.getLogger("quarterdeck.runtime.drift")
 
 MISSING = "missing"
 """The hash of a file that does not exist or cannot be read."""
+NOT_REGULAR = "not-regular"
+"""The hash of a path that is not a regular file (a device, a FIFO, a socket, a folder)."""
+TOO_LARGE = "too-large"
+"""The hash of a file larger than the cap."""
+MAX_ATTESTED_BYTES = 16 * 1024 * 1024
+"""The size cap of an attested file."""
 DEBOUNCE_MS = 50
 STEP_MS = 20
 _CHUNK = 1 << 20
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
-def hash_file(path: Path) -> str:
-    """SHA-256 (lowercase hex) of a file's bytes; :data:`MISSING` when it cannot be read."""
-    digest = hashlib.sha256()
+class UnreadableFile(Exception):
+    """A file that is not read: it is missing, not a regular file or over the cap.
+
+    ``marker`` is :data:`MISSING`, :data:`NOT_REGULAR` or :data:`TOO_LARGE`; the message says
+    why in words."""
+
+    def __init__(self, marker: str, reason: str) -> None:
+        super().__init__(reason)
+        self.marker = marker
+        self.reason = reason
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def read_regular(path: Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, read without blocking and never more than ``max_bytes``.
+
+    Symbolic links are followed (a configuration file is often one), but what they lead to
+    must be a regular file.
+
+    Raises:
+        UnreadableFile: the file is missing or unreadable, not a regular file, or larger than
+            ``max_bytes``; the message names which.
+    """
     try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-    except OSError:
-        return MISSING
-    return digest.hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise UnreadableFile(MISSING, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(NOT_REGULAR, f"is {_kind(info.st_mode)}, not a regular file")
+        if info.st_size > max_bytes:
+            raise UnreadableFile(
+                TOO_LARGE, f"is {info.st_size} bytes, over the {max_bytes}-byte limit"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:  # it grew while being read
+            raise UnreadableFile(TOO_LARGE, f"is over the {max_bytes}-byte limit")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UnreadableFile(MISSING, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """What an attested file is now: its SHA-256 (or a marker), and why when it is not read."""
+
+    digest: str
+    """Lowercase hex SHA-256, or :data:`MISSING`, :data:`NOT_REGULAR` or :data:`TOO_LARGE`."""
+    problem: str | None = None
+    """Why the file was not read (None when it was, or when it is simply missing)."""
+
+
+def file_state(path: Path, max_bytes: int = MAX_ATTESTED_BYTES) -> FileState:
+    """The SHA-256 of a regular file of at most ``max_bytes``, else a marker and the reason
+    (a missing file has no problem of its own: its baseline may be "missing")."""
+    try:
+        data = read_regular(path, max_bytes)
+    except UnreadableFile as exc:
+        return FileState(exc.marker, None if exc.marker == MISSING else exc.reason)
+    return FileState(hashlib.sha256(data).hexdigest())
+
+
+def hash_file(path: Path, max_bytes: int = MAX_ATTESTED_BYTES) -> str:
+    """SHA-256 (lowercase hex) of a regular file's bytes; :data:`MISSING`,
+    :data:`NOT_REGULAR` or :data:`TOO_LARGE` when it is not read (see :func:`read_regular`)."""
+    return file_state(path, max_bytes).digest
 
 
 def _key(path: Path) -> str:

@@ -12,10 +12,19 @@ from typing import Any, TypeVar
 
 from quarterdeck.domain.canonical import canonical_json, sha256_hex
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
-from quarterdeck.domain.envelope import Envelope, FieldError, Rejection, parse_envelope, printable
+from quarterdeck.domain.envelope import (
+    Envelope,
+    FieldError,
+    Oversized,
+    Rejection,
+    parse_envelope,
+    printable,
+)
 from quarterdeck.domain.ids import new_id, new_ids
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.store.receipts import (
+    RAW_KEEP_BYTES,
+    REJECTED_QUOTA_BYTES,
     UNKNOWN_WORKSPACE,
     IngestResult,
     KnownKeys,
@@ -24,10 +33,8 @@ from quarterdeck.store.receipts import (
 )
 from quarterdeck.store.writer import Writer, WriteTxn
 
-MAX_RAW_STORED = 16 * 1024 * 1024
-"""Raw bytes kept for a rejected input; beyond this the head is kept with the full size."""
-
-RawInput = bytes | str | Mapping[str, Any]
+RawInput = bytes | str | Mapping[str, Any] | Oversized
+"""One input: a JSON text, a decoded object, or a line too long to have been read whole."""
 T = TypeVar("T")
 
 
@@ -54,8 +61,10 @@ def draft_for(raw: object, now: str, receipt_id: str | None = None) -> ReceiptDr
     """
     receipt_id = receipt_id or new_id()
     try:
-        if isinstance(raw, bytes | str | Mapping):
-            parsed: Envelope | Rejection = parse_envelope(raw, now, receipt_id)
+        if isinstance(raw, Oversized):
+            parsed: Envelope | Rejection = raw.rejection()
+        elif isinstance(raw, bytes | str | Mapping):
+            parsed = parse_envelope(raw, now, receipt_id)
         else:
             parsed = Rejection(
                 (FieldError("$", f"must be a JSON object, got {type(raw).__name__}"),)
@@ -86,11 +95,15 @@ def draft_for(raw: object, now: str, receipt_id: str | None = None) -> ReceiptDr
             None,
             1,
         )
-    data = _raw_bytes(raw)
+    if isinstance(raw, Oversized):
+        data, size, digest = raw.head, raw.size, raw.sha256
+    else:
+        data = _raw_bytes(raw)
+        size, digest = len(data), sha256_hex(data)
     return ReceiptDraft(
         id=receipt_id,
         workspace=parsed.workspace or UNKNOWN_WORKSPACE,
-        dedupe_key="raw:" + sha256_hex(data),
+        dedupe_key="raw:" + digest,
         status="rejected",
         received_at=now,
         envelope_id=None,
@@ -102,8 +115,8 @@ def draft_for(raw: object, now: str, receipt_id: str | None = None) -> ReceiptDr
         payload=None,
         submitted_at=None,
         errors=json.dumps([printable(str(e)) for e in parsed.errors], ensure_ascii=False),
-        raw=data[:MAX_RAW_STORED],
-        raw_size=len(data),
+        raw=data[:RAW_KEEP_BYTES],
+        raw_size=size,
         produced_type=None,
         produced_id=None,
         version=1,
@@ -114,12 +127,19 @@ class Ingestor:
     """The public ingest API: a batch in, one result per input out, in order."""
 
     def __init__(
-        self, writer: Writer, clock: Clock = utc_now, metrics: Metrics | None = None
+        self,
+        writer: Writer,
+        clock: Clock = utc_now,
+        metrics: Metrics | None = None,
+        *,
+        rejected_quota: int = REJECTED_QUOTA_BYTES,
     ) -> None:
         self.writer = writer
         self.clock = clock
         self.metrics = metrics or Metrics()
         self.known = KnownKeys()
+        self.rejected_quota = rejected_quota
+        """Raw bytes of rejected input each workspace keeps in all."""
 
     async def ingest(self, inputs: Sequence[RawInput]) -> list[IngestResult]:
         """Record every input durably and return its result once committed.
@@ -159,7 +179,9 @@ class Ingestor:
 
         def op(txn: WriteTxn) -> tuple[list[IngestResult], T]:
             learned.clear()  # a retried commit starts over
-            results = store_receipts(txn, drafts, self.known, learned)
+            results = store_receipts(
+                txn, drafts, self.known, learned, rejected_quota=self.rejected_quota
+            )
             return results, then(txn, results)
 
         results, value = await self.writer.submit(op, concurrent=concurrent)

@@ -130,4 +130,7 @@ def _clear_stale(path: Path) -> None:
         return
     finally:
         probe.close()
-    raise ListenError(f"a daemon is already listening on {path}")
+    raise ListenError(
+        f"a daemon is already listening on {path} (several nodes on one state directory:"
+        " give each its own with run --socket PATH)"
+    )

@@ -27,6 +27,10 @@ class Metrics:
     """Sessions this node found taken over by another node at a heartbeat."""
     reclaimed: int = 0
     """Expired leases this node's sweeper handed back."""
+    api_requests: Counter[str] = field(default_factory=Counter)
+    """Control API requests answered, by status code."""
+    api_refusals: Counter[str] = field(default_factory=Counter)
+    """Control API requests refused (401, 403), by reason code."""
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     """Recent mission run times in seconds."""
 

@@ -1,5 +1,8 @@
 """The policy file, reloaded when it changes on disk: a valid edit takes effect and is
 recorded, an invalid one keeps the last good policy and opens an alert until it is fixed.
+The file is read only when it is a regular file of at most :data:`MAX_POLICY_BYTES`
+(:func:`quarterdeck.runtime.filewatch.read_regular`): a FIFO or a link to a device is a problem
+named in the alert (or in the error at start), never a hang.
 """
 
 from __future__ import annotations
@@ -12,20 +15,30 @@ from pathlib import Path
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.policy import Policy, parse_policy
 from quarterdeck.runtime.config import ConfigError
-from quarterdeck.runtime.filewatch import DEBOUNCE_MS, STEP_MS, FileWatch
+from quarterdeck.runtime.filewatch import (
+    DEBOUNCE_MS,
+    STEP_MS,
+    FileWatch,
+    UnreadableFile,
+    read_regular,
+)
 from quarterdeck.store.alerts import open_alert, resolve_by_dedupe
 from quarterdeck.store.outbox import Target
 from quarterdeck.store.writer import Writer, WriteTxn
 
 log = logging.getLogger("quarterdeck.runtime.drift")
 
+MAX_POLICY_BYTES = 1024 * 1024
+"""The size cap of the policy file."""
 
-def read_policy(path: Path) -> Policy | list[str]:
-    """Read and parse a policy file; return it or every problem found."""
+
+def read_policy(path: Path, max_bytes: int = MAX_POLICY_BYTES) -> Policy | list[str]:
+    """Read and parse a policy file (a regular file of at most ``max_bytes``); return it or
+    every problem found."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return [f"cannot read: {exc.strerror or exc}"]
+        text = read_regular(path, max_bytes).decode("utf-8")
+    except UnreadableFile as exc:
+        return [exc.reason]
     except UnicodeDecodeError as exc:
         return [f"not UTF-8 text: {exc}"]
     return parse_policy(text)

@@ -1,52 +1,150 @@
-"""Prometheus text exposition of the runtime's figures."""
+"""The runtime's figures for Prometheus, through ``prometheus-client``: a collector that reports
+the shared SLO figures (read from the store, shared by every node) and this node's counters.
+
+The store's figures are read asynchronously, so :meth:`NodeCollector.refresh` reads them before
+an exposition and :meth:`NodeCollector.collect` (called by the registry, synchronously) reports
+what was read last, with the node's live counters.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Protocol
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from quarterdeck.runtime.metrics import Metrics
+from quarterdeck.store.database import Database
 from quarterdeck.store.queries import slo
 
-if TYPE_CHECKING:
-    from quarterdeck.runtime.runtime import Runtime
+
+class HasCommits(Protocol):
+    """A writer, as far as the figures go."""
+
+    commits: int
 
 
-def _line(name: str, value: float, help_text: str, kind: str = "gauge", labels: str = "") -> str:
-    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
+class Node(Protocol):
+    """What the figures are read from (a runtime)."""
+
+    db: Database
+    node_id: str
+    metrics: Metrics
+
+    @property
+    def writer(self) -> HasCommits:
+        """The node's writer."""
+        ...
+
+    @property
+    def running(self) -> int:
+        """Missions the node runs now."""
+        ...
 
 
-async def render(runtime: Runtime) -> str:
-    """The figures as Prometheus text: the shared SLO figures and this node's counters."""
-    figures = await slo(runtime.db, None)
-    node = f'{{node="{runtime.node_id}"}}'
-    parts = [
-        _line("quarterdeck_mission_latency_p50_seconds", figures["mission_latency_p50_s"],
-              "Median mission run time over recent missions."),
-        _line("quarterdeck_mission_latency_p95_seconds", figures["mission_latency_p95_s"],
-              "95th percentile mission run time over recent missions."),
-        _line("quarterdeck_fallback_rate", figures["fallback_rate"],
-              "Share of started missions that ran on a fallback lane (shadows aside)."),
-        _line("quarterdeck_recovery_success_rate", figures["recovery_success_rate"],
-              "Share of reclaimed missions whose retry completed."),
-        _line("quarterdeck_orphaned_session_rate", figures["orphaned_session_rate"],
-              "Share of sessions whose holder vanished and that await recovery."),
-        _line("quarterdeck_sessions_orphaned_total", figures["sessions_orphaned"],
-              "Sessions found orphaned by sweepers.", "counter"),
-        _line("quarterdeck_orphaned_rate", figures["orphaned_rate"],
-              "Share of running missions whose lease has expired unswept."),
-        _line("quarterdeck_retries_total", figures["retries"], "Missions that were retries.", "counter"),
-        _line("quarterdeck_dead_letters", figures["dead_letters"], "Turns held or dead.", "gauge"),
-        _line("quarterdeck_lease_conflicts_total", figures["lease_conflicts"],
-              "Writes rejected because their lease was lost.", "counter"),
-        _line("quarterdeck_leases_reclaimed_total", figures["leases_reclaimed"],
-              "Expired leases handed back by sweepers.", "counter"),
-        _line("quarterdeck_node_running_missions", runtime.running,
-              "Missions this node runs now.", labels=node),
-        _line("quarterdeck_node_writer_commits_total", runtime.writer.commits,
-              "Group commits by this node's writer.", "counter", node),
-        _line("quarterdeck_node_leases_lost_total", runtime.metrics.leases_lost,
-              "Mission leases this node found lost at a heartbeat (it was paused or cut off).",
-              "counter", node),
-        _line("quarterdeck_node_sessions_lost_total", runtime.metrics.sessions_lost,
-              "Sessions another node took over while this one was silent.", "counter", node),
-    ]  # fmt: skip
-    return "".join(parts)
+_SHARED: Final = (
+    ("quarterdeck_mission_latency_p50_seconds", "mission_latency_p50_s", "gauge",
+     "Median mission run time over recent missions."),
+    ("quarterdeck_mission_latency_p95_seconds", "mission_latency_p95_s", "gauge",
+     "95th percentile mission run time over recent missions."),
+    ("quarterdeck_fallback_rate", "fallback_rate", "gauge",
+     "Share of started missions that ran on a fallback lane (shadows aside)."),
+    ("quarterdeck_recovery_success_rate", "recovery_success_rate", "gauge",
+     "Share of reclaimed missions whose retry completed."),
+    ("quarterdeck_orphaned_session_rate", "orphaned_session_rate", "gauge",
+     "Share of sessions whose holder vanished and that await recovery."),
+    ("quarterdeck_sessions_orphaned", "sessions_orphaned", "counter",
+     "Sessions found orphaned by sweepers."),
+    ("quarterdeck_orphaned_rate", "orphaned_rate", "gauge",
+     "Share of running missions whose lease has expired unswept."),
+    ("quarterdeck_retries", "retries", "counter", "Missions that were retries."),
+    ("quarterdeck_dead_letters", "dead_letters", "gauge", "Turns held or dead."),
+    ("quarterdeck_lease_conflicts", "lease_conflicts", "counter",
+     "Writes rejected because their lease was lost."),
+    ("quarterdeck_leases_reclaimed", "leases_reclaimed", "counter",
+     "Expired leases handed back by sweepers."),
+)  # fmt: skip
+"""The store's figures: metric name (a counter's without ``_total``), figure, type, help."""
+
+
+def _family(
+    name: str, kind: str, help_text: str, labels: list[str] | None = None
+) -> CounterMetricFamily | GaugeMetricFamily:
+    if kind == "counter":
+        return CounterMetricFamily(name, help_text, labels=labels)
+    return GaugeMetricFamily(name, help_text, labels=labels)
+
+
+class NodeCollector(Collector):
+    """The figures of one node (see the module's docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.figures: Mapping[str, Any] = {}
+
+    async def refresh(self) -> None:
+        """Read the store's figures (every node sees the same)."""
+        self.figures = await slo(self.node.db, None)
+
+    def collect(self) -> Iterator[Metric]:
+        """The families, from the figures read last and the node's counters now."""
+        for name, figure, kind, help_text in _SHARED:
+            if figure in self.figures:
+                family = _family(name, kind, help_text)
+                family.add_metric([], float(self.figures[figure]))
+                yield family
+        node = self.node
+        labels = [node.node_id]
+        for name, kind, help_text, value in (
+            ("quarterdeck_node_running_missions", "gauge", "Missions this node runs now.",
+             node.running),
+            ("quarterdeck_node_writer_commits", "counter", "Group commits by this node's writer.",
+             node.writer.commits),
+            ("quarterdeck_node_leases_lost", "counter",
+             "Mission leases this node found lost at a heartbeat (it was paused or cut off).",
+             node.metrics.leases_lost),
+            ("quarterdeck_node_sessions_lost", "counter",
+             "Sessions another node took over while this one was silent.",
+             node.metrics.sessions_lost),
+        ):  # fmt: skip
+            family = _family(name, kind, help_text, ["node"])
+            family.add_metric(labels, float(value))
+            yield family
+        requests = CounterMetricFamily(
+            "quarterdeck_node_api_requests",
+            "Control API requests this node answered, by status code.",
+            labels=["node", "status"],
+        )
+        for status, count in sorted(node.metrics.api_requests.items()):
+            requests.add_metric([node.node_id, status], float(count))
+        yield requests
+        refusals = CounterMetricFamily(
+            "quarterdeck_node_api_refusals",
+            "Control API requests this node refused (401 or 403), by reason.",
+            labels=["node", "code"],
+        )
+        for code, count in sorted(node.metrics.api_refusals.items()):
+            refusals.add_metric([node.node_id, code], float(count))
+        yield refusals
+
+
+class Exposition:
+    """A registry holding one node's collector: :meth:`render` refreshes the store's figures
+    and writes the Prometheus text."""
+
+    def __init__(self, node: Node) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = NodeCollector(node)
+        self.registry.register(self.collector)
+
+    async def render(self) -> bytes:
+        """The exposition (text format 0.0.4)."""
+        await self.collector.refresh()
+        return generate_latest(self.registry)
+
+
+async def render(node: Node) -> str:
+    """The figures of ``node`` as Prometheus text."""
+    return (await Exposition(node).render()).decode()

@@ -1,8 +1,13 @@
 """The outbox relay: posts due notifications to their webhooks, retries failures with backoff
 and dead-letters a notification after its webhook's ``max_attempts``.
 
+A row names its webhook; the URL and signing secret come from the configuration the relay was
+started with (the secrets from the environment, :mod:`quarterdeck.runtime.webhooks`), never
+from the row. A row whose webhook is no longer configured is dead-lettered, naming why.
+
 Delivery is at least once: every attempt of a notification carries the same
-``Idempotency-Key`` (the notification id) so a receiver can drop repeats.
+``Idempotency-Key`` (the notification id) so a receiver can drop repeats; each attempt is
+signed afresh (``Quarterdeck-Signature``) with the time it is sent.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 import httpx
@@ -18,6 +24,7 @@ import httpx
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.tasks import backoff_delay
 from quarterdeck.runtime.config import Webhook
+from quarterdeck.runtime.webhooks import SIGNATURE_HEADER, signature, webhook_secrets
 from quarterdeck.store.outbox import Due, due, mark_delivered, mark_failed
 from quarterdeck.store.writer import Writer, WriterClosed
 
@@ -40,9 +47,16 @@ class Relay:
         concurrency: int = 8,
         batch: int = 100,
         actor: str = "relay",
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``environ`` holds the webhooks' secrets (None: the process's environment).
+
+        Raises:
+            ConfigError: a signed webhook's secret cannot be read, every problem listed.
+        """
         self._writer = writer
         self._webhooks = {webhook.name: webhook for webhook in webhooks}
+        self._secrets = webhook_secrets(webhooks, os.environ if environ is None else environ)
         self._clock = clock
         self._client = client
         self._owns_client = client is None
@@ -94,15 +108,15 @@ class Relay:
             await self._client.aclose()
             self._client = None
 
-    def _webhook(self, row: Due) -> Webhook:
-        return self._webhooks.get(row.webhook) or Webhook(name=row.webhook, url=row.url)
-
     async def _deliver(self, row: Due) -> None:
-        webhook = self._webhook(row)
-        attempts = row.attempts + 1
-        async with self._bound:
-            error = await self._post(row, webhook)
+        webhook = self._webhooks.get(row.webhook)
         try:
+            if webhook is None:
+                await self._unconfigured(row)
+                return
+            attempts = row.attempts + 1
+            async with self._bound:
+                error = await self._post(row, webhook)
             if error is None:
                 await self._delivered(row, attempts)
             else:
@@ -117,6 +131,17 @@ class Relay:
             lambda txn: mark_delivered(txn, row.id, attempts, actor=self._actor)
         ):
             self.delivered += 1
+
+    async def _unconfigured(self, row: Due) -> None:
+        """Dead-letter a notification whose webhook this node's configuration no longer has:
+        there is nowhere to send it (no attempt is counted)."""
+        error = f"no webhook named {row.webhook!r} in the configuration"
+        now = format_instant(self._clock())
+        if await self._writer.submit(
+            lambda txn: mark_failed(txn, row.id, row.attempts, error, now, True, actor=self._actor)
+        ):
+            self.dead += 1
+            log.warning("notification %s dead: %s", row.id, error)
 
     async def _failed(self, row: Due, webhook: Webhook, attempts: int, error: str) -> None:
         dead = attempts >= webhook.max_attempts
@@ -150,24 +175,31 @@ class Relay:
             )
 
     async def _post(self, row: Due, webhook: Webhook) -> str | None:
-        """Post the notification once; None when the receiver accepted it, else the error."""
+        """Post the notification once, signed when the webhook has a secret; None when the
+        receiver accepted it, else the error."""
+        body = row.payload.encode()
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": row.id,
             "User-Agent": USER_AGENT,
         }
+        secret = self._secrets.get(webhook.name)
+        if secret is not None:
+            headers[SIGNATURE_HEADER] = signature(secret, int(self._clock().timestamp()), body)
         try:
             async with asyncio.timeout(webhook.timeout_s):
                 response = await self._http().post(
-                    row.url,
-                    content=row.payload.encode(),
+                    webhook.url,
+                    content=body,
                     headers=headers,
                     timeout=httpx.Timeout(webhook.timeout_s),
                 )
         except (TimeoutError, httpx.TimeoutException):
             return f"timed out after {webhook.timeout_s:g} s"
         except Exception as exc:
-            detail = str(exc) or "request failed"
+            # The error is stored and may reach the ledger: never with the URL (a credential
+            # for many receivers).
+            detail = (str(exc) or "request failed").replace(webhook.url, "<the webhook's URL>")
             return f"{type(exc).__name__}: {detail}"
         if 200 <= response.status_code < 300:
             return None

@@ -22,19 +22,35 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from quarterdeck.domain.authority import Principal
 from quarterdeck.domain.clock import Clock, utc_now
 from quarterdeck.domain.commands import BaseCommand, Command
 from quarterdeck.domain.policy import Policy
+from quarterdeck.domain.recovery import Finish
+from quarterdeck.domain.routing import ActionCaps
+from quarterdeck.runtime.api import ControlServer
+from quarterdeck.runtime.api_agents import AgentRegistry
+from quarterdeck.runtime.api_serve import (
+    ControlOptions,
+    ServeError,
+    build_server,
+    socket_in_use,
+)
 from quarterdeck.runtime.batch import Batch
-from quarterdeck.runtime.config import RuntimeConfig
+from quarterdeck.runtime.checkpointer import start_checkpointer
+from quarterdeck.runtime.config import RuntimeConfig, daemon_user, roster_of
 from quarterdeck.runtime.dispatch import Dispatcher
 from quarterdeck.runtime.drift import DriftMonitor
 from quarterdeck.runtime.ingest import Ingestor, RawInput
 from quarterdeck.runtime.lanes.base import Lane, LaneFailure, MissionContext
+from quarterdeck.runtime.lanes.containment import API_ENV, SESSION_CREDENTIAL_ENV
 from quarterdeck.runtime.lanes.registry import build_lane
+from quarterdeck.runtime.listeners import ListenError
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.missions import MissionEvents, RunningMission
 from quarterdeck.runtime.policy_source import PolicySource
+from quarterdeck.runtime.prometheus import Exposition
+from quarterdeck.runtime.reaper import Reaper
 from quarterdeck.runtime.relay import Relay
 from quarterdeck.runtime.session_pool import SessionPool
 from quarterdeck.runtime.slo import SloMonitor
@@ -48,7 +64,7 @@ from quarterdeck.store.finishing import Ending, Finished, finish_missions
 from quarterdeck.store.flags import Flags, seed_flags
 from quarterdeck.store.leases import release_missions
 from quarterdeck.store.outbox import Target
-from quarterdeck.store.plan import Claim, Finish, LanePlan, WorkPlan
+from quarterdeck.store.plan import Claim, LanePlan, WorkPlan
 from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sessions import release_sessions
 from quarterdeck.store.writer import Writer, WriteTxn
@@ -57,8 +73,9 @@ log = logging.getLogger("quarterdeck.runtime")
 
 
 def work_plan(config: RuntimeConfig) -> WorkPlan:
-    """The store's view of the lanes."""
+    """The store's view of the lanes, and the roster commands are checked against."""
     return WorkPlan(
+        roster=roster_of(config, daemon_user()),
         lanes={
             name: LanePlan(
                 name, lane.fallback, lane.max_attempts, lane.backoff_initial_s, lane.backoff_max_s
@@ -67,6 +84,7 @@ def work_plan(config: RuntimeConfig) -> WorkPlan:
         },
         default_lane=config.default_lane,
         hold_s=config.hold_s,
+        caps=ActionCaps(config.max_action_args_bytes, config.max_actions_per_mission),
     )
 
 
@@ -83,7 +101,9 @@ class Runtime:
         clock: Clock = utc_now,
         lanes: Mapping[str, Lane] | None = None,
         policy: Policy | None = None,
+        control: ControlOptions | None = None,
     ) -> None:
+        """``control``: serve the control API there while running (None: serve none)."""
         self.db = db
         self.config = config
         self.state_dir = state_dir or Path("state")
@@ -92,7 +112,7 @@ class Runtime:
         self.metrics = Metrics()
         self.writer = Writer(db, clock)
         self.ingestor = Ingestor(self.writer, clock, self.metrics)
-        targets = tuple(Target(w.name, w.url, w.format, w.events) for w in config.webhooks)
+        targets = tuple(Target(w.name, w.format, w.events) for w in config.webhooks)
         self.policy_source = PolicySource(
             None if policy is not None else config.policy,
             self.writer,
@@ -130,13 +150,19 @@ class Runtime:
             self.writer, config, self.node_id, self.sessions, self._wake, lambda: self.plan,
             self._start_missions,
         )  # fmt: skip
+        self.reaper = Reaper(self.writer, self.node_id)
         self.supervision = Supervision(
             db, self.writer, clock, self.node_id, self.metrics, self._running, lambda: self.plan
         )
         self.upkeep = Upkeep(
             db, self.writer, config, self.node_id, self.metrics, self.sessions, self._running,
             self._wake, lambda: self.dispatch.claiming, self.supervision.wake_if_waiting,
+            self.reaper.before_sweep,
         )  # fmt: skip
+        self.agents = AgentRegistry()
+        """The agents' session credentials and processes (the control API checks them)."""
+        self._control_options = control
+        self.control: ControlServer | None = None
         self._finisher: Batch[Ending, Finished] = Batch(
             self.writer,
             lambda txn, endings: finish_missions(txn, endings, self.plan),
@@ -149,6 +175,15 @@ class Runtime:
         """Start the writer and the loops; apply configured flag defaults once."""
         self.writer.start()
         self.writer.on_commit(self._on_commit)
+        self.checkpointer = await start_checkpointer(
+            self.db,
+            self.writer,
+            self.config.ledger,
+            self.state_dir,
+            self.node_id,
+            self.plan.targets,
+        )
+        await self.reaper.clear_leftovers()  # before this node claims or reclaims anything
         await self.writer.submit(self._seed_flags)
         await self.writer.submit(self.sessions.acquire)
         await self.policy_source.start()
@@ -168,7 +203,46 @@ class Runtime:
         ):
             self._tasks.append(loop.create_task(coroutine, name=f"qd-{name}"))
         self._tasks.append(loop.create_task(self.upkeep.stalled(stop), name="qd-stalled"))
+        if self._control_options is not None:
+            await self._serve(self._control_options)
         log.info("runtime started", extra={"node": self.node_id, "lanes": list(self.lanes)})
+
+    async def _serve(self, options: ControlOptions) -> None:
+        """Serve the control API, checked against the plan's roster. A failure to listen stops the runtime again and raises.
+
+        Raises:
+            ServeError, ListenError, OSError: the API cannot be served as asked.
+        """
+        if socket_in_use(options.socket_path):
+            log.warning(
+                "another node serves the control API of this state directory",
+                extra={"node": self.node_id, "socket": str(options.socket_path)},
+            )
+            return
+        try:
+            self.control = build_server(
+                options,
+                roster=self.plan.roster,
+                submit=self.submit, command=self.command, db=self.db, node_id=self.node_id,
+                metrics=self.metrics, exposition=Exposition(self).render, agents=self.agents,
+                on_commit=self.writer.on_commit,
+            )  # fmt: skip
+            await self.control.start()
+        except BaseException as exc:
+            if self.control is not None and self.control.agent_socket_path is not None:
+                with contextlib.suppress(OSError):
+                    self.control.agent_socket_path.parent.rmdir()
+            self.control = None
+            if isinstance(exc, ListenError) and socket_in_use(options.socket_path):
+                log.warning(
+                    "another node serves the control API of this state directory",
+                    extra={"node": self.node_id, "socket": str(options.socket_path)},
+                )
+                return
+            await self.stop(grace_s=0)
+            if isinstance(exc, OSError):
+                raise ServeError(f"cannot serve the control API: {exc}") from None
+            raise
 
     def _on_commit(self, head_seq: int) -> None:
         """Wake the pump when the ledger moved (an idle commit must not wake it: no busy loop)."""
@@ -199,6 +273,12 @@ class Runtime:
         stopped runtime does nothing."""
         if self._stop_event.is_set() or (not self.dispatch.claiming and not self._tasks):
             return
+        if self.control is not None:
+            await self.control.stop()
+            if self.control.agent_socket_path is not None:
+                with contextlib.suppress(OSError):
+                    self.control.agent_socket_path.parent.rmdir()
+            self.control = None
         # A claim already under way has started its missions: they drain below.
         await self.dispatch.stop_claiming()
         grace = self.config.drain_grace_s if grace_s is None else grace_s
@@ -227,6 +307,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()  # the head as this node leaves it, signed
         await self.writer.stop()
         with contextlib.suppress(Exception):
             await self.relay.close()
@@ -247,17 +329,16 @@ class Runtime:
         self,
         workspace: str,
         payload: Command | Mapping[str, Any],
-        actor: str,
-        *,
+        principal: Principal,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Give a supervisor command in this process: recorded as a command envelope (its
-        ``actor``, unless it names one, is ``actor``; ``idempotency_key`` by default a fresh
-        one), applied at once through its receipt like any other, and its result returned.
-        Given again with the same ``idempotency_key``, it returns the first result."""
+        """Give a supervisor command in this process for the authenticated ``principal``:
+        recorded as a command envelope (``idempotency_key`` by default a fresh one), applied at
+        once through its receipt for ``principal`` (checked against the roster; on the ledger
+        its actor is ``principal.label``), and its result returned. A payload naming an
+        ``actor`` is refused. Given again with the same ``idempotency_key``, it returns the
+        first result."""
         body = payload.to_payload() if isinstance(payload, BaseCommand) else dict(payload)
-        if body.get("actor") is None:
-            body["actor"] = actor
         envelope = {
             "idempotency_key": idempotency_key or f"cmd:{uuid.uuid4()}",
             "workspace": workspace,
@@ -265,7 +346,8 @@ class Runtime:
             "payload": body,
         }
         _, result = await self.ingestor.ingest_then(
-            [envelope], lambda txn, results: apply_command_receipt(txn, self.plan, results[0])
+            [envelope],
+            lambda txn, results: apply_command_receipt(txn, self.plan, results[0], principal),
         )
         self._wake.set()
         return result
@@ -298,6 +380,21 @@ class Runtime:
         workdir = mission_workdir(
             self.state_dir, self.config.agents_dir, claim.workspace, session_id, claim.turn_id
         )
+        credential = None
+        agent_env: dict[str, str] = {}
+        if self.control is not None and self.control.agent_socket_path is not None:
+            credential = self.agents.issue(session_id or f"turn-{claim.turn_id}", claim.workspace)
+            agent_env = {
+                SESSION_CREDENTIAL_ENV: credential.text,
+                API_ENV: str(self.control.agent_socket_path),
+            }
+
+        def on_agent(pid: int, alive: bool) -> None:
+            if alive:
+                self.agents.started(pid, credential)
+            else:
+                self.agents.exited(pid)
+
         ctx = MissionContext(
             mission_id=claim.mission_id,
             turn_id=claim.turn_id,
@@ -313,6 +410,9 @@ class Runtime:
             ),
             budget=claim.budget,
             number=claim.number,
+            agent_env=agent_env,
+            on_agent=on_agent,
+            agents=self.reaper,
         )
         outcome: Finish
         result: dict[str, Any] | None = None
@@ -335,6 +435,9 @@ class Runtime:
             outcome, error = "cancelled", "cancelled"
         except Exception as exc:
             outcome, error = "failed", f"{type(exc).__name__}: {exc}"
+        finally:
+            if credential is not None:
+                self.agents.revoke(credential)
         if running.lost:
             self._running.pop(claim.mission_id, None)
             await self.sessions.give_back(claim, None, stopped=self._stop_event.is_set())

@@ -13,8 +13,9 @@ from dataclasses import replace
 from typing import Any
 
 from quarterdeck.domain.clock import Clock, format_instant
+from quarterdeck.domain.routing import TOO_MANY_ACTIONS
 from quarterdeck.domain.states import MISSION_SELF_FINISHED as SELF_FINISHED_STATES
-from quarterdeck.runtime.lanes.base import Decision, DecisionOutcome
+from quarterdeck.runtime.lanes.base import Decision, DecisionOutcome, LaneFailure
 from quarterdeck.runtime.metrics import Metrics
 from quarterdeck.runtime.missions import RunningMission
 from quarterdeck.store.approvals import Gate, expire_due
@@ -61,10 +62,17 @@ class Supervision:
         self, running: RunningMission, action_id: str, tool: str, args: Mapping[str, Any]
     ) -> Decision:
         """An agent asks to run a tool: the gate decides (and persists) at once, or the mission
-        waits for a person, its timeout stopped meanwhile."""
+        waits for a person, its timeout stopped meanwhile.
+
+        Raises:
+            LaneFailure: the mission asked for more actions than its cap allows (the refusal
+                is recorded; the mission fails with its reason).
+        """
         gate = await self._writer.submit(
             lambda txn: request_action(txn, self._plan(), running.claim, action_id, tool, args)
         )
+        if gate.outcome == TOO_MANY_ACTIONS:
+            raise LaneFailure(gate.reason or TOO_MANY_ACTIONS)
         if gate.status == "waiting" and gate.approval_id is not None:
             await self._await_approval(running, gate.approval_id, gate.decision_id)
             gate = running.last_gate or Gate("rejected", args, "rejected", "the lease is gone")

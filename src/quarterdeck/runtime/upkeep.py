@@ -15,7 +15,7 @@ from quarterdeck.runtime.missions import RunningMission
 from quarterdeck.runtime.session_pool import SessionPool
 from quarterdeck.store.changes import ChangeFeed
 from quarterdeck.store.database import Database
-from quarterdeck.store.leases import heartbeat, sweep
+from quarterdeck.store.leases import Swept, heartbeat, sweep
 from quarterdeck.store.plan import Claim
 from quarterdeck.store.sessions import sweep_sessions
 from quarterdeck.store.writer import Writer, WriteTxn
@@ -40,9 +40,11 @@ class Upkeep:
         wake: asyncio.Event,
         claiming: Callable[[], bool],
         committed: Callable[[], None],
+        before_sweep: Callable[[WriteTxn], None] = lambda txn: None,
     ) -> None:
         """``wake`` wakes the pump; ``claiming`` says whether the node takes new missions;
-        ``committed`` is called when another process committed."""
+        ``committed`` is called when another process committed; ``before_sweep`` runs in each
+        sweep's transaction before it reclaims anything."""
         self._db = db
         self._writer = writer
         self._config = config
@@ -53,6 +55,7 @@ class Upkeep:
         self._wake = wake
         self._claiming = claiming
         self._committed = committed
+        self._before_sweep = before_sweep
 
     async def heartbeats(self, stop: asyncio.Event) -> None:
         """Renew the leases every third of their length: sessions taken over by another node
@@ -99,7 +102,7 @@ class Upkeep:
         while not stop.is_set():
             await asyncio.sleep(interval * random.uniform(0.5, 1.0))
             try:
-                swept = await self._writer.submit(lambda txn: sweep(txn, self._node_id))
+                swept = await self._writer.submit(self._sweep)
                 await self._writer.submit(lambda txn: sweep_sessions(txn, self._node_id))
             except asyncio.CancelledError:
                 raise
@@ -114,6 +117,10 @@ class Upkeep:
                            "dead": swept.dead},
                 )  # fmt: skip
                 self._wake.set()
+
+    def _sweep(self, txn: WriteTxn) -> Swept:
+        self._before_sweep(txn)
+        return sweep(txn, self._node_id)
 
     async def stalled(self, stop: asyncio.Event) -> None:
         """End other processes' write transactions left hanging mid-statement by a freeze

@@ -149,6 +149,42 @@ def open_alert(
     return alert_id, True
 
 
+def open_out_of_sequence(
+    txn: WriteTxn,
+    targets: Sequence[Target],
+    *,
+    workspace: str,
+    subject_type: str,
+    subject_id: str,
+    action_key: str,
+    action_id: str,
+    tool: str,
+    call_hash: str,
+    bound_hash: str,
+    bound_decision: str,
+    refusal: str,
+    actor: str,
+) -> tuple[str, bool]:
+    """Open (or refresh) the ``out_of_sequence`` alert of an action id asked again for
+    another tool or other arguments than it was first decided for (``error``, one per action
+    key): the refused decision, the call's hash and the one the key is bound to."""
+    shown = tool if len(tool) <= 80 else tool[:80] + "..."
+    return open_alert(
+        txn, targets, workspace=workspace, alert_type="out_of_sequence", severity="error",
+        subject_type=subject_type, subject_id=subject_id, dedupe=f"sequence:{action_key}",
+        message=(
+            f"action {action_id[:80]!r} asked again as {shown!r} with other tool or arguments "
+            f"than it was decided for: refused"
+        ),
+        data={
+            "action_key": action_key, "tool": tool[:256], "call_hash": call_hash,
+            "bound_hash": bound_hash, "bound_decision": bound_decision, "refusal": refusal,
+            "requested_by": actor,
+        },
+        actor=actor,
+    )  # fmt: skip
+
+
 def _move(
     txn: WriteTxn,
     workspace: str,
@@ -235,19 +271,55 @@ def read_baselines(conn: Any, lane: str) -> dict[str, str]:
     return {str(row.path): str(row.sha256) for row in rows}
 
 
+MAX_BASELINE_BYTES = 64 * 1024
+"""A baseline keeps the file's bytes up to this size (a drift alert then shows a diff)."""
+
 _INSERT_BASELINE = text(
-    "INSERT INTO attestations (lane, path, sha256, baselined_at, baselined_by) "
-    "VALUES (:lane, :path, :sha256, :at, :actor) ON CONFLICT (lane, path) DO NOTHING"
+    "INSERT INTO attestations (lane, path, sha256, baselined_at, baselined_by, content) "
+    "VALUES (:lane, :path, :sha256, :at, :actor, :content) ON CONFLICT (lane, path) DO NOTHING"
 )
 
 
 def _baseline_rows(
-    txn: WriteTxn, lane: str, hashes: Mapping[str, str], actor: str
+    txn: WriteTxn,
+    lane: str,
+    hashes: Mapping[str, str],
+    actor: str,
+    contents: Mapping[str, bytes | None],
 ) -> list[dict[str, Any]]:
     return [
-        {"lane": lane, "path": path, "sha256": digest, "at": txn.at, "actor": actor}
+        {"lane": lane, "path": path, "sha256": digest, "at": txn.at, "actor": actor,
+         "content": _kept(contents.get(path))}
         for path, digest in sorted(hashes.items())
-    ]
+    ]  # fmt: skip
+
+
+def _kept(content: bytes | None) -> bytes | None:
+    """The bytes a baseline keeps: None over :data:`MAX_BASELINE_BYTES`."""
+    return content if content is not None and len(content) <= MAX_BASELINE_BYTES else None
+
+
+def read_baseline_contents(conn: Any, lane: str) -> dict[str, bytes | None]:
+    """The bytes each of the lane's baselines kept, by path (None: not kept)."""
+    rows = conn.execute(
+        text("SELECT path, content FROM attestations WHERE lane = :lane"), {"lane": lane}
+    ).all()
+    return {str(row.path): None if row.content is None else bytes(row.content) for row in rows}
+
+
+def keep_baseline_content(txn: WriteTxn, lane: str, path: str, digest: str, content: bytes) -> None:
+    """Keep ``content`` as the bytes of the lane's baseline of ``path`` if that baseline is
+    still ``digest`` and kept none (a baseline taken before bytes were kept, or by a command
+    that read only hashes). Not a change of the baseline: nothing is recorded."""
+    if _kept(content) is None:
+        return
+    txn.conn.execute(
+        text(
+            "UPDATE attestations SET content = :content WHERE lane = :lane AND path = :path "
+            "AND sha256 = :sha256 AND content IS NULL"
+        ),
+        {"content": content, "lane": lane, "path": path, "sha256": digest},
+    )
 
 
 def set_baselines(
@@ -257,11 +329,13 @@ def set_baselines(
     actor: str,
     *,
     workspace: str = RUNTIME_WORKSPACE,
+    contents: Mapping[str, bytes | None] | None = None,
 ) -> None:
-    """Replace the lane's baselines with ``hashes``; recorded as ``lane.rebaselined``."""
+    """Replace the lane's baselines with ``hashes`` (keeping ``contents``, the files' bytes,
+    when given and small enough); recorded as ``lane.rebaselined``."""
     txn.conn.execute(text("DELETE FROM attestations WHERE lane = :lane"), {"lane": lane})
     if hashes:
-        txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, hashes, actor))
+        txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, hashes, actor, contents or {}))
     append_entry(
         txn,
         workspace,
@@ -282,13 +356,15 @@ def add_baselines(
     actor: str,
     *,
     workspace: str = RUNTIME_WORKSPACE,
+    contents: Mapping[str, bytes | None] | None = None,
 ) -> dict[str, str]:
-    """Record a baseline for each file that has none yet (first sight); recorded as
-    ``lane.baselined``. Returns the baselines added."""
+    """Record a baseline for each file that has none yet (first sight), with its bytes from
+    ``contents`` when small enough; recorded as ``lane.baselined``. Returns the baselines
+    added."""
     known = read_baselines(txn.conn, lane)
     added = {path: digest for path, digest in hashes.items() if path not in known}
     if added:
-        txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, added, actor))
+        txn.conn.execute(_INSERT_BASELINE, _baseline_rows(txn, lane, added, actor, contents or {}))
         append_entry(
             txn, workspace, actor, "lane.baselined", "lane", lane, None, None, {"hashes": added}
         )
@@ -325,11 +401,12 @@ def rebaseline_lane(
     actor: str,
     drift_actor: str,
     workspace: str = RUNTIME_WORKSPACE,
+    contents: Mapping[str, bytes | None] | None = None,
 ) -> dict[str, Any]:
-    """Accept the lane's attested files as they are now: store ``hashes`` as its baselines,
-    resolve its drift alerts, and resume the lane when the drift monitor (``drift_actor``)
-    was the last to pause it."""
-    set_baselines(txn, lane, hashes, actor, workspace=workspace)
+    """Accept the lane's attested files as they are now: store ``hashes`` (and ``contents``,
+    their bytes, when given) as its baselines, resolve its drift alerts, and resume the lane
+    when the drift monitor (``drift_actor``) was the last to pause it."""
+    set_baselines(txn, lane, hashes, actor, workspace=workspace, contents=contents)
     resolved = [
         dedupe
         for dedupe in open_dedupes(txn.conn, workspace, f"attest:{lane}:")

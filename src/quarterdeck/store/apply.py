@@ -1,22 +1,32 @@
 """Applying accepted receipts: a task becomes a turn with its first mission, a command is
-applied (:func:`quarterdeck.store.commands.apply_command`), an event is recorded; each receipt
-then points at what it produced (a command: its result, as JSON). Runs inside the writer's
-transaction."""
+applied (:func:`quarterdeck.store.commands.apply_command`) for the principal that gave it, an
+event is recorded; each receipt then points at what it produced (a command: its result, as
+JSON). Runs inside the writer's transaction.
+
+A command given through the runtime (:meth:`quarterdeck.runtime.runtime.Runtime.command`)
+comes with its authenticated principal. A command envelope written into the database any other
+way (by a client with no daemon to talk to, or by anyone who can write the database file) has
+none: it is an unauthenticated agent's
+(:func:`quarterdeck.store.commands.unauthenticated_principal`), which may only ask for an
+approval; anything else it commands is refused and recorded as such."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
 
+from quarterdeck.domain.authority import Principal
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.tasks import TaskSpec, parse_task
-from quarterdeck.store.commands import apply_command
+from quarterdeck.store.commands import apply_command, unauthenticated_principal
 from quarterdeck.store.plan import WorkPlan
 from quarterdeck.store.receipts import IngestResult
+from quarterdeck.store.sessions_hooks import apply_hook_event, link_action
 from quarterdeck.store.sql import Bulk, Statement
 from quarterdeck.store.transitions import (
     INSERT_MISSION,
@@ -74,9 +84,17 @@ _INSERT_TURN = Bulk(
 )
 
 
-def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Applied]:
+def apply_receipts(
+    txn: WriteTxn,
+    plan: WorkPlan,
+    limit: int = 500,
+    principals: Mapping[str, Principal] | None = None,
+) -> list[Applied]:
     """Turn accepted receipts that produced nothing yet into turns (with their first mission),
     applied commands, or recorded events; each receipt then points at what it produced.
+    ``principals``: who gave the command receipts given through the runtime, by receipt id
+    (any other command receipt was written into the database by someone unauthenticated: it
+    is applied for :func:`~quarterdeck.store.commands.unauthenticated_principal`).
 
     A task that cannot run (a malformed task payload, an unknown lane) still becomes a turn,
     failed at once with the reason as its deliverable: every task gets exactly one.
@@ -155,7 +173,12 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
             turns.append(turn)
             applied.append(Applied(receipt_id, "turn", turn_id))
         elif kind == "command":
-            result = apply_command(txn, workspace, payload, plan, actor=f"receipt:{receipt_id}")
+            given = (principals or {}).get(receipt_id)
+            if given is None:
+                given = unauthenticated_principal(receipt_id, workspace)
+            result = apply_command(txn, workspace, payload, plan, given)
+            if payload.get("command") == "approval.request":
+                link_action(txn, workspace, payload, result)
             applied.append(Applied(receipt_id, "command", canonical_text(result)))
         else:
             append_entry(
@@ -169,6 +192,8 @@ def apply_receipts(txn: WriteTxn, plan: WorkPlan, limit: int = 500) -> list[Appl
                 None,
                 {"payload": payload},
             )
+            if isinstance(payload, dict) and "hook" in payload:
+                apply_hook_event(txn, workspace, receipt_id, payload)
             applied.append(Applied(receipt_id, "event", receipt_id))
     for item in applied:
         marks.append(
@@ -190,18 +215,24 @@ class ReceiptsAlreadyApplied(Exception):
 _PRODUCED = text("SELECT produced_type, produced_id FROM receipts WHERE id = :id")
 
 
-def apply_command_receipt(txn: WriteTxn, plan: WorkPlan, receipt: IngestResult) -> dict[str, Any]:
+def apply_command_receipt(
+    txn: WriteTxn, plan: WorkPlan, receipt: IngestResult, principal: Principal
+) -> dict[str, Any]:
     """Apply accepted receipts in order, as the pump does, until the command envelope whose
-    ingest ended in ``receipt`` has been applied; return its result (the first one when its
-    receipt was applied before; a rejected envelope's reasons). Needs an exclusive
-    transaction (it applies commands)."""
+    ingest ended in ``receipt`` has been applied for ``principal``; return its result (the
+    first one when its receipt was applied before; a rejected envelope's reasons). Needs an
+    exclusive transaction (it applies commands).
+
+    Only a receipt recorded just now is applied for ``principal``: a duplicate's receipt was
+    written earlier, perhaps by someone else, and is applied as its writer gave it."""
     if receipt.status == "rejected":
         return {"ok": False, "errors": list(receipt.errors)}
+    principals = {receipt.receipt: principal} if receipt.status == "accepted" else {}
     while True:
         row = txn.conn.execute(_PRODUCED, {"id": receipt.receipt}).first()
         if row is None:
             return {"ok": False, "errors": [f"no receipt {receipt.receipt}"]}
-        if row.produced_type is not None or not apply_receipts(txn, plan):
+        if row.produced_type is not None or not apply_receipts(txn, plan, principals=principals):
             break
     if row.produced_type is None:
         return {"ok": False, "errors": [f"receipt {receipt.receipt} was not applied"]}

@@ -119,15 +119,15 @@ _DECISION_COLUMNS: Final = (
     ("mission_id", "TEXT"), ("action_key", "TEXT"), ("lane", "TEXT"), ("tool", "TEXT"),
     ("args", "TEXT"), ("estimated_cost", "DOUBLE PRECISION"), ("outcome", "TEXT"),
     ("verdict", "TEXT"), ("rule", "TEXT"), ("trace", "TEXT"), ("policy_hash", "TEXT"),
-    ("approval_id", "TEXT"), ("decided_by", "TEXT"), ("reason", "TEXT"),
+    ("approval_id", "TEXT"), ("decided_by", "TEXT"), ("reason", "TEXT"), ("call_hash", "TEXT"),
 )  # fmt: skip
 _INSERT_DECISION = Bulk(
     text(
         "INSERT INTO decisions (id, workspace, at, kind, turn_id, mission_id, action_key, lane, "
         "tool, args, estimated_cost, outcome, verdict, rule, trace, policy_hash, approval_id, "
-        "decided_by, reason) VALUES (:id, :workspace, :at, :kind, :turn_id, :mission_id, "
-        ":action_key, :lane, :tool, :args, :estimated_cost, :outcome, :verdict, :rule, :trace, "
-        ":policy_hash, :approval_id, :decided_by, :reason)"
+        "decided_by, reason, call_hash) VALUES (:id, :workspace, :at, :kind, :turn_id, "
+        ":mission_id, :action_key, :lane, :tool, :args, :estimated_cost, :outcome, :verdict, "
+        ":rule, :trace, :policy_hash, :approval_id, :decided_by, :reason, :call_hash)"
     ),
     text(
         f"INSERT INTO decisions ({', '.join(name for name, _ in _DECISION_COLUMNS)}) "
@@ -151,9 +151,11 @@ def decision_row(
     approval_id: str | None = None,
     decided_by: str | None = None,
     reason: str | None = None,
+    call_hash: str | None = None,
 ) -> dict[str, Any]:
     """The row for a decision with the ``verdict`` it stands for (``allow``, ``deny`` or
-    ``pending``; insert it with :func:`insert_decisions`)."""
+    ``pending``; insert it with :func:`insert_decisions`). ``call_hash`` binds an action key
+    to its call (``domain/routing``'s ``Call.hash``; None for a dispatch)."""
     return {
         "id": new_ids(1)[0],
         "workspace": request.workspace,
@@ -174,6 +176,7 @@ def decision_row(
         "approval_id": approval_id,
         "decided_by": decided_by or "policy",
         "reason": reason,
+        "call_hash": call_hash,
     }
 
 

@@ -12,10 +12,10 @@ from sqlalchemy import bindparam, text
 
 from quarterdeck.domain.canonical import canonical_text
 from quarterdeck.domain.ids import new_ids
-from quarterdeck.domain.recovery import Step, after_finish
+from quarterdeck.domain.recovery import Finish, Step, after_finish
 from quarterdeck.domain.states import MISSION_HOLDS_LEASE, Kind
 from quarterdeck.store.leases import record_late_write
-from quarterdeck.store.plan import Claim, Finish, WorkPlan
+from quarterdeck.store.plan import Claim, WorkPlan
 from quarterdeck.store.recovery import apply_recovery, turn_at
 from quarterdeck.store.sql import Bulk, Statement, in_list
 from quarterdeck.store.transitions import (

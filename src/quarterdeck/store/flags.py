@@ -15,9 +15,17 @@ from quarterdeck.store.writer import WriteTxn
 
 
 def set_flag(
-    txn: WriteTxn, lane: str, flag: str, value: bool, *, actor: str, workspace: str
+    txn: WriteTxn,
+    lane: str,
+    flag: str,
+    value: bool,
+    *,
+    actor: str,
+    workspace: str,
+    reason: str | None = None,
 ) -> None:
-    """Set one lane flag (``*`` for global) and record it on the ledger."""
+    """Set one lane flag (``*`` for global) and record it on the ledger (with ``reason``, why
+    the runtime set it, when given)."""
     assert flag in ("paused", "shadow", "force_fallback")
     txn.conn.execute(
         text(
@@ -38,7 +46,10 @@ def set_flag(
         "shadow": "lane.shadow_on" if value else "lane.shadow_off",
         "force_fallback": "lane.force_fallback_on" if value else "lane.force_fallback_off",
     }[flag]
-    append_entry(txn, workspace, actor, action, "lane", lane, None, None, {flag: value})
+    payload: dict[str, Any] = {flag: value}
+    if reason:
+        payload["reason"] = reason
+    append_entry(txn, workspace, actor, action, "lane", lane, None, None, payload)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """The transactional outbox: notifications written in the same transaction as the change they
-announce, then delivered by the relay (``quarterdeck.runtime.relay``)."""
+announce, then delivered by the relay (``quarterdeck.runtime.relay``).
+
+A row names its webhook and holds the body to send; never the webhook's URL, headers or secret,
+which the relay takes from the configuration at send time."""
 
 from __future__ import annotations
 
@@ -20,10 +23,10 @@ from quarterdeck.store.writer import WriteTxn
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A webhook as the store sees it: where to send, how, and which events it wants."""
+    """A webhook as the store sees it: its name, the body's format, and which events it wants
+    (where and how it is reached is the relay's business, resolved from its name)."""
 
     name: str
-    url: str
     format: str = "json"
     events: tuple[str, ...] = ("*",)
 
@@ -34,8 +37,8 @@ class Target:
 
 _INSERT = text(
     "INSERT INTO outbox (id, workspace, created_at, event, subject_type, subject_id, webhook, "
-    "url, format, payload, state, attempts, next_attempt_at) VALUES (:id, :workspace, :at, "
-    ":event, :subject_type, :subject_id, :webhook, :url, :format, :payload, 'pending', 0, :at)"
+    "format, payload, state, attempts, next_attempt_at) VALUES (:id, :workspace, :at, :event, "
+    ":subject_type, :subject_id, :webhook, :format, :payload, 'pending', 0, :at)"
 )
 
 
@@ -121,7 +124,6 @@ def enqueue(
                 "subject_type": subject_type,
                 "subject_id": subject_id,
                 "webhook": target.name,
-                "url": target.url,
                 "format": target.format,
                 "payload": canonical_text(body),
             }
@@ -140,7 +142,7 @@ class Due:
     subject_type: str
     subject_id: str
     webhook: str
-    url: str
+    """The webhook's name (its URL and secret are in the configuration)."""
     format: str
     payload: str
     """The body to send, as stored (JSON text)."""
@@ -149,8 +151,8 @@ class Due:
 
 
 _DUE = text(
-    "SELECT id, workspace, event, subject_type, subject_id, webhook, url, format, payload, "
-    "attempts FROM outbox WHERE state = 'pending' AND next_attempt_at <= :at "
+    "SELECT id, workspace, event, subject_type, subject_id, webhook, format, payload, attempts "
+    "FROM outbox WHERE state = 'pending' AND next_attempt_at <= :at "
     "ORDER BY created_at, id LIMIT :limit"
 )
 _PENDING_ROW = text(
@@ -180,7 +182,6 @@ def due(txn: WriteTxn, limit: int = 100, lease_s: float = 60.0) -> list[Due]:
             subject_type=row["subject_type"],
             subject_id=row["subject_id"],
             webhook=row["webhook"],
-            url=row["url"],
             format=row["format"],
             payload=row["payload"],
             attempts=int(row["attempts"]),

@@ -4,14 +4,14 @@ supervision reads, and the claim that fences a worker's writes."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
+from quarterdeck.domain.authority import Roster
 from quarterdeck.domain.policy import Policy
+from quarterdeck.domain.recovery import Role
+from quarterdeck.domain.routing import ActionCaps
 from quarterdeck.store.outbox import Target
-
-Role = Literal["primary", "fallback", "shadow"]
-Finish = Literal["completed", "failed", "timed_out", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,8 @@ class LanePlan:
 @dataclass(frozen=True, slots=True)
 class WorkPlan:
     """The lanes as the store sees them, and what supervision needs: the policy in force,
-    where notifications go, how long a claim on an approval holds."""
+    where notifications go, how long a claim on an approval holds, and who holds which roles
+    (the roster commands are checked against)."""
 
     lanes: Mapping[str, LanePlan]
     default_lane: str
@@ -40,6 +41,10 @@ class WorkPlan:
     attested: Callable[[str], Mapping[str, str]] | None = None
     """``attested(lane)``: the current SHA-256 of each of the lane's attested files (for
     re-baselining); supplied by the runtime, which reads the files."""
+    caps: ActionCaps = field(default_factory=ActionCaps)
+    """How large a call, and how many actions per mission, the gate accepts."""
+    roster: Roster = field(default_factory=Roster)
+    """Who holds which roles where (empty: no person may do anything)."""
 
 
 @dataclass(frozen=True, slots=True)

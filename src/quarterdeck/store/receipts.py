@@ -5,6 +5,11 @@ Deduplication is the unique index ``(workspace, dedupe_key)``: rows go in with
 the receipt that holds the key. Accepted receipts are keyed ``key:<idempotency_key>``; rejected
 ones ``raw:<sha256 of the raw bytes>``, so an identical bad input is one receipt however often
 it is sent, while a corrected envelope with the same idempotency key is still accepted.
+
+A rejected receipt keeps at most :data:`RAW_KEEP_BYTES` of its input, with the input's full
+size (``raw_size``) and the SHA-256 of the whole (its dedupe key); and a workspace keeps at most
+:data:`REJECTED_QUOTA_BYTES` of raw rejected input in all:
+beyond it a rejected receipt keeps only the size and the hash, and its reasons say so.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from quarterdeck.store.tables import ReceiptRow, table_of
 from quarterdeck.store.writer import WriteTxn
 
 RECEIPTS = table_of(ReceiptRow)
+RAW_KEEP_BYTES = 64 * 1024
+"""Raw bytes a rejected receipt keeps (the head of its input)."""
+REJECTED_QUOTA_BYTES = 64 * 1024 * 1024
+"""Raw bytes of rejected input a workspace keeps in all."""
 UNKNOWN_WORKSPACE = "_unknown"
 """Workspace of a rejected receipt whose workspace could not be read (never a valid slug)."""
 
@@ -81,6 +90,12 @@ INSERT INTO receipt_counters (workspace, duplicates) VALUES (?, ?)
 ON CONFLICT (workspace) DO UPDATE SET duplicates = receipt_counters.duplicates + excluded.duplicates
 """
 """Add to a workspace's count of acknowledged duplicate deliveries."""
+
+_REJECTED_USED = text(
+    "SELECT COALESCE(SUM(LENGTH(raw)), 0) FROM receipts "
+    "WHERE workspace = :w AND status = 'rejected' AND raw IS NOT NULL"
+)
+"""The raw bytes a workspace's rejected receipts keep."""
 
 
 INSERT_SQL = (
@@ -164,11 +179,54 @@ class KnownKeys:
             self._items.popitem(last=False)
 
 
+def quota_note(quota: int) -> str:
+    """The reason added to a rejected receipt whose raw bytes were not kept."""
+    return (
+        f"raw: not kept, the workspace's quota of {quota} bytes of rejected input is used up "
+        "(the size and SHA-256 are)"
+    )
+
+
+def _hold_to_quota(
+    conn: Connection, fresh: Sequence[ReceiptDraft], quota: int
+) -> list[ReceiptDraft]:
+    """The drafts, those rejected ones whose raw bytes would pass their workspace's quota
+    stripped of them (their size and hash stay) with a reason saying so."""
+    used: dict[str, int] = {}
+    held: list[ReceiptDraft] = []
+    for draft in fresh:
+        if draft.status != "rejected" or not draft.raw:
+            held.append(draft)
+            continue
+        if draft.workspace not in used:
+            found = conn.execute(_REJECTED_USED, {"w": draft.workspace}).scalar()
+            used[draft.workspace] = int(found or 0)
+        if used[draft.workspace] + len(draft.raw) <= quota:
+            used[draft.workspace] += len(draft.raw)
+            held.append(draft)
+            continue
+        reasons = [*json.loads(draft.errors), quota_note(quota)]
+        held.append(draft._replace(raw=None, errors=json.dumps(reasons, ensure_ascii=False)))
+    return held
+
+
+def _holder(draft: ReceiptDraft) -> Holder:
+    """What a landed draft leaves in :class:`KnownKeys`: never a rejected input's bytes."""
+    if draft.status == "accepted":
+        return draft
+    return _Holder(
+        draft.id, draft.workspace, draft.dedupe_key, draft.status, draft.errors, draft.kind,
+        draft.schema_version, draft.payload,
+    )  # fmt: skip
+
+
 def store_receipts(
     txn: WriteTxn,
     drafts: Sequence[ReceiptDraft],
     known: KnownKeys | None = None,
     learned: dict[tuple[str, str], Holder] | None = None,
+    *,
+    rejected_quota: int = REJECTED_QUOTA_BYTES,
 ) -> list[IngestResult]:
     """Insert every new draft, acknowledge every duplicate, and put the batch on the ledger.
 
@@ -195,6 +253,11 @@ def store_receipts(
             fresh.append(draft)
         else:
             holders[key] = holder
+
+    if any(draft.status == "rejected" for draft in fresh):
+        fresh = _hold_to_quota(conn, fresh, rejected_quota)
+        by_id = {draft.id: draft for draft in fresh}
+        drafts = [by_id.get(draft.id, draft) for draft in drafts]
 
     postgres = conn.dialect.name == "postgresql"
     inserted: set[str] = set()
@@ -236,9 +299,7 @@ def store_receipts(
             reasons = () if draft.status == "accepted" else tuple(json.loads(draft.errors))
             results.append(IngestResult(draft.status, draft.id, reasons))
             summary[draft.status].append(draft.id)
-            holders[(draft.workspace, draft.dedupe_key)] = (
-                draft  # a draft that landed holds its key
-            )
+            holders[(draft.workspace, draft.dedupe_key)] = _holder(draft)
         else:
             holder = holders[(draft.workspace, draft.dedupe_key)]
             result = _duplicate(draft, holder)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
 
-from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.clock import later
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.recovery import Recovery, Step
 from quarterdeck.store.transitions import INSERT_MISSION, mission_row, move_turn
@@ -71,7 +70,7 @@ def apply_recovery(
             dead_letter=stage,
         )  # fmt: skip
     elif step is Step.HOLD:
-        held_until = _later(txn, recovery.hold_s)
+        held_until = later(txn.now, recovery.hold_s)
         moved = move_turn(
             txn, workspace, turn_id, state, "queued", version, actor, error=error,
             extra={"dead_letter": stage, "held_until": held_until, "error": error},
@@ -79,7 +78,7 @@ def apply_recovery(
         )  # fmt: skip
     elif step in (Step.RETRY, Step.FALLBACK):
         assert recovery.lane is not None and recovery.role is not None
-        not_before = _later(txn, recovery.delay_s) if recovery.delay_s else None
+        not_before = later(txn.now, recovery.delay_s) if recovery.delay_s else None
         moved = move_turn(
             txn, workspace, turn_id, state, "queued", version, actor, error=error,
             extra={"dead_letter": stage, "retry_lane": recovery.lane, "not_before": not_before,
@@ -98,7 +97,3 @@ def apply_recovery(
     else:
         moved = False
     return Recovered(moved)
-
-
-def _later(txn: WriteTxn, seconds: float) -> str:
-    return format_instant(txn.now + timedelta(seconds=seconds))

@@ -3,16 +3,21 @@ dispatch, an agent's action, an SDK request). The policy decides (or a ruling ma
 stands: the lease guard's, or the answer of the approval bound to the key), the decision row is
 persisted, the decision goes on the ledger, and its route is applied: the action is released,
 or an approval opens for a person. What else each asker does is its own (``claiming``, ``gate``,
-``requests``); the rules are ``domain/routing``'s.
+``requests``); the rules are ``domain/routing``'s. Also here: the call an action key is bound
+to (its first decision), and the ``out_of_sequence`` refusal of a key asked for another call.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import text
+
 from quarterdeck.domain.policy import ActionRequest, PolicyDecision
-from quarterdeck.domain.routing import Asker, Route, Ruling, Step, route_decision
+from quarterdeck.domain.routing import Asker, Call, Route, Ruling, Step, call_of, route_decision
+from quarterdeck.store.alerts import open_out_of_sequence
 from quarterdeck.store.approvals import NewApproval, create_approval
 from quarterdeck.store.decisions import (
     NO_POLICY_HASH,
@@ -43,6 +48,9 @@ class Ask:
     mission_id: str | None = None
     shadow: bool = False
     """A shadow mission's dispatch (never held for a person)."""
+    call_hash: str | None = None
+    """The hash of the call asked (:attr:`Call.hash`; None for a dispatch): what the key is
+    bound to when this is its first decision."""
 
 
 @dataclass(slots=True)
@@ -99,6 +107,7 @@ def decide_and_record(
         txn, kind=kind, request=ask.request, decision=decision, turn_id=ask.turn_id,
         mission_id=ask.mission_id, action_key=ask.key, verdict=route.verdict,
         approval_id=route.approval_id, decided_by=route.decided_by, reason=route.reason,
+        call_hash=ask.call_hash,
     )  # fmt: skip
     if batch is not None and route.step is Step.RELEASE:
         batch.append(row)
@@ -148,16 +157,75 @@ def _note(txn: WriteTxn, ask: Ask, decision: PolicyDecision, route: Route, fresh
             "verdict": route.verdict, "rule": decision.rule, "policy_hash": decision.policy_hash,
             "requested_by": ask.requested_by,
         }  # fmt: skip
+        if not fresh:
+            decided["reason"] = route.reason
     else:
+        requested = {"action_key": ask.key, "tool": request.tool, "args": dict(request.args)}
+        if ask.call_hash is not None:
+            requested["call_hash"] = ask.call_hash
         txn.ledger.append(
             at=txn.at, workspace=request.workspace, actor=ask.requested_by,
             action="action.requested", subject_type=subject_type, subject_id=subject_id,
-            payload={"action_key": ask.key, "tool": request.tool, "args": dict(request.args)},
+            payload=requested,
         )  # fmt: skip
         decided = {"action_key": ask.key, "verdict": route.verdict, "reason": route.reason}
         if fresh:
             decided.update(rule=decision.rule, policy_hash=decision.policy_hash)
+    if ask.kind is Asker.SDK and ask.call_hash is not None:
+        decided["call_hash"] = ask.call_hash
+    if route.code is not None:
+        decided["code"] = route.code
     txn.ledger.append(
         at=txn.at, workspace=request.workspace, actor="policy", action="action.decided",
         subject_type=subject_type, subject_id=subject_id, payload=decided,
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """The call an action key is bound to: its first decision, that call's hash, and what
+    the decision said."""
+
+    decision_id: str
+    call_hash: str
+    verdict: str
+    reason: str | None
+    args: Any
+    """The arguments recorded (decoded JSON)."""
+
+
+_FIRST_DECISION = text(
+    "SELECT id, call_hash, tool, args, verdict, reason FROM decisions WHERE workspace = :w "
+    "AND action_key = :k AND kind <> 'dispatch' ORDER BY at, id LIMIT 1"
+)
+
+
+def binding_of(txn: WriteTxn, workspace: str, key: str) -> Binding | None:
+    """The call ``key`` was first asked for, or None when it was never asked. A decision
+    recorded before calls were hashed is hashed from its stored tool and arguments (stored
+    whole then)."""
+    row = txn.conn.execute(_FIRST_DECISION, {"w": workspace, "k": key}).first()
+    if row is None:
+        return None
+    args = json.loads(row.args)
+    bound = row.call_hash or call_of(row.tool, args).hash
+    return Binding(str(row.id), bound, row.verdict, row.reason, args)
+
+
+def refuse_out_of_sequence(
+    txn: WriteTxn, plan: WorkPlan | None, ask: Ask, ruling: Ruling, call: Call, binding: Binding
+) -> Decided:
+    """Record the refusal of a key asked for another call than the one it is bound to (the
+    decision, with what was asked, on the ledger) and open an ``out_of_sequence`` alert."""
+    done = decide_and_record(txn, plan, ask, ruling=ruling)
+    subject_type, subject_id = (
+        ("mission", ask.mission_id) if ask.mission_id else ("action", ask.key)
+    )
+    open_out_of_sequence(
+        txn, plan.targets if plan is not None else (), workspace=ask.request.workspace,
+        subject_type=subject_type, subject_id=subject_id, action_key=ask.key,
+        action_id=ask.action_id, tool=call.tool, call_hash=call.hash,
+        bound_hash=binding.call_hash, bound_decision=binding.decision_id,
+        refusal=done.decision_id, actor=ask.requested_by,
+    )  # fmt: skip
+    return done

@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, text
 
 from quarterdeck.domain.clock import format_instant
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
+from quarterdeck.domain.hooks import AGENTS
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import SESSION_HELD, Kind
 from quarterdeck.store.flags import bump_counter
@@ -272,8 +273,8 @@ def retire_sessions(txn: WriteTxn, lanes: Sequence[str], actor: str) -> int:
     ).all()
     retired = 0
     for row in rows:
-        if row.lane in lanes:
-            continue
+        if row.lane in lanes or row.lane in AGENTS:
+            continue  # configured, or an agent CLI's own session (store/sessions_hooks.py)
         retired += _move(txn, row.id, row.state, "retired", row.version, actor,
                          columns=_LEASE_CLEARED, reason="lane removed")  # fmt: skip
     return retired

@@ -6,7 +6,7 @@ JSON columns hold canonical JSON text; instants are fixed-width ISO-8601 UTC tex
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, Table, Text, text
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Table, Text, func, text
 from sqlmodel import Field, SQLModel
 
 
@@ -214,6 +214,10 @@ class ApprovalRow(_StatefulColumns, table=True):
     decided_at: str | None = None
     requested_by: str | None = None
     estimated_cost: float | None = None
+    approvals_required: int | None = None
+    """How many different people must approve (NULL: one)."""
+    approved_by: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    """Who approved so far, a JSON list (a two-person rule needs two)."""
 
 
 class AlertRow(_StatefulColumns, table=True):
@@ -252,6 +256,14 @@ class DecisionRow(SQLModel, table=True):
         Index("ix_decisions_tool", "tool", "at"),
         Index("ix_decisions_lane", "lane", "at"),
         Index("ix_decisions_workspace", "workspace", "at"),
+        Index(
+            "ix_decisions_key",
+            "workspace",
+            "action_key",
+            "at",
+            sqlite_where=text("kind <> 'dispatch'"),
+            postgresql_where=text("kind <> 'dispatch'"),
+        ),
     )
 
     id: str = Field(primary_key=True)
@@ -276,6 +288,8 @@ class DecisionRow(SQLModel, table=True):
     approval_id: str | None = None
     decided_by: str | None = None
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    call_hash: str | None = None
+    """SHA-256 of the canonical ``[tool, args]`` asked: what an action key is bound to."""
 
 
 class ActionReleaseRow(SQLModel, table=True):
@@ -307,7 +321,7 @@ class OutboxRow(SQLModel, table=True):
     subject_type: str
     subject_id: str
     webhook: str
-    url: str
+    """The webhook's name; its URL and secret stay in the configuration."""
     format: str
     payload: str = Field(sa_column=Column(Text, nullable=False))
     state: str
@@ -328,6 +342,9 @@ class AttestationRow(SQLModel, table=True):
     sha256: str
     baselined_at: str
     baselined_by: str
+    content: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    """The baseline's bytes, kept when the file is under ``store.alerts.MAX_BASELINE_BYTES``
+    (a drift alert then shows a diff)."""
 
 
 class LedgerRow(SQLModel, table=True):
@@ -363,6 +380,65 @@ class LedgerHeadRow(SQLModel, table=True):
     hash: str
 
 
+class LedgerCheckpointRow(SQLModel, table=True):
+    """A signed checkpoint of the ledger's head, as also appended to its node's checkpoint
+    file (``domain/checkpoints.py``); ``hash`` is the SHA-256 of its signed bytes."""
+
+    __tablename__ = "ledger_checkpoints"
+    __table_args__ = (Index("ix_ledger_checkpoints_seq", "seq"),)
+
+    hash: str = Field(primary_key=True)
+    seq: int
+    head: str
+    at: str
+    node: str
+    prev: str
+    key_id: str
+    signature: str
+
+
+class TokenRow(SQLModel, table=True):
+    """A bearer token for a remote supervisor: its secret's hash, never the secret."""
+
+    __tablename__ = "tokens"
+
+    id: str = Field(primary_key=True)
+    name: str
+    role: str
+    workspace: str | None = None
+    secret_hash: str
+    created_at: str
+    created_by: str
+    expires_at: str | None = None
+    revoked_at: str | None = None
+    revoked_by: str | None = None
+
+
+class AgentProcessRow(SQLModel, table=True):
+    """An agent process a node started, recorded before it ran and deleted once reaped
+    (:mod:`quarterdeck.store.agent_processes`)."""
+
+    __tablename__ = "agent_processes"
+    __table_args__ = (Index("ix_agent_processes_host", "host", "recorded_at"),)
+
+    id: str = Field(primary_key=True)
+    host: str
+    boot_id: str
+    node_id: str
+    supervisor_pid: int
+    supervisor_start: int = Field(sa_column=Column(BigInteger, nullable=False))
+    mission_id: str
+    attempt: int
+    workspace: str
+    lane: str
+    pid: int
+    pgid: int
+    sid: int
+    start_ticks: int = Field(sa_column=Column(BigInteger, nullable=False))
+    cgroup: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    recorded_at: str
+
+
 class SchemaMigrationRow(SQLModel, table=True):
     """One applied schema migration; the highest version is the schema's version."""
 
@@ -388,3 +464,13 @@ def table_of(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
     return table
+
+
+SHORT_ID_TABLES: tuple[type[SQLModel], ...] = (ReceiptRow, *STATEFUL_TABLES.values())
+"""The tables whose ids people type: each indexes its ids' short form (``ix_<table>_short``)."""
+for _model in SHORT_ID_TABLES:
+    _ids = table_of(_model).c.id
+    Index(
+        f"ix_{table_of(_model).name}_short",
+        func.substr(_ids, 25, 4).concat(func.substr(_ids, 33, 4)),
+    )

@@ -1,7 +1,8 @@
 """A person takes over a turn: the agent's lease is revoked (its mission cancelled, so every
 later write of the agent is fenced off), the person holds the turn, and either writes the
 deliverable that completes it or releases it back to its lane. Or a person cancels a turn
-outright, with the same revocation."""
+outright, with the same revocation. Each needs ``supervisor`` in the turn's workspace; only
+the person holding a turn (the authenticated principal that took it) completes or releases it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 
 from sqlalchemy import text
 
+from quarterdeck.domain.authority import Principal, may_supervise
 from quarterdeck.domain.escalation import holder_of, holding_refusal, takeover_refusal
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.states import MISSION_LIVE, Kind, machine
 from quarterdeck.store.approvals import reject_open
+from quarterdeck.store.authorizing import refuse_principal
 from quarterdeck.store.plan import WorkPlan
 from quarterdeck.store.sql import in_list
 from quarterdeck.store.transitions import (
@@ -35,11 +38,25 @@ def _turn(txn: WriteTxn, workspace: str, turn_id: str) -> Any:
     ).first()
 
 
+def _refused(
+    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, who: Principal, command: str
+) -> dict[str, Any] | None:
+    """The refusal, recorded, when ``who`` may not supervise the workspace (None: they may)."""
+    refusal = may_supervise(plan.roster, who, workspace)
+    if refusal is None:
+        return None
+    return refuse_principal(txn, workspace, who, command, "turn", turn_id, refusal)
+
+
 def take_over(
-    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
+    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, who: Principal
 ) -> dict[str, Any]:
     """Take a live turn from its agent: cancel its live missions (fenced), reject its open
-    approvals (``taken_over``), and hold the turn as ``human:<actor>``."""
+    approvals (``taken_over``), and hold the turn as ``human:<principal>``."""
+    actor = who.label
+    refused = _refused(txn, plan, workspace, turn_id, who, "turn.takeover")
+    if refused is not None:
+        return refused
     turn = _turn(txn, workspace, turn_id)
     reason = takeover_refusal(None if turn is None else turn.state)
     if reason is not None:
@@ -96,9 +113,14 @@ def _held(txn: WriteTxn, workspace: str, turn_id: str, actor: str) -> tuple[Any,
 
 
 def release_turn(
-    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
+    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, who: Principal
 ) -> dict[str, Any]:
-    """Hand a taken-over turn back to its lane: queued again with a fresh mission."""
+    """Hand a taken-over turn back to its lane: queued again with a fresh mission (only its
+    holder)."""
+    actor = who.label
+    refused = _refused(txn, plan, workspace, turn_id, who, "turn.release")
+    if refused is not None:
+        return refused
     turn, error = _held(txn, workspace, turn_id, actor)
     if error is not None:
         return refuse(
@@ -112,12 +134,18 @@ def release_turn(
 
 def complete_turn(
     txn: WriteTxn,
+    plan: WorkPlan,
     workspace: str,
     turn_id: str,
     deliverable: Mapping[str, Any],
-    actor: str,
+    who: Principal,
 ) -> dict[str, Any]:
-    """Complete a taken-over turn with the person's deliverable (the only one it gets)."""
+    """Complete a taken-over turn with the person's deliverable (the only one it gets; only
+    its holder)."""
+    actor = who.label
+    refused = _refused(txn, plan, workspace, turn_id, who, "turn.complete")
+    if refused is not None:
+        return refused
     turn, error = _held(txn, workspace, turn_id, actor)
     if error is not None:
         return refuse(
@@ -132,11 +160,15 @@ def complete_turn(
 
 
 def cancel_turn(
-    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, actor: str
+    txn: WriteTxn, plan: WorkPlan, workspace: str, turn_id: str, who: Principal
 ) -> dict[str, Any]:
     """Cancel a turn that has not finished: its live missions are cancelled (a running agent is
     fenced off and stopped) and its open approvals rejected (``cancelled``), so nothing waits on
     a person for a turn that is over."""
+    actor = who.label
+    refused = _refused(txn, plan, workspace, turn_id, who, "turn.cancel")
+    if refused is not None:
+        return refused
     turn = _turn(txn, workspace, turn_id)
     if turn is None or not machine(Kind.TURN).allows(turn.state, "cancelled"):
         reason = "no such turn" if turn is None else f"turn is already {turn.state}"

@@ -18,8 +18,8 @@ from typing import Any
 from sqlalchemy import TextClause, text
 
 from quarterdeck.domain.canonical import canonical_text
+from quarterdeck.domain.recovery import Role
 from quarterdeck.domain.states import TURN_HOLDS_LEASE, TURN_NO_DEAD_LETTER, Kind, check_transition
-from quarterdeck.store.plan import Role
 from quarterdeck.store.sql import Bulk
 from quarterdeck.store.tables import STATEFUL_TABLES, table_of
 from quarterdeck.store.writer import WriteTxn

@@ -14,8 +14,9 @@ store.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from textual import work
@@ -27,14 +28,21 @@ from quarterdeck.client.console import (
     Console,
     ReadOnly,
     Snapshot,
+    remaining_s,
 )
+from quarterdeck.domain.clock import format_instant, utc_now
 from quarterdeck.domain.states import APPROVAL_OPEN
 from quarterdeck.tui import commands
 from quarterdeck.tui.commands import Addressed
-from quarterdeck.tui.screens import ConfirmScreen, JsonEditScreen, ReasonScreen, TextEditScreen
+from quarterdeck.tui.screens import (
+    ConfirmScreen,
+    JsonEditScreen,
+    ReasonScreen,
+    SnoozeScreen,
+    TextEditScreen,
+)
 from quarterdeck.tui.table import LivePane, short
 
-SNOOZE_S = 600
 REJECT_REASONS = ("unsafe", "wrong_target", "needs_context", "policy", "other")
 """Reject reason codes offered when the runtime names none."""
 
@@ -75,9 +83,17 @@ class SupervisorApp(App[None]):
         return dict(result)
 
     @work(group="commands")
-    async def send(self, addressed: Addressed, done: str) -> None:
-        """Send a command and report how it went; a snapshot confirms it afterwards."""
+    async def send(
+        self,
+        addressed: Addressed,
+        done: str,
+        after: Callable[[Mapping[str, Any] | None], object] | None = None,
+    ) -> None:
+        """Send a command and report how it went (then call ``after`` with its result); a
+        snapshot confirms it afterwards."""
         result = await self.command(addressed)
+        if after is not None:
+            after(result)
         if result is None:
             return
         if result.get("ok"):
@@ -95,11 +111,41 @@ class SupervisorApp(App[None]):
         if not self.live:
             await self.refresh_now()
 
+    def hold(self, line: ApprovalLine) -> Callable[[Mapping[str, Any] | None], None]:
+        """Claim the approval of ``line`` while a dialog about it is open (sent at once, the
+        dialog does not wait for it; a claim someone else holds is shown). Returns what lets
+        the claim go when the dialog closes: with the decision's result when one was sent,
+        nothing is sent when the decision settled the approval (which lets go of its claim)."""
+        claiming = self.run_worker(self._claim(line), group="claims")
+
+        def let_go(result: Mapping[str, Any] | None = None) -> None:
+            if result and result.get("ok") and result.get("state") not in APPROVAL_OPEN:
+                return
+            self.run_worker(self._unclaim(line, claiming.wait()), group="claims")
+
+        return let_go
+
+    async def _claim(self, line: ApprovalLine) -> bool:
+        """Claim; whether this console now holds the claim."""
+        result = await self.command(commands.claim(line.id, workspace=line.workspace))
+        if result is None:
+            return False
+        if not result.get("ok"):
+            self.notify("; ".join(result.get("errors", ["refused"])), title="not claimed",
+                        severity="warning")  # fmt: skip
+            return False
+        return not result.get("already")
+
+    async def _unclaim(self, line: ApprovalLine, claimed: Awaitable[bool]) -> None:
+        """Let go of the claim once it is known to be held."""
+        if await claimed:
+            await self.command(commands.unclaim(line.id, workspace=line.workspace))
+
     def writable(self) -> bool:
         """Whether actions may change the runtime (else say why not)."""
         if self.source.read_only:
             self.notify(
-                "read-only console: actions are refused (attached with --read-only)",
+                "attached with --read-only: no actions",
                 title="read-only", severity="error",
             )  # fmt: skip
             return False
@@ -202,32 +248,40 @@ class ApprovalActions(PaneActions):
             self.supervisor.send(_approve(line), f"approved {line.tool} ({short(line.id)})")
 
     def action_edit_approve(self) -> None:
-        """Edit the arguments (validated JSON), then approve with them."""
+        """Edit the arguments (validated JSON), then approve with them; the approval is
+        claimed while the editor is open."""
         line = self._approval()
         app = self.supervisor
         if line is None or not app.writable():
             return
+        let_go = app.hold(line)
 
         def sent(value: dict[str, Any] | None) -> None:
-            if value is not None:
-                app.send(_approve(line, value), f"approved {line.tool} with edits")
+            if value is None:
+                let_go(None)
+            else:
+                app.send(_approve(line, value), f"approved {line.tool} with edits", let_go)
 
         app.push_screen(JsonEditScreen(f"Edit {line.tool} arguments", json.loads(line.args)), sent)
 
     def action_reject(self) -> None:
-        """Reject with a reason code picked by one key."""
+        """Reject with a reason code picked by one key; the approval is claimed while the
+        picker is open."""
         line = self._approval()
         app = self.supervisor
         if line is None or not app.writable():
             return
         codes = (app.snapshot.reject_reasons if app.snapshot else ()) or REJECT_REASONS
+        let_go = app.hold(line)
 
         def sent(choice: tuple[str, str] | None) -> None:
-            if choice is not None:
-                code, note = choice
-                payload = commands.reject(line.id, action_key=line.action_key, reason_code=code,
-                                          workspace=line.workspace, reason=note)  # fmt: skip
-                app.send(payload, f"rejected {line.tool}: {code}")
+            if choice is None:
+                let_go(None)
+                return
+            code, note = choice
+            payload = commands.reject(line.id, action_key=line.action_key, reason_code=code,
+                                      workspace=line.workspace, reason=note)  # fmt: skip
+            app.send(payload, f"rejected {line.tool}: {code}", let_go)
 
         app.push_screen(ReasonScreen(codes), sent)
 
@@ -240,13 +294,23 @@ class ApprovalActions(PaneActions):
             )
 
     def action_snooze(self) -> None:
-        """Snooze the selected approval for ten minutes."""
+        """Snooze the selected approval for a duration picked in a dialog that shows its
+        deadline."""
         line = self._approval()
-        if line is not None and self.supervisor.writable():
-            self.supervisor.send(
-                commands.snooze(line.id, for_s=SNOOZE_S, workspace=line.workspace),
-                f"snoozed {line.tool} for 10m",
-            )
+        app = self.supervisor
+        if line is None or not app.writable():
+            return
+
+        def picked(seconds: int | None) -> None:
+            if seconds is not None:
+                app.send(
+                    commands.snooze(line.id, for_s=seconds, workspace=line.workspace),
+                    f"snoozed {line.tool} for {duration(seconds)}",
+                )
+
+        now = getattr(app, "clock", utc_now)()
+        subject = f"{line.tool} on {line.lane}"
+        app.push_screen(SnoozeScreen(subject, deadline_text(line, now)), picked)
 
     def action_approve_all(self) -> None:
         """Approve every approval shown (after confirmation), each on its own record."""
@@ -268,6 +332,23 @@ class ApprovalActions(PaneActions):
             done += bool(result and result.get("ok") and not result.get("already"))
         app.notify(f"approved {done} of {len(lines)}")
         await app.confirm()
+
+
+def duration(seconds: int) -> str:
+    """A snooze's duration as it reads (5m, 1h)."""
+    return f"{seconds // 3600}h" if seconds % 3600 == 0 else f"{seconds // 60}m"
+
+
+def deadline_text(line: ApprovalLine, now: datetime) -> str:
+    """An approval's deadline as the snooze dialog shows it: when, how far off, and a snooze
+    running now."""
+    left = remaining_s(line.deadline_at, now)
+    text = f"deadline {line.deadline_at[11:19]} UTC"
+    if left is not None:
+        text += f" (in {int(left) // 60}m{int(left) % 60:02d}s)" if left > 0 else " (overdue)"
+    if line.snoozed_until and line.snoozed_until > format_instant(now):
+        text += f" · snoozed until {line.snoozed_until[11:19]}"
+    return text
 
 
 def _approve(line: ApprovalLine, args: Mapping[str, Any] | None = None) -> Addressed:

@@ -21,12 +21,15 @@ from textual.app import ComposeResult
 from textual.binding import BindingType
 from textual.css.query import NoMatches
 from textual.theme import Theme
-from textual.widgets import ContentSwitcher, Footer
+from textual.widgets import ContentSwitcher
 
 from quarterdeck.client.console import Console, Snapshot
 from quarterdeck.domain.clock import Clock, utc_now
+from quarterdeck.tui.detail import DetailView, MasterDetail
+from quarterdeck.tui.footer import KeyFooter
 from quarterdeck.tui.header import StatusHeader
-from quarterdeck.tui.keymap import BY_NAME, keymap_problems
+from quarterdeck.tui.keymap import ACTIONS, BY_NAME, NO_KEY, keymap_problems
+from quarterdeck.tui.lanes import LanesPane, lane_reader
 from quarterdeck.tui.navigation import FilterBar, Navigation, app_bindings
 from quarterdeck.tui.panes import AlertsPane, ApprovalsPane, LedgerPane, MissionsPane, TurnsPane
 
@@ -58,6 +61,7 @@ class QuarterdeckApp(Navigation):
         super().__init__(console, live=live, clock=clock)
         self.error: str | None = None
         self.seen_approvals: set[str] | None = None
+        self.seen_alerts: set[str] | None = None
         self._theme = theme
         self._theme_problem = theme_problem
         self._keymap = dict(keymap or {})
@@ -69,16 +73,19 @@ class QuarterdeckApp(Navigation):
     # --- lifecycle -------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        """Header, the pane switcher, the filter bar, the footer."""
+        """Header, the pane switcher with the detail view, the filter bar, the footer."""
         yield StatusHeader(id="status")
-        with ContentSwitcher(initial="approvals", id="panes"):
-            yield ApprovalsPane(id="approvals")
-            yield TurnsPane(id="turns")
-            yield MissionsPane(id="missions")
-            yield AlertsPane(id="alerts")
-            yield LedgerPane(id="ledger")
+        with MasterDetail(id="work"):
+            with ContentSwitcher(initial="approvals", id="panes"):
+                yield ApprovalsPane(id="approvals")
+                yield TurnsPane(id="turns")
+                yield MissionsPane(id="missions")
+                yield AlertsPane(id="alerts")
+                yield LedgerPane(id="ledger")
+                yield LanesPane(id="lanes")
+            yield DetailView(id="detail-view")
         yield FilterBar(placeholder="filter (enter applies, escape clears)", id="filter")
-        yield Footer()
+        yield KeyFooter(id="footer")
 
     def on_mount(self) -> None:
         """Theme and keymap, the main screen, the first refresh, then the live loop."""
@@ -89,8 +96,13 @@ class QuarterdeckApp(Navigation):
         if problems:
             self.notify("; ".join(problems), title="keymap", severity="warning", timeout=8)
         known = {name: key for name, key in self._keymap.items() if name in BY_NAME}
+        taken = set(known.values())
+        for action in ACTIONS:
+            if action.name not in known and action.key in taken:
+                # The user gave this action's key to another: it keeps none (help says so).
+                known[action.name] = NO_KEY
         if known:
-            self.set_keymap(known)
+            self.set_keymap(known)  # help reads the keys back from the app's keymap
         self.query_one("#ledger", LedgerPane).loader = self.load_ledger
         self.query_one("#filter", FilterBar).display = False
         if self._theme_problem:
@@ -147,12 +159,15 @@ class QuarterdeckApp(Navigation):
             ledger = self.query_one("#ledger", LedgerPane)
             if ledger.following and self.current == "ledger":
                 ledger.show(await self.source.ledger_page(None), self.clock())
+            if self.current == "lanes":
+                await self._lanes()
         if self._again:
             self._again = False
             await self._refresh_now()
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
-        """Show a snapshot: the header and the pane in view; ring for new approvals."""
+        """Show a snapshot: the header and the pane in view; ring for new approvals and toast
+        newly opened alerts."""
         now = self.clock()
         with self.batch_update():
             self.query_one("#status", StatusHeader).show(snapshot, self.error)
@@ -163,12 +178,19 @@ class QuarterdeckApp(Navigation):
             if new:
                 self.bell()
                 first = next(line for line in snapshot.approvals if line.id in new)
-                self.notify(
-                    f"{first.tool} on {first.lane} needs {first.approver}"
-                    + (f" (+{len(new) - 1} more)" if len(new) > 1 else ""),
-                    title="new approval",
-                )
+                # One short line: the Approvals pane has the rest.
+                more = f" (+{len(new) - 1})" if len(new) > 1 else ""
+                self.notify(f"new approval: {first.tool} on {first.lane}{more}", timeout=4)
         self.seen_approvals = ids
+        opened = {line.id for line in snapshot.alerts if line.state == "open"}
+        if self.seen_alerts is not None:
+            for line in snapshot.alerts:
+                if line.id in opened - self.seen_alerts:
+                    self.notify(
+                        line.message, title=f"alert: {line.alert_type}", markup=False,
+                        severity="error" if line.severity == "error" else "warning",
+                    )  # fmt: skip
+        self.seen_alerts = opened
 
     def show_current(self, snapshot: Snapshot, now: datetime) -> None:
         """Only the pane in view is brought up to date; the others catch up when shown."""
@@ -180,6 +202,24 @@ class QuarterdeckApp(Navigation):
         }
         if self.current in lines:
             self.pane().show(lines[self.current], now)
+            self.query_one("#work", MasterDetail).follow(now)
+
+    def load_lanes(self) -> None:
+        """Load the lane overview into its pane."""
+        self._load_lanes()
+
+    @work(exclusive=True, group="lanes")
+    async def _load_lanes(self) -> None:
+        await self._lanes()
+
+    async def _lanes(self) -> None:
+        pane = self.query_one("#lanes", LanesPane)
+        reader = lane_reader(self.source)
+        if reader is None:
+            pane.empty = "this console gives no lane overview"
+            pane.show((), self.clock())
+        else:
+            pane.show(await reader.lanes(), self.clock())
 
     def load_ledger(self, before: int | None) -> None:
         """Load a page of the ledger (older than ``before``; the newest when None)."""

@@ -7,16 +7,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from rich.cells import set_cell_size
+from rich.cells import cell_len, set_cell_size
+
+from quarterdeck.domain.display import escape_controls
+from quarterdeck.domain.ids import short_id
 
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """A table column: its label, fixed width and key."""
+    """A table column: its key, label and width (at most this wide, or narrower when its cells
+    are; a column that grows is at least this wide and takes the spare width first, up to its
+    widest cell). Any column whose cells are cut takes what spare width is left."""
 
     key: str
     label: str
     width: int
+    grow: bool = False
+    keep_end: bool = False
+    """Cut from the left (the end of a worker's name tells it apart)."""
 
 
 class Styled(NamedTuple):
@@ -29,25 +37,36 @@ class Styled(NamedTuple):
 Cell = str | Styled
 Row = tuple[Cell, ...]
 
-_CONTROL = {code: None for code in range(32)} | {9: " ", 127: None}
-"""Control characters dropped from cells (a tab reads as a space)."""
 
-
-def fit(text: str, width: int) -> str:
-    """``text``'s first line, without control characters, cut or padded to ``width`` cells."""
-    text = text.split("\n", 1)[0].translate(_CONTROL)
+def fit(text: str, width: int, *, keep_end: bool = False) -> str:
+    """``text`` with its control characters escaped (a line break reads ``\\n``: nothing after
+    it is hidden), padded to ``width`` cells, or cut to them with ``…`` where it was cut (at
+    the end, or at the start with ``keep_end``)."""
+    text = escape_controls(text)
     if text.isascii():
-        return text[:width].ljust(width)
-    return set_cell_size(text, width)
+        if len(text) <= width:
+            return text.ljust(width)
+        if width < 2:
+            return text[:width]
+        return "…" + text[len(text) - width + 1 :] if keep_end else text[: width - 1] + "…"
+    if cell_len(text) <= width:
+        return set_cell_size(text, width)
+    if keep_end:
+        return "…" + set_cell_size(text[::-1], width - 1)[::-1]
+    return set_cell_size(text, width - 1) + "…"
+
+
+def text_width(text: str) -> int:
+    """How many cells ``text`` takes once shown (its control characters escaped)."""
+    if text.isascii() and text.isprintable():
+        return len(text)
+    return cell_len(escape_controls(text))
 
 
 def short(identifier: str | None) -> str:
-    """Eight characters that tell neighbouring ids apart: a uuid7 from one batch shares its
-    timestamp and random base, and differs in the trailing counter."""
-    if not identifier:
-        return "-"
-    digits = identifier.replace("-", "")
-    return digits[-12:-8] + digits[-4:] if len(digits) >= 12 else digits
+    """An id's short form (:func:`~quarterdeck.domain.ids.short_id`: the one every command
+    accepts)."""
+    return short_id(identifier)
 
 
 def countdown(seconds: float | None) -> Cell:

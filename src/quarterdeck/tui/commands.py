@@ -20,6 +20,7 @@ from quarterdeck.domain.commands import (
     ApprovalEscalate,
     ApprovalReject,
     ApprovalSnooze,
+    ApprovalUnclaim,
     Command,
     FallbackForce,
     LaneForceFallback,
@@ -84,8 +85,13 @@ def snooze(approval_id: str, *, for_s: int, workspace: str) -> Addressed:
 
 
 def claim(approval_id: str, *, workspace: str) -> Addressed:
-    """Claim an approval while its detail view is open."""
+    """Claim an approval while an edit or a reject of it is under way."""
     return Addressed(ApprovalClaim(approval_id=approval_id), workspace)
+
+
+def unclaim(approval_id: str, *, workspace: str) -> Addressed:
+    """Let go of a claim on an approval (the edit or reject was left undecided)."""
+    return Addressed(ApprovalUnclaim(approval_id=approval_id), workspace)
 
 
 # --- turns ---------------------------------------------------------------------------------------

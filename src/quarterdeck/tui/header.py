@@ -1,91 +1,206 @@
-"""The control center's header: what it is attached to, flags, counts and SLO figures, laid out
-in lines of the terminal's width."""
+"""The control center's header: what it is attached to and its flags, then counts and SLO
+figures, in two lines fitted to the terminal's width."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widgets import Static
 
 from quarterdeck.client.console import Snapshot
 
+MIN_CUT = 16
+"""A part cut to fit keeps at least this many cells."""
 
-def layout_segments(groups: list[list[Text]], width: int, separator: str) -> Text:
-    """Segments as lines no wider than ``width`` (0: unlimited): each group starts a line, its
-    segments joined by ``separator`` (the first group's, a badge and then words, by spaces),
-    and a segment that would cross the edge starts the next line. A segment wider than a whole
-    line is left to the terminal to wrap."""
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One segment of a header line: its text, shorter forms to fall back on (each shorter
+    than the one before), and how much it matters (the least important gives way first:
+    a shorter form, and at last nothing, when ``droppable``)."""
+
+    text: Text
+    shorter: tuple[Text, ...] = ()
+    rank: int = 0
+    droppable: bool = False
+    cuttable: bool = False
+    """Cut with ``…`` when the line is still too wide once every part gave way."""
+
+
+def fit_line(parts: list[Part], width: int, separator: str) -> Text:
+    """``parts`` as one line no wider than ``width`` (0: unlimited), joined by ``separator``:
+    while it is too wide, the least important part that can give way does (its next shorter
+    form, else it is left out); the first part is cut with ``…`` when nothing else can."""
+    forms = [0] * len(parts)
+    kept = [True] * len(parts)
+
+    def current(index: int) -> Text:
+        part = parts[index]
+        return part.text if forms[index] == 0 else part.shorter[forms[index] - 1]
+
+    def wide() -> int:
+        shown = [current(i).cell_len for i in range(len(parts)) if kept[i]]
+        lead = 1 if not kept[0] or not current(0).plain.startswith(" ") else 0
+        return lead + sum(shown) + len(separator) * (len(shown) - 1)
+
+    cut = [0] * len(parts)
+
+    def can_cut(index: int) -> bool:
+        return parts[index].cuttable and current(index).cell_len - cut[index] > MIN_CUT
+
+    while width and wide() - sum(cut) > width:
+        giving = [
+            i
+            for i, part in enumerate(parts)
+            if kept[i] and (forms[i] < len(part.shorter) or part.droppable or can_cut(i))
+        ]
+        if not giving:
+            break
+        index = min(giving, key=lambda i: (parts[i].rank, -i))
+        if forms[index] < len(parts[index].shorter):
+            forms[index] += 1
+        elif can_cut(index):
+            over = wide() - sum(cut) - width
+            cut[index] += min(over, current(index).cell_len - cut[index] - MIN_CUT)
+        else:
+            kept[index] = False
     out = Text()
-    for number, group in enumerate(groups):
-        line = 0
-        for index, segment in enumerate(group):
-            joiner = separator if number else " " if index == 1 else "  "
-            if index == 0:
-                if number:
-                    out.append("\n")
-                if number or not segment.plain.startswith(" "):
-                    out.append(" ")
-                    line = 1
-            elif width and line + len(joiner) + segment.cell_len > width:
-                out.append("\n ")
-                line = 1
-            else:
-                out.append(joiner)
-                line += len(joiner)
-            out.append_text(segment)
-            line += segment.cell_len
+    for index in range(len(parts)):
+        if not kept[index]:
+            continue
+        if out:
+            out.append(separator)
+        elif not current(index).plain.startswith(" "):
+            out.append(" ")
+        text = current(index)
+        if cut[index]:
+            text = text.copy()
+            text.truncate(text.cell_len - cut[index] - 1)
+            text.append("…")
+        out.append_text(text)
+    if width and out.cell_len > width:
+        out.truncate(width - 1)
+        out.append("…")
     return out
 
 
-class StatusHeader(Static):
-    """The runtime's state: what this is attached to, flags (FORCE FALLBACK stands out),
-    counts and SLO figures.
+def lanes(count: int) -> str:
+    """``1 lane``, ``3 lanes``."""
+    return f"{count} lane" + ("" if count == 1 else "s")
 
-    Built from segments laid out in lines of the terminal's width: a segment that does not fit
-    starts the next line whole, so a narrow terminal never splits a figure from its name.
+
+class StatusHeader(Static):
+    """The runtime's state in two lines: what this is attached to and its flags (FORCE
+    FALLBACK stands out), then counts and SLO figures.
+
+    Each line is fitted to the terminal's width by :func:`fit_line`: the least important
+    segments take a shorter form or give way first; a flag is never left out.
     """
 
     _shown: tuple[Snapshot | None, str | None] | None = None
 
     def show(self, snapshot: Snapshot | None, error: str | None = None) -> None:
-        """Render the header for a snapshot (or the last one, with an error)."""
+        """Render the header for a snapshot (or the last one, with an error): at most two
+        lines whatever the width, the flags kept whole before anything else."""
         self._shown = (snapshot, error)
-        badge = Text(" QUARTERDECK ", style="bold reverse")
+        width = self.app.size.width
+        badge = Part(
+            Text(" QUARTERDECK ", style="bold reverse"),
+            (Text(" QD ", style="bold reverse"),),
+            rank=5,
+        )
         if snapshot is None:
-            state = [badge, Text("connecting…")]
+            state = [badge, Part(Text("connecting…"), rank=5)]
             if error:
-                state.append(Text(error, style="bold red"))
-            self._set(layout_segments([state], self.app.size.width, "  "))
+                state.append(Part(Text(error, style="bold red"), rank=8))
+            self._set(fit_line(state, width, "  "))
             return
         head = snapshot.header
-        identity = [badge, Text(head.target)]
+        identity = [badge, self._target(head.target)]
         if head.alive is not None:
-            identity.append(
-                Text("○ daemon not running", style="bold red")
-                if not head.alive
-                else Text("● daemon alive", style="green")
-                if head.alive == 1
-                else Text(f"● {head.alive} nodes alive", style="green")
-            )
+            if not head.alive:
+                identity.append(
+                    Part(
+                        Text("○ daemon not running", style="bold red"),
+                        (Text("○ no daemon", style="bold red"),),
+                        rank=8,
+                    )
+                )
+            else:
+                alive = "● daemon alive" if head.alive == 1 else f"● {head.alive} nodes alive"
+                identity.append(
+                    Part(Text(alive, style="green"), (Text("●", style="green"),), rank=3)
+                )
         if head.read_only:
-            identity.append(Text("READ-ONLY", style="bold yellow"))
+            identity.append(
+                Part(
+                    Text("READ-ONLY", style="bold yellow"),
+                    (Text("RO", style="bold yellow"),),
+                    rank=8,
+                )
+            )
+        flag = "bold white on red"
         if head.force_all:
-            identity.append(Text(" FORCE FALLBACK: ALL LANES ", style="bold white on red"))
+            identity.append(
+                Part(
+                    Text(" FORCE FALLBACK: ALL LANES ", style=flag),
+                    (Text(" FALLBACK: ALL ", style=flag),),
+                    rank=9,
+                )
+            )
         elif head.forced:
-            forced = f" FORCE FALLBACK: {', '.join(head.forced)} "
-            identity.append(Text(forced, style="bold white on red"))
+            forced = ", ".join(head.forced)
+            identity.append(
+                Part(
+                    Text(f" FORCE FALLBACK: {forced} ", style=flag),
+                    (
+                        Text(f" FALLBACK: {forced} ", style=flag),
+                        Text(f" FALLBACK: {lanes(len(head.forced))} ", style=flag),
+                    ),
+                    rank=9,
+                )
+            )
         if head.paused:
-            identity.append(Text(f"paused: {', '.join(head.paused)}", style="yellow"))
+            paused = ", ".join(head.paused)
+            identity.append(
+                Part(
+                    Text(f"paused: {paused}", style="yellow"),
+                    (Text(f"paused: {lanes(len(head.paused))}", style="yellow"),),
+                    rank=7,
+                )
+            )
+        identity.append(Part(Text(f"ledger {head.head_seq}"), rank=1, droppable=True))
         counts = head.turns
+        running, queued = counts.get("running", 0), counts.get("queued", 0)
+        waiting, done = counts.get("awaiting_approval", 0), counts.get("completed", 0)
+        failed = counts.get("failed", 0) + counts.get("timed_out", 0)
         figures = [
-            Text(
-                f"turns {sum(counts.values())}: "
-                f"{counts.get('running', 0)} running · {counts.get('queued', 0)} queued · "
-                f"{counts.get('awaiting_approval', 0)} waiting · "
-                f"{counts.get('completed', 0)} done · "
-                f"{counts.get('failed', 0) + counts.get('timed_out', 0)} failed"
+            Part(
+                Text(
+                    f"turns {sum(counts.values())}: {running} running · {queued} queued · "
+                    f"{waiting} waiting · {done} done · {failed} failed"
+                ),
+                (
+                    Text(
+                        f"turns {running} run · {queued} queued · {waiting} wait · "
+                        f"{done} done · {failed} fail"
+                    ),
+                    Text(f"{running} run {queued} q {waiting} wait {failed} fail"),
+                ),
+                rank=6,
             ),
-            Text(f"approvals {head.approvals_open}", style="bold" if head.approvals_open else ""),
-            Text(f"alerts {head.alerts_open}", style="bold red" if head.alerts_open else ""),
+            Part(
+                Text(
+                    f"approvals {head.approvals_open}", style="bold" if head.approvals_open else ""
+                ),
+                (Text(f"appr {head.approvals_open}", style="bold" if head.approvals_open else ""),),
+                rank=7,
+            ),
+            Part(
+                Text(f"alerts {head.alerts_open}", style="bold red" if head.alerts_open else ""),
+                rank=7,
+            ),
         ]
         slo = head.slo
         p95 = slo.get("mission_latency_p95_s")
@@ -97,12 +212,12 @@ class StatusHeader(Static):
         dead = slo.get("dead_letters")
         if dead:
             service.append(f" dead {dead}", style="bold red")
-        figures.append(service)
-        identity.append(Text(f"ledger {head.head_seq}"))
-        groups = [identity, figures]
+        figures.append(Part(service, rank=2, droppable=True))
+        lines = [fit_line(identity, width, "  "), fit_line(figures, width, " │ ")]
         if error:
-            groups.append([Text(error, style="bold red")])
-        self._set(layout_segments(groups, self.app.size.width, " │ "))
+            # An error takes the figures' line: the store cannot be read, they are stale.
+            lines[1] = fit_line([Part(Text(error, style="bold red"), rank=9)], width, "")
+        self._set(Text("\n").join(lines))
 
     def on_resize(self) -> None:
         """Lay the last header out again for the new width."""
@@ -118,3 +233,10 @@ class StatusHeader(Static):
         self.update(text, layout=False)
         if not width or self.get_content_height(self.size, self.size, width) != height:
             self.refresh(layout=True)
+
+    def _target(self, target: str) -> Part:
+        """What the console shows, shorter forms without the node's id."""
+        shorter = []
+        if "(" in target:
+            shorter.append(Text(target.split("(", 1)[0].strip()))
+        return Part(Text(target), tuple(shorter), rank=2, cuttable=True)

@@ -10,7 +10,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from quarterdeck.client.console import AttachedConsole, EmbeddedConsole
+from quarterdeck.client.console import Console, EmbeddedConsole
+from quarterdeck.runtime.api_serve import ControlOptions
 from quarterdeck.runtime.config import RuntimeConfig
 from quarterdeck.runtime.runtime import Runtime
 from quarterdeck.store.database import Database
@@ -46,21 +47,32 @@ async def run_embedded(
     theme: str | None = None,
     keymap: Mapping[str, str] | None = None,
     demo: bool = False,
+    speed: float = 1.0,
     node_id: str | None = None,
+    control: ControlOptions | None = None,
 ) -> int:
-    """The control center on a runtime in this process; the runtime drains when it quits."""
+    """The control center on a runtime in this process, which serves the control API
+    (``control``; by default on the state directory's socket); the runtime drains when it
+    quits. With ``demo``, the demo's feeder runs beside it (at ``speed``) and the header says
+    where the demo's state is."""
     secure_state_dir(state_dir, config.control.supervisors_group)
     log_to_file(state_dir)
-    runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id)
+    if control is None:
+        control = ControlOptions.for_state_dir(state_dir, config)
+    runtime = Runtime(db, config, state_dir=state_dir, node_id=node_id, control=control)
     await runtime.start()
     stop = asyncio.Event()
     feeder: asyncio.Task[None] | None = None
+    console = EmbeddedConsole(runtime)
     if demo:
         from quarterdeck.runtime.demo import DemoFeeder
 
-        feeder = asyncio.get_running_loop().create_task(DemoFeeder(runtime.submit).run(stop))
+        pace = f" at {speed:g}x speed" if speed != 1 else ""
+        console.target = f"demo{pace} · state in {state_dir}"
+        feeding = DemoFeeder(runtime.submit, speed=speed, lanes=console.lanes)
+        feeder = asyncio.get_running_loop().create_task(feeding.run(stop))
     chosen, problem = resolve_theme(theme, state_dir / "themes")
-    app = create_app(EmbeddedConsole(runtime), theme=chosen, theme_problem=problem, keymap=keymap)
+    app = create_app(console, theme=chosen, theme_problem=problem, keymap=keymap)
     try:
         await app.run_async()
     finally:
@@ -73,18 +85,18 @@ async def run_embedded(
 
 
 async def run_attached(
-    db: Database,
+    console: Console,
     *,
-    read_only: bool,
     theme: str | None = None,
     themes_dir: Path | None = None,
     keymap: Mapping[str, str] | None = None,
-    reject_reasons: tuple[str, ...] = (),
-    lanes: tuple[str, ...] = (),
 ) -> int:
-    """The control center on another process's runtime, through its database."""
+    """The control center on another process's runtime (through its control API: see
+    :class:`~quarterdeck.client.api_console.ApiConsole`); the console is closed at the end."""
     chosen, problem = resolve_theme(theme, themes_dir)
-    console = AttachedConsole(db, read_only=read_only, reject_reasons=reject_reasons, lanes=lanes)
     app = create_app(console, theme=chosen, theme_problem=problem, keymap=keymap)
-    await app.run_async()
+    try:
+        await app.run_async()
+    finally:
+        await console.close()
     return 0

@@ -23,16 +23,21 @@ from textual.widgets import ContentSwitcher, Input
 
 from quarterdeck.client.console import Console, Snapshot
 from quarterdeck.domain.clock import Clock
-from quarterdeck.tui import commands
 from quarterdeck.tui.actions import SupervisorApp
-from quarterdeck.tui.keymap import ACTIONS, BY_NAME, KeyAction
+from quarterdeck.tui.detail import DETAIL_KINDS, MasterDetail
+from quarterdeck.tui.keymap import ACTIONS, BY_NAME, MOVES, NO_KEY, KeyAction
 from quarterdeck.tui.panes import LedgerPane
-from quarterdeck.tui.screens import DetailScreen, HelpScreen
+from quarterdeck.tui.screens import ConfirmScreen, DetailScreen, HelpScreen
 from quarterdeck.tui.table import LivePane
 
-PANES = ("approvals", "turns", "missions", "alerts", "ledger")
-KEY_LABELS = {"slash": "/", "question_mark": "?", "enter": "enter", "tab": "tab"}
-"""How key names read on screen."""
+PANES = ("approvals", "turns", "missions", "alerts", "ledger", "lanes")
+KEY_LABELS = {"slash": "/", "question_mark": "?"}
+"""How key names read on screen (others read as they are named)."""
+PRIORITY = frozenset({"next_pane", "prev_pane"})
+"""Actions whose keys the app takes before the focused widget (else the screen's tab and
+shift+tab move the focus)."""
+PANE_WIDE = frozenset({"approve_all"})
+"""Actions on everything a pane shows, not on one item (not offered in an item's detail)."""
 
 
 class FilterBar(Input):
@@ -48,14 +53,14 @@ class FilterBar(Input):
 
 def app_bindings() -> list[BindingType]:
     """A binding for every action of the keymap (with its id, so that a keymap can rebind
-    it), and ctrl+q to quit."""
+    it), and ctrl+q to quit at once. The footer (:mod:`quarterdeck.tui.footer`) picks what it
+    shows from the keymap, not from the bindings' ``show``."""
     bindings: list[BindingType] = [
-        Binding(action.key, action.name, action.description, id=action.name,
-                show=action.name not in ("next_pane", "detail", "filter"),
-                priority=action.name == "next_pane")  # else the screen's tab moves the focus
+        Binding(action.key, action.name, action.short, id=action.name, show=action.footer,
+                priority=action.name in PRIORITY)
         for action in ACTIONS
     ]  # fmt: skip
-    bindings.append(Binding("ctrl+q", "quit", "Quit", show=False, priority=True))
+    bindings.append(Binding("ctrl+q", "quit_now", "Quit now", show=False, priority=True))
     return bindings
 
 
@@ -79,6 +84,10 @@ class Navigation(SupervisorApp):
         """Load a page of the ledger into its pane (the app that composes the screen does)."""
         raise NotImplementedError
 
+    def load_lanes(self) -> None:
+        """Load the lane overview into its pane (the app that composes the screen does)."""
+        raise NotImplementedError
+
     def pane(self) -> LivePane[Any]:
         """The pane in view."""
         widget = self.query_one(f"#{self.current}")
@@ -96,10 +105,12 @@ class Navigation(SupervisorApp):
         spec = BY_NAME.get(action)
         if spec is None:
             return True
-        if action == "next_pane" and (self.screen.is_modal or isinstance(self.focused, Input)):
-            return False  # a dialog's or the filter bar's tab (next_pane is a priority binding)
+        if action in PRIORITY and (self.screen.is_modal or isinstance(self.focused, Input)):
+            return False  # a dialog's or the filter bar's tab (a priority binding)
         if self.screen.is_modal and not isinstance(self.screen, DetailScreen):
             return False  # a dialog's keys are its own (the detail view may act on its item)
+        if action == "clear_filter":
+            return bool(self.pane().filter_text)
         return spec.applies_to(self.current)
 
     async def run_action(
@@ -123,6 +134,8 @@ class Navigation(SupervisorApp):
             self.show_current(self.snapshot, self.clock())
         if name == "ledger" and self.query_one("#ledger", LedgerPane).following:
             self.load_ledger(None)
+        if name == "lanes":
+            self.load_lanes()
         self.focus_pane()
 
     def action_pane_approvals(self) -> None:
@@ -145,22 +158,67 @@ class Navigation(SupervisorApp):
         """Show the Ledger pane."""
         self._show_pane("ledger")
 
+    def action_pane_lanes(self) -> None:
+        """Show the Lanes pane."""
+        self._show_pane("lanes")
+
     def action_next_pane(self) -> None:
         """Cycle through the panes."""
         self._show_pane(PANES[(PANES.index(self.current) + 1) % len(PANES)])
 
+    def action_prev_pane(self) -> None:
+        """Cycle back through the panes."""
+        self._show_pane(PANES[(PANES.index(self.current) - 1) % len(PANES)])
+
     def action_help(self) -> None:
-        """Show the keys."""
+        """Show every key: the actions (each where it applies), then the moves."""
         rows = [
-            (self._key_of(action), action.description,
+            (self.key_of(action), action.description,
              "everywhere" if "*" in action.panes else ", ".join(action.panes))
             for action in ACTIONS
         ]  # fmt: skip
-        self.push_screen(HelpScreen(rows))
+        self.push_screen(HelpScreen([*rows, *MOVES]))
 
-    def _key_of(self, action: KeyAction) -> str:
+    def key_of(self, action: KeyAction) -> str:
+        """The key bound to ``action`` (the user's keymap, else the default), as it reads."""
         key = self._keymap.get(action.name, action.key)
-        return KEY_LABELS.get(key, key)
+        return "-" if key == NO_KEY else KEY_LABELS.get(key, key)
+
+    def action_copy_id(self) -> None:
+        """Copy the selected item's full id to the clipboard (OSC 52: works over SSH, where
+        the terminal supports it)."""
+        key = self._selected_id()
+        if key is None:
+            self.notify("nothing selected", severity="warning")
+            return
+        self.copy_to_clipboard(key)
+        self.notify(f"copied {key}", timeout=3)
+
+    def action_clear_filter(self) -> None:
+        """Escape on a list: clear its filter."""
+        pane = self.pane()
+        if pane.filter_text:
+            bar = self.query_one("#filter", FilterBar)
+            bar.value = ""
+            bar.post_message(bar.Submitted(bar, ""))
+
+    async def action_quit(self) -> None:
+        """``q``: quit; on an embedded runtime (which stops with the screen), ask first."""
+        header = self.snapshot.header if self.snapshot is not None else None
+        if header is None or header.alive is not None:
+            self.exit()
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        question = "Quit? The embedded runtime stops with the control center."
+        self.push_screen(ConfirmScreen(question, "Quit"), answered)
+
+    def action_quit_now(self) -> None:
+        """``ctrl+q``: quit without asking."""
+        self.exit()
 
     def action_filter(self) -> None:
         """Open the filter bar for the current pane."""
@@ -183,11 +241,14 @@ class Navigation(SupervisorApp):
         pane.focus()
 
     def action_detail(self) -> None:
-        """Open the selected item's detail view (an approval is claimed while open)."""
+        """Into the selected item's detail view (the Ledger pane: its subject's, on a screen of
+        its own). Viewing claims nothing."""
+        if self.current in DETAIL_KINDS:
+            self.query_one("#work", MasterDetail).enter_detail()
+            return
         key = self._selected_id()
         if key is not None:
-            workspace = getattr(self.pane().selected(), "workspace", None) or "default"
-            self._open_detail(key, workspace)
+            self._open_detail(key)
 
     def on_live_pane_row_selected(self, event: LivePane.RowSelected) -> None:
         """Enter on a row (the pane takes the key) or a click on the selected row opens its
@@ -196,16 +257,40 @@ class Navigation(SupervisorApp):
         self.action_detail()
 
     @work(group="detail")
-    async def _open_detail(self, item_id: str, workspace: str) -> None:
-        if self.current == "approvals" and not self.source.read_only:
-            claim = await self.command(commands.claim(item_id, workspace=workspace))
-            if claim is not None and not claim.get("ok"):
-                self.notify("; ".join(claim.get("errors", [])), severity="warning")
+    async def _open_detail(self, item_id: str) -> None:
         item = await self.source.detail(item_id)
         if item is None:
             self.notify(f"{item_id} is gone", severity="warning")
             return
-        await self.push_screen(DetailScreen(item))
+        pane = next((p for p, kind in DETAIL_KINDS.items() if kind == item.get("type")), None)
+        listed = (
+            pane is not None
+            and self.snapshot is not None
+            and any(line.id == item_id for line in getattr(self.snapshot, pane))
+        )
+        actions = [
+            (self._keymap.get(action.name, action.key), action.name, action.description)
+            for action in ACTIONS
+            if pane is not None and listed and action.on_pane and action.applies_to(pane)
+            and action.name not in PANE_WIDE
+        ]  # fmt: skip
+        screen = DetailScreen(item, self.clock(), actions)
+
+        def left(_: None) -> None:
+            if pane is not None and screen.chosen is not None:
+                self.call_later(self.act_on, pane, item_id, screen.chosen)
+
+        await self.push_screen(screen, left)
+
+    async def act_on(self, pane: str, item_id: str, action: str) -> None:
+        """Run ``action`` on ``item_id`` in ``pane`` (shown, its cursor put on the item)."""
+        self._show_pane(pane)
+        table = self.pane()
+        if item_id not in table.lines:
+            self.notify(f"{item_id} is no longer listed on {pane}", severity="warning")
+            return
+        table.move_cursor(table.get_row_index(item_id))
+        await self.run_action(action)
 
     def _selected_id(self) -> str | None:
         pane = self.pane()
@@ -227,7 +312,7 @@ class Navigation(SupervisorApp):
             where = "" if "*" in action.panes else f" ({', '.join(action.panes)})"
             yield SystemCommand(
                 action.description,
-                f"key {self._key_of(action)}{where}",
+                f"key {self.key_of(action)}{where}",
                 self._palette_runner(action),
             )
 

@@ -23,6 +23,9 @@ from quarterdeck.domain.states import MISSION_HOLDS_LEASE
 from quarterdeck.tui.actions import AlertActions, ApprovalActions, LaneActions, TurnActions
 from quarterdeck.tui.table import Column, LivePane, Row, Styled, countdown, short, state_text
 
+CELL_CAP = 400
+"""The longest text a cell keeps (a column is never wider)."""
+
 
 class ApprovalsPane(ApprovalActions, TurnActions, LaneActions, LivePane[ApprovalLine]):
     """Open approvals, oldest first, with their SLA countdown and who holds a claim; its
@@ -32,13 +35,13 @@ class ApprovalsPane(ApprovalActions, TurnActions, LaneActions, LivePane[Approval
     EMPTY = "no approvals waiting"
     COLUMNS = (
         Column("sla", "SLA", 8),
-        Column("tool", "Tool", 14),
-        Column("lane", "Lane", 12),
-        Column("approver", "Approver", 12),
+        Column("tool", "Tool", 16),
+        Column("lane", "Lane", 14),
+        Column("approver", "Approver", 20),
         Column("state", "State", 9),
-        Column("claim", "Claim", 10),
-        Column("args", "Arguments", 28),
+        Column("claim", "Claim", 12),
         Column("id", "Id", 8),
+        Column("args", "Arguments", 24, grow=True),
     )
 
     def stamp(self, now: datetime) -> str:
@@ -46,7 +49,7 @@ class ApprovalsPane(ApprovalActions, TurnActions, LaneActions, LivePane[Approval
         return self.now_text[:19]
 
     def cells(self, line: ApprovalLine) -> Row:
-        """SLA, tool, lane, approver (level), state, claim, args preview, id."""
+        """SLA, tool, lane, approver (and its escalation level), state, claim, id, args."""
         assert self.now is not None
         snoozed = line.snoozed_until is not None and line.snoozed_until > self.now_text
         claim = "-"
@@ -57,7 +60,7 @@ class ApprovalsPane(ApprovalActions, TurnActions, LaneActions, LivePane[Approval
             if snoozed
             else countdown(remaining_s(line.deadline_at, self.now))
         )
-        approver = line.approver + (f"+{line.level}" if line.level else "")
+        approver = line.approver + (f" (level {line.level})" if line.level else "")
         return (
             sla,
             line.tool,
@@ -65,8 +68,8 @@ class ApprovalsPane(ApprovalActions, TurnActions, LaneActions, LivePane[Approval
             approver,
             state_text(line.state),
             claim,
-            args_preview(line.args, 28),
             short(line.id),
+            args_preview(line.args, CELL_CAP),
         )
 
 
@@ -76,25 +79,24 @@ class TurnsPane(TurnActions, LaneActions, LivePane[TurnLine]):
     TITLE = "2 Turns"
     EMPTY = "no turns yet"
     COLUMNS = (
-        Column("state", "State", 17),
+        Column("state", "State", 24),
         Column("lane", "Lane", 14),
         Column("attempt", "Try", 3),
-        Column("holder", "Holder", 14),
-        Column("objective", "Objective", 30),
+        Column("holder", "Holder", 20, keep_end=True),
         Column("id", "Id", 8),
+        Column("objective", "Objective", 24, grow=True),
     )
 
     def cells(self, line: TurnLine) -> Row:
-        """State, lane, attempt, holder, objective, id."""
+        """State, lane, attempt, holder, id, objective."""
         state = line.state + (f" ({line.dead_letter})" if line.dead_letter else "")
-        holder = line.lease_owner or "-"
         return (
             state_text(state),
             line.lane,
             str(line.attempt),
-            holder[:14],
-            line.objective[:30],
+            line.lease_owner or "-",
             short(line.id),
+            line.objective[:CELL_CAP],
         )
 
     def selected_turn(self) -> str | None:
@@ -114,7 +116,7 @@ class MissionsPane(TurnActions, LaneActions, LivePane[MissionLine]):
         Column("lane", "Lane", 14),
         Column("role", "Role", 8),
         Column("attempt", "Try", 3),
-        Column("owner", "Lease owner", 16),
+        Column("owner", "Lease owner", 24, keep_end=True),
         Column("expiry", "Expires", 8),
         Column("session", "Session", 8),
         Column("turn", "Turn", 8),
@@ -135,7 +137,7 @@ class MissionsPane(TurnActions, LaneActions, LivePane[MissionLine]):
             line.lane,
             line.role,
             str(line.attempt),
-            (line.lease_owner or "-")[-16:],
+            line.lease_owner or "-",
             expiry,
             short(line.session_id),
             short(line.turn_id),
@@ -152,21 +154,21 @@ class AlertsPane(AlertActions, LivePane[AlertLine]):
         Column("state", "State", 8),
         Column("severity", "Sev", 5),
         Column("type", "Type", 15),
-        Column("subject", "Subject", 12),
-        Column("message", "Message", 40),
+        Column("subject", "Subject", 16),
         Column("id", "Id", 8),
+        Column("message", "Message", 24, grow=True),
     )
 
     def cells(self, line: AlertLine) -> Row:
-        """State, severity, type, subject, message, id."""
+        """State, severity, type, subject, id, message."""
         severity_style = {"error": "bold red", "warn": "yellow", "info": ""}.get(line.severity, "")
         return (
             state_text(line.state),
             Styled(line.severity, severity_style) if severity_style else line.severity,
             line.alert_type,
-            line.subject_id[:12],
-            line.message[:40],
+            line.subject_id,
             short(line.id),
+            line.message[:CELL_CAP],
         )
 
 
@@ -180,8 +182,8 @@ class LedgerPane(LivePane[LedgerLine]):
         Column("seq", "Seq", 8),
         Column("action", "Action", 24),
         Column("subject", "Subject", 18),
-        Column("move", "Move", 22),
-        Column("actor", "Actor", 16),
+        Column("move", "Move", 28),
+        Column("actor", "Actor", 16, grow=True, keep_end=True),
     )
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("pagedown", "older", "Older", show=False),
@@ -207,7 +209,7 @@ class LedgerPane(LivePane[LedgerLine]):
             line.action,
             f"{line.subject_type}:{short(line.subject_id)}",
             move,
-            line.actor[-16:],
+            line.actor,
         )
 
     @property

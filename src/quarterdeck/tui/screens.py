@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from rich.text import Text
@@ -13,16 +14,21 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static, TextArea
+from textual.widgets import Button, Footer, Input, Label, Static, TextArea
+
+from quarterdeck.tui.detail import render_item
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Ask before a destructive or global action; Cancel has the focus."""
+    """Ask before a destructive or global action: ``y`` confirms, ``n`` or escape cancels,
+    enter presses the focused button (Cancel, at first); the dialog says so."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel"),
+        Binding("escape,n", "cancel", "Cancel"),
         Binding("y", "confirm", "Yes"),
+        Binding("left,right", "app.focus_next", "Other button", show=False),
     ]
+    HINT = "y yes · n or escape no · enter presses the focused button"
 
     def __init__(self, question: str, confirm_label: str = "Confirm") -> None:
         super().__init__()
@@ -30,12 +36,13 @@ class ConfirmScreen(ModalScreen[bool]):
         self.confirm_label = confirm_label
 
     def compose(self) -> ComposeResult:
-        """The question, then Cancel (focused) and the confirming button."""
+        """The question, the keys, then Cancel (focused) and the confirming button."""
         with Vertical(id="dialog", classes="dialog"):
             yield Label(self.question, id="question")
+            yield Label(self.HINT, classes="hint")
             with Horizontal(classes="buttons"):
-                yield Button("Cancel", id="cancel", variant="primary")
-                yield Button(self.confirm_label, id="confirm", variant="error")
+                yield Button("Cancel (n)", id="cancel", variant="primary")
+                yield Button(f"{self.confirm_label} (y)", id="confirm", variant="error")
 
     def on_mount(self) -> None:
         """Cancel is the default."""
@@ -46,7 +53,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(event.button.id == "confirm")
 
     def action_cancel(self) -> None:
-        """Escape: no."""
+        """Escape or ``n``: no."""
         self.dismiss(False)
 
     def action_confirm(self) -> None:
@@ -145,49 +152,146 @@ def parse_json_object(source: str) -> dict[str, Any] | str:
 
 
 class ReasonScreen(ModalScreen[tuple[str, str] | None]):
-    """Pick a reject reason code with one key (1-9); a note is optional (tab to it, type,
-    shift+tab back, then pick)."""
+    """Reject with a reason code: a digit (1-9) rejects with its code at once; or choose one
+    with the arrows (or j/k), tab to the note and back, and enter sends from anywhere (the
+    chosen code, with the note). In the note, every key is text: digits stay in it."""
 
     AUTO_FOCUS = None
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "cancel", "Cancel"),
         *(Binding(str(n), f"pick({n})", show=False) for n in range(1, 10)),
-        # The note is the only focusable widget: the screen's own shift+tab (focus the previous
-        # widget) would leave the focus in it, and the digits would go on typing the note.
-        Binding("shift+tab", "codes", "Back to the codes", show=False),
+        Binding("up,k", "move(-1)", "Previous code", show=False),
+        Binding("down,j", "move(1)", "Next code", show=False),
+        Binding("enter", "send", "Send", show=False),
+        # The note is the only focusable widget: the screen's own tab and shift+tab would
+        # leave the focus where it is.
+        Binding("tab,shift+tab", "toggle_note", "Note", show=False, priority=True),
     ]
+    HINT = "1-{last} reject · ↑↓ choose · tab note · enter sends · esc cancels"
 
     def __init__(self, codes: Sequence[str]) -> None:
         super().__init__()
         self.codes = list(codes)[:9]
+        self.chosen = 0
 
     def compose(self) -> ComposeResult:
-        """The numbered codes and a note field."""
+        """The numbered codes (the chosen one marked), a note field and the keys."""
         with Vertical(id="dialog", classes="dialog"):
-            yield Label(
-                "Reject: pick a reason (1-9) · tab: add a note · escape cancels", id="title"
-            )
+            yield Label("Reject: why?", id="title")
             for number, code in enumerate(self.codes, start=1):
                 yield Label(f" {number}  {code}", classes="reason")
-            yield Input(placeholder="optional note", id="note")
+            yield Input(placeholder="optional note (tab)", id="note")
+            yield Label(self.HINT.format(last=len(self.codes)), classes="hint")
 
     def on_mount(self) -> None:
         """The codes, not the note, take the keys at first."""
+        self._mark()
         self.call_after_refresh(self.set_focus, None)
 
-    def action_codes(self) -> None:
-        """Shift+tab: leave the note; the digits pick codes again."""
-        self.set_focus(None)
+    def _mark(self) -> None:
+        for index, label in enumerate(self.query(".reason")):
+            label.set_class(index == self.chosen, "-chosen")
+
+    def _in_note(self) -> bool:
+        return self.query_one("#note", Input).has_focus
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """In the note, digits and j/k are text (up and down do nothing there)."""
+        return not (action in ("pick", "move") and self._in_note())
+
+    def action_toggle_note(self) -> None:
+        """Tab or shift+tab: into the note, or out of it (the digits pick codes again)."""
+        note = self.query_one("#note", Input)
+        self.set_focus(None if note.has_focus else note)
+
+    def action_move(self, step: int) -> None:
+        """Choose the previous or next code."""
+        self.chosen = (self.chosen + step) % len(self.codes)
+        self._mark()
 
     def action_pick(self, number: int) -> None:
-        """A digit picks its code (with the note typed so far)."""
+        """A digit rejects with its code (and the note typed so far)."""
         if 0 < number <= len(self.codes):
-            note = self.query_one("#note", Input).value
-            self.dismiss((self.codes[number - 1], note))
+            self.chosen = number - 1
+            self.action_send()
+
+    def action_send(self) -> None:
+        """Enter: reject with the chosen code and the note."""
+        note = self.query_one("#note", Input).value
+        self.dismiss((self.codes[self.chosen], note))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the note sends too."""
+        event.stop()
+        self.action_send()
 
     def action_cancel(self) -> None:
         """Leave without rejecting."""
+        self.dismiss(None)
+
+
+SNOOZE_PRESETS: tuple[tuple[str, int], ...] = (
+    ("5m", 300),
+    ("15m", 900),
+    ("1h", 3600),
+    ("4h", 14400),
+)
+"""The snooze dialog's choices, one digit each."""
+
+
+class SnoozeScreen(ModalScreen[int | None]):
+    """Snooze an approval: a digit picks a duration at once (1=5m 2=15m 3=1h 4=4h), or choose
+    one with the arrows and press enter; the dialog shows the deadline as it stands."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel"),
+        *(Binding(str(n), f"pick({n})", show=False) for n in range(1, len(SNOOZE_PRESETS) + 1)),
+        Binding("up,k", "move(-1)", "Shorter", show=False),
+        Binding("down,j", "move(1)", "Longer", show=False),
+        Binding("enter", "send", "Snooze", show=False),
+    ]
+    HINT = "1-{last} snooze · ↑↓ choose · enter snoozes · esc cancels"
+
+    def __init__(self, subject: str, deadline: str) -> None:
+        super().__init__()
+        self.subject = subject
+        self.deadline = deadline
+        self.chosen = 1
+
+    def compose(self) -> ComposeResult:
+        """What is snoozed and its deadline, the durations, and the keys."""
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label(f"Snooze {self.subject}", id="title")
+            yield Label(self.deadline, id="deadline")
+            for number, (label, _seconds) in enumerate(SNOOZE_PRESETS, start=1):
+                yield Label(f" {number}  {label}", classes="reason")
+            yield Label(self.HINT.format(last=len(SNOOZE_PRESETS)), classes="hint")
+
+    def on_mount(self) -> None:
+        """Mark the chosen duration."""
+        self._mark()
+
+    def _mark(self) -> None:
+        for index, label in enumerate(self.query(".reason")):
+            label.set_class(index == self.chosen, "-chosen")
+
+    def action_move(self, step: int) -> None:
+        """Choose a shorter or longer duration."""
+        self.chosen = (self.chosen + step) % len(SNOOZE_PRESETS)
+        self._mark()
+
+    def action_pick(self, number: int) -> None:
+        """A digit snoozes for its duration."""
+        self.chosen = number - 1
+        self.action_send()
+
+    def action_send(self) -> None:
+        """Snooze for the chosen duration (in seconds)."""
+        self.dismiss(SNOOZE_PRESETS[self.chosen][1])
+
+    def action_cancel(self) -> None:
+        """Leave without snoozing."""
         self.dismiss(None)
 
 
@@ -211,112 +315,46 @@ class TextEditScreen(EditorScreen[str]):
 
 
 class DetailScreen(ModalScreen[None]):
-    """Everything about one item: request and arguments, rule trace, recent events, cost,
-    deliverable, the edit's diff, and its ledger history."""
+    """Everything about one item (opened from the Ledger pane), what decides it first: for an
+    approval its request with the full arguments and the edit's diff, where it stands, its
+    turn, what came before, the rule trace and cost; then the rest and its ledger history.
+    Viewing claims nothing. The actions on the item (when a pane lists it) are offered here
+    too: each leaves the screen and runs on the item in its pane."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "dismiss_detail", "Back"),
         Binding("q", "dismiss_detail", "Back", show=False),
     ]
 
-    def __init__(self, item: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        item: Mapping[str, Any],
+        now: datetime | None = None,
+        actions: Sequence[tuple[str, str, str]] = (),
+    ) -> None:
+        """``actions``: the (key, action name, description) offered on the item."""
         super().__init__()
         self.item = dict(item)
+        self.now = now
+        self.chosen: str | None = None
+        """The action picked here (the screen is dismissed; the app runs it)."""
+        for key, name, description in actions:
+            self._bindings.bind(key, f"act('{name}')", description)
 
     def compose(self) -> ComposeResult:
-        """The rendered item in a scrollable view."""
+        """The rendered item in a scrollable view, and the keys that work here."""
         with VerticalScroll(id="detail"):
-            yield Static(render_detail(self.item), id="detail-body")
+            yield Static(render_item(self.item, self.now), id="detail-body")
+        yield Footer()
 
     def action_dismiss_detail(self) -> None:
         """Back to the pane."""
         self.dismiss(None)
 
-
-def render_detail(item: Mapping[str, Any]) -> Text:
-    """An item as text: its fields, then (for approvals) the request, the rule trace, recent
-    events and cost, an edit's diff, then its ledger history."""
-    out = Text()
-    kind = str(item.get("type", "item"))
-    out.append(f"{kind} {item.get('id')}\n", style="bold")
-    skip = {"history", "context", "missions", "args", "edited_args", "type", "id", "data"}
-    for key, value in item.items():
-        if key in skip or value in (None, "", {}):
-            continue
-        out.append(f"  {key:<16}", style="dim")
-        out.append(f"{_one_line(value)}\n")
-    if "args" in item:
-        args = _decode(item.get("args"))
-        out.append("\nrequest\n", style="bold")
-        out.append(f"  {item.get('tool')}({json.dumps(args, sort_keys=True)})\n")
-        edited = _decode(item.get("edited_args"))
-        if edited is not None:
-            out.append("\nedit\n", style="bold")
-            for line in diff_lines(args, edited):
-                style = "green" if line.startswith("+") else "red" if line.startswith("-") else ""
-                out.append(f"  {line}\n", style=style)
-    context = item.get("context") or {}
-    decision = context.get("decision")
-    if decision:
-        out.append("\nrule trace", style="bold")
-        out.append(f"  (policy {str(decision.get('policy_hash'))[:12]})\n", style="dim")
-        for step in decision.get("trace", []):
-            mark = "✓" if step.get("matched") else "·"
-            out.append(
-                f"  {mark} {step.get('rule')}: ", style="bold" if step.get("matched") else ""
-            )
-            out.append(f"{step.get('why')}\n")
-    if context:
-        out.append(f"\ncost so far: {context.get('turn_cost')}\n", style="bold")
-        events = context.get("recent_events") or []
-        if events:
-            out.append("\nrecent events\n", style="bold")
-            for event in events[-10:]:
-                out.append(
-                    f"  {event.get('at')} {event.get('type')} {_one_line(event.get('data'))}\n"
-                )
-    for mission in item.get("missions") or []:
-        out.append(
-            f"\nmission {mission.get('id')} {mission.get('state')} on {mission.get('lane')}\n"
-        )
-    history = item.get("history") or []
-    if history:
-        out.append("\nhistory\n", style="bold")
-        for entry in history[-30:]:
-            move = f"{entry.get('from_state') or '·'} → {entry.get('to_state')}"
-            out.append(f"  {entry.get('seq'):>7} {entry.get('action'):<24} {move:<28} ")
-            out.append(f"{entry.get('actor')}\n", style="dim")
-    return out
-
-
-def diff_lines(old: Any, new: Any) -> list[str]:
-    """Key-by-key differences of two argument objects (``-`` old, ``+`` new)."""
-    if not isinstance(old, dict) or not isinstance(new, dict):
-        return [f"- {json.dumps(old)}", f"+ {json.dumps(new)}"]
-    lines = []
-    for key in sorted(set(old) | set(new)):
-        if key in old and key in new and old[key] == new[key]:
-            lines.append(f"  {key}: {json.dumps(old[key])}")
-            continue
-        if key in old:
-            lines.append(f"- {key}: {json.dumps(old[key])}")
-        if key in new:
-            lines.append(f"+ {key}: {json.dumps(new[key])}")
-    return lines
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _one_line(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= 100 else text[:99] + "…"
+    def action_act(self, name: str) -> None:
+        """Leave, for the app to run the action ``name`` on the item."""
+        self.chosen = name
+        self.dismiss(None)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -334,9 +372,11 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         """One line per key: the key, what it does, where."""
         text = Text("Keys (every action is also in the command palette, ctrl+p)\n\n", style="bold")
+        keys = max((len(key) for key, _, _ in self.rows), default=0) + 2
+        described = max((len(description) for _, description, _ in self.rows), default=0) + 2
         for key, description, where in self.rows:
-            text.append(f"  {key:<12}", style="bold")
-            text.append(f"{description:<40}")
+            text.append(f"  {key:<{keys}}", style="bold")
+            text.append(f"{description:<{described}}")
             text.append(f"{where}\n", style="dim")
         with VerticalScroll(id="detail"):
             yield Static(text)

@@ -9,7 +9,7 @@ left costs a dictionary look-up per visible line rather than a layout of every c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar, Generic, TypeVar
@@ -25,9 +25,28 @@ from textual.strip import Strip
 from textual.timer import Timer
 
 from quarterdeck.domain.clock import format_instant
-from quarterdeck.tui.cells import Column, Row, Styled, countdown, fit, short, state_text
+from quarterdeck.tui.cells import (
+    Column,
+    Row,
+    Styled,
+    countdown,
+    fit,
+    short,
+    state_text,
+    text_width,
+)
 
-__all__ = ["Column", "LivePane", "Row", "Styled", "countdown", "short", "state_text", "vars_of"]
+__all__ = [
+    "Column",
+    "LivePane",
+    "Row",
+    "Styled",
+    "column_widths",
+    "countdown",
+    "short",
+    "state_text",
+    "vars_of",
+]
 
 LineT = TypeVar("LineT")
 BAR_LAG_S = 0.2
@@ -37,6 +56,34 @@ BAR_LAG_S = 0.2
 @lru_cache(maxsize=64)
 def _style(spec: str) -> Style:
     return Style.parse(spec)
+
+
+def column_widths(
+    columns: Sequence[Column], natural: Sequence[int], available: int
+) -> tuple[int, ...]:
+    """Each column's width for a view ``available`` cells wide, given its widest cell
+    (``natural``; a cell is drawn with a space either side).
+
+    A column is as wide as its widest cell, between its label and its ``width``; a growing
+    column is at least its ``width`` and takes what is left, up to its widest cell; any spare
+    width then goes to the columns whose cells are cut, in order. So nothing is cut while
+    blank cells sit to its right, and a view too narrow for every column scrolls sideways.
+    """
+    widths = [
+        max(len(column.label), column.width if column.grow else min(wide, column.width))
+        for column, wide in zip(columns, natural, strict=True)
+    ]
+    spare = available - sum(widths) - 2 * len(widths)
+    ranked = [i for i, column in enumerate(columns) if column.grow]
+    ranked += [i for i, column in enumerate(columns) if not column.grow]
+    for index in ranked:
+        if spare <= 0:
+            break
+        more = min(spare, natural[index] - widths[index])
+        if more > 0:
+            widths[index] += more
+            spare -= more
+    return tuple(widths)
 
 
 class LivePane(ScrollView, Generic[LineT], can_focus=True):
@@ -50,8 +97,10 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "select_cursor", "Select", show=False),
-        Binding("up", "cursor_up", "Cursor up", show=False),
-        Binding("down", "cursor_down", "Cursor down", show=False),
+        Binding("up,k", "cursor_up", "Cursor up", show=False),
+        Binding("down,j", "cursor_down", "Cursor down", show=False),
+        Binding("g", "cursor_first", "First row", show=False),
+        Binding("G", "cursor_last", "Last row", show=False),
         Binding("pageup", "page_up", "Page up", show=False),
         Binding("pagedown", "page_down", "Page down", show=False),
         Binding("ctrl+home", "cursor_first", "Top", show=False),
@@ -105,14 +154,30 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
             """The pane the row is in."""
             return self.pane
 
+    class Moved(Message):
+        """The cursor is on another item (or on none)."""
+
+        def __init__(self, pane: LivePane[Any], key: str | None) -> None:
+            super().__init__()
+            self.pane = pane
+            self.key = key
+
+        @property
+        def control(self) -> LivePane[Any]:
+            """The pane whose cursor moved."""
+            return self.pane
+
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
+        self._announced: str | None = None
         self.lines: dict[str, LineT] = {}
         self._order: list[str] = []
         self._index: dict[str, int] = {}
         self._cells: dict[str, Row] = {}
         self.cursor_row = 0
         self.filter_text = ""
+        self.empty = self.EMPTY
+        """What the pane says when it has no rows."""
         self.now: datetime | None = None
         self.now_text = ""
         self._memo: dict[str, tuple[LineT, str, Row]] = {}
@@ -122,7 +187,10 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         self._drawn_with: tuple[Any, ...] = ()
         self._subtitle: str | None = None
         self._bar_timer: Timer | None = None
-        self._width = sum(column.width + 2 for column in self.COLUMNS)
+        self._widths = tuple(max(len(column.label), column.width) for column in self.COLUMNS)
+        self._natural = [len(column.label) for column in self.COLUMNS]
+        """The widest cell of each column (its label at least), for :func:`column_widths`."""
+        self._width = sum(self._widths) + 2 * len(self._widths)
         self._resize(Size(self._width, 1))
 
     def on_mount(self) -> None:
@@ -175,16 +243,51 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         self.lines = dict(zip(order, shown, strict=True))
         self._cells = cells
         if order == self._order:
+            self._widen(cells[key] for key in changed)
+            if self._relayout():
+                return
             if not self._retitle():
                 for key in changed:
                     self._refresh_row(self._index[key])
             return
+        self._natural = [len(column.label) for column in self.COLUMNS]
+        self._widen(cells.values())
         for key in set(self._order) - set(cells):
             strips.pop(key, None)
         selected = self.selected_key()
         kept = self._kept_then_appended(order)
         self._order = order
+        self._relayout()
         self._rearrange(selected, keep_row=kept)
+
+    def _widen(self, rows: Iterable[Row]) -> None:
+        """Take ``rows`` into each column's widest cell."""
+        natural = self._natural
+        for row in rows:
+            for index, cell in enumerate(row):
+                wide = text_width(cell if isinstance(cell, str) else cell.text)
+                if wide > natural[index]:
+                    natural[index] = wide
+
+    def _relayout(self) -> bool:
+        """Share the view's width among the columns again; whether that changed them (the
+        whole pane is then drawn again)."""
+        available = self.scrollable_content_region.width
+        if not available:
+            return False
+        widths = column_widths(self.COLUMNS, self._natural, available)
+        if widths == self._widths:
+            return False
+        self._widths = widths
+        self._width = sum(widths) + 2 * len(widths)
+        self._strips.clear()
+        self._resize(Size(self._width, len(self._order) + 1))
+        self.refresh()
+        return True
+
+    def on_resize(self) -> None:
+        """Share the new width among the columns."""
+        self._relayout()
 
     def discard(self, key: str) -> None:
         """Take the row of ``key`` away at once (an item the runtime has just settled; the
@@ -218,6 +321,14 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         self._scroll_to_cursor()
         if not self._retitle():
             self.refresh()
+        self._announce()
+
+    def _announce(self) -> None:
+        """Say when the cursor is on another item than last said (the detail view follows)."""
+        key = self.selected_key()
+        if key != self._announced:
+            self._announced = key
+            self.post_message(self.Moved(self, key))
 
     def _retitle(self) -> bool:
         """Say how many rows are shown (and the filter) under the pane; whether that changed
@@ -226,7 +337,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
             f"{len(self._order)} shown"
             + (f" · filter: {self.filter_text}" if self.filter_text else "")
             if self._order
-            else self.EMPTY
+            else self.empty
         )
         if subtitle == self._subtitle:
             return False
@@ -311,6 +422,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
             self.cursor_row = row
             self._refresh_row(row)
         self._scroll_to_cursor()
+        self._announce()
 
     @property
     def _page(self) -> int:
@@ -392,6 +504,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
             self.get_component_rich_style("pane--cursor"),
             self.size.width,
             int(self.scroll_x),
+            self._widths,
         )
         if drawn_with != self._drawn_with:
             self._drawn_with = drawn_with
@@ -400,7 +513,7 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         """The header on the first line; under it the rows from the scroll position."""
-        base, header, cursor, width, scroll_x = self._drawn_with
+        base, header, cursor, width, scroll_x, _widths = self._drawn_with
         if y == 0:
             labels = tuple(column.label for column in self.COLUMNS)
             return self._draw(labels, base + header, None, scroll_x, width)
@@ -420,14 +533,14 @@ class LivePane(ScrollView, Generic[LineT], can_focus=True):
         ``color``, the cursor's), then cropped to the view and extended across it."""
         over = Style(color=color) if color is not None else None
         segments = []
-        for column, cell in zip(self.COLUMNS, row, strict=True):
+        for column, wide, cell in zip(self.COLUMNS, self._widths, row, strict=True):
             if isinstance(cell, str):
                 text, cell_style = cell, style
             else:
                 text, cell_style = cell.text, style + _style(cell.style)
                 if over is not None:
                     cell_style += over
-            segments.append(Segment(f" {fit(text, column.width)} ", cell_style))
+            segments.append(Segment(f" {fit(text, wide, keep_end=column.keep_end)} ", cell_style))
         strip = Strip(segments, self._width).simplify()  # fewer segments: cheaper to compose
         return strip.crop_extend(scroll_x, scroll_x + width, style)
 

@@ -10,6 +10,7 @@ policy's public face.
 
 from quarterdeck.domain.policy.evaluation import evaluate
 from quarterdeck.domain.policy.model import (
+    ANNOTATIONS_ARG,
     DEFAULT_APPROVER,
     DEFAULT_DEADLINE_S,
     DEFAULT_REJECT_REASONS,
@@ -33,6 +34,7 @@ from quarterdeck.domain.policy.model import (
 from quarterdeck.domain.policy.parsing import parse_policy, policy_hash
 
 __all__ = [
+    "ANNOTATIONS_ARG",
     "DEFAULT_APPROVER",
     "DEFAULT_DEADLINE_S",
     "DEFAULT_REJECT_REASONS",

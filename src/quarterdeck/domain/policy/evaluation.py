@@ -63,6 +63,7 @@ def evaluate(policy: Policy, request: ActionRequest, context: EvaluationContext)
         on_expiry=None if approval is None else approval.on_expiry,
         policy_hash=policy.hash,
         floor=floor,
+        approvals_required=1 if approval is None else approval.approvals_required,
     )
 
 
@@ -80,6 +81,7 @@ def _match_rule(rule: Rule, request: ActionRequest, now: datetime) -> tuple[bool
                 (ok, f"{label} {value!r} {'matches' if ok else 'does not match'} {pattern!r}")
             )
     checks.extend(matcher.check(request.args) for matcher in rule.args)
+    checks.extend(matcher.check(request.annotations) for matcher in rule.annotations)
     if rule.cost_min is not None or rule.cost_max is not None:
         bounds = bounds_text(rule.cost_min, rule.cost_max)
         cost = request.estimated_cost

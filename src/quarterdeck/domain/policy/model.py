@@ -45,6 +45,11 @@ class Subject(StrEnum):
 DEFAULT_REJECT_REASONS: Final = ("unsafe", "wrong_target", "needs_context", "policy", "other")
 DEFAULT_APPROVER: Final = "supervisor"
 DEFAULT_DEADLINE_S: Final = 900
+ANNOTATIONS_ARG: Final = "_mcp_annotations"
+"""The argument under which an MCP tool's annotations (``readOnlyHint``, ``destructiveHint``,
+``idempotentHint``, ``openWorldHint``) travel with a call, for rules' ``annotations`` matchers.
+The gateway and the ``http`` lane set it from the upstream server's tool list and refuse a
+call whose own arguments carry it."""
 
 CountFn = Callable[[str, str, int], int]
 """``count(subject_kind, subject_value, window_s)``: earlier actions within the window."""
@@ -73,7 +78,8 @@ class TimeWindow:
 
 @dataclass(frozen=True, slots=True)
 class ArgMatcher:
-    """One ``args`` entry: ``kind`` is ``exact``, ``glob``, ``range`` or ``in``."""
+    """One ``args`` (or ``annotations``) entry: ``kind`` is ``exact``, ``glob``, ``range`` or
+    ``in``; ``scope`` names what it reads in the rule's trace (``arg``, ``annotation``)."""
 
     name: str
     kind: str
@@ -81,10 +87,11 @@ class ArgMatcher:
     """The exact value, the glob, or the tuple of ``in`` values."""
     min: float | None = None
     max: float | None = None
+    scope: str = "arg"
 
     def check(self, args: Mapping[str, Any]) -> tuple[bool, str]:
         """Whether the request's ``args`` satisfy this matcher, and why."""
-        label = f"arg {self.name!r}"
+        label = f"{self.scope} {self.name!r}"
         if self.name not in args:
             return False, f"{label} is missing"
         actual = args[self.name]
@@ -114,6 +121,9 @@ class Approval:
     deadline_s: int = DEFAULT_DEADLINE_S
     ladder: tuple[str, ...] = ()
     on_expiry: OnExpiry = OnExpiry.REJECT
+    approvals_required: int = 1
+    """How many different people must approve (2: a two-person rule); one rejection is
+    enough to refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,8 @@ class Rule:
     hours: TimeWindow | None = None
     approval: Approval | None = None
     """Set exactly when ``outcome`` is ``require_approval``."""
+    annotations: tuple[ArgMatcher, ...] = ()
+    """Matchers on an MCP tool's annotations (:data:`ANNOTATIONS_ARG`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +201,12 @@ class ActionRequest:
     args: Mapping[str, Any]
     estimated_cost: float | None = None
 
+    @property
+    def annotations(self) -> Mapping[str, Any]:
+        """The MCP tool annotations the call carries (:data:`ANNOTATIONS_ARG`), else none."""
+        found = self.args.get(ANNOTATIONS_ARG)
+        return found if isinstance(found, Mapping) else {}
+
 
 @dataclass(frozen=True, slots=True)
 class EvaluationContext:
@@ -235,6 +253,8 @@ class PolicyDecision:
     policy_hash: str
     floor: str | None = None
     """The floor that set the outcome (the last to tighten it), if any; the trace has why."""
+    approvals_required: int = 1
+    """How many different people must approve (set only for ``require_approval``)."""
 
     def denial_reason(self) -> str:
         """A one-line reason for a denial, naming the floor or rule that decided it."""
@@ -258,4 +278,4 @@ class PolicyDecision:
             "ladder": list(self.ladder),
             "on_expiry": None if self.on_expiry is None else str(self.on_expiry),
             "policy_hash": self.policy_hash,
-        }
+        } | ({"approvals_required": self.approvals_required} if self.approvals_required > 1 else {})

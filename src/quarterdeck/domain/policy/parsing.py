@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Final
 
+from quarterdeck.domain.authority import VIEWER
 from quarterdeck.domain.canonical import sha256_hex
 from quarterdeck.domain.policy.model import (
     DEFAULT_REJECT_REASONS,
@@ -63,7 +64,15 @@ def parse_policy(text: str) -> Policy | list[str]:
     _unknown_keys(
         "defaults",
         defaults,
-        {"outcome", "reject_reasons", "approver", "deadline_s", "ladder", "on_expiry"},
+        {
+            "outcome",
+            "reject_reasons",
+            "approver",
+            "deadline_s",
+            "ladder",
+            "on_expiry",
+            "approvals_required",
+        },
         errors,
     )
     outcome = _outcome(defaults, "defaults", errors) or Outcome.REQUIRE_APPROVAL
@@ -104,6 +113,7 @@ _RULE_KEYS: Final = frozenset(
         "lane",
         "tool",
         "args",
+        "annotations",
         "cost_min",
         "cost_max",
         "hours",
@@ -111,9 +121,12 @@ _RULE_KEYS: Final = frozenset(
         "deadline_s",
         "ladder",
         "on_expiry",
+        "approvals_required",
     }
 )
-_APPROVAL_KEYS: Final = ("approver", "deadline_s", "ladder", "on_expiry")
+MAX_APPROVALS: Final = 10
+"""The most approvals a rule may ask for."""
+_APPROVAL_KEYS: Final = ("approver", "deadline_s", "ladder", "on_expiry", "approvals_required")
 
 
 def _rule(raw: dict[str, Any], path: str, defaults: Approval, errors: list[str]) -> Rule | None:
@@ -129,6 +142,7 @@ def _rule(raw: dict[str, Any], path: str, defaults: Approval, errors: list[str])
         errors.append(f"{path}.outcome: is required")
     globs = {key: _glob(raw, key, path, errors) for key in ("workspace", "lane", "tool")}
     args = _args(raw.get("args"), f"{path}.args", errors)
+    annotations = _args(raw.get("annotations"), f"{path}.annotations", errors, "annotation")
     cost_min = _number(raw, "cost_min", path, errors)
     cost_max = _number(raw, "cost_max", path, errors)
     if cost_min is not None and cost_max is not None and cost_min > cost_max:
@@ -154,10 +168,11 @@ def _rule(raw: dict[str, Any], path: str, defaults: Approval, errors: list[str])
         cost_max=cost_max,
         hours=hours,
         approval=approval,
+        annotations=annotations,
     )
 
 
-def _args(raw: object, path: str, errors: list[str]) -> tuple[ArgMatcher, ...]:
+def _args(raw: object, path: str, errors: list[str], scope: str = "arg") -> tuple[ArgMatcher, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -168,20 +183,20 @@ def _args(raw: object, path: str, errors: list[str]) -> tuple[ArgMatcher, ...]:
         here = _key_path(path, name)
         if not isinstance(spec, dict):
             if plain(spec):
-                matchers.append(ArgMatcher(name, "exact", spec))
+                matchers.append(ArgMatcher(name, "exact", spec, scope=scope))
             else:
                 errors.append(f"{here}: must be {_SCALAR_TYPES}, or a matcher table")
             continue
         keys = set(spec)
         if keys == {"glob"}:
             if isinstance(spec["glob"], str) and spec["glob"]:
-                matchers.append(ArgMatcher(name, "glob", spec["glob"]))
+                matchers.append(ArgMatcher(name, "glob", spec["glob"], scope=scope))
             else:
                 errors.append(f"{here}.glob: must be a non-empty string")
         elif keys == {"in"}:
             options = spec["in"]
             if isinstance(options, list) and options and all(plain(o) for o in options):
-                matchers.append(ArgMatcher(name, "in", tuple(options)))
+                matchers.append(ArgMatcher(name, "in", tuple(options), scope=scope))
             else:
                 errors.append(f"{here}.in: must be a non-empty array of {_SCALAR_TYPES}")
         elif keys and keys <= {"min", "max"}:
@@ -191,7 +206,7 @@ def _args(raw: object, path: str, errors: list[str]) -> tuple[ArgMatcher, ...]:
             if low is not None and high is not None and low > high:
                 errors.append(f"{here}.min: must not exceed max ({low!r} > {high!r})")
             if len(errors) == before:
-                matchers.append(ArgMatcher(name, "range", min=low, max=high))
+                matchers.append(ArgMatcher(name, "range", min=low, max=high, scope=scope))
         else:
             errors.append(
                 f"{here}: a matcher table must be {{glob = ...}}, {{in = [...]}}, "
@@ -205,6 +220,9 @@ def _approval(raw: dict[str, Any], path: str, base: Approval, errors: list[str])
     if not isinstance(approver, str) or not approver:
         errors.append(f"{path}.approver: must be a non-empty string (a role name)")
         approver = base.approver
+    elif approver == VIEWER:
+        errors.append(f"{path}.approver: {VIEWER!r} only reads: name a role that decides")
+        approver = base.approver
     deadline = raw.get("deadline_s", base.deadline_s)
     if type(deadline) is not int or deadline <= 0:
         errors.append(f"{path}.deadline_s: must be a positive integer (seconds)")
@@ -213,11 +231,21 @@ def _approval(raw: dict[str, Any], path: str, base: Approval, errors: list[str])
     if not isinstance(ladder, list) or not all(isinstance(r, str) and r for r in ladder):
         errors.append(f"{path}.ladder: must be an array of role names (non-empty strings)")
         ladder = list(base.ladder)
+    elif VIEWER in ladder:
+        errors.append(f"{path}.ladder: {VIEWER!r} only reads: name roles that decide")
+        ladder = list(base.ladder)
     expiry = raw.get("on_expiry", str(base.on_expiry))
     if expiry not in set(OnExpiry):
         errors.append(f"{path}.on_expiry: {_one_of(OnExpiry)}, got {expiry!r}")
         expiry = base.on_expiry
-    return Approval(approver, deadline, tuple(ladder), OnExpiry(expiry))
+    required = raw.get("approvals_required", base.approvals_required)
+    if type(required) is not int or not 1 <= required <= MAX_APPROVALS:
+        errors.append(
+            f"{path}.approvals_required: must be an integer from 1 to {MAX_APPROVALS} "
+            "(2: a two-person rule)"
+        )
+        required = base.approvals_required
+    return Approval(approver, deadline, tuple(ladder), OnExpiry(expiry), required)
 
 
 def _reasons(defaults: dict[str, Any], errors: list[str]) -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from quarterdeck.runtime.lanes.containment import AgentRegistry
 from quarterdeck.runtime.validation import problems
 
 DecisionOutcome = Literal["approved", "rejected", "edited"]
@@ -66,6 +67,14 @@ class MissionContext:
     budget: Mapping[str, Any] = field(default_factory=dict)
     number: int = 1
     """Which try on its lane this mission is (1, 2, ...); ``attempt`` counts its leases."""
+    agent_env: Mapping[str, str] = field(default_factory=dict)
+    """What an agent process gets from the runtime in its environment: its session's
+    credential and the control API's address (empty when the runtime serves no API)."""
+    on_agent: Callable[[int, bool], None] | None = None
+    """Told each agent process's pid once it started (True) and once it exited (False)."""
+    agents: AgentRegistry | None = None
+    """Where a lane that starts processes records them before they run (the runtime's
+    :class:`~quarterdeck.runtime.reaper.Reaper`); None outside a runtime."""
 
 
 class Lane(Protocol):

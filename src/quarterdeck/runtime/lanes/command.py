@@ -19,14 +19,23 @@ Options:
   stdout line that long is never an event;
 - ``max_log_lines``: log lines emitted per mission (default 500); the rest are counted and
   reported in one summary when the mission ends;
-- ``max_log_line_bytes``: the text kept of each log line (default 8 KiB).
+- ``max_log_line_bytes``: the text kept of each log line (default 8 KiB);
+- ``cgroup``: where each agent gets a cgroup v2 of its own: ``"auto"`` (default: under the
+  daemon's own cgroup), ``"off"``, or the absolute path of a cgroup v2 directory the daemon may
+  create cgroups in.
 
 The agent runs in a session (process group) of its own, in its working directory
 (:mod:`quarterdeck.runtime.workdirs`, outside the state directory, one per workspace and
-session; created 0700, and given to the ``run_as`` user). When :meth:`CommandLane.run` is
-cancelled (timeout, take-over, drain), the whole group is stopped: SIGTERM, then SIGKILL after
-the grace. When the agent exits, whatever it left running in its group is killed at once. The
-agent is reaped, and no reader or action task outlives ``run``.
+session; created 0700, and given to the ``run_as`` user), and in a cgroup of its own where the
+machine allows it (otherwise the lane logs a warning once and relies on the process group). It
+starts as the launcher (:mod:`.launcher`), which the kernel kills when the daemon dies
+(``PR_SET_PDEATHSIG``) and which runs the agent only once its processes are recorded
+(:class:`~quarterdeck.runtime.lanes.containment.AgentRegistry`) and contained. When
+:meth:`CommandLane.run` is cancelled (timeout, take-over, drain), the whole group and cgroup are
+stopped: SIGTERM, then SIGKILL after the grace. When the agent exits, whatever it left running in
+its group or cgroup is killed at once (a ``setsid`` grandchild leaves the group, not the cgroup).
+The agent is reaped, its cgroup removed and its record forgotten, and no reader or action task
+outlives ``run``.
 """
 
 from __future__ import annotations
@@ -34,25 +43,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Final
 
 from pydantic import Field
 
+from quarterdeck.runtime.lanes import launcher
 from quarterdeck.runtime.lanes.base import Adapter, LaneFailure, LaneOptions, MissionContext
 from quarterdeck.runtime.lanes.containment import (
+    CGROUP_AUTO,
     DEFAULT_ENV_ALLOW,
     AgentVariables,
     AllowedVariables,
+    CgroupSetting,
     RunAs,
+    SpawnedAgent,
     agent_account,
     agent_environment,
     run_as_problem,
 )
+from quarterdeck.runtime.processes import AgentCgroup, find_cgroup_root, start_ticks
 from quarterdeck.runtime.validation import required, says
 from quarterdeck.runtime.workdirs import prepare_workdir
+
+log = logging.getLogger("quarterdeck.runtime.lanes")
 
 DEFAULT_KILL_GRACE_S: Final = 2.0
 DEFAULT_MAX_LINE_BYTES: Final = 1_048_576
@@ -67,6 +86,8 @@ _POLL_MAX_S: Final = 0.1
 _DRAIN_S: Final = 1.0
 _REASON_CHARS: Final = 500
 _EVENT_TYPES: Final = frozenset({"progress", "action", "deliverable", "error"})
+_LAUNCHER: Final = Path(launcher.__file__).read_text(encoding="utf-8")
+"""The launcher's source, run with ``python -I -S -c``: no file to read as the agent's user."""
 
 LineHandler = Callable[[bytes, int], Awaitable[None]]
 """``handle(line, size)``: one line without its newline, cut to the limit; ``size`` is its
@@ -87,11 +108,18 @@ class CommandOptions(LaneOptions):
     max_line_bytes: Annotated[float, Field(ge=1)] = DEFAULT_MAX_LINE_BYTES
     max_log_lines: Annotated[float, Field(ge=0)] = DEFAULT_MAX_LOG_LINES
     max_log_line_bytes: Annotated[float, Field(ge=1)] = DEFAULT_MAX_LOG_LINE_BYTES
+    cgroup: CgroupSetting = CGROUP_AUTO
 
     def startup_problems(self) -> list[str]:
-        """A ``run_as`` user this process cannot switch to."""
-        found = run_as_problem(self.run_as) if self.run_as is not None else None
-        return [f"options.run_as: {found}"] if found else []
+        """A ``run_as`` user this process cannot switch to; a ``cgroup`` path it cannot use."""
+        problems = []
+        if self.run_as is not None and (found := run_as_problem(self.run_as)):
+            problems.append(f"options.run_as: {found}")
+        if self.cgroup.startswith("/"):
+            root, why = find_cgroup_root(self.cgroup)
+            if root is None:
+                problems.append(f"options.cgroup: {why}")
+        return problems
 
 
 class CommandLane:
@@ -110,7 +138,10 @@ class CommandLane:
         self.max_line_bytes = int(parsed.max_line_bytes)
         self.max_log_lines = int(parsed.max_log_lines)
         self.max_log_line_bytes = int(parsed.max_log_line_bytes)
-        self._groups: set[int] = set()
+        self.cgroup_root, why = find_cgroup_root(parsed.cgroup)
+        if self.cgroup_root is None and parsed.cgroup == CGROUP_AUTO:
+            self._no_cgroup(why)
+        self._groups: dict[int, AgentCgroup | None] = {}
 
     async def run(self, ctx: MissionContext) -> dict[str, Any]:
         """Run the agent for one mission and return its deliverable.
@@ -145,35 +176,110 @@ class CommandLane:
             "QUARTERDECK_TURN_ID": ctx.turn_id,
             "QUARTERDECK_ATTEMPT": str(ctx.attempt),
             "QUARTERDECK_WORKSPACE": ctx.workspace,
-            # The session's own credential (containment.SESSION_CREDENTIAL_ENV) joins these
-            # once the control API issues one.
+            **ctx.agent_env,  # the session's credential and the API's address
         }
-        identity: dict[str, Any] = {}
-        if account is not None:
-            identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        user = f"{account.pw_uid}:{account.pw_gid}" if account is not None else ""
+        gate_read, gate = os.pipe()
+        status, status_write = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.argv,
+                sys.executable, "-I", "-S", "-c", _LAUNCHER,
+                str(gate_read), str(status_write), str(os.getpid()), user, *self.argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=ctx.workdir,
                 env=env,
                 start_new_session=True,
-                **identity,
-            )
-        except OSError as exc:
-            raise LaneFailure(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}") from exc
-        self._groups.add(process.pid)
-        try:
-            return await _Agent(self, ctx, process).run(mission)
+                pass_fds=(gate_read, status_write),
+            )  # fmt: skip
+        except BaseException as exc:
+            os.close(gate)
+            os.close(status)
+            if isinstance(exc, OSError):
+                raise LaneFailure(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}") from exc
+            raise
         finally:
-            self._groups.discard(process.pid)
+            os.close(gate_read)
+            os.close(status_write)
+        agent = _Agent(self, ctx, process)
+        self._groups[process.pid] = None
+        if ctx.on_agent is not None:
+            ctx.on_agent(process.pid, True)
+        record: str | None = None
+
+        async def release() -> None:
+            """Contain and record the agent, then let the launcher run it."""
+            nonlocal record
+            agent.cgroup = self._groups[process.pid] = self._contain(ctx, process.pid)
+            if ctx.agents is not None:
+                try:
+                    record = await ctx.agents.started(
+                        SpawnedAgent(
+                            ctx.mission_id, ctx.attempt, ctx.workspace, ctx.lane, process.pid,
+                            process.pid, process.pid, start_ticks(process.pid) or 0,
+                            None if agent.cgroup is None else str(agent.cgroup.path),
+                        )
+                    )  # fmt: skip
+                except (asyncio.CancelledError, LaneFailure):
+                    raise
+                except Exception as exc:
+                    raise LaneFailure(f"cannot record the agent's processes: {exc}") from exc
+            with contextlib.suppress(BrokenPipeError):
+                os.write(gate, launcher.GO)
+            failed = (await _read_to_end(status)).decode("utf-8", "replace")
+            if failed:
+                raise LaneFailure(f"cannot start {self.argv[0]!r}: {failed}")
+
+        try:
+            return await agent.run(mission, release)
+        finally:
+            os.close(gate)
+            os.close(status)
+            try:
+                if agent.cgroup is not None and not await _remove_cgroup(agent.cgroup):
+                    log.warning(
+                        "agent cgroup not removed", extra={"cgroup": str(agent.cgroup.path)}
+                    )
+                if record is not None and ctx.agents is not None:
+                    await ctx.agents.reaped(record)
+            finally:
+                self._groups.pop(process.pid, None)
+                if ctx.on_agent is not None:
+                    ctx.on_agent(process.pid, False)
+
+    def _contain(self, ctx: MissionContext, pid: int) -> AgentCgroup | None:
+        """A cgroup of its own for the agent, or None (warned once) where none can be had."""
+        if self.cgroup_root is None:
+            return None
+        try:
+            cgroup = AgentCgroup.create(self.cgroup_root, f"{ctx.mission_id}-{ctx.attempt}")
+        except OSError as exc:
+            self._no_cgroup(f"cannot create a cgroup in {self.cgroup_root}: {exc}")
+            return None
+        try:
+            cgroup.add(pid)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                cgroup.path.rmdir()
+            self._no_cgroup(f"cannot move an agent into {cgroup.path}: {exc}")
+            return None
+        return cgroup
+
+    def _no_cgroup(self, why: str) -> None:
+        self.cgroup_root = None
+        log.warning(
+            "agents contained by their process group only",
+            extra={"lane": self.name, "reason": why},
+        )
 
     async def close(self) -> None:
-        """Kill the process group of any agent still running (``run`` normally does)."""
-        for group in list(self._groups):
+        """Kill the process group and cgroup of any agent still running (``run`` normally
+        does)."""
+        for group, cgroup in list(self._groups.items()):
             _signal_group(group, signal.SIGKILL)
+            if cgroup is not None:
+                cgroup.kill()
         self._groups.clear()
 
 
@@ -187,6 +293,7 @@ class _Agent:
         self.lane = lane
         self.ctx = ctx
         self.process = process
+        self.cgroup: AgentCgroup | None = None
         self.stdin = process.stdin
         self.stdout = process.stdout
         self.stderr = process.stderr
@@ -204,9 +311,11 @@ class _Agent:
         self.suppressed = 0
         self.oversized = 0
 
-    async def run(self, mission: bytes) -> dict[str, Any]:
-        """Feed the mission, follow the agent until it exits, then judge the outcome."""
+    async def run(self, mission: bytes, release: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+        """Let the agent run (``release``), feed the mission, follow the agent until it exits,
+        then judge the outcome."""
         try:
+            await release()
             self.stdin.write(mission)
             self.readers = [
                 asyncio.create_task(self._read(self.stdout, self._on_stdout)),
@@ -273,13 +382,20 @@ class _Agent:
         finally:
             if not done:
                 _signal_group(self.process.pid, signal.SIGKILL)
+                if self.cgroup is not None:
+                    self.cgroup.kill()
                 for task in [*self.readers, *self.actions]:
                     task.cancel()
 
     async def _stop_group(self) -> None:
-        """SIGTERM the agent's process group, wait for the agent, then SIGKILL what is left."""
+        """SIGTERM the agent's process group and cgroup, wait for the agent, then SIGKILL what
+        is left."""
         group = self.process.pid
-        if not _signal_group(group, signal.SIGTERM):
+        left = _signal_group(group, signal.SIGTERM)
+        if self.cgroup is not None:
+            self.cgroup.signal(signal.SIGTERM)
+            left = left or bool(self.cgroup.pids())
+        if not left:
             return
         delay = _POLL_MIN_S
         deadline = asyncio.get_running_loop().time() + self.lane.kill_grace_s
@@ -287,6 +403,8 @@ class _Agent:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX_S)
         _signal_group(group, signal.SIGKILL)
+        if self.cgroup is not None:
+            self.cgroup.kill()
         deadline = asyncio.get_running_loop().time() + _DRAIN_S
         while self.process.returncode is None and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(_POLL_MIN_S)
@@ -485,6 +603,41 @@ async def _settle(tasks: list[asyncio.Task[None]], timeout: float) -> None:
         task.cancel()
     if pending:
         await asyncio.wait(pending, timeout=timeout)
+
+
+async def _read_to_end(fd: int) -> bytes:
+    """Everything written to the pipe ``fd`` until its last writer closes it."""
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _set_once, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _remove_cgroup(cgroup: AgentCgroup) -> bool:
+    """Kill what is left in the agent's cgroup and remove it (False: still there after 1 s)."""
+    for _ in range(100):
+        if cgroup.remove(wait_s=0):
+            return True
+        await asyncio.sleep(0.01)
+    return False
 
 
 async def _discard(stream: asyncio.StreamReader) -> None:

@@ -1,4 +1,5 @@
-"""What a ``command``-lane agent gets from the daemon: an explicit environment and an OS user.
+"""What a ``command``-lane agent gets from the daemon: an explicit environment, an OS user, and
+a durable record of its processes.
 
 The environment is built, never inherited: the variables of an allow-list (``env_allow``,
 :data:`DEFAULT_ENV_ALLOW` by default) that the daemon has, then the lane's ``env`` table. The
@@ -6,7 +7,10 @@ daemon's other variables (provider keys, ``PGPASSWORD``, ``DATABASE_URL``,
 ``QUARTERDECK_STATE_DIR``...) never reach an agent. An agent run as another OS user
 (``run_as``, possibly one per workspace with ``{workspace}`` in the name) gets that user's
 ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL`` where the allow-list names them. The option
-types of ``env``, ``env_allow`` and ``run_as`` are declared here too.
+types of ``env``, ``env_allow``, ``run_as`` and ``cgroup`` are declared here too.
+
+Each agent's processes are recorded before it runs (:class:`SpawnedAgent`, handed to the
+runtime's :class:`AgentRegistry`), so that a node can kill what a dead node left running.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import os
 import pwd
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Final
+from dataclasses import dataclass
+from typing import Annotated, Final, Protocol
 
 from pydantic import AfterValidator, Field
 
@@ -25,14 +30,18 @@ DEFAULT_ENV_ALLOW: Final = (
 )  # fmt: skip
 """The daemon's variables an agent gets unless its lane says otherwise."""
 SESSION_CREDENTIAL_ENV: Final = "QUARTERDECK_SESSION_TOKEN"
-"""Reserved for the agent's own session credential, which the daemon's control API will issue;
-no variable of that name is passed today."""
+"""The agent's own session credential, issued by the runtime when it serves the control API."""
+API_ENV: Final = "QUARTERDECK_API"
+"""Where an agent reaches the control API (the agents' socket, outside the state directory)."""
 WORKSPACE_PLACEHOLDER: Final = "{workspace}"
+CGROUP_AUTO: Final = "auto"
+CGROUP_OFF: Final = "off"
 
 
 def _own_variables(env: dict[str, str]) -> dict[str, str]:
-    if SESSION_CREDENTIAL_ENV in env:
-        raise problem(f"{SESSION_CREDENTIAL_ENV} is reserved for the session's credential")
+    for name in (SESSION_CREDENTIAL_ENV, API_ENV):
+        if name in env:
+            raise problem(f"{name} is reserved: the runtime sets it")
     return env
 
 
@@ -53,6 +62,49 @@ AllowedVariables = Annotated[
 """The ``env_allow`` option: names of the daemon's variables the agent gets."""
 RunAs = Annotated[str, Field(min_length=1), AfterValidator(_user_name)]
 """The ``run_as`` option: a user name, ``{workspace}`` standing for the mission's workspace."""
+
+
+def _cgroup_setting(value: str) -> str:
+    if value not in (CGROUP_AUTO, CGROUP_OFF) and not value.startswith("/"):
+        raise problem(f"must be {CGROUP_AUTO!r}, {CGROUP_OFF!r} or an absolute path")
+    return value
+
+
+CgroupSetting = Annotated[str, Field(min_length=1), AfterValidator(_cgroup_setting)]
+"""The ``cgroup`` option: where each agent's own cgroup v2 is created: ``auto`` (under the
+daemon's own cgroup), ``off``, or the absolute path of a cgroup v2 directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnedAgent:
+    """An agent process started for a mission and not yet running its work: what a node
+    records of it so that whatever it leaves can be found and killed later."""
+
+    mission_id: str
+    attempt: int
+    workspace: str
+    lane: str
+    pid: int
+    pgid: int
+    sid: int
+    start_ticks: int
+    """Its start time (clock ticks since boot, ``/proc/<pid>/stat``): a later process given
+    the same pid is not it."""
+    cgroup: str | None
+    """The path of its own cgroup, or None when it is contained by its process group alone."""
+
+
+class AgentRegistry(Protocol):
+    """Where a lane records its agents' processes (durably, before they run) and forgets
+    them once reaped."""
+
+    async def started(self, agent: SpawnedAgent) -> str:
+        """Record ``agent``; return the record's id. Raises when it cannot be recorded."""
+        ...
+
+    async def reaped(self, record_id: str) -> None:
+        """The agent and everything it started are gone: forget the record."""
+        ...
 
 
 def run_as_problem(run_as: str) -> str | None:

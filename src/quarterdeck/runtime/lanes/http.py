@@ -8,12 +8,18 @@ Options:
 - ``model``: the model for providers that name none (omitted from the request when unset);
 - ``system_prompt``: the system message (a short default otherwise);
 - ``tools``: OpenAI tool definitions, passed through unchanged;
-- ``max_rounds``: how many tool-call rounds a mission may take (default 8).
+- ``max_rounds``: how many tool-call rounds a mission may take (default 8);
+- ``mcp_servers``: MCP servers whose tools the model is offered (tables as in
+  ``[[mcp.servers]]``: ``name`` and ``command``/``args``/``env``/``cwd`` or ``url``).
 
 A request fails over to the next provider on a connection error, a timeout, a 5xx or a 429;
 any other 4xx fails the mission at once (the request itself is bad). Each tool call the model
-makes becomes an action request; the decision (outcome, possibly edited args, reason) goes
-back to the model as the tool's result. The final assistant message is the deliverable.
+makes becomes an action request. A call of an MCP server's tool is asked as ``server__tool``
+with the tool's annotations (:data:`~quarterdeck.domain.policy.ANNOTATIONS_ARG`), and once
+allowed it runs on that server with the decided arguments: the server's real result goes back
+to the model (and its SHA-256 and size on the mission's record). Any other call is only
+decided: the decision (outcome, possibly edited args, reason) goes back as its result. The final
+assistant message is the deliverable.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ from typing import Annotated, Any, Final
 import httpx
 from pydantic import Field
 
+from quarterdeck.domain.policy import ANNOTATIONS_ARG
 from quarterdeck.runtime.lanes.base import Adapter, LaneFailure, LaneOptions, MissionContext
+from quarterdeck.runtime.mcp_config import McpServer
+from quarterdeck.runtime.mcp_tools import McpTools
 from quarterdeck.runtime.validation import otherwise, required, says
 
 DEFAULT_TIMEOUT_S: Final = 30.0
@@ -96,6 +105,7 @@ class HttpOptions(LaneOptions):
     system_prompt: Annotated[str, otherwise(DEFAULT_SYSTEM_PROMPT)] = DEFAULT_SYSTEM_PROMPT
     tools: Annotated[list[Any] | None, otherwise(None)] = None
     max_rounds: Annotated[int, Field(gt=0), otherwise(DEFAULT_MAX_ROUNDS)] = DEFAULT_MAX_ROUNDS
+    mcp_servers: list[McpServer] = Field(default_factory=list)
 
     def provider_list(self) -> list[Provider]:
         """The providers in order, each with its model (or the lane's)."""
@@ -141,6 +151,7 @@ class HttpLane:
         self.system_prompt = parsed.system_prompt
         self.tools: list[Any] | None = list(parsed.tools) if parsed.tools else None
         self.max_rounds = parsed.max_rounds
+        self.mcp = McpTools(parsed.mcp_servers) if parsed.mcp_servers else None
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
@@ -156,8 +167,11 @@ class HttpLane:
         ]
         usage: dict[str, Any] | None = None
         current = 0
+        tools = self.tools
+        if self.mcp is not None:
+            tools = [*(self.tools or []), *await self.mcp.definitions()]
         for round_number in range(1, self.max_rounds + 1):
-            current, reply = await self._complete(ctx, messages, current)
+            current, reply = await self._complete(ctx, messages, current, tools)
             usage = _add_usage(usage, reply.usage)
             tool_calls = reply.message.get("tool_calls")
             if not isinstance(tool_calls, list) or not tool_calls:
@@ -181,10 +195,12 @@ class HttpLane:
         raise LaneFailure(f"no final answer after {self.max_rounds} rounds of tool calls")
 
     async def close(self) -> None:
-        """Close the shared HTTP client."""
+        """Close the shared HTTP client and stop the MCP servers."""
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+        if self.mcp is not None:
+            await self.mcp.close()
 
     @staticmethod
     def _user_message(ctx: MissionContext) -> str:
@@ -209,11 +225,24 @@ class HttpLane:
         tool = function.get("name")
         raw_args = function.get("arguments") or "{}"
         try:
-            args = json.loads(raw_args) if isinstance(raw_args, str) else raw_args
-        except json.JSONDecodeError:
+            args = (
+                json.loads(raw_args, parse_constant=_not_json)
+                if isinstance(raw_args, str) else raw_args
+            )  # fmt: skip
+        except ValueError:  # JSONDecodeError, or NaN / Infinity (no canonical JSON has them)
             args = None
         result: dict[str, Any]
+        entry = None if self.mcp is None or not isinstance(tool, str) else self.mcp.entry(tool)
+        if entry is not None and isinstance(args, Mapping) and ANNOTATIONS_ARG not in args:
+            assert self.mcp is not None
+            content = await self.mcp.decide_and_run(ctx, call["id"], entry, args)
+            return {"role": "tool", "tool_call_id": call["id"], "content": content}
         if isinstance(tool, str) and tool and isinstance(args, Mapping):
+            if ANNOTATIONS_ARG in args:
+                problem = f"the argument {ANNOTATIONS_ARG!r} is reserved"
+                ctx.emit("log", {"message": f"tool call {call['id']} not requested: {problem}"})
+                result = {"outcome": "rejected", "args": {}, "reason": problem}
+                return {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)}
             decision = await ctx.request_action(call["id"], tool, args)
             result = {
                 "outcome": decision.outcome,
@@ -231,7 +260,11 @@ class HttpLane:
         }
 
     async def _complete(
-        self, ctx: MissionContext, messages: list[dict[str, Any]], start: int
+        self,
+        ctx: MissionContext,
+        messages: list[dict[str, Any]],
+        start: int,
+        tools: list[Any] | None,
     ) -> tuple[int, _Reply]:
         """One completion, starting with provider ``start`` (the one that last answered)."""
         order = [*range(start, len(self.providers)), *range(start)]
@@ -239,7 +272,7 @@ class HttpLane:
         for position, index in enumerate(order):
             provider = self.providers[index]
             try:
-                return index, await self._post(provider, messages)
+                return index, await self._post(provider, messages, tools)
             except _ProviderDown as down:
                 failures.append(f"{provider.url}: {down.reason}")
                 if position + 1 < len(order):
@@ -253,7 +286,9 @@ class HttpLane:
                     )
         raise LaneFailure("all providers failed: " + "; ".join(failures))
 
-    async def _post(self, provider: Provider, messages: list[dict[str, Any]]) -> _Reply:
+    async def _post(
+        self, provider: Provider, messages: list[dict[str, Any]], tools: list[Any] | None
+    ) -> _Reply:
         """POST to one provider.
 
         Raises:
@@ -263,8 +298,8 @@ class HttpLane:
         body: dict[str, Any] = {"messages": messages}
         if provider.model is not None:
             body["model"] = provider.model
-        if self.tools is not None:
-            body["tools"] = self.tools
+        if tools:
+            body["tools"] = tools
         headers = {"Accept": "application/json"}
         key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
         if key:
@@ -318,3 +353,9 @@ class HttpLane:
 
 
 ADAPTER = Adapter("http", HttpOptions, HttpLane)
+
+
+def _not_json(name: str) -> Any:
+    """``NaN`` and the infinities are not JSON: a tool call's arguments holding one are
+    refused like any other arguments that are not a JSON object."""
+    raise ValueError(f"{name} is not JSON")

@@ -6,24 +6,43 @@ its subject (a dispatch queued again or failed, an SDK request's action released
 again and is decided like ``pending``). Each approval is bound to one stable action key; the
 first decision stands (deciding again returns it). Every change is a ledger entry; a pending
 approval queues an outbox notification in the same transaction.
+
+Deciding, claiming, snoozing or escalating an approval needs the role of its current ladder
+level in its workspace (or ``admin``), never by an agent nor by its requester
+(:func:`quarterdeck.domain.authority.may_decide`, with the row read in the same transaction).
+A rule asking for ``approvals_required = 2`` releases the action only once two different
+people approved, each approval on the ledger; one rejection refuses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
 
+from quarterdeck.domain.authority import (
+    Principal,
+    approvals_complete,
+    may_decide,
+    may_read,
+)
 from quarterdeck.domain.canonical import canonical_text
-from quarterdeck.domain.clock import format_instant
+from quarterdeck.domain.clock import later
 from quarterdeck.domain.escalation import first_rung
 from quarterdeck.domain.ids import new_ids
 from quarterdeck.domain.policy import DEFAULT_REJECT_REASONS, PolicyDecision
 from quarterdeck.domain.states import APPROVAL_ALLOWED, APPROVAL_DECIDED, Kind
-from quarterdeck.store.approvals.reading import approval_row, approval_view, open_approvals_of
+from quarterdeck.store.approvals.reading import (
+    approval_facts,
+    approval_row,
+    approval_view,
+    approvals_required,
+    approved_by,
+    open_approvals_of,
+)
+from quarterdeck.store.authorizing import refuse_principal
 from quarterdeck.store.decisions import load_json, release_action
 from quarterdeck.store.outbox import enqueue
 from quarterdeck.store.plan import WorkPlan
@@ -34,11 +53,6 @@ from quarterdeck.store.writer import WriteTxn
 def reason_codes(plan: WorkPlan) -> tuple[str, ...]:
     """The reject reason codes in force (the policy's, or the defaults)."""
     return plan.policy.reject_reasons if plan.policy is not None else DEFAULT_REJECT_REASONS
-
-
-def later(txn: WriteTxn, seconds: float) -> str:
-    """The instant ``seconds`` after the transaction's time."""
-    return format_instant(txn.now + timedelta(seconds=seconds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +99,10 @@ def create_approval(
         "ladder": canonical_text(list(decision.ladder)),
         "on_expiry": str(decision.on_expiry or "reject"),
         "deadline_s": rung.deadline_s,
-        "deadline_at": later(txn, rung.deadline_s),
+        "deadline_at": later(txn.now, rung.deadline_s),
         "requested_by": new.requested_by,
         "estimated_cost": new.estimated_cost,
+        "approvals_required": decision.approvals_required,
         "data": canonical_text({"rule": decision.rule, "policy_hash": decision.policy_hash}),
     }
     txn.conn.execute(
@@ -95,10 +110,10 @@ def create_approval(
             "INSERT INTO approvals (id, workspace, state, version, attempt, created_at, "
             "updated_at, data, turn_id, action_id, mission_id, decision_id, action_key, kind, "
             "lane, tool, args, approver, level, ladder, on_expiry, deadline_s, deadline_at, "
-            "requested_by, estimated_cost) VALUES (:id, :workspace, 'pending', 1, 0, :at, :at, "
-            ":data, :turn_id, :action_id, :mission_id, :decision_id, :action_key, :kind, :lane, "
-            ":tool, :args, :approver, :level, :ladder, :on_expiry, :deadline_s, :deadline_at, "
-            ":requested_by, :estimated_cost)"
+            "requested_by, estimated_cost, approvals_required) VALUES (:id, :workspace, 'pending', "
+            "1, 0, :at, :at, :data, :turn_id, :action_id, :mission_id, :decision_id, "
+            ":action_key, :kind, :lane, :tool, :args, :approver, :level, :ladder, :on_expiry, "
+            ":deadline_s, :deadline_at, :requested_by, :estimated_cost, :approvals_required)"
         ),
         row,
     )
@@ -122,6 +137,8 @@ def create_approval(
         "mission": new.mission_id,
         "version": 1,
     }
+    if decision.approvals_required > 1:
+        payload["approvals_required"] = decision.approvals_required
     append_entry(
         txn, new.workspace, new.requested_by, "approval.requested", "approval", approval_id,
         None, "pending", payload,
@@ -141,6 +158,31 @@ def refuse_approval(
                       {"command": command, "errors": [error]}), "approval": approval_id}  # fmt: skip
 
 
+def refused_to(
+    txn: WriteTxn, plan: WorkPlan, row: Any, who: Principal, command: str, *,
+    counting: bool = False,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The refusal, recorded, when ``who`` may not act on the open approval ``row`` (None:
+    they may); ``counting``: an approval, which the same person gives once."""
+    refusal = may_decide(plan.roster, who, approval_facts(row, counting=counting))
+    if refusal is None:
+        return None
+    refused = refuse_principal(txn, row.workspace, who, command, "approval", row.id, refusal)
+    return {**refused, "approval": row.id}
+
+
+def read_refused(
+    txn: WriteTxn, plan: WorkPlan, row: Any, who: Principal, command: str
+) -> dict[str, Any] | None:
+    """The refusal, recorded, when ``who`` may not even see the approval ``row`` (answering
+    with a decided approval's view)."""
+    refusal = may_read(plan.roster, who, row.workspace)
+    if refusal is None:
+        return None
+    refused = refuse_principal(txn, row.workspace, who, command, "approval", row.id, refusal)
+    return {**refused, "approval": row.id}
+
+
 def claimed_by_other(txn: WriteTxn, row: Any, actor: str) -> str | None:
     """Why ``actor`` may not act on the approval: someone else's claim still holds (None: no)."""
     if row.claimed_by and row.claimed_by != actor and row.claim_expires_at > txn.at:
@@ -154,18 +196,21 @@ def decide_approval(
     workspace: str,
     approval_id: str,
     verdict: str,
-    actor: str,
+    who: Principal,
     *,
     args: Mapping[str, Any] | None = None,
     reason_code: str | None = None,
     reason: str | None = None,
     action_key: str | None = None,
 ) -> dict[str, Any]:
-    """Approve (``args`` given: approve with edits) or reject (``reason_code`` required).
+    """Approve (``args`` given: approve with edits) or reject (``reason_code`` required), as
+    ``who`` (who must hold the role of the approval's current level, see the module).
 
     Idempotent: an approval decided already returns its first decision with ``already``.
     ``action_key``, when given, must be the approval's own (a decision is never applied to
-    another item)."""
+    another item). Under a two-person rule, an approval that is not the last one needed is
+    counted (``waiting_for``: how many more) and the approval stays open."""
+    actor = who.label
     command = f"approval.{'approve' if verdict == 'approve' else 'reject'}"
     row = approval_row(txn, workspace, approval_id)
     if row is None:
@@ -174,7 +219,11 @@ def decide_approval(
         error = f"approval {approval_id} is for {row.action_key}, not {action_key}"
         return refuse_approval(txn, workspace, actor, approval_id, command, error)
     if row.state in APPROVAL_DECIDED:
-        return {"ok": True, "already": True, **approval_view(row)}
+        unseen = read_refused(txn, plan, row, who, command)
+        return unseen or {"ok": True, "already": True, **approval_view(row)}
+    refused = refused_to(txn, plan, row, who, command, counting=verdict == "approve")
+    if refused is not None:
+        return refused
     held = claimed_by_other(txn, row, actor)
     if held is not None:
         return refuse_approval(txn, workspace, actor, approval_id, command, held)
@@ -184,11 +233,55 @@ def decide_approval(
             error = f"reason code {reason_code!r} is not one of {', '.join(codes)}"
             return refuse_approval(txn, workspace, actor, approval_id, command, error)
         target = "rejected"
+        approvers: list[str] | None = None
     else:
         target = "edited" if args is not None else "approved"
+        approvers = [*approved_by(row), actor]
+        required = approvals_required(row)
+        if required > 1 and args is not None:
+            error = (
+                f"approval needs {required} people: it cannot be approved with edits "
+                "(reject it, and let the request be made again with other arguments)"
+            )
+            return refuse_approval(txn, workspace, actor, approval_id, command, error)
+        if not approvals_complete(required, approvers):
+            return _count_approval(txn, row, approvers, required, actor, reason)
     return settle(
-        txn, plan, row, target, actor, edited=args, reason_code=reason_code, reason=reason
-    )
+        txn, plan, row, target, actor, edited=args, reason_code=reason_code, reason=reason,
+        approved=approvers,
+    )  # fmt: skip
+
+
+def _count_approval(
+    txn: WriteTxn, row: Any, approvers: list[str], required: int, actor: str, reason: str | None
+) -> dict[str, Any]:
+    """Record one approval of several needed: the approval stays open (its claim let go, for
+    the next person) and the ledger says who approved."""
+    version = row.version + 1
+    changed = txn.conn.execute(
+        text(
+            "UPDATE approvals SET approved_by = :approved, claimed_by = NULL, "
+            "claim_expires_at = NULL, version = :version, updated_at = :at "
+            "WHERE id = :id AND version = :old"
+        ),
+        {"approved": canonical_text(approvers), "version": version, "at": txn.at, "id": row.id,
+         "old": row.version},
+    ).rowcount  # fmt: skip
+    if changed != 1:
+        raise StaleApproval(row.id)
+    waiting_for = required - len(set(approvers))
+    payload: dict[str, Any] = {
+        "action_key": row.action_key, "approved_by": approvers, "approvals_required": required,
+        "waiting_for": waiting_for, "version": version,
+    }  # fmt: skip
+    if reason:
+        payload["reason"] = reason
+    append_entry(
+        txn, row.workspace, actor, "approval.approval_counted", "approval", row.id, None, None,
+        payload,
+    )  # fmt: skip
+    fresh = approval_row(txn, row.workspace, row.id)
+    return {"ok": True, "waiting_for": waiting_for, **approval_view(fresh)}
 
 
 def settle(
@@ -202,9 +295,10 @@ def settle(
     reason_code: str | None = None,
     reason: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    approved: list[str] | None = None,
 ) -> dict[str, Any]:
     """Move an open approval to a decided state and apply what that means for its subject
-    (``extra`` goes into the ledger entry's payload)."""
+    (``extra`` goes into the ledger entry's payload; ``approved``: everyone who approved)."""
     allowed = target in APPROVAL_ALLOWED
     args = dict(edited) if edited is not None else load_json(row.args, {})
     payload: dict[str, Any] = {"action_key": row.action_key}
@@ -215,6 +309,10 @@ def settle(
         payload["reason_code"] = reason_code
     if reason:
         payload["reason"] = reason
+    columns: dict[str, Any] = {}
+    if approved is not None and approvals_required(row) > 1:
+        payload["approved_by"] = approved
+        columns["approved_by"] = canonical_text(approved)
     payload.update(extra or {})
     moved = move(
         txn, Kind.APPROVAL, row.id, row.state, target, workspace=row.workspace, actor=actor,
@@ -222,7 +320,7 @@ def settle(
         columns={
             "edited_args": canonical_text(dict(edited)) if edited is not None else None,
             "reason_code": reason_code, "reason_text": reason, "decided_by": actor,
-            "decided_at": txn.at, "claimed_by": None, "claim_expires_at": None,
+            "decided_at": txn.at, "claimed_by": None, "claim_expires_at": None, **columns,
         },
     )  # fmt: skip
     if moved is None:

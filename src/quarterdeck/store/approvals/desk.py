@@ -1,6 +1,8 @@
 """A person at the approvals desk: a short claim so that no one else decides an approval
 meanwhile, a snooze that defers one, and a bulk decision over every open approval a selector
-matches (each on its own ledger entry)."""
+matches (each on its own ledger entry). Each needs the role of the approval's current ladder
+level (:func:`~quarterdeck.store.approvals.deciding.refused_to`); a claim is let go only by
+the person holding it."""
 
 from __future__ import annotations
 
@@ -10,14 +12,16 @@ from typing import Any
 
 from sqlalchemy import text
 
+from quarterdeck.domain.authority import Principal
+from quarterdeck.domain.clock import later
 from quarterdeck.domain.escalation import snoozed_deadline
 from quarterdeck.domain.states import APPROVAL_OPEN
 from quarterdeck.store.approvals.deciding import (
     claimed_by_other,
     decide_approval,
-    later,
     reason_codes,
     refuse_approval,
+    refused_to,
 )
 from quarterdeck.store.approvals.reading import approval_row, approval_view
 from quarterdeck.store.plan import WorkPlan
@@ -27,19 +31,24 @@ from quarterdeck.store.writer import WriteTxn
 
 
 def snooze_approval(
-    txn: WriteTxn, workspace: str, approval_id: str, for_s: float, actor: str
-) -> dict[str, Any]:
+    txn: WriteTxn, plan: WorkPlan, workspace: str, approval_id: str, for_s: float,
+    who: Principal,
+) -> dict[str, Any]:  # fmt: skip
     """Defer an open approval: hidden from the queue until then, and its deadline moves to at
     least the end of the snooze (so the ladder does not run while it sleeps)."""
+    actor = who.label
     row = approval_row(txn, workspace, approval_id)
     if row is None:
         return refuse_approval(
             txn, workspace, actor, approval_id, "approval.snooze", "no such approval"
         )
+    refused = refused_to(txn, plan, row, who, "approval.snooze")
+    if refused is not None:
+        return refused
     if row.state not in APPROVAL_OPEN:
         error = f"approval is already {row.state}"
         return refuse_approval(txn, workspace, actor, approval_id, "approval.snooze", error)
-    until = later(txn, for_s)
+    until = later(txn.now, for_s)
     deadline = snoozed_deadline(row.deadline_at, until)
     txn.conn.execute(
         text(
@@ -57,21 +66,25 @@ def snooze_approval(
 
 
 def claim_approval(
-    txn: WriteTxn, plan: WorkPlan, workspace: str, approval_id: str, actor: str,
+    txn: WriteTxn, plan: WorkPlan, workspace: str, approval_id: str, who: Principal,
     for_s: float | None = None, release: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Hold (or, with ``release``, let go of) a short claim so that no one else decides the
     approval meanwhile. A claim held by someone else is refused until it runs out."""
+    actor = who.label
     command = "approval.unclaim" if release else "approval.claim"
     row = approval_row(txn, workspace, approval_id)
     if row is None:
         return refuse_approval(txn, workspace, actor, approval_id, command, "no such approval")
+    refused = refused_to(txn, plan, row, who, command)
+    if refused is not None:
+        return refused
     if row.state not in APPROVAL_OPEN:
         return {"ok": True, "already": True, **approval_view(row)}
     held = claimed_by_other(txn, row, actor)
     if held is not None:
         return refuse_approval(txn, workspace, actor, approval_id, command, held)
-    until = None if release else later(txn, for_s or plan.claim_s)
+    until = None if release else later(txn.now, for_s or plan.claim_s)
     txn.conn.execute(
         text(
             "UPDATE approvals SET claimed_by = :who, claim_expires_at = :until, "
@@ -93,13 +106,16 @@ def bulk_decide(
     workspace: str | None,
     verdict: str,
     selector: Mapping[str, Any],
-    actor: str,
+    who: Principal,
     *,
     reason_code: str | None = None,
     reason: str | None = None,
 ) -> dict[str, Any]:
     """Decide every open approval matching ``selector`` (``lane``, ``tool`` and ``approver``
-    globs, ``kind``), each on its own ledger entry; those claimed by others are skipped."""
+    globs, ``kind``) in ``workspace`` (None: in all of them), each on its own ledger entry;
+    those claimed by others, or that ``who`` may not decide, are skipped (each refusal
+    recorded)."""
+    actor = who.label
     if verdict == "reject" and reason_code not in reason_codes(plan):
         error = f"reason code {reason_code!r} is not one of {', '.join(reason_codes(plan))}"
         append_entry(
@@ -114,6 +130,7 @@ def bulk_decide(
         )
     ).all()
     decided: list[str] = []
+    counted: list[str] = []
     skipped: list[dict[str, Any]] = []
     for row in rows:
         if workspace is not None and row.workspace != workspace:
@@ -125,11 +142,16 @@ def bulk_decide(
         ):
             continue
         result = decide_approval(
-            txn, plan, row.workspace, row.id, verdict, actor, reason_code=reason_code,
+            txn, plan, row.workspace, row.id, verdict, who, reason_code=reason_code,
             reason=reason,
         )  # fmt: skip
-        if result.get("ok") and not result.get("already"):
+        if result.get("ok") and "waiting_for" in result:
+            counted.append(row.id)
+        elif result.get("ok") and not result.get("already"):
             decided.append(row.id)
         else:
             skipped.append({"approval": row.id, "errors": result.get("errors", ["decided"])})
-    return {"ok": True, "decided": decided, "skipped": skipped}
+    done: dict[str, Any] = {"ok": True, "decided": decided, "skipped": skipped}
+    if counted:
+        done["counted"] = counted  # approved, still waiting for another person
+    return done

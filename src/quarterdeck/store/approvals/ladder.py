@@ -9,9 +9,13 @@ from typing import Any
 
 from sqlalchemy import text
 
+from quarterdeck.domain.authority import Principal
+from quarterdeck.domain.clock import later
+from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
 from quarterdeck.domain.escalation import Rung, at_deadline, expiry, next_rung
 from quarterdeck.domain.states import APPROVAL_OPEN, Kind
-from quarterdeck.store.approvals.deciding import later, refuse_approval, settle
+from quarterdeck.store.alerts import open_alert
+from quarterdeck.store.approvals.deciding import refuse_approval, refused_to, settle
 from quarterdeck.store.approvals.reading import approval_row, approval_view
 from quarterdeck.store.decisions import SDK_LANE, load_json
 from quarterdeck.store.flags import set_flag
@@ -23,15 +27,19 @@ from quarterdeck.store.writer import WriteTxn
 
 
 def escalate_approval(
-    txn: WriteTxn, plan: WorkPlan, workspace: str, approval_id: str, actor: str
+    txn: WriteTxn, plan: WorkPlan, workspace: str, approval_id: str, who: Principal
 ) -> dict[str, Any]:
     """Raise an open approval one level: the ladder's next role (if any) takes it with a fresh
-    deadline; recorded and notified."""
+    deadline; recorded and notified. Only someone holding the current level's role may."""
+    actor = who.label
     row = approval_row(txn, workspace, approval_id)
     if row is None:
         return refuse_approval(
             txn, workspace, actor, approval_id, "approval.escalate", "no such approval"
         )
+    refused = refused_to(txn, plan, row, who, "approval.escalate")
+    if refused is not None:
+        return refused
     if row.state not in APPROVAL_OPEN:
         error = f"approval is already {row.state}"
         return refuse_approval(txn, workspace, actor, approval_id, "approval.escalate", error)
@@ -46,7 +54,7 @@ def escalate_approval(
 
 def _escalate(txn: WriteTxn, plan: WorkPlan, row: Any, rung: Rung, actor: str) -> bool:
     """Raise ``row`` to ``rung`` and notify; False (nothing written) when it changed since read."""
-    deadline_at = later(txn, rung.deadline_s)
+    deadline_at = later(txn.now, rung.deadline_s)
     payload = {
         "level": rung.level,
         "approver": rung.approver,
@@ -114,4 +122,17 @@ def _expire(txn: WriteTxn, plan: WorkPlan, row: Any, actor: str) -> None:
         data={"lane": row.lane, "action_key": row.action_key, **extra},
     )  # fmt: skip
     if action.flag is not None:
-        set_flag(txn, row.lane, action.flag, True, actor=actor, workspace=row.workspace)
+        what = "paused" if action.flag == "paused" else "forced onto its fallback"
+        reason = f"approval {row.id} ({row.tool}) expired unanswered"
+        set_flag(
+            txn, row.lane, action.flag, True, actor=actor, workspace=row.workspace, reason=reason
+        )
+        open_alert(
+            txn, plan.targets, workspace=RUNTIME_WORKSPACE, alert_type="lane_" + action.flag,
+            severity="error", subject_type="lane", subject_id=row.lane,
+            dedupe=f"expiry:{row.lane}:{action.flag}",
+            message=f"lane {row.lane} {what}: {reason}",
+            data={"lane": row.lane, "flag": action.flag, "approval_id": row.id,
+                  "tool": row.tool, "on_expiry": row.on_expiry, "expired_by": actor},
+            actor=actor,
+        )  # fmt: skip

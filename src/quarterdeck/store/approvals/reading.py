@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from quarterdeck.domain.authority import ApprovalFacts
 from quarterdeck.domain.states import APPROVAL_ALLOWED, APPROVAL_OPEN, APPROVAL_REFUSED
 from quarterdeck.store.decisions import load_json
 from quarterdeck.store.sql import in_list
@@ -21,6 +22,28 @@ _SELECT = text("SELECT * FROM approvals WHERE id = :id AND workspace = :w")
 def approval_row(txn: WriteTxn, workspace: str, approval_id: str) -> Any:
     """The approval's row (None when the workspace has no such approval)."""
     return txn.conn.execute(_SELECT, {"id": approval_id, "w": workspace}).first()
+
+
+def approved_by(row: Any) -> list[str]:
+    """Who approved ``row`` so far (a two-person rule needs two different people)."""
+    names = load_json(row.approved_by, [])
+    return [str(name) for name in names] if isinstance(names, list) else []
+
+
+def approvals_required(row: Any) -> int:
+    """How many different people must approve ``row`` (one unless its rule says more)."""
+    return int(row.approvals_required or 1)
+
+
+def approval_facts(row: Any, *, counting: bool = False) -> ApprovalFacts:
+    """What deciding ``row`` depends on: its workspace, the role of its current ladder level,
+    its requester and (``counting`` an approval) who approved it so far."""
+    return ApprovalFacts(
+        workspace=row.workspace,
+        role=row.approver,
+        requested_by=row.requested_by,
+        approved_by=tuple(approved_by(row)) if counting else (),
+    )
 
 
 def approval_view(row: Any) -> dict[str, Any]:
@@ -47,6 +70,8 @@ def approval_view(row: Any) -> dict[str, Any]:
         "reason": row.reason_text,
         "decided_by": row.decided_by,
         "decided_at": row.decided_at,
+        "approvals_required": approvals_required(row),
+        "approved_by": approved_by(row),
         "version": row.version,
     }
 

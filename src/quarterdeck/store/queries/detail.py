@@ -9,18 +9,61 @@ from typing import Any
 from sqlalchemy import and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from quarterdeck.domain.hooks import hook_origin
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import LEDGER
 from quarterdeck.store.queries.listings import ITEM_TABLES, in_scope, item_dict, receipt_dict
 from quarterdeck.store.receipts import RECEIPTS
 
 APPROVAL_EVENTS = 20
-"""Recent events of the turn shown with an approval."""
+"""Recent events of the turn shown with an approval (and with a turn)."""
+EARLIER_ACTIONS = 10
+"""The turn's actions decided before an approval's request, shown with it."""
+
+
+async def _recent_events(conn: AsyncConnection, turn_id: str) -> list[dict[str, Any]]:
+    """The turn's last :data:`APPROVAL_EVENTS` mission events, oldest first."""
+    rows = await conn.execute(
+        text(
+            "SELECT at, type, data FROM mission_events WHERE turn_id = :t ORDER BY id DESC LIMIT :n"
+        ),
+        {"t": turn_id, "n": APPROVAL_EVENTS},
+    )
+    return [{"at": r.at, "type": r.type, "data": json.loads(r.data)} for r in reversed(rows.all())]
+
+
+async def _turn_summary(conn: AsyncConnection, turn_id: str) -> dict[str, Any] | None:
+    """What an approval shows of its turn: objective, state, lane, attempt."""
+    row = (
+        await conn.execute(
+            text("SELECT id, state, lane, attempt, objective FROM turns WHERE id = :t"),
+            {"t": turn_id},
+        )
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def _earlier_actions(
+    conn: AsyncConnection, turn_id: str, decision_id: str | None, before: str | None
+) -> list[dict[str, Any]]:
+    """The turn's tool calls decided before the request (its missions' action decisions,
+    found through the missions' index), oldest first."""
+    rows = await conn.execute(
+        text(
+            "SELECT at, tool, args, outcome, verdict, decided_by FROM decisions "
+            "WHERE mission_id IN (SELECT id FROM missions WHERE turn_id = :t) "
+            "AND kind <> 'dispatch' AND id <> :d AND at <= :before "
+            "ORDER BY at DESC, id DESC LIMIT :n"
+        ),
+        {"t": turn_id, "d": decision_id or "", "before": before or "~", "n": EARLIER_ACTIONS},
+    )
+    return [dict(r._mapping) for r in reversed(rows.all())]
 
 
 async def _approval_context(conn: AsyncConnection, item: dict[str, Any]) -> dict[str, Any]:
     """What a person needs to decide an approval: the decision that asked (rule, rule trace,
-    policy hash), the turn's recent events and the cost so far."""
+    policy hash), its turn (objective, state), the turn's actions before the request, its
+    recent events and the cost so far."""
     decision = (
         await conn.execute(
             text(
@@ -32,18 +75,15 @@ async def _approval_context(conn: AsyncConnection, item: dict[str, Any]) -> dict
     ).first()
     turn_id = item.get("turn_id")
     events: list[dict[str, Any]] = []
+    earlier: list[dict[str, Any]] = []
+    turn = None
     cost = None
     if turn_id:
-        rows = await conn.execute(
-            text(
-                "SELECT at, type, data FROM mission_events WHERE turn_id = :t "
-                "ORDER BY id DESC LIMIT :n"
-            ),
-            {"t": turn_id, "n": APPROVAL_EVENTS},
+        events = await _recent_events(conn, turn_id)
+        turn = await _turn_summary(conn, turn_id)
+        earlier = await _earlier_actions(
+            conn, turn_id, item.get("decision_id"), item.get("created_at")
         )
-        events = [
-            {"at": r.at, "type": r.type, "data": json.loads(r.data)} for r in reversed(rows.all())
-        ]
         cost = (
             await conn.execute(
                 text(
@@ -65,6 +105,8 @@ async def _approval_context(conn: AsyncConnection, item: dict[str, Any]) -> dict
             "policy_hash": decision.policy_hash,
             "estimated_cost": decision.estimated_cost,
         },
+        "turn": turn,
+        "earlier_actions": earlier,
         "recent_events": events,
         "turn_cost": cost,
     }
@@ -96,9 +138,12 @@ async def get_item(db: Database, item_id: str, *, workspace: str | None) -> dict
             )
             item["missions"] = [item_dict("mission", r) for r in rows.all()]
             item["attempts"] = len(item["missions"])
+            item["recent_events"] = await _recent_events(conn, item_id)
         if item["type"] == "approval":
+            item.update(hook_origin(item.get("data")))
             item["context"] = await _approval_context(conn, item)
-        mentioned = LEDGER.c.subject_id == item_id
+        # By subject type too, so that the ledger's subject index finds the entries.
+        mentioned = and_(LEDGER.c.subject_type == item["type"], LEDGER.c.subject_id == item_id)
         if item["type"] == "receipt":
             # Receipts are recorded by batch: find the batch entries that name this one.
             mentioned = or_(

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, Select, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from quarterdeck.domain.envelope import RUNTIME_WORKSPACE
+from quarterdeck.domain.hooks import hook_origin
 from quarterdeck.domain.states import APPROVAL_OPEN, MACHINES, Kind
 from quarterdeck.store.database import Database
 from quarterdeck.store.ledger import ledger_head
@@ -201,16 +202,16 @@ async def open_approvals(
     tool: str | None = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Approvals still waiting for a decision (pending or escalated), oldest deadline first.
+    """Approvals still waiting for a decision (pending or escalated), nearest deadline first.
 
     Args:
         workspace: only this workspace's; None for every workspace.
         lane, tool: only those whose lane / tool matches this glob (case-sensitive).
         limit: at most this many; None for all.
     """
-    query = open_approvals_select(*_CLI_APPROVAL_COLUMNS, workspace=workspace).order_by(
-        APPROVALS.c.deadline_at, APPROVALS.c.id
-    )
+    query = open_approvals_select(
+        *_CLI_APPROVAL_COLUMNS, APPROVALS.c.data, workspace=workspace
+    ).order_by(APPROVALS.c.deadline_at, APPROVALS.c.id)
     async with db.read() as conn:
         rows = (await conn.execute(query)).all()
     result: list[dict[str, Any]] = []
@@ -220,6 +221,8 @@ async def open_approvals(
         if tool is not None and not fnmatchcase(row.tool or "", tool):
             continue
         item = dict(row._mapping)
+        item.pop("data", None)
+        item.update(hook_origin(json.loads(row.data or "{}")))  # an agent CLI's session, cwd
         item["args"] = json.loads(row.args) if row.args else {}
         result.append(item)
         if limit is not None and len(result) >= limit:

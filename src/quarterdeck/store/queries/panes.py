@@ -126,7 +126,7 @@ class Panes:
     """What the live panes list and the header counts, from one snapshot."""
 
     approvals: tuple[ApprovalLine, ...]
-    """Open approvals, oldest first."""
+    """Open approvals, nearest deadline first."""
     turns: tuple[TurnLine, ...]
     """Turns, newest first."""
     missions: tuple[MissionLine, ...]
@@ -213,7 +213,7 @@ async def read_panes(
             (None: do not count).
     """
     approvals_query = open_approvals_select(*_APPROVAL_COLUMNS).order_by(
-        APPROVALS.c.created_at, APPROVALS.c.id
+        APPROVALS.c.deadline_at, APPROVALS.c.id
     )
     async with db.read() as conn:
         approval_rows = (await conn.execute(approvals_query.limit(approvals))).all()
