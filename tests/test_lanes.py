@@ -31,6 +31,7 @@ from quarterdeck.client.api import ControlClient
 from quarterdeck.client.api_console import ApiConsole
 from quarterdeck.client.console import EmbeddedConsole
 from quarterdeck.domain.authority import ADMIN
+from quarterdeck.domain.commands import LaneResume
 from quarterdeck.runtime.api_serve import ControlOptions
 from quarterdeck.runtime.config import parse_config
 from quarterdeck.runtime.runtime import Runtime
@@ -166,5 +167,15 @@ def test_slots_held_by_action_waits_not_by_dispatch_waits_and_an_expiry_pause(
             for name in LaneOverview.__slots__:
                 if name != "oldest_wait_s":
                     assert getattr(there, name) == getattr(local, name), name
+
+            # Resuming the lane resolves the expiry's alert: the condition has cleared.
+            resumed = await rt.command("acme", LaneResume(lane="sim"), person(USER))
+            assert resumed["ok"] is True, resumed
+            alert = store.one("SELECT * FROM alerts WHERE alert_type = 'lane_paused'")
+            assert alert is not None and alert["state"] == "resolved"
+            [entry] = [e for e in store.ledger() if e["action"] == "alert.resolved"]
+            assert entry["subject_id"] == alert["id"] and entry["actor"] == USER
+            assert entry["payload"]["auto"] is True
+            assert entry["payload"]["note"] == f"lane.resume by {USER}"
 
     run(main())

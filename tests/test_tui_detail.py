@@ -35,6 +35,7 @@ from tests.test_tui_actions import (
 from textual.widgets import Static, TextArea
 
 from quarterdeck.client.console import EmbeddedConsole
+from quarterdeck.domain.clock import format_instant, utc_now
 from quarterdeck.domain.commands import ApprovalClaim
 from quarterdeck.tui.app import create_app
 from quarterdeck.tui.detail import DetailView, MasterDetail
@@ -48,9 +49,10 @@ LONG = "notifications-and-billing-gateway-eu-west-1"
 
 
 @contextlib.asynccontextmanager
-async def center(tmp_path: Path, size: tuple[int, int]) -> AsyncIterator[Center]:
-    """A runtime on ``tmp_path`` and the control center on it, at ``size``."""
-    async with runtime(tmp_path, config(), policy=policy(POLICY)) as (rt, store):
+async def center(tmp_path: Path, size: tuple[int, int], **top: Any) -> AsyncIterator[Center]:
+    """A runtime on ``tmp_path`` (``top`` on top of its configuration) and the control center
+    on it, at ``size``."""
+    async with runtime(tmp_path, config(**top), policy=policy(POLICY)) as (rt, store):
         app = create_app(EmbeddedConsole(rt, principal=person(ACTOR)))
         async with app.run_test(size=size) as pilot:
             await until(
@@ -255,6 +257,34 @@ def test_an_edit_claims_while_the_editor_is_open_and_lets_go_when_it_closes(
             assert claims(store, row["id"]) == [
                 "approval.claimed", "approval.unclaimed", "approval.claimed",
             ]  # fmt: skip
+
+    run(main())
+
+
+def test_a_claim_is_renewed_while_the_dialog_stays_open_and_not_after(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with center(tmp_path, LARGE, claim_s=2) as c:
+            _rt, store, app, pilot = c
+            _turn, row = await waiting(c, "slow")
+            await pilot.press("e")
+            await screen_is(pilot, app, JsonEditScreen)
+            await recorded(pilot, store, "approval.claimed", row["id"])
+            # Three times the claim's length later, the person still holds it.
+            await pilot.pause(6.0)
+            renewals = claims(store, row["id"])
+            assert renewals.count("approval.claimed") >= 3, renewals
+            assert "approval.unclaimed" not in renewals
+            held = approval(store, row["id"])
+            assert held["claimed_by"] == ACTOR
+            assert held["claim_expires_at"] > format_instant(utc_now())
+
+            await pilot.press("escape")
+            await recorded(pilot, store, "approval.unclaimed", row["id"])
+            await settled_claims(c)
+            after = claims(store, row["id"])
+            await pilot.pause(2.5)
+            assert claims(store, row["id"]) == after and after[-1] == "approval.unclaimed"
+            assert approval(store, row["id"])["claimed_by"] is None
 
     run(main())
 

@@ -169,6 +169,11 @@ def _set_lane_flag(
             txn, workspace, who.label, "command", who.label, {"errors": errors, "command": cmd.name}
         )
     set_flag(txn, lane, flag, value, actor=who.label, workspace=workspace)
+    if not value and lane != "*":
+        # The condition an expiry's alert is about has cleared: the lane runs again.
+        alerts.resolve_by_dedupe(
+            txn, RUNTIME_WORKSPACE, f"expiry:{lane}:{flag}", who.label, f"{cmd.name} by {who.label}"
+        )
     return {"ok": True, "command": cmd.name, "lane": lane, flag: value}
 
 

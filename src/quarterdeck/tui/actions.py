@@ -13,6 +13,7 @@ store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -30,7 +31,7 @@ from quarterdeck.client.console import (
     Snapshot,
     remaining_s,
 )
-from quarterdeck.domain.clock import format_instant, utc_now
+from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.domain.states import APPROVAL_OPEN
 from quarterdeck.tui import commands
 from quarterdeck.tui.commands import Addressed
@@ -46,6 +47,9 @@ from quarterdeck.tui.table import LivePane, short
 REJECT_REASONS = ("unsafe", "wrong_target", "needs_context", "policy", "other")
 """Reject reason codes offered when the runtime names none."""
 
+CLAIM_RENEW_MIN_S = 1.0
+"""The shortest wait between two renewals of a claim held while a dialog is open."""
+
 
 class SupervisorApp(App[None]):
     """The app's side of supervision: the console it is attached to, its one way to send a
@@ -57,6 +61,8 @@ class SupervisorApp(App[None]):
         super().__init__()
         self.source = console
         self.live = live
+        self.clock: Clock = utc_now
+        """The console's current time (the app that composes the screen injects one)."""
         self.snapshot: Snapshot | None = None
         self.sent: list[dict[str, Any]] = []
         """Every command this app sent, with its result (for the record and for tests)."""
@@ -113,30 +119,45 @@ class SupervisorApp(App[None]):
 
     def hold(self, line: ApprovalLine) -> Callable[[Mapping[str, Any] | None], None]:
         """Claim the approval of ``line`` while a dialog about it is open (sent at once, the
-        dialog does not wait for it; a claim someone else holds is shown). Returns what lets
-        the claim go when the dialog closes: with the decision's result when one was sent,
-        nothing is sent when the decision settled the approval (which lets go of its claim)."""
+        dialog does not wait for it; a claim someone else holds is shown), renewed before it
+        runs out for as long as the dialog stays open. Returns what lets the claim go when the
+        dialog closes: with the decision's result when one was sent, nothing is sent when the
+        decision settled the approval (which lets go of its claim)."""
         claiming = self.run_worker(self._claim(line), group="claims")
+        renewing = self.run_worker(self._renew(line, claiming.wait()), group="claims")
 
         def let_go(result: Mapping[str, Any] | None = None) -> None:
+            renewing.cancel()
             if result and result.get("ok") and result.get("state") not in APPROVAL_OPEN:
                 return
             self.run_worker(self._unclaim(line, claiming.wait()), group="claims")
 
         return let_go
 
-    async def _claim(self, line: ApprovalLine) -> bool:
-        """Claim; whether this console now holds the claim."""
+    async def _claim(self, line: ApprovalLine, *, quiet: bool = False) -> str | None:
+        """Claim; when this console now holds the claim, the time it runs out (else None)."""
         result = await self.command(commands.claim(line.id, workspace=line.workspace))
         if result is None:
-            return False
+            return None
         if not result.get("ok"):
-            self.notify("; ".join(result.get("errors", ["refused"])), title="not claimed",
-                        severity="warning")  # fmt: skip
-            return False
-        return not result.get("already")
+            if not quiet:
+                self.notify("; ".join(result.get("errors", ["refused"])), title="not claimed",
+                            severity="warning")  # fmt: skip
+            return None
+        if result.get("already"):
+            return None
+        return str(result.get("claim_expires_at") or "") or None
 
-    async def _unclaim(self, line: ApprovalLine, claimed: Awaitable[bool]) -> None:
+    async def _renew(self, line: ApprovalLine, claimed: Awaitable[str | None]) -> None:
+        """Claim again each time half of the claim's time has passed, until cancelled (the
+        dialog closed) or the claim is no longer this console's to renew."""
+        until = await claimed
+        while until is not None:
+            left = remaining_s(until, self.clock())
+            await asyncio.sleep(max(CLAIM_RENEW_MIN_S, (left or 0.0) / 2))
+            until = await self._claim(line, quiet=True)
+
+    async def _unclaim(self, line: ApprovalLine, claimed: Awaitable[str | None]) -> None:
         """Let go of the claim once it is known to be held."""
         if await claimed:
             await self.command(commands.unclaim(line.id, workspace=line.workspace))
@@ -308,7 +329,7 @@ class ApprovalActions(PaneActions):
                     f"snoozed {line.tool} for {duration(seconds)}",
                 )
 
-        now = getattr(app, "clock", utc_now)()
+        now = app.clock()
         subject = f"{line.tool} on {line.lane}"
         app.push_screen(SnoozeScreen(subject, deadline_text(line, now)), picked)
 

@@ -66,6 +66,7 @@ def approval_view(row: Any) -> dict[str, Any]:
         "deadline_at": row.deadline_at,
         "snoozed_until": row.snoozed_until,
         "claimed_by": row.claimed_by,
+        "claim_expires_at": row.claim_expires_at,
         "reason_code": row.reason_code,
         "reason": row.reason_text,
         "decided_by": row.decided_by,
