@@ -1,7 +1,8 @@
 """The MCP gateway with the official ``mcp`` client against real servers from the registries:
 ``mcp-server-git`` (PyPI) on a scratch repository and ``@modelcontextprotocol/server-filesystem``
 (npm), through ``quarterdeck mcp serve`` (stdio) and ``/mcp`` (streamable HTTP over TCP with a
-token), decided by a real headless daemon and a supervisor using the CLI and the API.
+token), decided by a real headless daemon and a supervisor using the CLI and the API; and an
+upstream reached by URL over streamable HTTP (``@modelcontextprotocol/server-everything``, npm).
 
 The MCP client runs in its own process (the agent); this test process is the supervisor."""
 
@@ -14,6 +15,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +34,7 @@ from quarterdeck.runtime.mcp_gateway import Catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 FILESYSTEM = ROOT / "node_modules" / ".bin" / "mcp-server-filesystem"
+EVERYTHING = ROOT / "node_modules" / ".bin" / "mcp-server-everything"
 WS = "default"
 
 POLICY = """
@@ -372,6 +375,75 @@ def test_git_calls_are_decided_forwarded_and_recorded(tmp_path: Path, mode: str)
         if mode == "stdio":  # the relay speaks the handshake era, whose sessions end
             ended = wait_until(lambda: events(d, "mcp.session.ended"), 30, "the session's end")
             assert ended[0]["calls"] == len(calls)
+
+
+@contextlib.contextmanager
+def everything_over_http(tmp_path: Path) -> Iterator[str]:
+    """``@modelcontextprotocol/server-everything`` serving streamable HTTP on a free loopback
+    port; yields its ``/mcp`` URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    err = open(tmp_path / "everything.err", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(EVERYTHING), "streamableHttp"], env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+    )  # fmt: skip
+
+    def listening() -> bool:
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(listening, 60, "the everything server to listen")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        err.close()
+
+
+def test_an_upstream_reached_by_url_over_streamable_http(tmp_path: Path) -> None:
+    node_ready()
+    if not EVERYTHING.exists():
+        message = f"{EVERYTHING} is missing (run npm ci)"
+        if os.environ.get("REQUIRE_AGENT_TESTS") == "1":
+            pytest.fail(message + " (REQUIRE_AGENT_TESTS=1)")
+        pytest.skip(message)
+    with everything_over_http(tmp_path) as url:
+        upstream = f'[[mcp.servers]]\nname = "everything"\nurl = "{url}"\n'
+        with daemon(tmp_path, files=False, extra=upstream) as d:
+            calls = [
+                ["echo", {"message": "over the wire"}, False],
+                ["toggle-simulated-logging", {}, False],
+            ]
+            agent = start_agent(tmp_path, "http", d.url, calls, new_token(d))
+            try:
+                names = set(agent.next("tools")["names"])
+                assert {"echo", "toggle-simulated-logging", "git_status"} <= names
+                echoed = agent.next("result")  # read-only: allowed by policy, forwarded
+                assert echoed == {"kind": "result", "tool": "echo", "is_error": False,
+                                  "text": "Echo: over the wire"}  # fmt: skip
+                approval = pending(d.state_dir, "everything__toggle-simulated-logging")
+                assert approval["args"]["_mcp_annotations"]["readOnlyHint"] is False
+                approved = quarterdeck("approve", approval["id"], state_dir=d.state_dir)
+                assert approved.returncode == 0, approved.stderr.decode()
+                toggled = agent.next("result")
+                assert toggled["tool"] == "toggle-simulated-logging", toggled
+                assert not toggled["is_error"] and "logging" in toggled["text"].lower()
+                assert agent.proc.wait(timeout=30) == 0
+            finally:
+                if agent.proc.poll() is None:
+                    agent.proc.kill()
+
+            def recorded() -> list[dict[str, Any]]:
+                found = events(d, "mcp.tool.result")
+                return [e for e in found if e["tool"].startswith("everything__")]
+
+            results = wait_until(lambda: len(recorded()) >= 2 and recorded(), 30, "the results")
+            assert {e["tool"] for e in results} == {
+                "everything__echo", "everything__toggle-simulated-logging",
+            }  # fmt: skip
 
 
 def test_serve_says_when_no_daemon_answers(tmp_path: Path) -> None:
