@@ -41,11 +41,13 @@ def agent_binary(name: str) -> Path:
 
 @dataclass
 class ScriptedModel:
-    """A scripted model: the tool call to ask for (``tool``: name, ``input``: arguments), and
-    every request received (``requests``)."""
+    """A scripted model: the tool call to ask for (``tool``: name, ``input``: arguments), how
+    many times in a row before it finishes (``calls``: a new call for each tool result, as
+    long as the agent's loop goes on), and every request received (``requests``)."""
 
     tool: str = "Bash"
     input: Mapping[str, Any] = field(default_factory=dict)
+    calls: int = 1
     final_text: str = "done"
     requests: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
@@ -72,6 +74,16 @@ def _has_tool_result(body: Mapping[str, Any]) -> bool:
                 isinstance(b, dict) and b.get("type") == "tool_result" for b in content
             )
     return False
+
+
+def _tool_results_in(body: Mapping[str, Any]) -> int:
+    return sum(
+        1
+        for message in body.get("messages") or []
+        if isinstance(message.get("content"), list)
+        for b in message["content"]
+        if isinstance(b, dict) and b.get("type") == "tool_result"
+    )
 
 
 def _sse(event: str, data: Mapping[str, Any]) -> str:
@@ -174,7 +186,7 @@ def _handler(model: ScriptedModel) -> type[BaseHTTPRequestHandler]:
             if path.endswith("/v1/messages"):
                 model.requests.append(body)
                 tools = [t.get("name") for t in body.get("tools") or []]
-                if _has_tool_result(body):
+                if _has_tool_result(body) and _tool_results_in(body) >= model.calls:
                     blocks, stop = [{"type": "text", "text": model.final_text}], "end_turn"
                 elif model.tool in tools:
                     blocks = [{"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24],

@@ -269,6 +269,12 @@ def test_integrate_merges_and_check_proves_it(world: World, tmp_path: Path) -> N
     checked = quarterdeck(*args, "--check")
     assert checked.returncode == 0, checked.stdout.decode()
     assert "fails closed" in checked.stdout.decode()
+    (project / ".claude" / "settings.json").write_text(json.dumps(
+        {**merged, "hooks": {k: v for k, v in merged["hooks"].items() if k != "PostToolBatch"}}
+    ))  # fmt: skip
+    older = quarterdeck(*args, "--check")
+    assert older.returncode == 1 and b"no Quarterdeck PostToolBatch hook" in older.stdout
+    assert quarterdeck(*args).returncode == 0 and quarterdeck(*args, "--check").returncode == 0
     (tmp_path / "creds").joinpath(os.listdir(tmp_path / "creds")[0]).chmod(0o640)
     assert quarterdeck(*args, "--check").returncode == 1
     (project / ".claude" / "settings.json").write_text("{not json")
@@ -318,6 +324,11 @@ def test_a_stopped_turn_stops_every_later_call_and_a_new_prompt_goes_on(world: W
         "agent": "claude-code", "session": "sess-stop", "cwd": "/work/s",
     }  # fmt: skip
     assert decision(asked)["permissionDecisionReason"] == STILL_WAITING
+    batch = {"session_id": "sess-stop", "cwd": "/work/s", "hook_event_name": "PostToolBatch",
+             "tool_calls": [{"tool_name": "Bash", "tool_input": {"command": "make"},
+                             "tool_use_id": "s-1", "tool_response": STILL_WAITING}]}  # fmt: skip
+    went_on = world.hook(batch)
+    assert (went_on.returncode, json.loads(went_on.stdout)) == (0, {}), went_on.stderr.decode()
     # a supervisor sees the session and cwd beside the call
     listed = world.runtime.cli("approvals", "-w", "default")
     line = next(li for li in listed.stdout.decode().splitlines() if "sess-stop" in li)
@@ -339,8 +350,16 @@ def test_a_stopped_turn_stops_every_later_call_and_a_new_prompt_goes_on(world: W
         assert said["hookSpecificOutput"]["permissionDecision"] == "deny"
     assert query(world.runtime, "SELECT state FROM approvals WHERE action_key = ?",
                  ("sdk:claude-code:sess-stop:s-1",)) == [{"state": "rejected"}]  # fmt: skip
+    # after the batch, Claude Code hears continue: false alone: that ends its loop
+    stopped = world.hook(batch)
+    assert stopped.returncode == 0, stopped.stderr.decode()
+    said = json.loads(stopped.stdout)
+    assert set(said) == {"continue", "stopReason"} and said["continue"] is False
+    assert said["stopReason"].startswith(f"Quarterdeck: turn {turn['id']} was cancelled by ")
+    assert world.api("POST", "/v1/hooks/claude-code/http", batch, world.token()).json() == said
     # the next prompt is a new turn: the agent goes on
     assert world.hook({**prompt, "prompt": "now this"}).returncode == 0
+    assert json.loads(world.hook(batch).stdout) == {}
     allowed = decision(world.hook(pre("Read", {"file_path": "/x"}, "s-4", session_id="sess-stop")))
     assert allowed["permissionDecision"] == "allow"
     turns = query(world.runtime, "SELECT objective, state FROM turns WHERE lane = 'claude-code' "

@@ -2,7 +2,8 @@
 hooks ``quarterdeck integrate claude-code --project`` installs, against a scripted Anthropic
 Messages API server and a real daemon: an allowed read runs, a denied ``rm -rf`` does not run
 and Claude hears why, a call approved with an edit by a supervisor runs the edited command, a
-rejected call does not run, and with the daemon down the call is blocked, not let through."""
+rejected call does not run, with the daemon down the call is blocked, not let through, and a
+turn taken over or cancelled ends Claude Code's loop before the model is asked again."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ def test_integrate_writes_the_hooks_and_a_private_credential(
     settings = json.loads((project / ".claude" / "settings.json").read_text())
     (group,) = settings["hooks"]["PreToolUse"]
     command = group["hooks"][0]["command"]
+    (batch,) = settings["hooks"]["PostToolBatch"]
+    assert batch["hooks"][0]["command"] == command and "matcher" not in batch
     assert " hook claude-code --credential " in command and "qdt_" not in command
     (credential,) = (home / ".config" / "quarterdeck" / "hooks").iterdir()
     assert credential.stat().st_mode & 0o777 == 0o600
@@ -99,6 +102,17 @@ def test_a_denied_rm_rf_does_not_run_and_claude_hears_why(
     assert (victim / "keep.txt").exists()
     assert result["permission_denials"], result
     assert "no-rm-rf" in denial_text(result, model)
+
+
+def transcript_attachments(home: Path, session: str, kind: str) -> list[dict[str, Any]]:
+    """The attachments of type ``kind`` in Claude Code's transcript of ``session``."""
+    (path,) = home.glob(f".claude/projects/*/{session}.jsonl")
+    found = []
+    for line in path.read_text().splitlines():
+        attachment = json.loads(line).get("attachment")
+        if isinstance(attachment, dict) and attachment.get("type") == kind:
+            found.append(attachment)
+    return found
 
 
 def approval_of(runtime: Headless, tool: str = "Bash") -> dict[str, Any]:
@@ -217,6 +231,7 @@ def test_a_turn_taken_over_or_cancelled_stops_claude(
     runtime, project, home, model, claude = world
     model.tool = "Bash"
     model.input = {"command": "touch stopped.txt", "description": "touch"}
+    model.calls = 3  # the model asks for another call as long as Claude Code's loop goes on
     import threading
 
     outcome: dict[str, Any] = {}
@@ -230,13 +245,46 @@ def test_a_turn_taken_over_or_cancelled_stops_claude(
     assert done.returncode == 0, done.stderr.decode()
     thread.join(timeout=120)
     assert not (project / "stopped.txt").exists()
-    # The call was denied with continue: false and the stop reason. Claude Code 2.1.197 does
-    # not end the loop on a *denied* call's continue: false (it sends the denial to the model
-    # once more); every later call of the turn is denied the same way.
-    (told,) = model.tool_results()
+    # The waiting call was denied, and the PostToolBatch hook answered continue: false: Claude
+    # Code ended its loop before asking the model again (a denied call's own continue: false
+    # does not end it), so the model was asked once and never heard of the denial.
+    assert len(model.requests) == 1 and not model.tool_results(), model.requests[1:]
+    assert outcome["terminal_reason"] == "hook_stopped", outcome
+    (denied,) = outcome["permission_denials"]
+    assert denied["tool_input"]["command"] == "touch stopped.txt"
+    (stop,) = transcript_attachments(home, outcome["session_id"], "hook_stopped_continuation")
     done_as = "taken over" if command == "takeover" else "cancelled"
-    assert told["is_error"] and f"was {done_as}" in told["content"], told
-    assert "stop here" in told["content"]
-    assert outcome["permission_denials"], outcome
+    assert stop["hookEvent"] == "PostToolBatch", stop
+    assert f"turn {approval['turn_id']} was {done_as}" in stop["message"]
+    assert stop["message"].endswith("; stop here")
     (turn,) = query(runtime, "SELECT state FROM turns WHERE id = ?", (approval["turn_id"],))
     assert turn["state"] == ("taken_over" if command == "takeover" else "cancelled")
+
+
+def test_a_turn_taken_over_while_its_call_runs_ends_after_the_call(
+    world: tuple[Headless, Path, Path, ScriptedModel, Path],
+) -> None:
+    runtime, project, home, model, claude = world
+    model.tool = "Bash"
+    model.input = {"command": "touch started.txt && sleep 4 && touch finished.txt",
+                   "description": "slow"}  # fmt: skip
+    model.calls = 3
+    import threading
+
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(run_claude(claude, project, home, model))
+    )
+    thread.start()
+    approval = approval_of(runtime)
+    assert runtime.cli("approve", approval["id"], "-w", "default").returncode == 0
+    wait_until(lambda: (project / "started.txt").exists() or None, 60, "the call to start")
+    done = runtime.cli("takeover", approval["turn_id"], "-w", "default")
+    assert done.returncode == 0, done.stderr.decode()
+    thread.join(timeout=120)
+    # the call a person approved ran to its end; then the loop ended, the model not asked again
+    assert (project / "finished.txt").exists()
+    assert len(model.requests) == 1 and not outcome.get("permission_denials"), outcome
+    assert outcome["terminal_reason"] == "hook_stopped", outcome
+    (stop,) = transcript_attachments(home, outcome["session_id"], "hook_stopped_continuation")
+    assert f"turn {approval['turn_id']} was taken over" in stop["message"]

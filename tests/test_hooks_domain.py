@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from quarterdeck.domain.hooks import (
     CLAUDE_CODE,
     CODEX,
+    GO_ON,
     MAX_RESULT_CHARS,
     STILL_WAITING,
     HookInputError,
@@ -181,5 +182,14 @@ def test_a_stop_ruling_stops_claude_code_and_denies_codex() -> None:
     codex = answer(CODEX, "PreToolUse", ruling)
     assert "continue" not in codex
     assert codex["hookSpecificOutput"]["permissionDecisionReason"] == ruling.reason
+    # after a batch of calls, continue: false alone (no decision: nothing is left to run)
+    assert answer(CLAUDE_CODE, "PostToolBatch", ruling) == {
+        "continue": False, "stopReason": ruling.reason,
+    }  # fmt: skip
+    assert answer(CLAUDE_CODE, "PostToolBatch", Ruling("allow", GO_ON)) == {}
+    assert answer(CLAUDE_CODE, "PostToolBatch", Ruling("deny", "not a stop")) == {}
+    batch = {"session_id": "s", "cwd": "/w", "hook_event_name": "PostToolBatch", "tool_calls": []}
+    event = parse_event(CLAUDE_CODE, batch)
+    assert event.asks_to_go_on and not event.gates and event.tool_name is None
     # an allow can never carry a stop
     assert not Ruling.from_dict({**ruling.to_dict(), "verdict": "allow"}).stop

@@ -8,7 +8,9 @@ waiting for a supervisor: ask again", before the CLI's own timeout could decide.
 
 Fail closed: the CLIs let a tool run when a hook crashes, exits 1 or times out, so every
 error here (no daemon, a refusal, bad input, a bad credential file, an internal error, the
-hard deadline) exits 2 with one line on stderr saying what went wrong; exit 2 blocks the call.
+hard deadline) exits 2 with one line on stderr saying what went wrong; exit 2 blocks the call
+(and, from Claude Code's ``PostToolBatch``, ends the agent's loop: it goes on only when the
+daemon says so).
 
 This module starts once per tool call: it imports the standard library and
 :mod:`quarterdeck.domain.hooks` only (``python3 -X importtime``).
@@ -157,6 +159,13 @@ def run(args: HookArgs, started: float) -> str:
         raise HookFailure("the credential file names no daemon (api)")
     token = token_for(credential, event.cwd)
     path = f"/v1/hooks/{args.agent}"
+    if event.asks_to_go_on:
+        body = request(api, token, path, {"payload": payload}, CONNECT_S + 10)
+        try:
+            ruling = Ruling.from_dict(body)
+        except HookInputError as exc:
+            raise HookFailure(str(exc)) from None
+        return json.dumps(answer(args.agent, event.event, ruling))
     if not event.gates:
         request(api, token, path, {"payload": payload}, CONNECT_S + 10)
         return ""

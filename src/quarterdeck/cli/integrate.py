@@ -47,11 +47,13 @@ HOOK_TIMEOUT_S: Final = 600
 """The ``timeout`` written for each hook (the CLIs' default); the hook answers before it."""
 DEADLINE_S: Final = HOOK_TIMEOUT_S - 30
 CLAUDE_EVENTS: Final = (
-    "PreToolUse", "PermissionRequest", "PostToolUse", "UserPromptSubmit", "SessionStart",
-    "SessionEnd", "Notification",
+    "PreToolUse", "PermissionRequest", "PostToolUse", "PostToolBatch", "UserPromptSubmit",
+    "SessionStart", "SessionEnd", "Notification",
 )  # fmt: skip
 """``PermissionRequest`` fires only where Claude Code would prompt (SDK mode, an interactive
-session) and only when the ``PreToolUse`` gate did not decide; it is gated the same way."""
+session) and only when the ``PreToolUse`` gate did not decide; it is gated the same way.
+``PostToolBatch`` (after each batch of tool calls) is what ends the loop of a turn a person took
+over or cancelled."""
 CODEX_EVENTS: Final = ("PreToolUse", "PostToolUse", "UserPromptSubmit", "SessionStart")
 TOOL_EVENTS: Final = frozenset({"PreToolUse", "PermissionRequest", "PostToolUse"})
 HTTP_PATH: Final = "/v1/hooks/claude-code/http"
@@ -340,6 +342,11 @@ def check(args: argparse.Namespace, target: Path, credential: Path, out: IO[str]
         problems.append(
             f"the PreToolUse gate in {target} is not a Quarterdeck command hook (an http hook "
             "lets tools run when the daemon cannot be reached): it does not fail closed"
+        )
+    if args.agent == CLAUDE_CODE and not installed_commands(settings, "PostToolBatch"):
+        problems.append(
+            f"no Quarterdeck PostToolBatch hook in {target}: a turn taken over or cancelled "
+            "would not end Claude Code's loop (install again)"
         )
     try:
         mode = credential.stat().st_mode & 0o777

@@ -6,6 +6,13 @@ Nothing here does I/O: the command hook (``cli/hook.py``) and the control API's 
 (``runtime/api_hooks.py``) share these functions, so a call gets the same answer either way.
 Both CLIs let a tool run unless the answer says ``deny`` (or the hook exits 2): every answer
 built here is explicit.
+
+Stopping Claude Code takes two answers (measured with 2.1.197): a denied call never ends its
+loop, whatever the denial carries (``continue: false`` included: the denial goes back to the
+model, which asks again), and ``continue: false`` on a call that is not denied ends the loop
+only after the tool ran. What ends it with nothing run is the deny of the call and then
+``continue: false`` from ``PostToolBatch``, which Claude Code runs after each batch of tool
+calls, before its next model request.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ RECORDED_EVENTS: Final = frozenset(
     {"PostToolUse", "UserPromptSubmit", "SessionStart", "SessionEnd", "Notification", "Stop"}
 )
 """Events that are only recorded (their answer lets the agent go on)."""
+BATCH_EVENTS: Final = frozenset({"PostToolBatch"})
+"""Events that ask whether the agent may go on after a batch of tool calls (Claude Code's
+``PostToolBatch``, before its next model request): not once its turn was taken over or
+cancelled."""
 STILL_WAITING: Final = "still waiting for a supervisor: ask again"
 """The reason given when the hook's own deadline comes before a person decided."""
 MAX_RESULT_CHARS: Final = 16 * 1024
@@ -129,6 +140,11 @@ class HookEvent(_Value):
         """Whether this event asks whether a tool call may run."""
         return self.event in GATE_EVENTS
 
+    @property
+    def asks_to_go_on(self) -> bool:
+        """Whether this event asks whether the agent may go on after a batch of calls."""
+        return self.event in BATCH_EVENTS
+
 
 def _text(data: Mapping[str, Any], name: str, *, required: bool) -> str | None:
     value = data.get(name)
@@ -160,7 +176,7 @@ def parse_event(agent: str, data: object) -> HookEvent:
     session = _text(data, "session_id", required=True)
     cwd = _text(data, "cwd", required=True)
     assert event is not None and session is not None and cwd is not None
-    if event not in GATE_EVENTS | RECORDED_EVENTS:
+    if event not in GATE_EVENTS | RECORDED_EVENTS | BATCH_EVENTS:
         raise HookInputError(f"hook_event_name: {event!r} is not an event Quarterdeck handles")
     tool_name = tool_use_id = None
     tool_input: Mapping[str, Any] = {}
@@ -337,6 +353,10 @@ class Ruling(_Value):
         )  # fmt: skip
 
 
+GO_ON: Final = "the turn goes on"
+"""The reason of the ruling that lets the agent go on after a batch of calls."""
+
+
 def stop_ruling(turn: str, state: str, by: str | None, approval: str | None = None) -> Ruling:
     """The ruling once a person took the call's turn over or cancelled it."""
     done = "taken over" if state == "taken_over" else "cancelled"
@@ -409,9 +429,14 @@ def _decided_reason(result: Mapping[str, Any]) -> str:
 
 def answer(agent: str, event: str, ruling: Ruling) -> dict[str, Any]:
     """What ``agent`` reads on stdout for ``event`` given ``ruling`` (a ``pending`` ruling is
-    answered as a deny that says to ask again: the CLI's own timeout never decides). A
-    ruling that stops the agent adds Claude Code's ``continue: false`` with the reason as its
-    ``stopReason`` (Codex hears the deny and its reason)."""
+    answered as a deny that says to ask again: the CLI's own timeout never decides).
+
+    A ruling that stops the agent is a deny; Claude Code's also carries ``continue: false``
+    with the reason as its ``stopReason`` (2.1.197 ignores them on a denied call: its
+    ``PostToolBatch`` answer, ``continue: false`` alone, is what ends the loop). Codex hears
+    the deny and its reason."""
+    if event in BATCH_EVENTS:
+        return {"continue": False, "stopReason": ruling.reason} if ruling.stop else {}
     if event not in GATE_EVENTS:
         return {}
     if ruling.stop and agent == CLAUDE_CODE:

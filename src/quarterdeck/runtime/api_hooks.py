@@ -10,9 +10,12 @@
   recorded as event envelopes: ``{"verdict": "recorded", "receipt": id}``; a session's or a
   prompt's event answers once its session or turn exists (``store/sessions_hooks.py``), so the
   agent's next call is an action of that turn. A call whose turn a person took over or
-  cancelled is denied with ``"stop": true`` (Claude Code hears ``continue: false``), without
-  asking the policy; so is a call that waited on a person when it happens. The command hook
-  (``quarterdeck hook``) speaks this.
+  cancelled is denied with ``"stop": true``, without asking the policy; so is a call that
+  waited on a person when it happens. Claude Code's ``PostToolBatch`` (after each batch of
+  tool calls) asks whether the agent may go on: ``{"verdict": "allow"}`` while it may, the same
+  stop ruling once its turn was taken over or cancelled (Claude Code hears ``continue:
+  false`` and ends its loop before asking the model again). The command hook (``quarterdeck
+  hook``) speaks this.
 - ``POST /v1/hooks/claude-code/http``: Claude Code's ``http`` hook, the opt-in fast path: the
   body is the hook's input, the answer Claude Code's own JSON (the wait is ``?wait_s=``).
   **Claude Code lets the tool run when it cannot reach this endpoint**: only the command hook
@@ -33,6 +36,7 @@ from quarterdeck.domain.authority import Kind, Principal, Refusal
 from quarterdeck.domain.hooks import (
     AGENTS,
     CLAUDE_CODE,
+    GO_ON,
     HookEvent,
     HookInputError,
     Ruling,
@@ -114,6 +118,8 @@ class Hooks:
         if problems:
             raise ApiError(400, "bad_request", "; ".join(problems))
         event, workspace = self._read(request, agent, body.get("payload"))
+        if event.asks_to_go_on:
+            return json_response((await self.go_on(event, workspace)).to_dict())
         if not event.gates:
             return json_response(await self._record(event, workspace))
         ruling = await self.rule(event, workspace, principal_of(request), float(wait_s))
@@ -124,6 +130,9 @@ class Hooks:
         wait_s = number_param(request, "wait_s", HTTP_WAIT_S, 0.0, MAX_WAIT_S)
         assert wait_s is not None
         event, workspace = self._read(request, CLAUDE_CODE, await json_body(request))
+        if event.asks_to_go_on:
+            ruling = await self.go_on(event, workspace)
+            return json_response(answer(CLAUDE_CODE, event.event, ruling))
         if not event.gates:
             await self._record(event, workspace)
             return json_response({})
@@ -171,6 +180,12 @@ class Hooks:
             return ruling
         stopped = await stopped_turn(self._db, workspace, event.agent, event.session_id)
         return ruling if stopped is None else stop_ruling(*stopped, ruling.approval)
+
+    async def go_on(self, event: HookEvent, workspace: str) -> Ruling:
+        """Whether the agent may go on after a batch of tool calls: not once a person took its
+        turn over or cancelled it (a stop ruling)."""
+        stopped = await stopped_turn(self._db, workspace, event.agent, event.session_id)
+        return Ruling("allow", GO_ON) if stopped is None else stop_ruling(*stopped)
 
     async def _decided(
         self, event: HookEvent, workspace: str, approval_id: str, wait_s: float
