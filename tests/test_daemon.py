@@ -869,7 +869,7 @@ def test_force_fallback_command_reroutes_queued_missions(
     count = 300
     submit(
         state,
-        write_jsonl(tmp_path / "work.jsonl", [task(f"ff-{i}", latency_ms=100) for i in range(count)]),
+        write_jsonl(tmp_path / "work.jsonl", [task(f"ff-{i}", latency_ms=250) for i in range(count)]),
         count,
     )  # fmt: skip
     wait_until(
