@@ -15,7 +15,8 @@ How a command reaches Quarterdeck (:mod:`~quarterdeck.cli.daemon`, over
 what it answers is printed. With no daemon, the reads and ``submit`` use the database itself
 (``submit`` records receipts, command envelopes included, that a daemon applies when it
 starts), as do the maintenance commands (``db``, ``ledger``, ``token ls``) always. ``attach``
-needs a running daemon.
+needs a running daemon, as does ``serve-web`` (:mod:`~quarterdeck.cli.serve_web`), which
+serves ``attach`` to browsers.
 
 Supervision commands (``approve``, ``reject``, ``escalate``, ``snooze``, ``claim``,
 ``takeover``, ``release``, ``complete``, ``requeue``, ``cancel``, ``fallback``, ``lane``,
@@ -60,6 +61,7 @@ from quarterdeck.cli.mcp import mcp_command
 from quarterdeck.cli.parser import build_parser
 from quarterdeck.cli.read import approvals_command, ls_command, show_command, status_command
 from quarterdeck.cli.run import attach_command, demo_command, prepare_run, run_command
+from quarterdeck.cli.serve_web import serve_web_command
 from quarterdeck.cli.submit import submit_command
 from quarterdeck.cli.supervise import SUPERVISION, supervise_command
 from quarterdeck.cli.tokens import token_command
@@ -121,6 +123,8 @@ async def _run(args: argparse.Namespace, out: IO[str]) -> int:
         return await demo_command(args)
     if args.command == "attach":
         return await attach_command(args)
+    if args.command == "serve-web":
+        return await serve_web_command(args, out)
     if args.command == "ledger" and args.ledger_command == "key":
         return key_command(args, out)  # the key file alone: no database
     if args.command == "run":

@@ -191,6 +191,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="the daemon's quarterdeck.toml (lanes, keymap, policy)"
     )
 
+    web = commands.add_parser(
+        "serve-web", parents=[common], help="the control center in a browser (textual-serve)"
+    )
+    web.add_argument(
+        "--host", default="127.0.0.1",
+        help="bind this address (default 127.0.0.1; any other needs a token and TLS)",
+    )  # fmt: skip
+    web.add_argument(
+        "--port", type=_port, default=8080, metavar="N", help="(default 8080; 0: any free one)"
+    )
+    web.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS (certificate)")
+    web.add_argument("--tls-key", metavar="FILE", help="serve HTTPS (private key)")
+    web.add_argument("--read-only", action="store_true", help="the consoles change nothing")
+    web.add_argument("--theme", metavar="NAME", help="the screen's theme (see themes/)")
+    web.add_argument(
+        "--config", metavar="FILE", help="the daemon's quarterdeck.toml (lanes, keymap, policy)"
+    )
+
     _supervision_parsers(commands, common)
     add_token_parsers(commands, common)
     add_integrate_parser(commands, common)

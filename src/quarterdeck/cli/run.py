@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from quarterdeck.cli.common import UsageError, state_directory
+from quarterdeck.cli.serve_web import served_to_a_browser
 from quarterdeck.client.api import ControlUnavailable
 from quarterdeck.runtime.config import ConfigError, RuntimeConfig
 from quarterdeck.runtime.lanes.registry import startup_problems
@@ -171,7 +172,8 @@ async def attach_command(args: argparse.Namespace) -> int:
     Raises:
         UsageError: no daemon runs there.
     """
-    _need_terminal()
+    if not served_to_a_browser():  # serve-web's subprocess draws through the web driver
+        _need_terminal()
     from quarterdeck.cli.daemon import daemon_address
     from quarterdeck.client.api_console import ApiConsole
     from quarterdeck.client.reach import START_HINT
