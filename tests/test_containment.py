@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import importlib
 import json
 import os
 import pwd
@@ -397,7 +398,14 @@ def _cli_as(user: pwd.struct_passwd, argv: list[str]) -> tuple[int, str]:
     """Run the command line in a child of this process that has become ``user`` (the
     interpreter of this test run may be out of that user's reach; the child needs no file of
     it: everything the command line imports is imported here first)."""
-    from quarterdeck.cli.main import main as command_line  # its imports, before setuid
+    from quarterdeck.cli.main import main as command_line
+
+    # The command line loads a command's modules when it runs: load them before setuid.
+    for module in ("cli.run", "cli.daemon", "cli.supervise", "cli.read", "store.database",
+                   "store.migrations", "runtime.config", "runtime.keys", "sqlalchemy.exc"):  # fmt: skip
+        importlib.import_module(
+            module if module.startswith("sqlalchemy") else f"quarterdeck.{module}"
+        )
 
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -7,19 +7,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy.engine import make_url
-
-from quarterdeck.store.database import (
-    Database,
-    DatabaseError,
-    normalize_url,
-    open_database,
-    sqlite_url,
-)
-from quarterdeck.store.migrations import HEAD_VERSION
 from quarterdeck.store.statedir import DB_FILENAME, exposure
+
+if TYPE_CHECKING:  # the database's modules load when a command opens one
+    from quarterdeck.store.database import Database
 
 DEFAULT_WORKSPACE = "default"
 
@@ -45,6 +38,8 @@ def database_url(args: argparse.Namespace) -> str:
     """The database the options name: ``--db``, else the state dir's SQLite file."""
     if args.db:
         return str(args.db)
+    from quarterdeck.store.database import sqlite_url
+
     return sqlite_url(state_directory(args))
 
 
@@ -59,6 +54,10 @@ def existing_database_url(args: argparse.Namespace) -> str:
     """
     url = database_url(args)
     if args.db:
+        from sqlalchemy.engine import make_url
+
+        from quarterdeck.store.database import DatabaseError, normalize_url
+
         try:
             parsed = make_url(normalize_url(url))
         except DatabaseError:
@@ -86,6 +85,9 @@ async def open_existing_database(args: argparse.Namespace) -> Database:
     Raises:
         UsageError: the database or its state directory does not exist, or is empty.
     """
+    from quarterdeck.store.database import open_database
+    from quarterdeck.store.migrations import HEAD_VERSION
+
     db = await open_database(existing_database_url(args), upgrade=False)
     try:
         version = await db.schema_version()

@@ -16,6 +16,8 @@ async def db_command(db: Database, args: argparse.Namespace, out: IO[str]) -> in
         print_json({"version": await db.schema_version(), "head": HEAD_VERSION}, out)
         return 0
     current = await db.schema_version()
+    if args.to is None:
+        args.to = HEAD_VERSION
     if args.db_command == "upgrade" and args.to < current:
         raise UsageError(f"upgrade --to {args.to} is below the current version {current}")
     if args.db_command == "downgrade" and args.to > current:

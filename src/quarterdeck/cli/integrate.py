@@ -32,7 +32,6 @@ from typing import IO, Any, Final
 
 from quarterdeck.cli.codex_trust import CodexError, codex_hook_trust, trust_hooks
 from quarterdeck.cli.common import UsageError, state_directory, workspace
-from quarterdeck.client.api import ControlClient, ControlError
 from quarterdeck.domain.envelope import WORKSPACE_PATTERN
 from quarterdeck.domain.hooks import CLAUDE_CODE, CODEX
 from quarterdeck.domain.tokens import AGENT_ROLE, new_token
@@ -192,6 +191,7 @@ def hook_command(agent: str, credential: Path) -> str:
 
 async def issue_token(socket_path: Path, agent: str, workspace_name: str) -> str:
     """A fresh agent token pinned to ``workspace_name``, stored by the daemon (hashed)."""
+    from quarterdeck.client.api import ControlClient, ControlError
 
     made = new_token()
     payload = {

@@ -31,7 +31,10 @@ The package: :mod:`~quarterdeck.cli.parser` (every command and flag),
 :mod:`~quarterdeck.cli.submit`, :mod:`~quarterdeck.cli.supervise` (the supervision commands),
 :mod:`~quarterdeck.cli.run` (run, demo, attach), :mod:`~quarterdeck.cli.db` (migrations) and
 :mod:`~quarterdeck.cli.common` (the global options, the usage error, JSON output); this module
-dispatches and turns errors into exit codes. The parser stays on argparse rather than click
+dispatches and turns errors into exit codes. It imports a command's module only when that
+command runs, so that a command starts without loading what others need (the MCP SDK, the
+runtime, the console); an error is recognised by the module that raised it, which is then
+loaded already. The parser stays on argparse rather than click
 because every documented flag, exit code and error line must stay exactly as it is, and
 argparse already produces them.
 """
@@ -40,11 +43,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import IO
-
-from sqlalchemy.exc import OperationalError
+from collections.abc import Sequence
+from typing import IO, Any
 
 from quarterdeck.cli.common import (
     UsageError,
@@ -53,93 +55,140 @@ from quarterdeck.cli.common import (
     warn_if_exposed,
     workspace_scope,
 )
-from quarterdeck.cli.daemon import EXIT_NOT_SENT, NotSent, daemon_address
-from quarterdeck.cli.db import db_command
-from quarterdeck.cli.integrate import integrate_command
-from quarterdeck.cli.ledger import key_command, ledger_command
-from quarterdeck.cli.mcp import mcp_command
 from quarterdeck.cli.parser import build_parser
-from quarterdeck.cli.read import approvals_command, ls_command, show_command, status_command
-from quarterdeck.cli.run import attach_command, demo_command, prepare_run, run_command
-from quarterdeck.cli.serve_web import serve_web_command
-from quarterdeck.cli.submit import submit_command
-from quarterdeck.cli.supervise import SUPERVISION, supervise_command
-from quarterdeck.cli.tokens import token_command
-from quarterdeck.client.api import (
-    ControlClient,
-    ControlError,
-    ControlRefused,
-    ControlUnavailable,
-)
-from quarterdeck.runtime.config import ConfigError
-from quarterdeck.runtime.keys import KeyFileError
-from quarterdeck.store.database import DatabaseError, open_database
-from quarterdeck.store.migrations import MigrationError
-from quarterdeck.store.statedir import StateDirError
 
 __all__ = ["main"]
 
 _ON_DATABASE = {
-    "approvals": approvals_command,
-    "submit": submit_command,
-    "status": status_command,
-    "ls": ls_command,
-    "show": show_command,
-    "ledger": ledger_command,
-    "db": db_command,
-    "run": run_command,
+    "approvals": ("quarterdeck.cli.read", "approvals_command"),
+    "submit": ("quarterdeck.cli.submit", "submit_command"),
+    "status": ("quarterdeck.cli.read", "status_command"),
+    "ls": ("quarterdeck.cli.read", "ls_command"),
+    "show": ("quarterdeck.cli.read", "show_command"),
+    "ledger": ("quarterdeck.cli.ledger", "ledger_command"),
+    "db": ("quarterdeck.cli.db", "db_command"),
+    "run": ("quarterdeck.cli.run", "run_command"),
 }
-"""The commands that run on an open database, by name."""
+"""The commands that run on an open database: their module and function, by name."""
 _CREATING = frozenset({"submit", "run", "db"})
 """The commands that create the database they are given (``demo`` makes a fresh one); every
 other command reads, and refuses a state directory or database that does not exist."""
-_THROUGH_DAEMON: dict[
-    str, Callable[[ControlClient, argparse.Namespace, IO[str]], Awaitable[int]]
-] = {
-    "approvals": approvals_command,
-    "submit": submit_command,
-    "status": status_command,
-    "ls": ls_command,
-    "show": show_command,
-}
-"""The commands that go through a running daemon's control API when there is one."""
+_THROUGH_DAEMON = frozenset({"approvals", "submit", "status", "ls", "show"})
+"""The commands that go through a running daemon's control API when there is one (the same
+function as on the database, given the API's client)."""
+
+
+def _command(name: str) -> Any:
+    """The function that runs command ``name`` on a database or through a daemon."""
+    module, function = _ON_DATABASE[name]
+    return getattr(importlib.import_module(module), function)
 
 
 async def _run(args: argparse.Namespace, out: IO[str]) -> int:
     workspace_scope(args)  # report option conflicts before touching the database
     if args.command != "demo":
         warn_if_exposed(args, sys.stderr)
+    from quarterdeck.cli.supervise import SUPERVISION
+
     if args.command in SUPERVISION:
+        from quarterdeck.cli.supervise import supervise_command
+
         return await supervise_command(args, out)
     if args.command == "token":
+        from quarterdeck.cli.tokens import token_command
+
         return await token_command(args, out)
     if args.command == "hook":  # only reached with options before it
         raise UsageError("hook comes first and takes no global options: quarterdeck hook AGENT")
     if args.command == "integrate":
+        from quarterdeck.cli.integrate import integrate_command
+
         return await integrate_command(args, out)
     if args.command == "mcp":
+        from quarterdeck.cli.mcp import mcp_command
+
         return await mcp_command(args)
-    if args.command == "demo":
-        return await demo_command(args)
-    if args.command == "attach":
-        return await attach_command(args)
+    if args.command in ("demo", "attach"):
+        from quarterdeck.cli.run import attach_command, demo_command
+
+        return await (demo_command(args) if args.command == "demo" else attach_command(args))
     if args.command == "serve-web":
+        from quarterdeck.cli.serve_web import serve_web_command
+
         return await serve_web_command(args, out)
     if args.command == "ledger" and args.ledger_command == "key":
+        from quarterdeck.cli.ledger import key_command
+
         return key_command(args, out)  # the key file alone: no database
     if args.command == "run":
+        from quarterdeck.cli.run import prepare_run
+
         prepare_run(args)
-    if args.command in _THROUGH_DAEMON and (address := daemon_address(args)) is not None:
-        async with address.client() as api:
-            return await _THROUGH_DAEMON[args.command](api, args, out)
+    if args.command in _THROUGH_DAEMON:
+        from quarterdeck.cli.daemon import daemon_address
+
+        if (address := daemon_address(args)) is not None:
+            async with address.client() as api:
+                return int(await _command(args.command)(api, args, out))
+    from quarterdeck.store.database import open_database
+
     if args.command in _CREATING:
         db = await open_database(database_url(args), upgrade=args.command != "db")
     else:
         db = await open_existing_database(args)
     try:
-        return await _ON_DATABASE[args.command](db, args, out)
+        return int(await _command(args.command)(db, args, out))
     finally:
         await db.dispose()
+
+
+def _loaded(module: str, name: str) -> type[BaseException]:
+    """Class ``name`` of ``module`` when that module is loaded; else a class nothing raises
+    (an error of a module never loaded cannot have been raised)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) and issubclass(found, BaseException) else _Never
+
+
+class _Never(Exception):
+    """Raised by nothing: what :func:`_loaded` answers for a module not loaded."""
+
+
+def _failure(exc: Exception) -> int | None:
+    """The exit code for an error the command line explains (written on stderr), or None."""
+    from quarterdeck.cli.daemon import EXIT_NOT_SENT, NotSent
+
+    api = "quarterdeck.client.api"
+    if isinstance(exc, NotSent):
+        sys.stderr.write(f"quarterdeck: {exc}\n")
+        return EXIT_NOT_SENT
+    if isinstance(exc, _loaded(api, "ControlUnavailable")):
+        sys.stderr.write(f"quarterdeck: {getattr(exc, 'message', exc)}\n")
+        return EXIT_NOT_SENT
+    if isinstance(exc, _loaded(api, "ControlRefused")):
+        sys.stderr.write(f"quarterdeck: refused: {getattr(exc, 'message', exc)}\n")
+        return 1
+    if isinstance(exc, _loaded(api, "ControlError")):
+        status, message = getattr(exc, "status", "?"), getattr(exc, "message", exc)
+        sys.stderr.write(f"quarterdeck: error: the daemon answered {status}: {message}\n")
+        return 1
+    if isinstance(exc, _loaded("quarterdeck.runtime.config", "ConfigError")):
+        sys.stderr.write(f"quarterdeck: error: bad configuration {getattr(exc, 'source', '')}:\n")
+        for problem in getattr(exc, "problems", ()):
+            sys.stderr.write(f"  {problem}\n")
+        return 2
+    explained = (
+        _loaded("quarterdeck.store.database", "DatabaseError"),
+        _loaded("quarterdeck.store.migrations", "MigrationError"),
+        _loaded("quarterdeck.store.statedir", "StateDirError"),
+        _loaded("quarterdeck.runtime.keys", "KeyFileError"),
+    )
+    if isinstance(exc, explained):
+        sys.stderr.write(f"quarterdeck: error: {exc}\n")
+        return 2
+    if isinstance(exc, _loaded("sqlalchemy.exc", "OperationalError")):
+        sys.stderr.write(f"quarterdeck: database error: {getattr(exc, 'orig', None) or exc}\n")
+        return 1
+    return None
 
 
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
@@ -150,30 +199,12 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"quarterdeck: error: {exc}\n")
         return 2
-    except NotSent as exc:
-        sys.stderr.write(f"quarterdeck: {exc}\n")
-        return EXIT_NOT_SENT
-    except ControlUnavailable as exc:
-        sys.stderr.write(f"quarterdeck: {exc.message}\n")
-        return EXIT_NOT_SENT
-    except ControlRefused as exc:
-        sys.stderr.write(f"quarterdeck: refused: {exc.message}\n")
-        return 1
-    except ControlError as exc:
-        sys.stderr.write(f"quarterdeck: error: the daemon answered {exc.status}: {exc.message}\n")
-        return 1
-    except ConfigError as exc:
-        sys.stderr.write(f"quarterdeck: error: bad configuration {exc.source}:\n")
-        for problem in exc.problems:
-            sys.stderr.write(f"  {problem}\n")
-        return 2
-    except (DatabaseError, MigrationError, StateDirError, KeyFileError) as exc:
-        sys.stderr.write(f"quarterdeck: error: {exc}\n")
-        return 2
-    except OperationalError as exc:
-        sys.stderr.write(f"quarterdeck: database error: {exc.orig or exc}\n")
-        return 1
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        code = _failure(exc)
+        if code is None:
+            raise
+        return code

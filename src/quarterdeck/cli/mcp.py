@@ -19,16 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import IO, Any, Final
-
-import anyio
-import httpx2
-from mcp.client.streamable_http import streamable_http_client
-from mcp.server.stdio import stdio_server
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from quarterdeck.cli.common import state_directory
-from quarterdeck.runtime.api_mcp import RELAY_HEADER
-from quarterdeck.runtime.listeners import default_socket_path
+
+if TYPE_CHECKING:  # the command line builds its parser from here: the SDK loads on use
+    import httpx2
 
 DEFAULT_TOKEN_ENV: Final = "QUARTERDECK_TOKEN"
 PATH: Final = "/mcp"
@@ -52,6 +48,11 @@ def add_mcp_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 def _client(args: argparse.Namespace) -> tuple[str, httpx2.AsyncClient, str]:
     """The gateway's URL, an HTTP client that reaches it as described above, and where that
     is (for messages)."""
+    import httpx2
+
+    from quarterdeck.runtime.api_mcp import RELAY_HEADER
+    from quarterdeck.runtime.listeners import default_socket_path
+
     timeout = httpx2.Timeout(30.0, read=None)
     api, credential = os.environ.get("QUARTERDECK_API"), os.environ.get("QUARTERDECK_SESSION_TOKEN")
     if api and credential:
@@ -76,6 +77,10 @@ def _client(args: argparse.Namespace) -> tuple[str, httpx2.AsyncClient, str]:
 async def relay(url: str, http: httpx2.AsyncClient, err: IO[str]) -> None:
     """Relay stdio to the gateway at ``url`` until the client closes stdin (``http`` is
     closed by the caller)."""
+    import anyio
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.server.stdio import stdio_server
+
     async with (
         stdio_server() as (client_read, client_write),
         streamable_http_client(url, http_client=http) as (gateway_read, gateway_write),
@@ -122,6 +127,8 @@ async def mcp_command(args: argparse.Namespace) -> int:
 
 async def _check(url: str, http: httpx2.AsyncClient, where: str) -> str | None:
     """Why the daemon cannot serve us (None: it answers and knows us)."""
+    import httpx2
+
     whoami = url.removesuffix(PATH) + "/v1/whoami"
     try:
         answer = await http.get(whoami)

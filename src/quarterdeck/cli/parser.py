@@ -16,7 +16,6 @@ from quarterdeck.cli.common import UsageError
 from quarterdeck.cli.integrate import add_integrate_parser
 from quarterdeck.cli.mcp import add_mcp_parsers
 from quarterdeck.cli.tokens import add_token_parsers
-from quarterdeck.store.migrations import HEAD_VERSION
 
 KINDS = ("receipts", "turns", "missions", "sessions", "approvals", "alerts")
 DEFAULT_WAIT_S = 10.0
@@ -222,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.required = True
     db_commands.add_parser("version", parents=[common], help="the schema version")
     upgrade = db_commands.add_parser("upgrade", parents=[common], help="migrate up")
-    upgrade.add_argument("--to", type=_non_negative, default=HEAD_VERSION, metavar="N")
+    upgrade.add_argument(
+        "--to", type=_non_negative, metavar="N", help="(default: the newest version)"
+    )
     downgrade = db_commands.add_parser("downgrade", parents=[common], help="migrate down")
     downgrade.add_argument("--to", type=_non_negative, required=True, metavar="N")
     add_mcp_parsers(commands, common)
