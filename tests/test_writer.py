@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from tests.conftest import run
 
 from quarterdeck.domain.states import IllegalTransition, Kind
-from quarterdeck.store.database import open_database
+from quarterdeck.store.database import WAL_CHECKPOINT_COMMITS, open_database
 from quarterdeck.store.items import create_item, transition
 from quarterdeck.store.ledger import iter_entries, verify_ledger
 from quarterdeck.store.writer import Writer, WriterClosed, WriteTxn
@@ -136,3 +137,62 @@ def test_commit_listeners_hear_the_head(database: str) -> None:
         return heard
 
     assert run(main()) == [1, 2]
+
+
+def test_a_commit_is_quiet_only_when_all_its_operations_are(database: str) -> None:
+    """Quiet operations make a quiet commit unless one of them stirred the transaction; one
+    operation that is not quiet in the same group commit makes it loud."""
+
+    def alert(txn: WriteTxn) -> None:
+        create_item(txn, Kind.ALERT, workspace="w", actor="t")
+
+    def stirring(txn: WriteTxn) -> None:
+        alert(txn)
+        txn.stirred = True
+
+    async def main() -> list[bool]:
+        db = await open_database(database)
+        heard: list[bool] = []
+        async with Writer(db) as writer:
+            writer.on_commit(lambda _head: heard.append(writer.last_quiet))
+            await writer.submit(alert, quiet=True)
+            await writer.submit(stirring, quiet=True)
+            await writer.submit(alert)
+            await asyncio.gather(writer.submit(alert, quiet=True), writer.submit(alert))
+            await writer.submit(alert, quiet=True)
+        await db.dispose()
+        return heard
+
+    assert run(main()) == [True, False, False, False, True]
+
+
+def test_a_running_writer_checkpoints_the_wal_on_a_thread(tmp_path: Path) -> None:
+    """SQLite: while a writer runs, its commits checkpoint nothing themselves; it copies the WAL
+    into the database file every so many commits, off the event loop."""
+    path = tmp_path / "q.db"
+
+    async def main() -> tuple[int, int, int, int]:
+        db = await open_database(str(path))
+        start = path.stat().st_size
+
+        def setting(txn: WriteTxn) -> int:
+            return int(txn.conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+        async with Writer(db) as writer:
+            inline = await writer.submit(setting)
+            for _ in range(WAL_CHECKPOINT_COMMITS + 1):
+                await writer.submit(lambda t: create_item(t, Kind.ALERT, workspace="w", actor="t"))
+            for _ in range(200):  # the checkpoint runs on a thread
+                if path.stat().st_size > start:
+                    break
+                await asyncio.sleep(0.05)
+            grown = path.stat().st_size
+        after = await db.run_write(
+            lambda conn: int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+        )
+        await db.dispose()
+        return start, grown, inline, after
+
+    start, grown, inline, after = run(main())
+    assert grown > start
+    assert (inline, after) == (0, 1000)

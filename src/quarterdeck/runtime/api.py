@@ -133,7 +133,9 @@ class ControlServer:
         max_body: int = MAX_BODY,
         mcp: McpConfig | None = None,
         mcp_stderr_dir: Path | None = None,
+        record: Submit | None = None,
     ) -> None:
+        """``record``: how the MCP gateway's events are recorded (``submit`` unless given)."""
         self.roster = roster
         self.agents = agents or AgentRegistry()
         self.agent_pids: set[int] = self.agents.pids
@@ -172,8 +174,8 @@ class ControlServer:
             self.app.router.add_routes(Hooks(db, watch, command, submit, self._may_submit).routes())
             if mcp is not None and mcp.servers:
                 McpRoutes(
-                    mcp, command=command, submit=submit, db=db, watch=watch, agents=self.agents,
-                    stderr_dir=mcp_stderr_dir,
+                    mcp, command=command, submit=record or submit, db=db, watch=watch,
+                    agents=self.agents, stderr_dir=mcp_stderr_dir,
                 ).install(self.app)  # fmt: skip
 
     # --- lifecycle ---------------------------------------------------------------------------

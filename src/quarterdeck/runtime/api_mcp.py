@@ -59,7 +59,9 @@ Submit = Callable[[Sequence[Mapping[str, Any]]], Awaitable[Sequence[IngestResult
 class DaemonSupervisor:
     """The gateway's :class:`~quarterdeck.runtime.mcp_gateway.Supervisor` inside the daemon:
     ``approval.request`` carried out for the session's agent principal, decisions read from the
-    database as commits land, events submitted as envelopes."""
+    database as commits land, events submitted as envelopes (``submit``: the runtime's
+    :meth:`~quarterdeck.runtime.runtime.Runtime.record` records and applies them in one
+    commit)."""
 
     def __init__(self, command: CarryOut, submit: Submit, db: Database, watch: HeadWatch) -> None:
         self._command = command

@@ -171,9 +171,11 @@ def build_server(
     exposition: Callable[[], Awaitable[bytes]],
     agents: AgentRegistry,
     on_commit: Callable[[Callable[[int], None]], None],
+    record: Submit | None = None,
 ) -> ControlServer:
     """The control server of a runtime (not yet started); its agents' folder is created
-    (the runtime removes it when the server stops).
+    (the runtime removes it when the server stops). ``record``: how the MCP gateway's events
+    are recorded (``submit`` unless given).
 
     Raises:
         ServeError: the TLS files cannot be used, or the agents' folder cannot be created.
@@ -220,5 +222,5 @@ def build_server(
         agent_socket_mode=0o666 if options.agents_elsewhere else None,
         db=db, watch=watch, node_id=node_id,
         counters=(metrics.api_requests, metrics.api_refusals),
-        mcp=options.mcp, mcp_stderr_dir=options.socket_path.parent / "mcp",
+        mcp=options.mcp, mcp_stderr_dir=options.socket_path.parent / "mcp", record=record,
     )  # fmt: skip

@@ -156,11 +156,16 @@ class Ingestor:
         return results
 
     async def ingest_then(
-        self, inputs: Sequence[RawInput], then: Callable[[WriteTxn, list[IngestResult]], T]
+        self,
+        inputs: Sequence[RawInput],
+        then: Callable[[WriteTxn, list[IngestResult]], T],
+        *,
+        quiet: bool = False,
     ) -> tuple[list[IngestResult], T]:
         """As :meth:`ingest`, then ``then(txn, results)`` in the same transaction, an exclusive
-        one (``then`` may apply what was just recorded); its value comes with the results."""
-        return await self._record(inputs, then, concurrent=False)
+        one (``then`` may apply what was just recorded); its value comes with the results.
+        ``quiet``: as :meth:`~quarterdeck.store.writer.Writer.submit`'s."""
+        return await self._record(inputs, then, concurrent=False, quiet=quiet)
 
     async def _record(
         self,
@@ -168,6 +173,7 @@ class Ingestor:
         then: Callable[[WriteTxn, list[IngestResult]], T],
         *,
         concurrent: bool,
+        quiet: bool = False,
     ) -> tuple[list[IngestResult], T]:
         now = format_instant(self.clock())
         ids = new_ids(len(inputs))
@@ -184,7 +190,7 @@ class Ingestor:
             )
             return results, then(txn, results)
 
-        results, value = await self.writer.submit(op, concurrent=concurrent)
+        results, value = await self.writer.submit(op, concurrent=concurrent, quiet=quiet)
         self.known.learn(learned)  # only now: the operation committed
         self.metrics.ingested.update(result.status for result in results)
         return results, value

@@ -24,7 +24,7 @@ from typing import Any
 
 from quarterdeck.domain.authority import Principal
 from quarterdeck.domain.clock import Clock, utc_now
-from quarterdeck.domain.commands import BaseCommand, Command
+from quarterdeck.domain.commands import ApprovalRequest, BaseCommand, Command
 from quarterdeck.domain.policy import Policy
 from quarterdeck.domain.recovery import Finish
 from quarterdeck.domain.routing import ActionCaps
@@ -57,7 +57,7 @@ from quarterdeck.runtime.slo import SloMonitor
 from quarterdeck.runtime.supervision import Supervision
 from quarterdeck.runtime.upkeep import Upkeep
 from quarterdeck.runtime.workdirs import mission_workdir
-from quarterdeck.store.apply import apply_command_receipt
+from quarterdeck.store.apply import apply_command_receipt, apply_receipts
 from quarterdeck.store.commands import DRIFT_ACTOR
 from quarterdeck.store.database import Database
 from quarterdeck.store.finishing import Ending, Finished, finish_missions
@@ -67,7 +67,7 @@ from quarterdeck.store.outbox import Target
 from quarterdeck.store.plan import Claim, LanePlan, WorkPlan
 from quarterdeck.store.receipts import IngestResult
 from quarterdeck.store.sessions import release_sessions
-from quarterdeck.store.writer import Writer, WriteTxn
+from quarterdeck.store.writer import Writer, WriterClosed, WriteTxn
 
 log = logging.getLogger("quarterdeck.runtime")
 
@@ -225,7 +225,7 @@ class Runtime:
                 roster=self.plan.roster,
                 submit=self.submit, command=self.command, db=self.db, node_id=self.node_id,
                 metrics=self.metrics, exposition=Exposition(self).render, agents=self.agents,
-                on_commit=self.writer.on_commit,
+                on_commit=self.writer.on_commit, record=self.record,
             )  # fmt: skip
             await self.control.start()
         except BaseException as exc:
@@ -245,10 +245,12 @@ class Runtime:
             raise
 
     def _on_commit(self, head_seq: int) -> None:
-        """Wake the pump when the ledger moved (an idle commit must not wake it: no busy loop)."""
+        """Wake the pump when the ledger moved (an idle commit must not wake it: no busy loop),
+        unless the commit was quiet (it made no work for the pump: an approval request)."""
         if head_seq != self._seen_head:
             self._seen_head = head_seq
-            self._wake.set()
+            if not self.writer.last_quiet:
+                self._wake.set()
             self.supervision.wake_if_waiting()
 
     def _set_policy(self, policy: Policy) -> None:
@@ -325,6 +327,23 @@ class Runtime:
         self._wake.set()
         return results
 
+    async def record(self, inputs: Sequence[RawInput]) -> list[IngestResult]:
+        """Ingest events and apply them at once, in the same transaction (with any receipts
+        still waiting before them, as the pump would): one commit, which wakes the pump only
+        when it applied something that makes work for it (see
+        :meth:`~quarterdeck.store.writer.Writer.submit`'s ``quiet``)."""
+        try:
+            results, _ = await self.ingestor.ingest_then(
+                inputs, lambda txn, _results: apply_receipts(txn, self.plan), quiet=True
+            )
+        except WriterClosed:
+            raise
+        except Exception:
+            # Nothing was committed: recorded as any envelope is (the pump applies them).
+            log.exception("events not applied at once", extra={"node": self.node_id})
+            return await self.submit(inputs)
+        return results
+
     async def command(
         self,
         workspace: str,
@@ -345,11 +364,14 @@ class Runtime:
             "kind": "command",
             "payload": body,
         }
+        quiet = body.get("command") == ApprovalRequest.name
         _, result = await self.ingestor.ingest_then(
             [envelope],
             lambda txn, results: apply_command_receipt(txn, self.plan, results[0], principal),
+            quiet=quiet,
         )
-        self._wake.set()
+        if not quiet:
+            self._wake.set()
         return result
 
     @property

@@ -111,6 +111,8 @@ def apply_receipts(
     missions: list[dict[str, Any]] = []
     marks: list[dict[str, Any]] = []
     ids = iter(new_ids(2 * len(rows)))
+    if len(rows) == limit:
+        txn.stirred = True  # there may be more for the dispatcher to apply
     for receipt_id, workspace, kind, payload_text in rows:
         if kind == "command" and not txn.exclusive:
             # A command may touch anything: it is applied with no other writer beside it.
@@ -118,6 +120,8 @@ def apply_receipts(
                 raise ExclusiveRequired(f"receipt {receipt_id} is a command")
             break
         payload = json.loads(payload_text)
+        if not _quiet(kind, payload):
+            txn.stirred = True
         if kind == "task":
             turn_id, mission_id = next(ids), next(ids)
             spec = parse_task(payload)
@@ -208,6 +212,16 @@ def apply_receipts(
     return applied
 
 
+def _quiet(kind: str, payload: Any) -> bool:
+    """Whether applying a receipt makes no work for the dispatcher: an approval request (a
+    decision, perhaps an approval; no mission), or an event that is no agent's hook."""
+    if not isinstance(payload, dict):
+        return False
+    if kind == "command":
+        return payload.get("command") == "approval.request"
+    return kind == "event" and "hook" not in payload
+
+
 class ReceiptsAlreadyApplied(Exception):
     """Another runtime applied some of the same receipts first; the operation rolls back."""
 
@@ -227,17 +241,40 @@ def apply_command_receipt(
     written earlier, perhaps by someone else, and is applied as its writer gave it."""
     if receipt.status == "rejected":
         return {"ok": False, "errors": list(receipt.errors)}
-    principals = {receipt.receipt: principal} if receipt.status == "accepted" else {}
-    while True:
-        row = txn.conn.execute(_PRODUCED, {"id": receipt.receipt}).first()
-        if row is None:
-            return {"ok": False, "errors": [f"no receipt {receipt.receipt}"]}
-        if row.produced_type is not None or not apply_receipts(txn, plan, principals=principals):
-            break
-    if row.produced_type is None:
+    if receipt.status == "accepted":
+        # Recorded in this very transaction: applied in order with those before it, and what
+        # it produced read from what was applied.
+        produced = _apply_through(txn, plan, receipt.receipt, principal)
+    else:
+        produced = None
+        while True:
+            row = txn.conn.execute(_PRODUCED, {"id": receipt.receipt}).first()
+            if row is None:
+                return {"ok": False, "errors": [f"no receipt {receipt.receipt}"]}
+            if row.produced_type is not None:
+                produced = (row.produced_type, row.produced_id)
+                break
+            if not apply_receipts(txn, plan):
+                break
+    if produced is None:
         return {"ok": False, "errors": [f"receipt {receipt.receipt} was not applied"]}
-    if row.produced_type != "command":
-        error = f"idempotency_key: already used for a {row.produced_type}, not a command"
+    produced_type, produced_id = produced
+    if produced_type != "command":
+        error = f"idempotency_key: already used for a {produced_type}, not a command"
         return {"ok": False, "errors": [error]}
-    result = json.loads(row.produced_id)
+    result = json.loads(produced_id)
     return dict(result) if isinstance(result, dict) else {"ok": False, "errors": [result]}
+
+
+def _apply_through(
+    txn: WriteTxn, plan: WorkPlan, receipt_id: str, principal: Principal
+) -> tuple[str, str] | None:
+    """Apply receipts in order until ``receipt_id`` (given by ``principal``) is; what it
+    produced (None when it was not applied)."""
+    while True:
+        applied = apply_receipts(txn, plan, principals={receipt_id: principal})
+        if not applied:
+            return None
+        for item in applied:
+            if item.receipt_id == receipt_id:
+                return item.produced_type, item.produced_id

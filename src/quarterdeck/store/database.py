@@ -49,6 +49,9 @@ write transaction holds the writers' lock (and, while it appends, the ledger hea
 frozen inside one (SIGSTOP, a VM pause, a debugger) would hold up other nodes' writes until it
 woke; the server ends its session instead, its transaction rolls back, and the others go on
 (the frozen node's leases then expire)."""
+WAL_CHECKPOINT_COMMITS = 64
+"""SQLite, with checkpoints in the background (:meth:`Database.checkpoint_in_background`): how
+many commits go by between two checkpoints."""
 WRITER_APPLICATION = "quarterdeck-writer"
 """The ``application_name`` of write connections (what :meth:`Database.end_stalled_writers`
 may end)."""
@@ -255,6 +258,13 @@ class Database:
             sync_url, connect_args={"timeout": WRITER_BUSY_TIMEOUT_MS / 1000}
         )
         _sqlite_events(self._writer_engine, "BEGIN IMMEDIATE", WRITER_BUSY_TIMEOUT_MS)
+        self._background_checkpoints = False
+
+        @event.listens_for(self._writer_engine, "connect")
+        def _no_inline_checkpoints(dbapi_connection: Any, _record: Any) -> None:
+            if self._background_checkpoints:
+                dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
         self._reader_sync_engine = create_engine(
             sync_url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         )
@@ -283,6 +293,31 @@ class Database:
         assert self._writer_engine is not None
         with self._writer_engine.begin() as sync_conn:
             return fn(sync_conn)
+
+    def checkpoint_in_background(self, on: bool) -> bool:
+        """SQLite: whether commits leave checkpointing the WAL to :meth:`checkpoint`, run by
+        the caller in a thread. A commit that checkpoints copies the WAL into the database
+        file and syncs it: milliseconds, on the event loop's thread, now and then. Call when
+        no write runs. Returns whether it applies (False on PostgreSQL)."""
+        if self._writer_engine is None:
+            return False
+        if self._background_checkpoints != on:
+            self._background_checkpoints = on
+            self._writer_engine.dispose()  # its connections were opened with the other setting
+        return True
+
+    def checkpoint(self) -> None:
+        """SQLite: copy what the WAL holds into the database file, waiting for no reader or
+        writer (``PRAGMA wal_checkpoint(PASSIVE)``); call from a thread."""
+        assert self._reader_sync_engine is not None, "checkpoint is for SQLite"
+        raw = self._reader_sync_engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            cursor.fetchall()
+            cursor.close()
+        finally:
+            raw.close()
 
     @property
     def sqlite_path(self) -> str | None:

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from quarterdeck.domain.canonical import canonical_text
@@ -38,6 +38,16 @@ _COLUMNS = (
     "prev_hash",
     "hash",
 )
+
+
+_MOVE_HEAD = (
+    update(HEAD)
+    .where(HEAD.c.id == 1, HEAD.c.seq == bindparam("start"))
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+"""Move the head row from ``start`` (compare-and-set); built once, as building and keying a
+statement costs more than running it."""
+_INSERT_ENTRIES = insert(LEDGER)
 
 
 class LedgerHeadMoved(Exception):
@@ -136,13 +146,12 @@ class LedgerAppender:
         assert self._start is not None
         rows = self._chain(self._start, None)
         moved = self._conn.execute(
-            update(HEAD)
-            .where(HEAD.c.id == 1, HEAD.c.seq == self._start[0])
-            .values(seq=self.head_seq, hash=self.head_hash)
+            _MOVE_HEAD,
+            {"start": self._start[0], "new_seq": self.head_seq, "new_hash": self.head_hash},
         )
         if moved.rowcount != 1:
             raise LedgerHeadMoved("the ledger head moved; the transaction must be retried")
-        self._conn.execute(insert(LEDGER), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+        self._conn.execute(_INSERT_ENTRIES, [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
         self._drafts.clear()
         self._start = (self.head_seq, self.head_hash)
 

@@ -95,7 +95,9 @@ def request_approval(
              "args": dict(mismatch.request.args), "call_hash": call.hash,
              "bound_hash": binding.call_hash, "decision": done.decision_id},
         )  # fmt: skip
-    existing = approval_by_key(txn, workspace, key)
+    # An approval is opened only with the decision on its key (``decide_and_record``, in one
+    # transaction, never deleted): a key never decided has none, and needs no look.
+    existing = None if binding is None else approval_by_key(txn, workspace, key)
     if existing is not None:
         return {"ok": True, "verdict": approval_verdict(existing.state), **approval_view(existing)}
     if binding is not None:

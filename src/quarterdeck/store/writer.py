@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from quarterdeck.domain.clock import Clock, format_instant, utc_now
 from quarterdeck.store.database import (
     LOCK_RETRIES,
+    WAL_CHECKPOINT_COMMITS,
     Database,
     begin_write,
     is_connection_lost,
@@ -51,6 +52,9 @@ class WriteTxn:
     PostgreSQL unless every operation in it was submitted as ``concurrent``)."""
     at: str = ""
     """The transaction's time as ledger text."""
+    stirred: bool = False
+    """Set by an operation that made work for the dispatcher: a commit of quiet operations
+    (see :meth:`Writer.submit`) is quiet only while this stays False."""
     _decisions_locked: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +112,7 @@ class ExclusiveRequired(Exception):
 class _Pending(Generic[T]):
     op: WriteOp[T]
     concurrent: bool = False
+    quiet: bool = False
     future: asyncio.Future[T] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -144,8 +149,13 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
         self._head: tuple[int, str] | None = None
+        self._checkpoints = False
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Task[None] | None = None
         self.commits = 0
         self.ops = 0
+        self.last_quiet = False
+        """Whether the last commit was quiet (see :meth:`submit`); commit listeners read it."""
 
     async def __aenter__(self) -> Writer:
         self.start()
@@ -157,6 +167,7 @@ class Writer:
     def start(self) -> None:
         """Start the writer task on the running loop."""
         if self._task is None:
+            self._checkpoints = self.db.checkpoint_in_background(True)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="qd-writer")
 
     async def stop(self) -> None:
@@ -166,13 +177,42 @@ class Writer:
         await self._queue.put(None)
         await self._task
         self._task = None
+        if self._checkpointing is not None:
+            await self._checkpointing
+            self._checkpointing = None
+        if self._checkpoints:
+            self.db.checkpoint_in_background(False)
+
+    def _committed(self) -> None:
+        """Start a checkpoint in a thread every :data:`WAL_CHECKPOINT_COMMITS` commits (SQLite;
+        see :meth:`Database.checkpoint_in_background`)."""
+        self.commits += 1
+        if not self._checkpoints:
+            return
+        self._since_checkpoint += 1
+        running = self._checkpointing is not None and not self._checkpointing.done()
+        if self._since_checkpoint >= WAL_CHECKPOINT_COMMITS and not running:
+            self._since_checkpoint = 0
+            self._checkpointing = asyncio.get_running_loop().create_task(
+                self._checkpoint(), name="qd-wal-checkpoint"
+            )
+
+    async def _checkpoint(self) -> None:
+        try:
+            await asyncio.to_thread(self.db.checkpoint)
+        except Exception as exc:  # the next one tries again; commits go on meanwhile
+            log.warning("WAL checkpoint failed: %s", exc)
 
     def on_commit(self, listener: CommitListener) -> None:
         """Call ``listener(head_seq)`` after every commit (see :data:`CommitListener`)."""
         self._listeners.append(listener)
 
-    async def submit(self, op: WriteOp[T], *, concurrent: bool = False) -> T:
+    async def submit(self, op: WriteOp[T], *, concurrent: bool = False, quiet: bool = False) -> T:
         """Queue ``op`` for the next group commit and wait for its result.
+
+        ``quiet`` declares that ``op`` makes no work for the dispatcher unless it sets
+        :attr:`WriteTxn.stirred`: a commit made only of quiet operations that none stirred is
+        quiet (:attr:`last_quiet`), and the runtime does not wake its dispatcher for it.
 
         ``concurrent`` declares ``op`` safe beside write transactions of other processes: it
         locks (or skips, or fences with a compare-and-set) every row it reads before writing
@@ -189,7 +229,7 @@ class Writer:
         """
         if self._task is None or self._task.done():
             raise WriterClosed("the writer is not running")
-        pending: _Pending[T] = _Pending(op, concurrent)
+        pending: _Pending[T] = _Pending(op, concurrent, quiet)
         await self._queue.put(pending)
         return await pending.future
 
@@ -214,12 +254,12 @@ class Writer:
         exclusive = not self.db.is_postgres or not all(pending.concurrent for pending in batch)
         for attempt in range(RETRIES + 1):
             try:
-                outcomes, head_seq = await self.db.run_write(
+                outcomes, head_seq, stirred = await self.db.run_write(
                     lambda conn: self._commit(conn, ops, exclusive)
                 )
             except _OperationFailed as failed:
                 # A lone operation failed: its transaction rolled back and nothing else ran.
-                outcomes, head_seq = [(False, failed.error)], -1
+                outcomes, head_seq, stirred = [(False, failed.error)], -1, False
             except Exception as exc:
                 # Anything else failed the transaction as a whole (no operation ran to an
                 # outcome): a lost ledger head race, a lock, a dropped or refused connection.
@@ -237,8 +277,9 @@ class Writer:
                 self._fail(batch, exc)
                 return
             break
-        self.commits += 1
+        self._committed()
         self.ops += len(batch)
+        self.last_quiet = not stirred and all(pending.quiet for pending in batch)
         again: list[_Pending[Any]] = []
         for pending, (ok, value) in zip(batch, outcomes, strict=True):
             if pending.future.done():
@@ -261,7 +302,7 @@ class Writer:
 
     def _commit(
         self, conn: Connection, ops: list[WriteOp[Any]], exclusive: bool
-    ) -> tuple[list[_Outcome], int]:
+    ) -> tuple[list[_Outcome], int, bool]:
         """Run the operations in the caller's transaction; a lone one needs no savepoint."""
         outcomes: list[_Outcome] = []
         database_now = begin_write(conn, exclusive=exclusive)
@@ -294,7 +335,7 @@ class Writer:
                     outcomes.append((True, value))
         ledger.flush()
         self._head = (ledger.head_seq, ledger.head_hash)
-        return outcomes, ledger.head_seq
+        return outcomes, ledger.head_seq, txn.stirred
 
     @staticmethod
     def _fail(batch: list[_Pending[Any]], exc: BaseException) -> None:

@@ -77,12 +77,12 @@ def approval_view(row: Any) -> dict[str, Any]:
     }
 
 
+_BY_KEY = text("SELECT * FROM approvals WHERE workspace = :w AND action_key = :k")
+
+
 def approval_by_key(txn: WriteTxn, workspace: str, action_key: str) -> Any:
     """The approval bound to ``action_key`` (None when there is none)."""
-    return txn.conn.execute(
-        text("SELECT * FROM approvals WHERE workspace = :w AND action_key = :k"),
-        {"w": workspace, "k": action_key},
-    ).first()
+    return txn.conn.execute(_BY_KEY, {"w": workspace, "k": action_key}).first()
 
 
 def open_approvals_of(txn: WriteTxn, turn_id: str) -> Sequence[Any]:
