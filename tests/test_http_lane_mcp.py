@@ -178,8 +178,13 @@ def test_the_tool_runs_only_after_approval_and_its_output_reaches_the_model(
         head = git(model.repo, "rev-parse", "HEAD").strip()
         assert head in fed["content"]  # the real output of the real server
         assert done["deliverable"]["content"] == "done: " + fed["content"]
-        rows = query(state, "SELECT data FROM mission_events WHERE turn_id = ?", (first,))
-        [ran] = [json.loads(r["data"]) for r in rows if "sha256" in r["data"]]
+
+        def tool_events() -> list[dict[str, Any]]:
+            # A mission's events are stored with the next batch after it ends.
+            rows = query(state, "SELECT data FROM mission_events WHERE turn_id = ?", (first,))
+            return [json.loads(r["data"]) for r in rows if "sha256" in r["data"]]
+
+        [ran] = wait_until(tool_events, 30, "the tool's result among the mission's events")
         assert ran["tool"] == "git__git_commit" and ran["bytes"] > 0 and not ran["is_error"]
 
         second = submit(state, "reject-me", "never lands")
