@@ -75,23 +75,28 @@ def _alert(runtime: Headless, fragment: str) -> dict[str, object] | None:
 
 
 def _submit_and_complete(runtime: Headless, i: int) -> None:
+    """Submit one task to the running daemon and wait until its turn completed (on failure,
+    the daemon's log tail says what it was doing)."""
     done = subprocess.run(
-        [sys.executable, "-m", "quarterdeck", "--db", runtime.url, "submit", "-"],
-        input=line(envelope(i)) + b"\n",
-        capture_output=True,
-        timeout=60,
-    )
+        [sys.executable, "-m", "quarterdeck", "--state-dir", str(runtime.state_dir),
+         "--db", runtime.url, "submit", "-"],
+        input=line(envelope(i)) + b"\n", capture_output=True, timeout=60,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
     receipt = json.loads(done.stdout)["receipt"]
-    wait_until(
-        lambda: query(
-            runtime,
-            "SELECT 1 FROM turns WHERE receipt_id = ? AND state = 'completed'",
-            (receipt,),
-        ),
-        30,
-        "the turn to complete",
-    )
+    try:
+        wait_until(
+            lambda: query(
+                runtime,
+                "SELECT 1 FROM turns WHERE receipt_id = ? AND state = 'completed'",
+                (receipt,),
+            ),
+            30,
+            "the turn to complete",
+        )
+    except AssertionError as exc:
+        tail = runtime.log.read_text(errors="replace").splitlines()[-40:]
+        raise AssertionError(f"{exc}; the daemon's log ends:\n" + "\n".join(tail)) from None
 
 
 def _stops_on_sigterm(runtime: Headless) -> None:
