@@ -43,10 +43,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import IO
 
 from quarterdeck.cli.common import (
     UsageError,
@@ -59,17 +58,6 @@ from quarterdeck.cli.parser import build_parser
 
 __all__ = ["main"]
 
-_ON_DATABASE = {
-    "approvals": ("quarterdeck.cli.read", "approvals_command"),
-    "submit": ("quarterdeck.cli.submit", "submit_command"),
-    "status": ("quarterdeck.cli.read", "status_command"),
-    "ls": ("quarterdeck.cli.read", "ls_command"),
-    "show": ("quarterdeck.cli.read", "show_command"),
-    "ledger": ("quarterdeck.cli.ledger", "ledger_command"),
-    "db": ("quarterdeck.cli.db", "db_command"),
-    "run": ("quarterdeck.cli.run", "run_command"),
-}
-"""The commands that run on an open database: their module and function, by name."""
 _CREATING = frozenset({"submit", "run", "db"})
 """The commands that create the database they are given (``demo`` makes a fresh one); every
 other command reads, and refuses a state directory or database that does not exist."""
@@ -78,10 +66,31 @@ _THROUGH_DAEMON = frozenset({"approvals", "submit", "status", "ls", "show"})
 function as on the database, given the API's client)."""
 
 
-def _command(name: str) -> Any:
-    """The function that runs command ``name`` on a database or through a daemon."""
-    module, function = _ON_DATABASE[name]
-    return getattr(importlib.import_module(module), function)
+def _command(name: str) -> Callable[..., Awaitable[int]]:
+    """The function that runs command ``name`` (``submit``, ``ledger``, ``db``, ``run`` or a
+    read) on a database, or through a daemon for those in :data:`_THROUGH_DAEMON`: its module
+    loads now."""
+    if name == "submit":
+        from quarterdeck.cli.submit import submit_command
+
+        return submit_command
+    if name == "ledger":
+        from quarterdeck.cli.ledger import ledger_command
+
+        return ledger_command
+    if name == "db":
+        from quarterdeck.cli.db import db_command
+
+        return db_command
+    if name == "run":
+        from quarterdeck.cli.run import run_command
+
+        return run_command
+    from quarterdeck.cli.read import approvals_command, ls_command, show_command, status_command
+
+    reads = {"approvals": approvals_command, "status": status_command, "ls": ls_command,
+             "show": show_command}  # fmt: skip
+    return reads[name]
 
 
 async def _run(args: argparse.Namespace, out: IO[str]) -> int:
@@ -129,7 +138,7 @@ async def _run(args: argparse.Namespace, out: IO[str]) -> int:
 
         if (address := daemon_address(args)) is not None:
             async with address.client() as api:
-                return int(await _command(args.command)(api, args, out))
+                return await _command(args.command)(api, args, out)
     from quarterdeck.store.database import open_database
 
     if args.command in _CREATING:
@@ -137,7 +146,7 @@ async def _run(args: argparse.Namespace, out: IO[str]) -> int:
     else:
         db = await open_existing_database(args)
     try:
-        return int(await _command(args.command)(db, args, out))
+        return await _command(args.command)(db, args, out)
     finally:
         await db.dispose()
 
